@@ -1,0 +1,3 @@
+from derlink.cli import main
+
+raise SystemExit(main())
