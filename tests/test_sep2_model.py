@@ -268,14 +268,9 @@ def test_expected_type_is_enforced_and_error_names_the_field():
 def test_encoder_refuses_invalid_objects():
     with pytest.raises(Sep2XmlError, match="sFDI"):
         to_xml(r.EndDevice(changedTime=0))
+    too_big = r.DERControlBase(opModTargetW=r.ActivePower(value=70000, multiplier=0))
     with pytest.raises(Sep2XmlError, match="Int16"):
-        to_xml(
-            r.DERControlBase(opModTargetW=r.ActivePower(value=70000, multiplier=0))
-            and r.DefaultDERControl(
-                mRID="00",
-                DERControlBase=r.DERControlBase(opModTargetW=r.ActivePower(value=70000, multiplier=0)),
-            )
-        )
+        to_xml(r.DefaultDERControl(mRID="00", DERControlBase=too_big))
 
 
 # ------------------------------------------------------------------------------------------ values
