@@ -439,7 +439,9 @@ class EventEngine:
                 rec.final_state, rec.final_at = tl.terminal_state, tl.terminal_at
                 if specific:
                     due.append((tl.terminal_at, mrid, _TERMINAL_RESPONSE[tl.terminal_state], rec))
-        for at, _, status, rec in sorted(due, key=lambda d: (d[0], d[1], int(d[2]))):
+        # at one instant, endings go before starts (a superseded event ends as its successor starts)
+        due.sort(key=lambda d: (d[0], d[2] == ResponseStatus.STARTED, d[1]))
+        for at, _, status, rec in due:
             self._emit(rec, status, at)
 
     def advance(self, now: int) -> list[Response]:

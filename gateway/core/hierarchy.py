@@ -127,9 +127,7 @@ class EffectiveLimits:
             unit = next((u for suffix, u in _UNITS.items() if f.name.endswith(suffix)), "")
             if isinstance(item, Limit):
                 if item.value is None:
-                    unset = (
-                        "unlimited" if f.name in _LIMIT_MAP or f.name == "battery_reserve_pct" else "not set"
-                    )
+                    unset = "unlimited" if f.name in _LIMIT_MAP else "not set"
                     lines.append(f"{f.name}: {unset} (no source sets it)")
                 else:
                     lines.append(
