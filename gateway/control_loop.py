@@ -18,7 +18,8 @@ Period, tolerance, behaviour
       ``load = grid + PV output + battery output`` (truthful meter), then:
 
       1. battery wish: an explicit battery setpoint (``battery_target_w``), else a connection-point target
-         (``export_target_w``), else self-consumption (aim the grid flow at 0), else idle;
+         (``export_target_w``), else self-consumption (aim the grid flow at 0), else idle; without an
+         explicit setpoint the battery does not discharge while PV is held at its limit (PV has more);
       2. battery window: ratings, SoC (no discharge at or below the reserve = max(device floor, customer
          reserve); no charge when full), load limit (gross site load = load + charging <= load limit),
          generation limit (discharge counts as generation);
@@ -185,6 +186,7 @@ class SiteControlLoop:
     last_step_at: float | None = None
     _meter: _MeterWatch = field(default_factory=_MeterWatch)
     _violating_since: dict[str, float] = field(default_factory=dict)
+    _raised_at: dict[str, float] = field(default_factory=dict)  # when each PV limit was last raised
 
     def margin(self, limit: float) -> float:
         return max(self.config.margin_w, self.config.margin_frac * limit)
@@ -217,6 +219,10 @@ class SiteControlLoop:
         else:
             assert meter is not None
             out = self._normal(now, limits, meter.w, pvs, batteries, tuple(faults))
+        for name, w in out.pv_limit_w.items():
+            prev = self.last.pv_limit_w.get(name) if self.last is not None else None
+            if prev is not None and w > prev + 1.0:
+                self._raised_at[name] = now
         self.last, self.last_step_at = out, now
         return out
 
@@ -335,12 +341,17 @@ class SiteControlLoop:
             b_want = 0.0
         elif limits.battery_target_w is not None:
             b_want = limits.battery_target_w
-        elif limits.export_target_w is not None:
-            b_want = load - pv_out + limits.export_target_w
-        elif self.config.self_consumption:
-            b_want = load - pv_out
         else:
-            b_want = 0.0
+            if limits.export_target_w is not None:
+                b_want = load - pv_out + limits.export_target_w
+            elif self.config.self_consumption:
+                b_want = load - pv_out
+            else:
+                b_want = 0.0
+            # discharge only for load that PV cannot cover: a PV inverter held at its limit, or whose
+            # limit was just raised, may have more to give (its potential is taken as its rating)
+            pv_potential = sum(self._pv_potential(now, p) for p in pvs)
+            b_want = min(b_want, max(b_want - (pv_potential - pv_out), 0.0))
         b = min(max(b_want, b_lo), b_hi)
         # 3. connection-point limits move the battery first
         if load - pv_out - b > g_hi:
@@ -373,6 +384,16 @@ class SiteControlLoop:
             faults=faults,
             notes=tuple(notes),
         )
+
+    def _pv_potential(self, now: float, p: PvState) -> float:
+        """What a PV inverter may produce without curtailment: its output, or its rating when unknown."""
+        cmd = self.last.pv_limit_w.get(p.name) if self.last is not None else None
+        if cmd is None or cmd >= p.rated_w:
+            return p.output_w
+        tol = max(self.config.compliance_tol_w, self.config.compliance_tol_frac * p.rated_w)
+        at_limit = p.output_w >= cmd - tol
+        raising = now - self._raised_at.get(p.name, -INF) < self.config.settle_s
+        return p.rated_w if at_limit or raising else p.output_w
 
     def _battery_window(
         self, limits: SiteLimits, load: float, bats: list[BatteryState]
