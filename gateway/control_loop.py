@@ -36,8 +36,9 @@ Period, tolerance, behaviour
 
     * Disconnect / de-energise (connect or energize False): PV 0 %, battery 0 W, connect False.
     * Meter fault -> safe setpoint: no reading, a reading older than ``max_meter_age_s`` (3 s), or a
-      frozen meter (value unchanged for ``frozen_after_s`` while the DER output moved by more than
-      ``frozen_delta_w`` — the meter should have seen it; latched until the value changes). The safe
+      frozen meter (value unchanged while the DER output has differed by more than ``frozen_delta_w``
+      from its level at the meter's last change for ``frozen_after_s`` (3 s) — the meter should have
+      seen it; latched until the value changes). The safe
       setpoint keeps export within the limit even if all load disappeared: battery idle (0 W) and total
       PV <= export limit - margin (and <= the generation limit). Ramps are not applied to safety moves.
     * Device verification: a PV inverter whose output stays above its commanded limit, or a battery
@@ -176,6 +177,7 @@ class _MeterWatch:
     value: float | None = None
     changed_at: float = -INF
     der_at_change: float = 0.0
+    moved_since: float | None = None  # since when the devices' output differs from der_at_change
     frozen: bool = False
 
 
@@ -239,10 +241,15 @@ class SiteControlLoop:
         der = sum(p.output_w for p in pvs) + sum(b.output_w for b in bats)
         watch = self._meter
         if watch.value is None or meter.w != watch.value:
-            watch.value, watch.changed_at, watch.der_at_change, watch.frozen = meter.w, meter.t, der, False
+            watch.value, watch.der_at_change, watch.frozen, watch.moved_since = meter.w, der, False, None
+            watch.changed_at = meter.t
             return None
         moved = abs(der - watch.der_at_change)
-        if not watch.frozen and moved > c.frozen_delta_w and now - watch.changed_at >= c.frozen_after_s:
+        if moved <= c.frozen_delta_w:
+            watch.moved_since = None
+        elif watch.moved_since is None:
+            watch.moved_since = now
+        if watch.moved_since is not None and now - watch.moved_since >= c.frozen_after_s:
             watch.frozen = True
         if watch.frozen:
             return (

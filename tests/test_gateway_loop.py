@@ -28,7 +28,9 @@ async def _setup(
     family: str = "legacy", pv_w: float = 5000, load_w: float = 1000, soc: float = 100.0
 ) -> tuple[SimulatedSite, SiteRunner]:
     cfg = default_site_config(family=family, pv_available_w=pv_w, load_w=load_w, speed=SPEED)
-    cfg = replace(cfg, devices=[replace(d, initial_soc_pct=soc) if d.kind == "battery" else d for d in cfg.devices])
+    cfg = replace(
+        cfg, devices=[replace(d, initial_soc_pct=soc) if d.kind == "battery" else d for d in cfg.devices]
+    )
     site = SimulatedSite(cfg)
     await site.start()
     eps = {e.name: (e.host, e.port, e.unit_id) for e in site.endpoints}
@@ -44,7 +46,9 @@ async def _teardown(site: SimulatedSite, runner: SiteRunner) -> None:
     await site.stop()
 
 
-async def _watch(site: SimulatedSite, seconds: float, sample: Callable[[], float]) -> list[tuple[float, float]]:
+async def _watch(
+    site: SimulatedSite, seconds: float, sample: Callable[[], float]
+) -> list[tuple[float, float]]:
     """Sample a quantity every 0.25 simulated s for `seconds`; returns (t since start, value)."""
     t0 = site.clock.now()
     out = []
