@@ -21,12 +21,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim = subparsers.add_parser("sim", help="SunSpec Modbus device simulators (sites and fleets)")
     sub = sim.add_subparsers(dest="sim_command", metavar="SIM_COMMAND", required=True)
 
-    site = sub.add_parser("site", help="run one site from a TOML config (or the default PV+battery+meter site)")
+    site = sub.add_parser(
+        "site", help="run one site from a TOML config (or the default PV+battery+meter site)"
+    )
     site.add_argument("--config", help="site TOML file (see simulators/README.md); default: built-in site")
     site.add_argument("--speed", type=float, help="simulated seconds per wall second (overrides the file)")
     site.add_argument("--control-port", type=int, help="JSON control endpoint port on 127.0.0.1 (0 = auto)")
-    site.add_argument("--duration", type=float, help="stop after this many wall seconds (default: run forever)")
-    site.add_argument("--once", action="store_true", help="print what runs where and one status table, then exit")
+    site.add_argument(
+        "--duration", type=float, help="stop after this many wall seconds (default: run forever)"
+    )
+    site.add_argument(
+        "--once", action="store_true", help="print what runs where and one status table, then exit"
+    )
     site.set_defaults(handler=_run_site)
 
     fleet = sub.add_parser("fleet", help="run N default sites in one process (one port per site)")
@@ -49,8 +55,14 @@ def _where_table(site: SimulatedSite) -> Table:
     for col in ("device", "kind", "family", "endpoint", "unit id", "models"):
         table.add_column(col)
     for ep in site.endpoints:
-        table.add_row(ep.name, ep.kind, ep.family, f"{ep.host}:{ep.port}", str(ep.unit_id),
-                      " ".join(str(m) for m in ep.models))  # fmt: skip
+        table.add_row(
+            ep.name,
+            ep.kind,
+            ep.family,
+            f"{ep.host}:{ep.port}",
+            str(ep.unit_id),
+            " ".join(str(m) for m in ep.models),
+        )
     return table
 
 
@@ -68,8 +80,16 @@ def _status_table(site: SimulatedSite) -> Table:
         output = _fmt_w(m["w"]) if d["kind"] == "meter" else _fmt_w(d.get("output_w"))
         limit = f"{d['limit_pct']:.1f}% ({d['limit_w']:,.0f} W)" if "limit_pct" in d else "-"
         soc = f"{d['soc_pct']:.2f}%" if "soc_pct" in d else "-"
-        table.add_row(d["name"], output, limit, soc, str(d.get("connected", "-")), d["fault"] or "-",
-                      str(d["reads"]), str(d["writes"]))  # fmt: skip
+        table.add_row(
+            d["name"],
+            output,
+            limit,
+            soc,
+            str(d.get("connected", "-")),
+            d["fault"] or "-",
+            str(d["reads"]),
+            str(d["writes"]),
+        )
     return table
 
 
@@ -127,7 +147,9 @@ async def _fleet_main(args: argparse.Namespace) -> int:
                 table.add_column(col)
             n = args.sites
             table.add_row("start-up", f"{startup_s:.2f} s", f"{startup_s / n * 1000:.2f} ms")
-            table.add_row("RSS added", f"{(rss1 - rss0) / 2**20:.1f} MiB", f"{(rss1 - rss0) / n / 1024:.1f} KiB")
+            table.add_row(
+                "RSS added", f"{(rss1 - rss0) / 2**20:.1f} MiB", f"{(rss1 - rss0) / n / 1024:.1f} KiB"
+            )
             table.add_row("RSS now", f"{rss / 2**20:.1f} MiB", f"{rss / n / 1024:.1f} KiB")
             table.add_row("CPU at start-up", f"{cpu1 - cpu0:.2f} s", f"{(cpu1 - cpu0) / n * 1000:.2f} ms")
             running = wall - t0 - startup_s

@@ -93,7 +93,9 @@ def _physics(soc_pct: float) -> SitePhysics:
     soc=st.floats(10.0, 100.0),
     steps=st.lists(st.tuples(st.floats(-8000, 8000), st.floats(1.0, 1200.0)), min_size=1, max_size=6),
 )
-def test_soc_never_leaves_its_bounds_and_energy_balances(soc: float, steps: list[tuple[float, float]]) -> None:
+def test_soc_never_leaves_its_bounds_and_energy_balances(
+    soc: float, steps: list[tuple[float, float]]
+) -> None:
     """Whatever setpoints arrive, SoC stays within [min_soc, 100] and stored energy matches AC flow."""
     ph = _physics(soc)
     unit = ph.units["b"]

@@ -47,7 +47,9 @@ async def test_export_limit_ramps_and_meter_follows(family: str) -> None:
         w_point = "101.W" if family == "legacy" else "701.W"
         try:
             assert await read_point(client, site, "pv", w_point) == pytest.approx(AVAILABLE, abs=1)
-            assert await read_point(client, site, "meter", "201.W") == pytest.approx(LOAD_W - AVAILABLE, abs=1)
+            assert await read_point(client, site, "meter", "201.W") == pytest.approx(
+                LOAD_W - AVAILABLE, abs=1
+            )
             t_before_write = site.clock.now()
             if family == "legacy":
                 await write_points(dev, 123, {"WMaxLimPct": 40.0, "WMaxLim_Ena": 1})
@@ -72,7 +74,11 @@ async def test_export_limit_ramps_and_meter_follows(family: str) -> None:
                     for tw in (t_before_write, t_after_write)
                 ]
                 tol = 0.01 * RATED
-                assert min(candidates) - tol <= w <= max(candidates) + tol, (t_a - t_after_write, w, candidates)
+                assert min(candidates) - tol <= w <= max(candidates) + tol, (
+                    t_a - t_after_write,
+                    w,
+                    candidates,
+                )
                 # the meter (read just after) shows load minus PV at nearly the same moment
                 assert meter_w == pytest.approx(LOAD_W - w, abs=tol + 500.0 * (t_b - t_a))
             # the trajectory really ramps: some samples strictly between start and final output

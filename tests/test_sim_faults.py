@@ -17,9 +17,9 @@ from tests.sim_helpers import read_point
 pytestmark = pytest.mark.asyncio
 
 
-async def _client(site: SimulatedSite, device: str, timeout: float = 1.0) -> AsyncModbusTcpClient:
+async def _client(site: SimulatedSite, device: str, io_timeout: float = 1.0) -> AsyncModbusTcpClient:
     ep = site.endpoint(device)
-    client = AsyncModbusTcpClient(ep.host, port=ep.port, timeout=timeout, retries=0, reconnect_delay=0)
+    client = AsyncModbusTcpClient(ep.host, port=ep.port, timeout=io_timeout, retries=0, reconnect_delay=0)
     assert await client.connect()
     return client
 
@@ -61,12 +61,12 @@ async def test_offline_on_shared_port_answers_gateway_no_response() -> None:
 async def test_slow_responses_delay_and_time_out() -> None:
     async with SimulatedSite(default_site_config(pv_available_w=3000, load_w=500)) as site:
         site.set_fault("pv", "slow", delay_s=0.4)
-        client = await _client(site, "pv", timeout=2.0)
+        client = await _client(site, "pv", io_timeout=2.0)
         start = time.monotonic()
         assert await read_point(client, site, "pv", "101.W") == pytest.approx(3000, abs=1)
         assert time.monotonic() - start >= 0.8  # two reads (value + scale factor), 0.4 s each
         client.close()
-        impatient = await _client(site, "pv", timeout=0.2)
+        impatient = await _client(site, "pv", io_timeout=0.2)
         with pytest.raises(ModbusIOException):
             await impatient.read_holding_registers(40000, count=2, device_id=1)
         impatient.close()
@@ -106,7 +106,9 @@ async def test_exception_responses(code: int) -> None:
 
 
 async def test_frozen_meter_keeps_reporting_stale_values() -> None:
-    cfg = default_site_config(pv_available_w=4000, load_w=500, battery=False, ramp_time_s=0, response_delay_s=0)
+    cfg = default_site_config(
+        pv_available_w=4000, load_w=500, battery=False, ramp_time_s=0, response_delay_s=0
+    )
     async with SimulatedSite(cfg) as site:
         client = await _client(site, "meter")
         assert await read_point(client, site, "meter", "201.W") == pytest.approx(-3500, abs=1)
