@@ -32,7 +32,7 @@ FAULTS = ("offline", "slow", "stuck", "exception", "frozen")
 
 _INVERTER_MODEL = {"single": 101, "split": 102, "wye": 103, "delta": 103}
 _METER_MODEL = {"single": 201, "split": 202, "wye": 203, "delta": 204}
-_GROUP_COUNTS = {"705.NCrv": 1, "705.NPt": 4, "714.NPrt": 1}
+GROUP_COUNTS = {"705.NCrv": 1, "705.NPt": 4, "714.NPrt": 1}
 
 
 def model_chain(cfg: DeviceConfig) -> tuple[int, ...]:
@@ -71,7 +71,7 @@ class SunSpecDevice:
     _refreshed_at: float = -math.inf
 
     def __post_init__(self) -> None:
-        self.layout = build_layout(model_chain(self.cfg), _GROUP_COUNTS)
+        self.layout = build_layout(model_chain(self.cfg), GROUP_COUNTS)
         self.regs = self.layout.new_image()
         self._init_static()
         self.refresh(force=True)

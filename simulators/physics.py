@@ -261,8 +261,8 @@ class SitePhysics:
             if want and not unit.connected:
                 unit.connected = True
                 # soft start: the limit climbs from zero to the commanded value
-                unit.limit_w = Ramp(0.0, unit.params.rated_w * unit.limit_pct / 100.0)
-                unit.limit_w.retarget(t, unit.limit_w.target, unit.params.reconnect_ramp_s)
+                target = unit.params.rated_w * unit.limit_pct / 100.0
+                unit.limit_w = Ramp(0.0, target, t0=t, duration=unit.params.reconnect_ramp_s)
             elif not want:
                 unit.connected = False
         elif cmd.kind == "battery_window":

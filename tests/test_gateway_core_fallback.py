@@ -130,7 +130,7 @@ def test_bad_inputs_are_rejected_naming_the_field_and_change_nothing():
 
 
 def test_config_validation_names_fields():
-    with pytest.raises(ValueError, match="installer_limits.export_limit_w is required"):
+    with pytest.raises(ValueError, match=r"installer_limits\.export_limit_w is required"):
         GatewayConfig("d", ControlSettings(), FallbackConfig(ControlSettings(export_limit_w=0)))
     with pytest.raises(ValueError, match="comms_loss_limits must set at least one limit"):
         FallbackConfig(ControlSettings(ramp_time_s=5))

@@ -29,9 +29,17 @@ def _models(dev) -> dict[int, object]:
 
 
 @pytest.mark.parametrize(("kind", "family", "wiring", "chain"), INVERTER_CASES)
-async def test_pysunspec2_scans_inverters(kind: str, family: str, wiring: str, chain: tuple[int, ...]) -> None:
+async def test_pysunspec2_scans_inverters(
+    kind: str, family: str, wiring: str, chain: tuple[int, ...]
+) -> None:
     unit = DeviceConfig(
-        name="unit", kind=kind, family=family, wiring=wiring, unit_id=7, rated_w=5000.0, pv_profile=CONST_PV,
+        name="unit",
+        kind=kind,
+        family=family,
+        wiring=wiring,
+        unit_id=7,
+        rated_w=5000.0,
+        pv_profile=CONST_PV,
         initial_soc_pct=62.5,
     )
     devices = [unit]
@@ -99,19 +107,28 @@ async def test_pysunspec2_scans_inverters(kind: str, family: str, wiring: str, c
             dev.close()
 
 
-@pytest.mark.parametrize(("wiring", "model_id"), [("single", 201), ("split", 202), ("wye", 203), ("delta", 204)])
+@pytest.mark.parametrize(
+    ("wiring", "model_id"), [("single", 201), ("split", 202), ("wye", 203), ("delta", 204)]
+)
 async def test_pysunspec2_scans_meters(wiring: str, model_id: int) -> None:
-    split = (1.0, 0.0, 0.0) if wiring == "single" else (0.5, 0.5, 0.0) if wiring == "split" else (0.5, 0.3, 0.2)
+    split = (
+        (1.0, 0.0, 0.0) if wiring == "single" else (0.5, 0.5, 0.0) if wiring == "split" else (0.5, 0.3, 0.2)
+    )
     cfg = SiteConfig(
         name="m",
         load=ProfileConfig(kind="constant", peak_w=1000.0),
         load_phase_split=split,
         devices=[
-            DeviceConfig(name="pv", kind="pv", unit_id=1, wiring="wye" if wiring in ("wye", "delta") else "single",
-                         pv_profile=CONST_PV),
+            DeviceConfig(
+                name="pv",
+                kind="pv",
+                unit_id=1,
+                wiring="wye" if wiring in ("wye", "delta") else "single",
+                pv_profile=CONST_PV,
+            ),
             DeviceConfig(name="meter", kind="meter", wiring=wiring, unit_id=240),
         ],
-    )  # fmt: skip
+    )
     async with SimulatedSite(cfg) as site:
         dev = await scan(site.endpoint("meter"))
         try:

@@ -268,8 +268,10 @@ class EventEngine:
     def set_program(self, program: Program) -> None:
         if program.default is not None and program.default.errors():
             raise ValueError(f"program {program.mrid} default: {'; '.join(program.default.errors())}")
+        old = self._programs.get(program.mrid)
         self._programs[program.mrid] = program
-        self._timelines = None
+        if old is None or old.primacy != program.primacy:
+            self._timelines = None
 
     def remove_program(self, program_mrid: str, now: int) -> None:
         """The program left our FSAs: its unfinished controls are treated as cancelled."""
@@ -297,7 +299,6 @@ class EventEngine:
                 reply_to=control.reply_to,
             )
             self._note_status(rec, now)
-        self._timelines = None
 
     def sync_program(self, program: Program, controls: list[Control], now: int) -> None:
         """Replace what we hold for one program with the server's current DERControlList.
@@ -315,11 +316,12 @@ class EventEngine:
         for mrid, rec in list(self._records.items()):
             if not rec.listed and rec.final_state is not None:
                 del self._records[mrid]
-        self._timelines = None
+                self._timelines = None
 
     def _receive(self, control: Control, now: int) -> None:
         rec = _Record(control=control, first_seen=now)
         self._records[control.mrid] = rec
+        self._timelines = None
         problems = control.settings.errors()
         if control.duration <= 0:
             problems.append(f"duration must be > 0, got {control.duration}")
@@ -343,13 +345,13 @@ class EventEngine:
 
     def _note_status(self, rec: _Record, now: int) -> None:
         status = rec.control.server_status
-        if (
-            status in (ServerStatus.CANCELLED, ServerStatus.CANCELLED_RANDOMIZED)
-            and rec.cancel_seen_at is None
-        ):
+        cancelled = status in (ServerStatus.CANCELLED, ServerStatus.CANCELLED_RANDOMIZED)
+        if cancelled and rec.cancel_seen_at is None:
             rec.cancel_seen_at = now
+            self._timelines = None
         if status == ServerStatus.SUPERSEDED and rec.server_superseded_at is None:
             rec.server_superseded_at = now
+            self._timelines = None
 
     def _withdraw(self, rec: _Record, now: int) -> None:
         rec.listed = False
@@ -541,6 +543,7 @@ class EventEngine:
                 for r in self._records.values()
             ],
             "outbox": [r.to_dict() for r in self._outbox],
+            "handed_out": self._handed_out,
         }
 
     @classmethod
@@ -572,5 +575,5 @@ class EventEngine:
             Response(o["subject"], ResponseStatus(o["status"]), o["created_time"], o["reply_to"])
             for o in data["outbox"]
         ]
-        engine._handed_out = len(engine._outbox)
+        engine._handed_out = data["handed_out"]
         return engine
