@@ -19,7 +19,7 @@ SUBCOMMAND_MODULES: list[str] = [
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="derlink",
-        description="IEEE 2030.5 / CSIP-AUS utility server, site gateway, SunSpec simulators and PKI toolkit.",
+        description="IEEE 2030.5 / CSIP-AUS utility server, site gateway, SunSpec simulators, PKI.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module_name in SUBCOMMAND_MODULES:

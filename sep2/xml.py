@@ -1,0 +1,250 @@
+"""XML encoding and hardened decoding of 2030.5 resources (lxml).
+
+Decoding refuses anything a conforming schema validator would refuse for the types we model — unknown or
+out-of-order elements, missing required fields, out-of-range numbers, bad hex, over-long strings, wrong
+namespaces — and, before parsing, DTDs/entities and oversized documents. Errors name the offending field.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from lxml import etree
+
+from sep2 import resources  # noqa: F401  (registers every resource class)
+from sep2.base import (
+    HEX_MAX_BYTES,
+    INTEGER_RANGES,
+    NS_CSIP,
+    NS_SEP,
+    REGISTRY,
+    STRING_MAX_CHARS,
+    FieldSpec,
+    Sep2Object,
+)
+
+MAX_DOCUMENT_BYTES = 256 * 1024
+CONTENT_TYPE = "application/sep+xml"
+NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
+_XSI_TYPE = f"{{{NS_XSI}}}type"
+_NSMAP = {None: NS_SEP, "csipaus": NS_CSIP}
+_NOTIFICATION_NSMAP = {**_NSMAP, "xsi": NS_XSI}
+
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})*$")
+
+
+class Sep2XmlError(ValueError):
+    """A document that is not a well-formed, valid 2030.5 resource. ``path`` locates the field."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+# ------------------------------------------------------------------------------------------------ encoding
+
+
+def to_xml(resource: Sep2Object) -> bytes:
+    """Encode a resource as a UTF-8 document with its global element as root."""
+    cls = type(resource)
+    nsmap = _NOTIFICATION_NSMAP if cls.__name__ == "Notification" else _NSMAP
+    root = etree.Element(f"{{{cls.xml_namespace}}}{cls.__name__}", nsmap=nsmap)
+    _encode_into(root, resource, cls.__name__)
+    return etree.tostring(root, encoding="UTF-8", xml_declaration=False)
+
+
+def _encode_into(node: etree._Element, obj: Sep2Object, path: str) -> None:
+    for spec in type(obj).field_specs():
+        value = getattr(obj, spec.name)
+        if value is None or (spec.repeated and not value):
+            if spec.required:
+                raise Sep2XmlError("required field is missing", f"{path}/{spec.name}")
+            continue
+        if spec.is_attribute:
+            node.set(spec.name, _format_simple(spec, value, f"{path}@{spec.name}"))
+            continue
+        tag = f"{{{spec.namespace}}}{spec.name}"
+        for item in value if spec.repeated else (value,):
+            child = etree.SubElement(node, tag)
+            child_path = f"{path}/{spec.name}"
+            if spec.is_simple:
+                child.text = _format_simple(spec, item, child_path)
+            else:
+                if not isinstance(item, Sep2Object):
+                    raise Sep2XmlError(f"expected a {spec.xsd_type}, got {type(item).__name__}", child_path)
+                if type(item).__name__ != spec.xsd_type:
+                    child.set(_XSI_TYPE, type(item).__name__)
+                _encode_into(child, item, child_path)
+
+
+def _format_simple(spec: FieldSpec, value: Any, path: str) -> str:
+    _check_simple(spec.xsd_type, value, path)
+    if spec.xsd_type == "boolean":
+        return "true" if value else "false"
+    return str(value)
+
+
+def _check_simple(xsd_type: str, value: Any, path: str) -> None:
+    if xsd_type in INTEGER_RANGES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise Sep2XmlError(f"expected an integer ({xsd_type}), got {value!r}", path)
+        low, high = INTEGER_RANGES[xsd_type]
+        if not low <= value <= high:
+            raise Sep2XmlError(f"{value} is outside the {xsd_type} range {low}..{high}", path)
+    elif xsd_type in HEX_MAX_BYTES:
+        if not isinstance(value, str) or not _HEX.match(value):
+            raise Sep2XmlError(f"expected hexadecimal octets ({xsd_type}), got {value!r}", path)
+        if len(value) // 2 > HEX_MAX_BYTES[xsd_type]:
+            raise Sep2XmlError(f"longer than {HEX_MAX_BYTES[xsd_type]} octets ({xsd_type})", path)
+    elif xsd_type in STRING_MAX_CHARS:
+        if not isinstance(value, str):
+            raise Sep2XmlError(f"expected text, got {value!r}", path)
+        if len(value) > STRING_MAX_CHARS[xsd_type]:
+            raise Sep2XmlError(f"longer than {STRING_MAX_CHARS[xsd_type]} characters ({xsd_type})", path)
+    elif xsd_type == "boolean":
+        if not isinstance(value, bool):
+            raise Sep2XmlError(f"expected true or false, got {value!r}", path)
+    elif xsd_type == "anyURI" and not isinstance(value, str):
+        raise Sep2XmlError(f"expected a URI, got {value!r}", path)
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+
+_PARSER = etree.XMLParser(
+    resolve_entities=False,
+    no_network=True,
+    load_dtd=False,
+    dtd_validation=False,
+    huge_tree=False,
+    remove_comments=True,
+    remove_pis=True,
+)
+
+
+def parse_document(data: bytes, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> etree._Element:
+    """Parse untrusted bytes into an element tree, refusing DTDs, entities and oversized input."""
+    if len(data) > max_bytes:
+        raise Sep2XmlError(f"document is {len(data)} bytes; the limit is {max_bytes}")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        raise Sep2XmlError("DTDs and entity declarations are not allowed")
+    try:
+        root = etree.fromstring(data, _PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise Sep2XmlError(f"malformed XML: {exc}") from None
+    if root is None:
+        raise Sep2XmlError("empty document")
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        raise Sep2XmlError("DTDs and entity declarations are not allowed")
+    return root
+
+
+def from_xml(
+    data: bytes,
+    expected: type[Sep2Object] | tuple[type[Sep2Object], ...] | None = None,
+    *,
+    max_bytes: int = MAX_DOCUMENT_BYTES,
+) -> Any:
+    """Decode a document into its resource object; raise Sep2XmlError on anything invalid."""
+    root = parse_document(data, max_bytes=max_bytes)
+    qname = etree.QName(root)
+    cls = REGISTRY.get(qname.localname)
+    if cls is None or not cls.is_root:
+        raise Sep2XmlError(f"unknown root element {qname.localname!r}")
+    if qname.namespace != cls.xml_namespace:
+        raise Sep2XmlError(
+            f"root element {qname.localname!r} must be in namespace {cls.xml_namespace!r}, "
+            f"not {qname.namespace!r}"
+        )
+    if expected is not None and not issubclass(cls, expected):
+        names = ", ".join(c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,)))
+        raise Sep2XmlError(f"expected {names}, got {cls.__name__}")
+    return _decode(root, cls, cls.__name__)
+
+
+def _decode(node: etree._Element, cls: type[Sep2Object], path: str) -> Sep2Object:
+    specs = cls.field_specs()
+    values: dict[str, Any] = {}
+    attribute_specs = {s.name: s for s in specs if s.is_attribute}
+    for name, raw in node.attrib.items():
+        if name.startswith(f"{{{NS_XSI}}}"):
+            continue
+        spec = attribute_specs.get(name)
+        if spec is None:
+            raise Sep2XmlError(f"unexpected attribute {name!r}", path)
+        values[name] = _parse_simple(spec.xsd_type, raw, f"{path}@{name}")
+    if node.text and node.text.strip():
+        raise Sep2XmlError("unexpected text content", path)
+
+    element_specs = [s for s in specs if not s.is_attribute]
+    position = 0
+    for child in node:
+        child_name = etree.QName(child)
+        child_path = f"{path}/{child_name.localname}"
+        if child.tail and child.tail.strip():
+            raise Sep2XmlError("unexpected text content", path)
+        index = position
+        while index < len(element_specs) and not (
+            element_specs[index].name == child_name.localname
+            and element_specs[index].namespace == child_name.namespace
+        ):
+            index += 1
+        if index == len(element_specs):
+            known = any(s.name == child_name.localname for s in element_specs)
+            reason = "out of order or repeated" if known else "unexpected element"
+            raise Sep2XmlError(f"{reason} {{{child_name.namespace}}}{child_name.localname}", child_path)
+        spec = element_specs[index]
+        if not spec.repeated and spec.name in values:
+            raise Sep2XmlError("element may occur only once", child_path)
+        position = index if spec.repeated else index + 1
+        if spec.is_simple:
+            if len(child):
+                raise Sep2XmlError("expected a simple value, found child elements", child_path)
+            value = _parse_simple(spec.xsd_type, child.text or "", child_path)
+        else:
+            value = _decode(child, _child_class(child, spec, child_path), child_path)
+        if spec.repeated:
+            values.setdefault(spec.name, []).append(value)
+        else:
+            values[spec.name] = value
+
+    for spec in specs:
+        if spec.required and spec.name not in values:
+            kind = "attribute" if spec.is_attribute else "element"
+            raise Sep2XmlError(f"required {kind} {spec.name!r} is missing", path)
+    return cls(**values)
+
+
+def _child_class(child: etree._Element, spec: FieldSpec, path: str) -> type[Sep2Object]:
+    declared = REGISTRY[spec.xsd_type] if spec.xsd_type != "Resource" else REGISTRY["Resource"]
+    xsi_type = child.get(_XSI_TYPE)
+    if xsi_type is None:
+        return declared
+    local = xsi_type.split(":", 1)[-1]
+    actual = REGISTRY.get(local)
+    if actual is None or not issubclass(actual, declared) or not actual.is_root:
+        raise Sep2XmlError(f"xsi:type {xsi_type!r} is not a {declared.__name__}", path)
+    return actual
+
+
+def _parse_simple(xsd_type: str, raw: str, path: str) -> Any:
+    text = raw.strip()
+    if xsd_type in INTEGER_RANGES:
+        if not _INTEGER.match(text):
+            raise Sep2XmlError(f"expected an integer ({xsd_type}), got {raw!r}", path)
+        value: Any = int(text)
+    elif xsd_type == "boolean":
+        if text in ("true", "1"):
+            value = True
+        elif text in ("false", "0"):
+            value = False
+        else:
+            raise Sep2XmlError(f"expected true or false, got {raw!r}", path)
+    elif xsd_type in HEX_MAX_BYTES:
+        value = text
+    else:
+        value = raw if xsd_type in STRING_MAX_CHARS else text
+    _check_simple(xsd_type, value, path)
+    return value
