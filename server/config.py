@@ -30,9 +30,11 @@ class ServerConfig:
     server_cert: Path | None = None  # explicit files override cert_dir
     server_key: Path | None = None
     ca_cert: Path | None = None
-    # Admin listener (/metrics); port 0 disables it.
+    tls: bool = True  # False only behind a TLS-terminating proxy (trusted_proxies must be set)
+    # Admin listener (/metrics, later the head-end API); port 0 picks a free port.
+    admin_enabled: bool = True
     admin_host: str = "127.0.0.1"
-    admin_port: int = 0
+    admin_port: int = 8444
     # Behaviour.
     poll_rate: int = 300  # default pollRate (s) for DeviceCapability and polled lists
     post_rate: int = 300  # default postRate (s) for MirrorUsagePoints and EndDevices
@@ -161,4 +163,16 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: [server] must be a table")
     config = config_from_mapping(values)
-    return config_from_mapping({k: v for k, v in (overrides or {}).items() if v is not None}, config)
+    config = config_from_mapping({k: v for k, v in (overrides or {}).items() if v is not None}, config)
+    check_config(config)
+    return config
+
+
+def check_config(config: ServerConfig) -> None:
+    """Cross-field rules."""
+    if not config.tls and not config.trusted_proxies:
+        raise ConfigError("tls: may only be false behind a TLS-terminating proxy (set trusted_proxies)")
+    if config.database_url and not config.database_url.startswith(
+        ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+    ):
+        raise ConfigError("database_url: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")

@@ -151,7 +151,9 @@ ders = sa.Table(
     "ders",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column(
+        "site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
 )
 
 # DERCapability / DERSettings / DERStatus / DERAvailability as PUT by the client (canonical XML).
@@ -195,8 +197,9 @@ readings = sa.Table(
     "readings",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("meter_reading_id", sa.Integer, sa.ForeignKey("meter_readings.id", ondelete="CASCADE"),
-              nullable=False),
+    sa.Column(
+        "meter_reading_id", sa.Integer, sa.ForeignKey("meter_readings.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("time_start", sa.BigInteger),
     sa.Column("duration", sa.Integer),
     sa.Column("value", sa.BigInteger, nullable=False),
@@ -209,9 +212,12 @@ responses = sa.Table(
     "responses",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False, index=True),
-    sa.Column("control_id", sa.Integer, sa.ForeignKey("controls.id", ondelete="CASCADE"), nullable=False,
-              index=True),
+    sa.Column(
+        "site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+    sa.Column(
+        "control_id", sa.Integer, sa.ForeignKey("controls.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
     sa.Column("status", sa.Integer, nullable=False),
     sa.Column("created_time", sa.BigInteger),
     sa.Column("received_at", sa.BigInteger, nullable=False),
@@ -221,7 +227,9 @@ subscriptions = sa.Table(
     "subscriptions",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column(
+        "site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
     # What is watched, parsed from subscribedResource by the API layer:
     # kind in edev | fsa | derp | derc | actderc | dderc; program_id / fsa_key when relevant.
     sa.Column("kind", sa.String(8), nullable=False),
@@ -242,8 +250,13 @@ outbox = sa.Table(
     "outbox",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("subscription_id", sa.Integer, sa.ForeignKey("subscriptions.id", ondelete="CASCADE"),
-              nullable=False, unique=True),
+    sa.Column(
+        "subscription_id",
+        sa.Integer,
+        sa.ForeignKey("subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+        unique=True,
+    ),
     sa.Column("seq", sa.Integer, nullable=False, default=0),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
@@ -340,7 +353,9 @@ def from_jsonable(cls: type, data: dict[str, Any]) -> Any:
         if isinstance(value, dict):
             kwargs[name] = from_jsonable(resolve_type(xsd_type), value)
         elif isinstance(value, list):
-            kwargs[name] = [from_jsonable(resolve_type(xsd_type), v) if isinstance(v, dict) else v for v in value]
+            kwargs[name] = [
+                from_jsonable(resolve_type(xsd_type), v) if isinstance(v, dict) else v for v in value
+            ]
         else:
             kwargs[name] = value
     return cls(**kwargs)
@@ -393,7 +408,9 @@ def build_control_base(
         try:
             kwargs[_POWER_FIELDS[arg]] = r.ActivePower.from_watts(float(value))
         except ValueError as exc:
-            raise AdminError(f"{arg}: {value} W cannot be expressed as a 2030.5 ActivePower ({exc})") from None
+            raise AdminError(
+                f"{arg}: {value} W cannot be expressed as a 2030.5 ActivePower ({exc})"
+            ) from None
     if connect is not None:
         kwargs["opModConnect"] = bool(connect)
     if energize is not None:
@@ -537,6 +554,7 @@ class Store:
         async with self.engine.begin() as conn:
             yield conn
         self.generation += 1
+        self.outbox_event.set()
 
     def read(self) -> Any:
         return self.engine.connect()
@@ -565,8 +583,12 @@ class Store:
                         ).inserted_primary_key[0]
                     await conn.execute(
                         clients.insert().values(
-                            lfdi=lfdi, kind=role, aggregator_id=aggregator_id, revoked=False,
-                            first_seen=now, last_seen=now,
+                            lfdi=lfdi,
+                            kind=role,
+                            aggregator_id=aggregator_id,
+                            revoked=False,
+                            first_seen=now,
+                            last_seen=now,
                         )
                     )
                     row = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
@@ -586,7 +608,9 @@ class Store:
         pending, self._pending_contacts = self._pending_contacts, {}
         async with self.engine.begin() as conn:  # not a content change: no generation bump
             await conn.execute(
-                clients.update().where(clients.c.lfdi == sa.bindparam("k")).values(last_seen=sa.bindparam("t")),
+                clients.update()
+                .where(clients.c.lfdi == sa.bindparam("k"))
+                .values(last_seen=sa.bindparam("t")),
                 [{"k": k, "t": t} for k, t in pending.items()],
             )
 
@@ -607,17 +631,27 @@ class Store:
     async def list_sites(self, scope: RequestScope, page: Page) -> tuple[int, list[sa.Row]]:
         cond = scope.site_condition()
         async with self.read() as conn:
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(sites).where(cond))).scalar_one()
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(sites).where(cond))
+            ).scalar_one()
             rows = (
                 await conn.execute(
-                    sa.select(sites).where(cond).order_by(sites.c.sfdi, sites.c.id).offset(page.start)
+                    sa.select(sites)
+                    .where(cond)
+                    .order_by(sites.c.sfdi, sites.c.id)
+                    .offset(page.start)
                     .limit(page.limit)
                 )
             ).all()
         return total, list(rows)
 
     async def register_site(
-        self, scope: RequestScope, *, lfdi: str | None, sfdi: int | None, device_category: str | None,
+        self,
+        scope: RequestScope,
+        *,
+        lfdi: str | None,
+        sfdi: int | None,
+        device_category: str | None,
         inband_allowed: bool,
     ) -> tuple[int, bool]:
         """In-band registration (POST EndDevice). Returns (site id, created). A repeat of an LFDI this
@@ -654,8 +688,13 @@ class Store:
             site_id = (
                 await conn.execute(
                     sites.insert().values(
-                        lfdi=lfdi, sfdi=expected_sfdi, aggregator_id=scope.aggregator_id,
-                        device_category=device_category, enabled=True, changed_time=now, registered_time=now,
+                        lfdi=lfdi,
+                        sfdi=expected_sfdi,
+                        aggregator_id=scope.aggregator_id,
+                        device_category=device_category,
+                        enabled=True,
+                        changed_time=now,
+                        registered_time=now,
                     )
                 )
             ).inserted_primary_key[0]
@@ -673,6 +712,37 @@ class Store:
                 sites.update().where(sites.c.id == site_id).values(nmi=nmi, changed_time=self.clock())
             )
 
+    async def client_targets(self, scope: RequestScope) -> list[tuple[str, int]]:
+        """Rate targets for client-level resources: a device client's own site, else everyone."""
+        if scope.kind == "aggregator":
+            return [("all", 0)]
+        async with self.read() as conn:
+            row = (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == scope.lfdi))).first()
+            return await _site_targets(conn, row.id) if row else [("all", 0)]
+
+    async def client_counts(self, scope: RequestScope) -> dict[str, int]:
+        async with self.read() as conn:
+            edev = (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(sites).where(scope.site_condition())
+                )
+            ).scalar_one()
+            mup = (
+                await conn.execute(
+                    sa.select(sa.func.count()).select_from(mups).where(self._mup_condition(scope))
+                )
+            ).scalar_one()
+        return {"edev": edev, "mup": mup}
+
+    async def group_names(self, group_ids: list[int]) -> dict[int, str]:
+        if not group_ids:
+            return {}
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(sa.select(groups.c.id, groups.c.name).where(groups.c.id.in_(group_ids)))
+            ).all()
+        return {row.id: row.name for row in rows}
+
     # --------------------------------------------------------------------------------- programs & controls
 
     async def site_view(self, scope: RequestScope, site_id: int) -> SiteView:
@@ -688,21 +758,32 @@ class Store:
         self, view: SiteView, program_id: int, page: Page, *, active_only: bool = False
     ) -> tuple[int, list[sa.Row], int | None]:
         """(total, rows, next change time) for the DERControls of a program that the site sees."""
-        self._program(view, program_id)
+        self.program_row(view, program_id)
         now = self.clock()
         keys = [k for k, _ in view.targets]
-        cond = [controls.c.program_id == program_id, controls.c.target.in_(keys),
-                controls.c.start + controls.c.duration > (page.after if page.after is not None else now)]
+        cond = [
+            controls.c.program_id == program_id,
+            controls.c.target.in_(keys),
+            controls.c.start + controls.c.duration > (page.after if page.after is not None else now),
+        ]
         if active_only:
-            cond += [controls.c.start <= now, controls.c.cancelled_at.is_(None), controls.c.superseded_at.is_(None)]
+            cond += [
+                controls.c.start <= now,
+                controls.c.cancelled_at.is_(None),
+                controls.c.superseded_at.is_(None),
+            ]
         async with self.read() as conn:
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(controls).where(*cond))).scalar_one()
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(controls).where(*cond))
+            ).scalar_one()
             rows = list(
                 (
                     await conn.execute(
-                        sa.select(controls).where(*cond)
+                        sa.select(controls)
+                        .where(*cond)
                         .order_by(controls.c.start, controls.c.creation_time.desc(), controls.c.mrid.desc())
-                        .offset(page.start).limit(page.limit)
+                        .offset(page.start)
+                        .limit(page.limit)
                     )
                 ).all()
             )
@@ -711,28 +792,31 @@ class Store:
                 await conn.execute(
                     sa.select(
                         sa.func.min(
-                            sa.case((controls.c.start > now, controls.c.start),
-                                    else_=controls.c.start + controls.c.duration)
+                            sa.case(
+                                (controls.c.start > now, controls.c.start),
+                                else_=controls.c.start + controls.c.duration,
+                            )
                         )
                     ).where(*cond)
                 )
             ).scalar_one()
         return total, rows, next_change
 
-    def _program(self, view: SiteView, program_id: int) -> sa.Row:
+    def program_row(self, view: SiteView, program_id: int) -> sa.Row:
         for p in view.programs:
             if p.id == program_id:
                 return p
         raise NotFound(f"no DERProgram {program_id} for EndDevice {view.site.id}")
 
     async def control(self, view: SiteView, program_id: int, control_id: int) -> sa.Row:
-        self._program(view, program_id)
+        self.program_row(view, program_id)
         keys = [k for k, _ in view.targets]
         async with self.read() as conn:
             row = (
                 await conn.execute(
                     sa.select(controls).where(
-                        controls.c.id == control_id, controls.c.program_id == program_id,
+                        controls.c.id == control_id,
+                        controls.c.program_id == program_id,
                         controls.c.target.in_(keys),
                     )
                 )
@@ -743,7 +827,7 @@ class Store:
 
     async def default_control(self, view: SiteView, program_id: int) -> sa.Row | None:
         """The most specific DefaultDERControl of the program for the site: site, nearest group, all."""
-        self._program(view, program_id)
+        self.program_row(view, program_id)
         rank = dict(view.targets)
         async with self.read() as conn:
             rows = (
@@ -757,10 +841,13 @@ class Store:
             return None
         return max(rows, key=lambda row: (rank[row.target], -row.id))
 
-    async def rate(self, view_or_targets: SiteView | list[tuple[str, int]] | None, resource: str,
-                   default: int) -> int:
+    async def rate(
+        self, view_or_targets: SiteView | list[tuple[str, int]] | None, resource: str, default: int
+    ) -> int:
         """The pollRate/postRate for ``resource`` as seen by a site (site > nearest group > all > default)."""
-        targets = view_or_targets.targets if isinstance(view_or_targets, SiteView) else (view_or_targets or [])
+        targets = (
+            view_or_targets.targets if isinstance(view_or_targets, SiteView) else (view_or_targets or [])
+        )
         rank = dict(targets) if targets else {"all": 0}
         async with self.read() as conn:
             rows = (
@@ -779,14 +866,21 @@ class Store:
     async def der_ids(self, scope: RequestScope, site_id: int, page: Page) -> tuple[int, list[int]]:
         async with self.read() as conn:
             await self._site(conn, scope, site_id)
-            ids = [row.id for row in (await conn.execute(
-                sa.select(ders.c.id).where(ders.c.site_id == site_id).order_by(ders.c.id))).all()]
+            ids = [
+                row.id
+                for row in (
+                    await conn.execute(
+                        sa.select(ders.c.id).where(ders.c.site_id == site_id).order_by(ders.c.id)
+                    )
+                ).all()
+            ]
         return len(ids), ids[page.start : page.start + page.limit]
 
     async def _der(self, conn: AsyncConnection, scope: RequestScope, site_id: int, der_id: int) -> None:
         await self._site(conn, scope, site_id)
-        found = (await conn.execute(
-            sa.select(ders.c.id).where(ders.c.id == der_id, ders.c.site_id == site_id))).first()
+        found = (
+            await conn.execute(sa.select(ders.c.id).where(ders.c.id == der_id, ders.c.site_id == site_id))
+        ).first()
         if found is None:
             raise NotFound(f"no DER {der_id} on EndDevice {site_id}")
 
@@ -797,22 +891,31 @@ class Store:
     async def der_document(self, scope: RequestScope, site_id: int, der_id: int, kind: str) -> Any | None:
         async with self.read() as conn:
             await self._der(conn, scope, site_id, der_id)
-            row = (await conn.execute(
-                sa.select(der_documents.c.xml).where(der_documents.c.der_id == der_id, der_documents.c.kind == kind)
-            )).first()
+            row = (
+                await conn.execute(
+                    sa.select(der_documents.c.xml).where(
+                        der_documents.c.der_id == der_id, der_documents.c.kind == kind
+                    )
+                )
+            ).first()
         if row is None:
             return None
         return from_xml(row.xml.encode(), DER_DOCUMENT_TYPES[kind])
 
-    async def put_der_document(self, scope: RequestScope, site_id: int, der_id: int, kind: str, doc: Any) -> None:
+    async def put_der_document(
+        self, scope: RequestScope, site_id: int, der_id: int, kind: str, doc: Any
+    ) -> None:
         doc = dataclasses.replace(doc, href=None)
         xml = to_xml(doc).decode()
         now = self.clock()
         async with self.write() as conn:
             await self._der(conn, scope, site_id, der_id)
             stmt = _insert(conn, der_documents).values(der_id=der_id, kind=kind, xml=xml, updated_at=now)
-            await conn.execute(stmt.on_conflict_do_update(
-                index_elements=["der_id", "kind"], set_={"xml": xml, "updated_at": now}))
+            await conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["der_id", "kind"], set_={"xml": xml, "updated_at": now}
+                )
+            )
 
     # --------------------------------------------------------------------------------- telemetry
 
@@ -822,22 +925,39 @@ class Store:
     async def list_mups(self, scope: RequestScope, page: Page) -> tuple[int, list[sa.Row]]:
         cond = self._mup_condition(scope)
         async with self.read() as conn:
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(mups).where(cond))).scalar_one()
-            rows = (await conn.execute(
-                sa.select(mups, sites.c.lfdi).join(sites, sites.c.id == mups.c.site_id).where(cond)
-                .order_by(mups.c.id).offset(page.start).limit(page.limit))).all()
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(mups).where(cond))
+            ).scalar_one()
+            rows = (
+                await conn.execute(
+                    sa.select(mups, sites.c.lfdi)
+                    .join(sites, sites.c.id == mups.c.site_id)
+                    .where(cond)
+                    .order_by(mups.c.id)
+                    .offset(page.start)
+                    .limit(page.limit)
+                )
+            ).all()
         return total, list(rows)
 
     async def mup(self, scope: RequestScope, mup_id: int) -> tuple[sa.Row, list[sa.Row]]:
         async with self.read() as conn:
-            row = (await conn.execute(
-                sa.select(mups, sites.c.lfdi).join(sites, sites.c.id == mups.c.site_id)
-                .where(mups.c.id == mup_id, self._mup_condition(scope)))).first()
+            row = (
+                await conn.execute(
+                    sa.select(mups, sites.c.lfdi)
+                    .join(sites, sites.c.id == mups.c.site_id)
+                    .where(mups.c.id == mup_id, self._mup_condition(scope))
+                )
+            ).first()
             if row is None:
                 raise NotFound(f"no MirrorUsagePoint {mup_id} for this client")
-            mmrs = (await conn.execute(
-                sa.select(meter_readings).where(meter_readings.c.mup_id == mup_id).order_by(meter_readings.c.id)
-            )).all()
+            mmrs = (
+                await conn.execute(
+                    sa.select(meter_readings)
+                    .where(meter_readings.c.mup_id == mup_id)
+                    .order_by(meter_readings.c.id)
+                )
+            ).all()
         return row, list(mmrs)
 
     async def upsert_mup(self, scope: RequestScope, mup: r.MirrorUsagePoint) -> tuple[int, bool]:
@@ -848,17 +968,33 @@ class Store:
             raise BadRequest(f"MirrorUsagePoint.deviceLFDI: {exc}") from None
         now = self.clock()
         async with self.write() as conn:
-            site = (await conn.execute(
-                sa.select(sites.c.id).where(sites.c.lfdi == device_lfdi, scope.site_condition()))).first()
+            site = (
+                await conn.execute(
+                    sa.select(sites.c.id).where(sites.c.lfdi == device_lfdi, scope.site_condition())
+                )
+            ).first()
             if site is None:
-                raise BadRequest(f"MirrorUsagePoint.deviceLFDI: {device_lfdi} is not an EndDevice of this client")
-            values = dict(description=mup.description, role_flags=mup.roleFlags,
-                          service_category=mup.serviceCategoryKind, status=mup.status, version=mup.version)
-            existing = (await conn.execute(
-                sa.select(mups.c.id).where(mups.c.site_id == site.id, mups.c.mrid == mup.mRID.upper()))).first()
+                raise BadRequest(
+                    f"MirrorUsagePoint.deviceLFDI: {device_lfdi} is not an EndDevice of this client"
+                )
+            values = dict(
+                description=mup.description,
+                role_flags=mup.roleFlags,
+                service_category=mup.serviceCategoryKind,
+                status=mup.status,
+                version=mup.version,
+            )
+            existing = (
+                await conn.execute(
+                    sa.select(mups.c.id).where(mups.c.site_id == site.id, mups.c.mrid == mup.mRID.upper())
+                )
+            ).first()
             if existing is None:
-                mup_id = (await conn.execute(mups.insert().values(
-                    site_id=site.id, mrid=mup.mRID.upper(), created_at=now, **values))).inserted_primary_key[0]
+                mup_id = (
+                    await conn.execute(
+                        mups.insert().values(site_id=site.id, mrid=mup.mRID.upper(), created_at=now, **values)
+                    )
+                ).inserted_primary_key[0]
             else:
                 mup_id = existing.id
                 await conn.execute(mups.update().where(mups.c.id == mup_id).values(**values))
@@ -871,8 +1007,11 @@ class Store:
     ) -> list[tuple[int, bool]]:
         now = self.clock()
         async with self.write() as conn:
-            found = (await conn.execute(
-                sa.select(mups.c.id).where(mups.c.id == mup_id, self._mup_condition(scope)))).first()
+            found = (
+                await conn.execute(
+                    sa.select(mups.c.id).where(mups.c.id == mup_id, self._mup_condition(scope))
+                )
+            ).first()
             if found is None:
                 raise NotFound(f"no MirrorUsagePoint {mup_id} for this client")
             return [await self._store_meter_reading(conn, mup_id, mmr, now) for mmr in items]
@@ -881,15 +1020,27 @@ class Store:
         self, conn: AsyncConnection, mup_id: int, mmr: r.MirrorMeterReading, now: int
     ) -> tuple[int, bool]:
         mrid = (mmr.mRID or "").upper()
-        existing = (await conn.execute(sa.select(meter_readings.c.id).where(
-            meter_readings.c.mup_id == mup_id, meter_readings.c.mrid == mrid))).first()
+        existing = (
+            await conn.execute(
+                sa.select(meter_readings.c.id).where(
+                    meter_readings.c.mup_id == mup_id, meter_readings.c.mrid == mrid
+                )
+            )
+        ).first()
         if existing is None:
             if mmr.ReadingType is None:
                 raise BadRequest(f"MirrorMeterReading.ReadingType: required for a new reading (mRID {mrid})")
-            mmr_id = (await conn.execute(meter_readings.insert().values(
-                mup_id=mup_id, mrid=mrid, description=mmr.description,
-                reading_type=to_xml(dataclasses.replace(mmr.ReadingType, href=None)).decode(),
-                last_update=mmr.lastUpdateTime))).inserted_primary_key[0]
+            mmr_id = (
+                await conn.execute(
+                    meter_readings.insert().values(
+                        mup_id=mup_id,
+                        mrid=mrid,
+                        description=mmr.description,
+                        reading_type=to_xml(dataclasses.replace(mmr.ReadingType, href=None)).decode(),
+                        last_update=mmr.lastUpdateTime,
+                    )
+                )
+            ).inserted_primary_key[0]
         else:
             mmr_id = existing.id
             values: dict[str, Any] = {"last_update": mmr.lastUpdateTime}
@@ -904,11 +1055,16 @@ class Store:
             if reading.value is None:
                 raise BadRequest(f"Reading.value: required (MirrorMeterReading {mrid})")
             period = reading.timePeriod
-            batch.append(dict(
-                meter_reading_id=mmr_id, value=reading.value, quality_flags=reading.qualityFlags,
-                time_start=period.start if period else None, duration=period.duration if period else None,
-                received_at=now,
-            ))
+            batch.append(
+                dict(
+                    meter_reading_id=mmr_id,
+                    value=reading.value,
+                    quality_flags=reading.qualityFlags,
+                    time_start=period.start if period else None,
+                    duration=period.duration if period else None,
+                    received_at=now,
+                )
+            )
         if batch:
             await conn.execute(readings.insert(), batch)
         return mmr_id, existing is None
@@ -931,18 +1087,36 @@ class Store:
             raise BadRequest(f"Response.endDeviceLFDI: {exc}") from None
         now = self.clock()
         async with self.write() as conn:
-            site = (await conn.execute(
-                sa.select(sites.c.id).where(sites.c.lfdi == device_lfdi, scope.site_condition()))).first()
+            site = (
+                await conn.execute(
+                    sa.select(sites.c.id).where(sites.c.lfdi == device_lfdi, scope.site_condition())
+                )
+            ).first()
             if site is None:
                 raise BadRequest(f"Response.endDeviceLFDI: {device_lfdi} is not an EndDevice of this client")
             keys = [k for k, _ in await _site_targets(conn, site.id)]
-            control = (await conn.execute(sa.select(controls.c.id).where(
-                controls.c.mrid == (response.subject or "").upper(), controls.c.target.in_(keys)))).first()
+            control = (
+                await conn.execute(
+                    sa.select(controls.c.id).where(
+                        controls.c.mrid == (response.subject or "").upper(), controls.c.target.in_(keys)
+                    )
+                )
+            ).first()
             if control is None:
-                raise BadRequest(f"Response.subject: {response.subject} is not a DERControl of this EndDevice")
-            return (await conn.execute(responses.insert().values(
-                site_id=site.id, control_id=control.id, status=response.status,
-                created_time=response.createdDateTime, received_at=now))).inserted_primary_key[0]
+                raise BadRequest(
+                    f"Response.subject: {response.subject} is not a DERControl of this EndDevice"
+                )
+            return (
+                await conn.execute(
+                    responses.insert().values(
+                        site_id=site.id,
+                        control_id=control.id,
+                        status=response.status,
+                        created_time=response.createdDateTime,
+                        received_at=now,
+                    )
+                )
+            ).inserted_primary_key[0]
 
     def _response_query(self, scope: RequestScope) -> sa.Select:
         return (
@@ -957,13 +1131,19 @@ class Store:
         if page.after is not None:
             query = query.where(responses.c.received_at >= page.after)
         async with self.read() as conn:
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(query.subquery()))).scalar_one()
-            rows = (await conn.execute(query.order_by(responses.c.id).offset(page.start).limit(page.limit))).all()
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(query.subquery()))
+            ).scalar_one()
+            rows = (
+                await conn.execute(query.order_by(responses.c.id).offset(page.start).limit(page.limit))
+            ).all()
         return total, list(rows)
 
     async def response(self, scope: RequestScope, response_id: int) -> sa.Row:
         async with self.read() as conn:
-            row = (await conn.execute(self._response_query(scope).where(responses.c.id == response_id))).first()
+            row = (
+                await conn.execute(self._response_query(scope).where(responses.c.id == response_id))
+            ).first()
         if row is None:
             raise NotFound(f"no Response {response_id} for this client")
         return row
@@ -971,34 +1151,70 @@ class Store:
     # --------------------------------------------------------------------------------- subscriptions
 
     async def create_subscription(
-        self, scope: RequestScope, site_id: int, *, kind: str, program_id: int | None, fsa_key: int | None,
-        subscribed_href: str, notification_uri: str, limit: int, level: str,
+        self,
+        scope: RequestScope,
+        site_id: int,
+        *,
+        kind: str,
+        program_id: int | None,
+        fsa_key: int | None,
+        subscribed_href: str,
+        notification_uri: str,
+        limit: int,
+        level: str,
     ) -> int:
         if kind not in SUBSCRIPTION_KINDS:
             raise BadRequest(f"Subscription.subscribedResource: {subscribed_href} is not subscribable")
         now = self.clock()
         async with self.write() as conn:
             await self._site(conn, scope, site_id)
-            return (await conn.execute(subscriptions.insert().values(
-                site_id=site_id, kind=kind, program_id=program_id, fsa_key=fsa_key,
-                subscribed_href=subscribed_href, notification_uri=notification_uri, limit=limit, level=level,
-                owner_lfdi=scope.lfdi, created_at=now))).inserted_primary_key[0]
+            return (
+                await conn.execute(
+                    subscriptions.insert().values(
+                        site_id=site_id,
+                        kind=kind,
+                        program_id=program_id,
+                        fsa_key=fsa_key,
+                        subscribed_href=subscribed_href,
+                        notification_uri=notification_uri,
+                        limit=limit,
+                        level=level,
+                        owner_lfdi=scope.lfdi,
+                        created_at=now,
+                    )
+                )
+            ).inserted_primary_key[0]
 
-    async def list_subscriptions(self, scope: RequestScope, site_id: int, page: Page) -> tuple[int, list[sa.Row]]:
+    async def list_subscriptions(
+        self, scope: RequestScope, site_id: int, page: Page
+    ) -> tuple[int, list[sa.Row]]:
         async with self.read() as conn:
             await self._site(conn, scope, site_id)
             cond = subscriptions.c.site_id == site_id
-            total = (await conn.execute(
-                sa.select(sa.func.count()).select_from(subscriptions).where(cond))).scalar_one()
-            rows = (await conn.execute(sa.select(subscriptions).where(cond).order_by(subscriptions.c.id)
-                                       .offset(page.start).limit(page.limit))).all()
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(subscriptions).where(cond))
+            ).scalar_one()
+            rows = (
+                await conn.execute(
+                    sa.select(subscriptions)
+                    .where(cond)
+                    .order_by(subscriptions.c.id)
+                    .offset(page.start)
+                    .limit(page.limit)
+                )
+            ).all()
         return total, list(rows)
 
     async def subscription(self, scope: RequestScope, site_id: int, sub_id: int) -> sa.Row:
         async with self.read() as conn:
             await self._site(conn, scope, site_id)
-            row = (await conn.execute(sa.select(subscriptions).where(
-                subscriptions.c.id == sub_id, subscriptions.c.site_id == site_id))).first()
+            row = (
+                await conn.execute(
+                    sa.select(subscriptions).where(
+                        subscriptions.c.id == sub_id, subscriptions.c.site_id == site_id
+                    )
+                )
+            ).first()
         if row is None:
             raise NotFound(f"no Subscription {sub_id} on EndDevice {site_id}")
         return row
@@ -1006,8 +1222,9 @@ class Store:
     async def delete_subscription(self, scope: RequestScope, site_id: int, sub_id: int) -> None:
         async with self.write() as conn:
             await self._site(conn, scope, site_id)
-            result = await conn.execute(subscriptions.delete().where(
-                subscriptions.c.id == sub_id, subscriptions.c.site_id == site_id))
+            result = await conn.execute(
+                subscriptions.delete().where(subscriptions.c.id == sub_id, subscriptions.c.site_id == site_id)
+            )
             if result.rowcount == 0:
                 raise NotFound(f"no Subscription {sub_id} on EndDevice {site_id}")
 
@@ -1016,13 +1233,23 @@ class Store:
     async def due_notifications(self, now: float, limit: int = 50) -> list[sa.Row]:
         """Outbox rows due for delivery, with their subscription and its owner's scope."""
         async with self.read() as conn:
-            rows = (await conn.execute(
-                sa.select(outbox.c.id, outbox.c.seq, outbox.c.attempts, subscriptions,
-                          clients.c.kind.label("owner_kind"), clients.c.aggregator_id.label("owner_aggregator"))
-                .join(subscriptions, subscriptions.c.id == outbox.c.subscription_id)
-                .join(clients, clients.c.lfdi == subscriptions.c.owner_lfdi, isouter=True)
-                .where(outbox.c.next_attempt_at <= now)
-                .order_by(outbox.c.next_attempt_at).limit(limit))).all()
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        outbox.c.id.label("outbox_id"),
+                        outbox.c.seq,
+                        outbox.c.attempts,
+                        subscriptions,
+                        clients.c.kind.label("owner_kind"),
+                        clients.c.aggregator_id.label("owner_aggregator"),
+                    )
+                    .join(subscriptions, subscriptions.c.id == outbox.c.subscription_id)
+                    .join(clients, clients.c.lfdi == subscriptions.c.owner_lfdi, isouter=True)
+                    .where(outbox.c.next_attempt_at <= now)
+                    .order_by(outbox.c.next_attempt_at)
+                    .limit(limit)
+                )
+            ).all()
         return list(rows)
 
     async def next_notification_time(self) -> float | None:
@@ -1037,8 +1264,13 @@ class Store:
 
     async def notification_failed(self, outbox_id: int, next_attempt_at: float, error: str) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(outbox.update().where(outbox.c.id == outbox_id).values(
-                attempts=outbox.c.attempts + 1, next_attempt_at=next_attempt_at, last_error=error[:256]))
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.id == outbox_id)
+                .values(
+                    attempts=outbox.c.attempts + 1, next_attempt_at=next_attempt_at, last_error=error[:256]
+                )
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -1052,8 +1284,14 @@ class SiteView:
 
 
 async def _enqueue(
-    conn: AsyncConnection, now: int, *, kinds: tuple[str, ...], program_id: int | None = None,
-    target: str | None = None, site_ids: list[int] | None = None, owner_scope: RequestScope | None = None,
+    conn: AsyncConnection,
+    now: int,
+    *,
+    kinds: tuple[str, ...],
+    program_id: int | None = None,
+    target: str | None = None,
+    site_ids: list[int] | None = None,
+    owner_scope: RequestScope | None = None,
 ) -> None:
     """Queue a notification for every subscription watching ``kinds`` that the change reaches.
 
@@ -1072,10 +1310,12 @@ async def _enqueue(
             cond.append(subscriptions.c.site_id.in_(_group_member_sites(int(target[2:]))))
     if owner_scope is not None:
         cond.append(subscriptions.c.site_id.in_(sa.select(sites.c.id).where(owner_scope.site_condition())))
-    select = sa.select(subscriptions.c.id, sa.literal(0), sa.literal(now), sa.literal(0), sa.literal(float(now))) \
-        .where(*cond)
+    select = sa.select(
+        subscriptions.c.id, sa.literal(0), sa.literal(now), sa.literal(0), sa.literal(float(now))
+    ).where(*cond)
     stmt = _insert(conn, outbox).from_select(
-        ["subscription_id", "seq", "created_at", "attempts", "next_attempt_at"], select)
+        ["subscription_id", "seq", "created_at", "attempts", "next_attempt_at"], select
+    )
     stmt = stmt.on_conflict_do_update(index_elements=["subscription_id"], set_={"seq": outbox.c.seq + 1})
     await conn.execute(stmt)
 
@@ -1103,11 +1343,25 @@ class Admin:
 
     # -- helpers
 
-    async def _audit(self, conn: AsyncConnection, actor: str, action: str, target: str | None,
-                     reason: str | None, **detail: Any) -> None:
-        await conn.execute(audit_log.insert().values(
-            at=self.store.clock(), actor=actor, action=action, target=target, reason=reason,
-            detail=json.dumps(detail, default=str) if detail else None))
+    async def _audit(
+        self,
+        conn: AsyncConnection,
+        actor: str,
+        action: str,
+        target: str | None,
+        reason: str | None,
+        **detail: Any,
+    ) -> None:
+        await conn.execute(
+            audit_log.insert().values(
+                at=self.store.clock(),
+                actor=actor,
+                action=action,
+                target=target,
+                reason=reason,
+                detail=json.dumps(detail, default=str) if detail else None,
+            )
+        )
 
     async def _resolve_target(self, conn: AsyncConnection, target: str) -> str:
         if target == "all":
@@ -1146,14 +1400,16 @@ class Admin:
 
     # -- clients, aggregators, sites
 
-    async def create_aggregator(self, name: str, *, lfdis: Iterable[str] = (), actor: str = "system",
-                                reason: str | None = None) -> int:
+    async def create_aggregator(
+        self, name: str, *, lfdis: Iterable[str] = (), actor: str = "system", reason: str | None = None
+    ) -> int:
         now = self.store.clock()
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == name))).first():
                 raise AdminError(f"name: aggregator {name!r} already exists")
-            agg_id = (await conn.execute(aggregators.insert().values(name=name, created_at=now))
-                      ).inserted_primary_key[0]
+            agg_id = (
+                await conn.execute(aggregators.insert().values(name=name, created_at=now))
+            ).inserted_primary_key[0]
             for lfdi in lfdis:
                 await self._attach_client(conn, agg_id, lfdi)
             await self._audit(conn, actor, "aggregator.create", name, reason, lfdis=list(lfdis))
@@ -1164,16 +1420,23 @@ class Admin:
             lfdi = normalise_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
-        stmt = _insert(conn, clients).values(lfdi=lfdi, kind="aggregator", aggregator_id=aggregator_id,
-                                             revoked=False)
-        await conn.execute(stmt.on_conflict_do_update(
-            index_elements=["lfdi"], set_={"kind": "aggregator", "aggregator_id": aggregator_id}))
+        stmt = _insert(conn, clients).values(
+            lfdi=lfdi, kind="aggregator", aggregator_id=aggregator_id, revoked=False
+        )
+        await conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["lfdi"], set_={"kind": "aggregator", "aggregator_id": aggregator_id}
+            )
+        )
 
-    async def add_aggregator_certificate(self, aggregator: str, lfdi: str, *, actor: str = "system",
-                                         reason: str | None = None) -> None:
+    async def add_aggregator_certificate(
+        self, aggregator: str, lfdi: str, *, actor: str = "system", reason: str | None = None
+    ) -> None:
         """Attach another certificate to an aggregator (rotation: add new, later revoke/remove old)."""
         async with self.store.write() as conn:
-            row = (await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == aggregator))).first()
+            row = (
+                await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == aggregator))
+            ).first()
             if row is None:
                 raise AdminError(f"aggregator: no aggregator named {aggregator!r}")
             await self._attach_client(conn, row.id, lfdi)
@@ -1181,12 +1444,18 @@ class Admin:
 
     async def aggregator_of(self, lfdi: str) -> str | None:
         async with self.store.read() as conn:
-            row = (await conn.execute(sa.select(aggregators.c.name).join(
-                clients, clients.c.aggregator_id == aggregators.c.id).where(clients.c.lfdi == lfdi.upper()))).first()
+            row = (
+                await conn.execute(
+                    sa.select(aggregators.c.name)
+                    .join(clients, clients.c.aggregator_id == aggregators.c.id)
+                    .where(clients.c.lfdi == lfdi.upper())
+                )
+            ).first()
         return row.name if row else None
 
-    async def set_revoked(self, lfdi: str, revoked: bool = True, *, actor: str = "system",
-                          reason: str | None = None) -> None:
+    async def set_revoked(
+        self, lfdi: str, revoked: bool = True, *, actor: str = "system", reason: str | None = None
+    ) -> None:
         """Revoke (or restore) a certificate; effective on its next request."""
         try:
             lfdi = normalise_lfdi(lfdi)
@@ -1198,9 +1467,18 @@ class Admin:
             await self._audit(conn, actor, "client.revoke" if revoked else "client.restore", lfdi, reason)
 
     async def register_site(
-        self, lfdi: str, *, sfdi: int | None = None, nmi: str | None = None, pin: int | None = None,
-        aggregator: str | None = None, groups_: Iterable[str] = (), label: str | None = None,
-        device_category: str | None = None, actor: str = "system", reason: str | None = None,
+        self,
+        lfdi: str,
+        *,
+        sfdi: int | None = None,
+        nmi: str | None = None,
+        pin: int | None = None,
+        aggregator: str | None = None,
+        groups_: Iterable[str] = (),
+        label: str | None = None,
+        device_category: str | None = None,
+        actor: str = "system",
+        reason: str | None = None,
     ) -> int:
         """Out-of-band registration of a site (EndDevice). Returns the site id."""
         try:
@@ -1220,17 +1498,33 @@ class Admin:
                 raise AdminError(f"lfdi: site {lfdi} is already registered")
             agg_id = None
             if aggregator is not None:
-                row = (await conn.execute(
-                    sa.select(aggregators.c.id).where(aggregators.c.name == aggregator))).first()
+                row = (
+                    await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == aggregator))
+                ).first()
                 if row is None:
                     raise AdminError(f"aggregator: no aggregator named {aggregator!r}")
                 agg_id = row.id
-            site_id = (await conn.execute(sites.insert().values(
-                lfdi=lfdi, sfdi=expected, aggregator_id=agg_id, device_category=device_category, enabled=True,
-                changed_time=now, registered_time=now, pin=pin, nmi=nmi, label=label))).inserted_primary_key[0]
+            site_id = (
+                await conn.execute(
+                    sites.insert().values(
+                        lfdi=lfdi,
+                        sfdi=expected,
+                        aggregator_id=agg_id,
+                        device_category=device_category,
+                        enabled=True,
+                        changed_time=now,
+                        registered_time=now,
+                        pin=pin,
+                        nmi=nmi,
+                        label=label,
+                    )
+                )
+            ).inserted_primary_key[0]
             await conn.execute(ders.insert().values(site_id=site_id))
             for name in groups_:
-                await conn.execute(memberships.insert().values(site_id=site_id, group_id=await self._group_id(conn, name)))
+                await conn.execute(
+                    memberships.insert().values(site_id=site_id, group_id=await self._group_id(conn, name))
+                )
             await self._audit(conn, actor, "site.register", lfdi, reason, nmi=nmi, groups=list(groups_))
         return site_id
 
@@ -1251,21 +1545,32 @@ class Admin:
 
     # -- groups
 
-    async def create_group(self, name: str, *, parent: str | None = None, description: str | None = None,
-                           actor: str = "system", reason: str | None = None) -> int:
+    async def create_group(
+        self,
+        name: str,
+        *,
+        parent: str | None = None,
+        description: str | None = None,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> int:
         if not name or len(name) > 64 or ":" in name:
             raise AdminError("name: must be 1 to 64 characters without ':'")
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(groups.c.id).where(groups.c.name == name))).first():
                 raise AdminError(f"name: group {name!r} already exists")
             parent_id = await self._group_id(conn, parent) if parent else None
-            gid = (await conn.execute(groups.insert().values(name=name, parent_id=parent_id,
-                                                             description=description))).inserted_primary_key[0]
+            gid = (
+                await conn.execute(
+                    groups.insert().values(name=name, parent_id=parent_id, description=description)
+                )
+            ).inserted_primary_key[0]
             await self._audit(conn, actor, "group.create", name, reason, parent=parent)
         return gid
 
-    async def set_membership(self, lfdi: str, group: str, member: bool = True, *, actor: str = "system",
-                             reason: str | None = None) -> None:
+    async def set_membership(
+        self, lfdi: str, group: str, member: bool = True, *, actor: str = "system", reason: str | None = None
+    ) -> None:
         """Add (or remove) a site to a group; its FSAs, programs and controls follow at once."""
         now = self.store.clock()
         async with self.store.write() as conn:
@@ -1275,15 +1580,28 @@ class Admin:
                 stmt = _insert(conn, memberships).values(site_id=site_id, group_id=gid)
                 await conn.execute(stmt.on_conflict_do_nothing())
             else:
-                await conn.execute(memberships.delete().where(
-                    memberships.c.site_id == site_id, memberships.c.group_id == gid))
+                await conn.execute(
+                    memberships.delete().where(
+                        memberships.c.site_id == site_id, memberships.c.group_id == gid
+                    )
+                )
             await _enqueue(conn, now, kinds=SUBSCRIPTION_KINDS[1:], site_ids=[site_id])
-            await self._audit(conn, actor, "group.join" if member else "group.leave", f"{lfdi}->{group}", reason)
+            await self._audit(
+                conn, actor, "group.join" if member else "group.leave", f"{lfdi}->{group}", reason
+            )
 
     # -- programs
 
-    async def create_program(self, key: str, *, primacy: int, description: str | None = None,
-                             group: str | None = None, actor: str = "system", reason: str | None = None) -> int:
+    async def create_program(
+        self,
+        key: str,
+        *,
+        primacy: int,
+        description: str | None = None,
+        group: str | None = None,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> int:
         """A DERProgram (lower primacy wins). ``group`` limits it to that group's sites (its own FSA)."""
         if not key or len(key) > 32:
             raise AdminError("key: must be 1 to 32 characters")
@@ -1297,11 +1615,19 @@ class Admin:
             if (await conn.execute(sa.select(programs.c.id).where(programs.c.key == key))).first():
                 raise AdminError(f"key: program {key!r} already exists")
             group_id = await self._group_id(conn, group) if group else None
-            pid = (await conn.execute(programs.insert().values(
-                key=key, mrid=new_mrid(self.store.pen), description=description, primacy=primacy,
-                group_id=group_id, version=0))).inserted_primary_key[0]
-            await _enqueue(conn, now, kinds=("fsa", "derp"),
-                           target=f"g:{group_id}" if group_id else "all")
+            pid = (
+                await conn.execute(
+                    programs.insert().values(
+                        key=key,
+                        mrid=new_mrid(self.store.pen),
+                        description=description,
+                        primacy=primacy,
+                        group_id=group_id,
+                        version=0,
+                    )
+                )
+            ).inserted_primary_key[0]
+            await _enqueue(conn, now, kinds=("fsa", "derp"), target=f"g:{group_id}" if group_id else "all")
             await self._audit(conn, actor, "program.create", key, reason, primacy=primacy, group=group)
         return pid
 
@@ -1309,18 +1635,31 @@ class Admin:
         """The three programs the head-end uses: emergency (primacy 1) > doe (10) > default (20)."""
         async with self.store.read() as conn:
             existing = {row.key for row in (await conn.execute(sa.select(programs.c.key))).all()}
-        for key, primacy, description in (("emergency", 1, "Emergency"), ("doe", 10, "Dynamic operating envelope"),
-                                          ("default", 20, "Default limits")):
+        for key, primacy, description in (
+            ("emergency", 1, "Emergency"),
+            ("doe", 10, "Dynamic operating envelope"),
+            ("default", 20, "Default limits"),
+        ):
             if key not in existing:
                 await self.create_program(key, primacy=primacy, description=description[:32])
 
     # -- controls
 
     async def create_control(
-        self, program: str, target: str, *, start: int | None = None, duration: int,
-        base: r.DERControlBase, randomize_start: int | None = None, randomize_duration: int | None = None,
-        response_required: str | None = "03", description: str | None = None, supersede: bool = True,
-        actor: str = "system", reason: str | None = None,
+        self,
+        program: str,
+        target: str,
+        *,
+        start: int | None = None,
+        duration: int,
+        base: r.DERControlBase,
+        randomize_start: int | None = None,
+        randomize_duration: int | None = None,
+        response_required: str | None = "03",
+        description: str | None = None,
+        supersede: bool = True,
+        actor: str = "system",
+        reason: str | None = None,
     ) -> str:
         """Publish a DERControl on ``program`` for ``target``; returns its mRID.
 
@@ -1351,19 +1690,47 @@ class Admin:
             program_id = await self._program_id(conn, program)
             key = await self._resolve_target(conn, target)
             if supersede:
-                await conn.execute(controls.update().where(
-                    controls.c.program_id == program_id, controls.c.target == key,
-                    controls.c.cancelled_at.is_(None), controls.c.superseded_at.is_(None),
-                    controls.c.start < start + duration, controls.c.start + controls.c.duration > start,
-                ).values(superseded_at=now, version=controls.c.version + 1))
-            await conn.execute(controls.insert().values(
-                mrid=mrid, program_id=program_id, target=key, start=start, duration=duration,
-                randomize_start=randomize_start, randomize_duration=randomize_duration,
-                response_required=response_required, base=json.dumps(to_jsonable(base), separators=(",", ":")),
-                description=description, creation_time=now, version=0))
+                await conn.execute(
+                    controls.update()
+                    .where(
+                        controls.c.program_id == program_id,
+                        controls.c.target == key,
+                        controls.c.cancelled_at.is_(None),
+                        controls.c.superseded_at.is_(None),
+                        controls.c.start < start + duration,
+                        controls.c.start + controls.c.duration > start,
+                    )
+                    .values(superseded_at=now, version=controls.c.version + 1)
+                )
+            await conn.execute(
+                controls.insert().values(
+                    mrid=mrid,
+                    program_id=program_id,
+                    target=key,
+                    start=start,
+                    duration=duration,
+                    randomize_start=randomize_start,
+                    randomize_duration=randomize_duration,
+                    response_required=response_required,
+                    base=json.dumps(to_jsonable(base), separators=(",", ":")),
+                    description=description,
+                    creation_time=now,
+                    version=0,
+                )
+            )
             await _enqueue(conn, now, kinds=("derc", "actderc"), program_id=program_id, target=key)
-            await self._audit(conn, actor, "control.create", target, reason, program=program, mrid=mrid,
-                              start=start, duration=duration, base=to_jsonable(base))
+            await self._audit(
+                conn,
+                actor,
+                "control.create",
+                target,
+                reason,
+                program=program,
+                mrid=mrid,
+                start=start,
+                duration=duration,
+                base=to_jsonable(base),
+            )
         return mrid
 
     async def cancel_control(self, mrid: str, *, actor: str = "system", reason: str | None = None) -> None:
@@ -1373,14 +1740,26 @@ class Admin:
             if row is None:
                 raise AdminError(f"mrid: no control {mrid}")
             if row.cancelled_at is None:
-                await conn.execute(controls.update().where(controls.c.id == row.id).values(
-                    cancelled_at=now, version=controls.c.version + 1))
-                await _enqueue(conn, now, kinds=("derc", "actderc"), program_id=row.program_id, target=row.target)
+                await conn.execute(
+                    controls.update()
+                    .where(controls.c.id == row.id)
+                    .values(cancelled_at=now, version=controls.c.version + 1)
+                )
+                await _enqueue(
+                    conn, now, kinds=("derc", "actderc"), program_id=row.program_id, target=row.target
+                )
             await self._audit(conn, actor, "control.cancel", mrid, reason)
 
     async def set_default_control(
-        self, program: str, target: str, *, base: r.DERControlBase, set_grad_w: int | None = None,
-        description: str | None = None, actor: str = "system", reason: str | None = None,
+        self,
+        program: str,
+        target: str,
+        *,
+        base: r.DERControlBase,
+        set_grad_w: int | None = None,
+        description: str | None = None,
+        actor: str = "system",
+        reason: str | None = None,
     ) -> str:
         """Create or replace the DefaultDERControl of ``program`` for ``target``; returns its mRID."""
         if set_grad_w is not None and not 0 <= set_grad_w <= 65535:
@@ -1392,24 +1771,55 @@ class Admin:
         async with self.store.write() as conn:
             program_id = await self._program_id(conn, program)
             key = await self._resolve_target(conn, target)
-            row = (await conn.execute(sa.select(default_controls).where(
-                default_controls.c.program_id == program_id, default_controls.c.target == key))).first()
+            row = (
+                await conn.execute(
+                    sa.select(default_controls).where(
+                        default_controls.c.program_id == program_id, default_controls.c.target == key
+                    )
+                )
+            ).first()
             if row is None:
                 mrid = new_mrid(self.store.pen)
-                await conn.execute(default_controls.insert().values(
-                    mrid=mrid, program_id=program_id, target=key, base=body, set_grad_w=set_grad_w,
-                    description=description, version=0, changed_time=now))
+                await conn.execute(
+                    default_controls.insert().values(
+                        mrid=mrid,
+                        program_id=program_id,
+                        target=key,
+                        base=body,
+                        set_grad_w=set_grad_w,
+                        description=description,
+                        version=0,
+                        changed_time=now,
+                    )
+                )
             else:
                 mrid = row.mrid
-                await conn.execute(default_controls.update().where(default_controls.c.id == row.id).values(
-                    base=body, set_grad_w=set_grad_w, description=description,
-                    version=(row.version + 1) % 65536, changed_time=now))
+                await conn.execute(
+                    default_controls.update()
+                    .where(default_controls.c.id == row.id)
+                    .values(
+                        base=body,
+                        set_grad_w=set_grad_w,
+                        description=description,
+                        version=(row.version + 1) % 65536,
+                        changed_time=now,
+                    )
+                )
             await _enqueue(conn, now, kinds=("dderc",), program_id=program_id, target=key)
-            await self._audit(conn, actor, "default.set", target, reason, program=program, base=to_jsonable(base))
+            await self._audit(
+                conn, actor, "default.set", target, reason, program=program, base=to_jsonable(base)
+            )
         return mrid
 
-    async def set_rate(self, resource: str, value: int, target: str = "all", *, actor: str = "system",
-                       reason: str | None = None) -> None:
+    async def set_rate(
+        self,
+        resource: str,
+        value: int,
+        target: str = "all",
+        *,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> None:
         """Set a pollRate (resource in RATE_RESOURCES) or the MUP postRate ("post") for a target."""
         if resource not in RATE_RESOURCES:
             raise AdminError(f"resource: {resource!r} is not one of {', '.join(RATE_RESOURCES)}")
@@ -1418,27 +1828,43 @@ class Admin:
         async with self.store.write() as conn:
             key = await self._resolve_target(conn, target)
             stmt = _insert(conn, rate_settings).values(resource=resource, target=key, value=value)
-            await conn.execute(stmt.on_conflict_do_update(index_elements=["resource", "target"],
-                                                          set_={"value": value}))
+            await conn.execute(
+                stmt.on_conflict_do_update(index_elements=["resource", "target"], set_={"value": value})
+            )
             await self._audit(conn, actor, "rate.set", target, reason, resource=resource, value=value)
 
     # -- queries for the head-end
 
     async def responses_for_control(self, mrid: str) -> list[dict[str, Any]]:
         async with self.store.read() as conn:
-            rows = (await conn.execute(
-                sa.select(responses.c.status, responses.c.created_time, responses.c.received_at, sites.c.lfdi)
-                .join(controls, controls.c.id == responses.c.control_id)
-                .join(sites, sites.c.id == responses.c.site_id)
-                .where(controls.c.mrid == mrid.upper()).order_by(responses.c.id))).all()
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        responses.c.status, responses.c.created_time, responses.c.received_at, sites.c.lfdi
+                    )
+                    .join(controls, controls.c.id == responses.c.control_id)
+                    .join(sites, sites.c.id == responses.c.site_id)
+                    .where(controls.c.mrid == mrid.upper())
+                    .order_by(responses.c.id)
+                )
+            ).all()
         return [dict(row._mapping) for row in rows]
 
-    async def site_readings(self, lfdi: str, *, since: int | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    async def site_readings(
+        self, lfdi: str, *, since: int | None = None, limit: int = 1000
+    ) -> list[dict[str, Any]]:
         """Telemetry of a site: one dict per reading with its MUP/MMR mRIDs, ReadingType and time."""
         query = (
-            sa.select(readings.c.time_start, readings.c.duration, readings.c.value, readings.c.quality_flags,
-                      meter_readings.c.mrid.label("mmr_mrid"), meter_readings.c.description,
-                      meter_readings.c.reading_type, mups.c.mrid.label("mup_mrid"))
+            sa.select(
+                readings.c.time_start,
+                readings.c.duration,
+                readings.c.value,
+                readings.c.quality_flags,
+                meter_readings.c.mrid.label("mmr_mrid"),
+                meter_readings.c.description,
+                meter_readings.c.reading_type,
+                mups.c.mrid.label("mup_mrid"),
+            )
             .join(meter_readings, meter_readings.c.id == readings.c.meter_reading_id)
             .join(mups, mups.c.id == meter_readings.c.mup_id)
             .join(sites, sites.c.id == mups.c.site_id)
@@ -1447,7 +1873,9 @@ class Admin:
         if since is not None:
             query = query.where(readings.c.time_start >= since)
         async with self.store.read() as conn:
-            rows = (await conn.execute(query.order_by(readings.c.time_start, readings.c.id).limit(limit))).all()
+            rows = (
+                await conn.execute(query.order_by(readings.c.time_start, readings.c.id).limit(limit))
+            ).all()
         out = []
         for row in rows:
             item = dict(row._mapping)
@@ -1458,15 +1886,21 @@ class Admin:
     async def site_der_documents(self, lfdi: str) -> dict[str, Any]:
         """The DERCapability/DERSettings/DERStatus/DERAvailability last PUT by a site, by short name."""
         async with self.store.read() as conn:
-            rows = (await conn.execute(
-                sa.select(der_documents.c.kind, der_documents.c.xml)
-                .join(ders, ders.c.id == der_documents.c.der_id).join(sites, sites.c.id == ders.c.site_id)
-                .where(sites.c.lfdi == lfdi.upper()))).all()
+            rows = (
+                await conn.execute(
+                    sa.select(der_documents.c.kind, der_documents.c.xml)
+                    .join(ders, ders.c.id == der_documents.c.der_id)
+                    .join(sites, sites.c.id == ders.c.site_id)
+                    .where(sites.c.lfdi == lfdi.upper())
+                )
+            ).all()
         return {row.kind: from_xml(row.xml.encode(), DER_DOCUMENT_TYPES[row.kind]) for row in rows}
 
     async def audit(self, *, limit: int = 100) -> list[dict[str, Any]]:
         async with self.store.read() as conn:
-            rows = (await conn.execute(sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))).all()
+            rows = (
+                await conn.execute(sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit))
+            ).all()
         return [dict(row._mapping) for row in rows]
 
     async def table_dump(self) -> dict[str, list[tuple[Any, ...]]]:
@@ -1476,6 +1910,10 @@ class Admin:
             for table in metadata.sorted_tables:
                 query = sa.select(table)
                 if table is clients:
-                    query = sa.select(clients.c.lfdi, clients.c.kind, clients.c.aggregator_id, clients.c.revoked)
-                out[table.name] = [tuple(row) for row in (await conn.execute(query.order_by(*table.primary_key)))]
+                    query = sa.select(
+                        clients.c.lfdi, clients.c.kind, clients.c.aggregator_id, clients.c.revoked
+                    )
+                out[table.name] = [
+                    tuple(row) for row in (await conn.execute(query.order_by(*table.primary_key)))
+                ]
         return out
