@@ -465,6 +465,7 @@ class Sep2Client:
                     self._mups[mup.mRID.upper()] = mup.href
                 if mup.postRate:
                     self._set_post_rate(mup.postRate)
+            await self._mup_href("site")  # the site's MirrorUsagePoint always exists; it gives the postRate
         if self.end_device.postRate:
             self._set_post_rate(self.end_device.postRate)
 
