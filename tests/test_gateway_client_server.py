@@ -300,9 +300,7 @@ async def test_polling_picks_up_new_and_cancelled_controls_at_the_poll_rate(lab:
     )
     await eventually(lambda: mrid in controller.engine.evaluate(client.now()).states, within=5)
     await lab.admin.cancel_control(mrid)
-    await eventually(
-        lambda: controller.engine.state_of(mrid, client.now()) is EventState.CANCELLED, within=5
-    )
+    await eventually(lambda: controller.engine.state_of(mrid, client.now()) is EventState.CANCELLED, within=5)
 
 
 async def test_der_documents_telemetry_and_responses_reach_the_server(lab: Lab) -> None:
@@ -498,3 +496,37 @@ async def test_outbox_survives_a_restart_during_an_outage(lab: Lab) -> None:
         assert [row["status"] for row in await lab.admin.responses_for_control(doe)] == [1]
     finally:
         await proxy.stop()
+
+
+async def test_listener_only_accepts_well_formed_notifications_from_the_server(lab: Lab) -> None:
+    import aiohttp
+
+    from sep2 import resources as r
+    from sep2.xml import to_xml
+
+    controller = lab.controller()
+    client = lab.client(controller, mode="subscribe", default_poll_rate=3600)
+    await client.start()
+    await client.wait_ready(10)
+    url = f"https://127.0.0.1:{client.listener_port}/ntfy"
+    note = to_xml(
+        r.Notification(
+            subscribedResource="/edev/1/fsa", status=0, subscriptionURI="/edev/1/sub/1", Resource=None
+        )
+    )
+    headers = {"Content-Type": "application/sep+xml"}
+    other = issue_device_certificate(lab.tmp / "pki", "intruder")
+    assert other.key_path is not None
+    as_device = client_ssl_context(other.chain_path, other.key_path, lab.pki.ca_chain, check_hostname=False)
+    as_server = client_ssl_context(
+        lab.pki.server_chain, lab.pki.server_key, lab.pki.ca_chain, check_hostname=False
+    )
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, data=note, headers=headers, ssl=as_device) as resp:
+            assert resp.status == 403  # a valid certificate of our CA, but not the utility server's
+        async with session.post(url, data=b"<Notification", headers=headers, ssl=as_server) as resp:
+            assert resp.status == 400
+        async with session.post(url, data=note, headers=headers, ssl=as_server) as resp:
+            assert resp.status == 204
+    assert client.status.notifications == 1
+    assert all(not task.done() for task in client._tasks)

@@ -588,11 +588,18 @@ class Sep2Client:
         self._sync_program(state, list(controls.values()))
 
     def _core_program(self, state: _ProgramState) -> Any:
+        """The core Program; a DefaultDERControl the core would refuse is ignored (and logged)."""
         try:
-            return mapping.program(state.doc, state.default)
+            program = mapping.program(state.doc, state.default)
         except mapping.MappingError as exc:
             log.warning("DefaultDERControl ignored: %s", exc)
             return mapping.program(state.doc, None)
+        if program.default is not None and program.default.errors():
+            log.warning(
+                "DefaultDERControl %s ignored: %s", program.default_mrid, "; ".join(program.default.errors())
+            )
+            return replace(program, default=None, default_mrid=None)
+        return program
 
     def _sync_program(self, state: _ProgramState, docs: list[r.DERControl]) -> None:
         program = self._core_program(state)
@@ -709,8 +716,9 @@ class Sep2Client:
         self._note_contact()
         try:
             changed = self._apply_notification(note)
-        except mapping.MappingError as exc:
-            log.warning("notification not applied: %s", exc)
+        except Exception as exc:  # acknowledged anyway (a retry would fail the same way): re-read by GET
+            log.warning("notification not applied (%s); walking again", exc)
+            self._request_walk()
             changed = False
         if changed:
             self.notification_latencies.append(time.perf_counter() - received)
@@ -830,8 +838,12 @@ class Sep2Client:
                 log.error("%s", exc)
                 self._ready.set()
                 raise
-            except ClientError as exc:
-                self._note_comms_error(exc)
+            except Exception as exc:  # network or unexpected: never give up, never crash
+                if isinstance(exc, CommsError):
+                    self._note_comms_error(exc)
+                else:
+                    log.exception("discovery failed unexpectedly")
+                    self.status.last_error = f"{type(exc).__name__}: {exc}"
                 delay = self._backoff(attempts)
                 attempts += 1
                 log.warning("discovery failed (%s); retrying in %.1f s", exc, delay)
@@ -859,9 +871,12 @@ class Sep2Client:
                     self.status.last_error = str(exc)
                     log.error("%s", exc)
                     raise
-                except ClientError as exc:
+                except Exception as exc:  # ServerRejected, CommsError, or a bug: retry the job later
                     if isinstance(exc, CommsError):
                         self._note_comms_error(exc)
+                    elif not isinstance(exc, ClientError):
+                        log.exception("%s failed unexpectedly", job)
+                        self.status.last_error = f"{job}: {type(exc).__name__}: {exc}"
                     failures = self._failures.get(job, 0)
                     self._failures[job] = failures + 1
                     delay = min(self._backoff(failures), self._job_rate(job))
@@ -902,7 +917,8 @@ class Sep2Client:
         elif job == "walk":
             await self._walk()
             for list_href in self._program_lists:
-                self._due.setdefault(f"derp:{list_href}", asyncio.get_running_loop().time())
+                job_name = f"derp:{list_href}"
+                self._due.setdefault(job_name, asyncio.get_running_loop().time() + self._job_rate(job_name))
         elif job.startswith("derp:"):
             list_href = job.removeprefix("derp:")
             if list_href in self._program_lists:
@@ -945,8 +961,11 @@ class Sep2Client:
                 except ServerRejected as exc:
                     log.error("outbox entry %d (%s) rejected for good: %s", entry.id, entry.kind, exc)
                     await self.outbox.reject(entry, str(exc))
-                except ClientError as exc:
-                    self._note_comms_error(exc)
+                except Exception as exc:  # network, 5xx or a bug: keep the entry, back off, retry
+                    if isinstance(exc, CommsError):
+                        self._note_comms_error(exc)
+                    else:
+                        log.exception("delivery of outbox entry %d failed unexpectedly", entry.id)
                     await self.outbox.failed(entry, str(exc))
                     delay = self._backoff(entry.attempts)
                     log.warning(
