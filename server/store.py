@@ -841,6 +841,18 @@ class Store:
             return None
         return max(rows, key=lambda row: (rank[row.target], -row.id))
 
+    async def programs_with_default(self, view: SiteView) -> set[int]:
+        """Programs that have a DefaultDERControl this site sees (so only those link to one)."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(default_controls.c.program_id)
+                    .where(default_controls.c.target.in_([k for k, _ in view.targets]))
+                    .distinct()
+                )
+            ).all()
+        return {row.program_id for row in rows}
+
     async def rate(
         self, view_or_targets: SiteView | list[tuple[str, int]] | None, resource: str, default: int
     ) -> int:
