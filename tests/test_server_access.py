@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the shared harness)
 """Access-control matrix: for every pair of clients, every resource the victim owns, and every method, the
 attacker gets a 4xx with an Error body, its lists never show the victim's resources, and nothing changes."""
 
@@ -9,19 +8,18 @@ import re
 from sep2 import resources as r
 from sep2.xml import from_xml, to_xml
 from tests.test_server_harness import (
-    clients,
     crawl,
     dercap,
     derg,
     end_device,
     meter_reading,
     mup,
-    pki,
     populate,
     response,
-    server,
     subscription,
 )
+
+pytest_plugins = ["tests.test_server_harness"]
 
 PRINCIPALS = ("dev-a", "dev-b", "agg-a", "agg-b")
 OWNED = re.compile(r"^/(edev|mup)/\d+|^/rsps/1/rsp/\d+")

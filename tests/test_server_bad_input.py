@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the shared harness)
 """Bad-input corpus: every case is a 4xx with a 2030.5 Error body, and the database is unchanged."""
 
 from __future__ import annotations
@@ -8,7 +7,6 @@ from dataclasses import replace
 from sep2 import resources as r
 from sep2.xml import from_xml, to_xml
 from tests.test_server_harness import (
-    clients,
     dera,
     dercap,
     derg,
@@ -16,12 +14,12 @@ from tests.test_server_harness import (
     end_device,
     meter_reading,
     mup,
-    pki,
     populate,
     response,
-    server,
     subscription,
 )
+
+pytest_plugins = ["tests.test_server_harness"]
 
 NS = b'xmlns="urn:ieee:std:2030.5:ns"'
 XML = "application/sep+xml"
@@ -351,7 +349,7 @@ async def test_bad_input_corpus(server, clients, pki):
         ok = reply.status == expected
         try:
             error = from_xml(reply.body, r.Error)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             ok, error = False, exc
         if not ok:
             problems.append((name, reply.status, expected, reply.headers.get("X-Error-Detail"), error))

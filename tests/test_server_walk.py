@@ -1,4 +1,3 @@
-# ruff: noqa: F811  (pytest fixtures imported from the shared harness)
 """Walk the whole 2030.5 tree over real mutual TLS as a device client and as an aggregator client; every
 response body validates against the official IEEE 2030.5 + CSIP-AUS schema and against our own."""
 
@@ -6,7 +5,9 @@ from __future__ import annotations
 
 from lxml import etree
 
-from tests.test_server_harness import assert_valid_everywhere, clients, crawl, pki, populate, server  # noqa: F401
+from tests.test_server_harness import assert_valid_everywhere, crawl, populate
+
+pytest_plugins = ["tests.test_server_harness"]
 
 EXPECTED_TYPES = {
     "DeviceCapability",
