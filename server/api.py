@@ -10,7 +10,7 @@ URL layout (every path below /edev/{e} is reached through the scoped site lookup
     /mup  /mup/{m}          /rsps  /rsps/1  /rsps/1/rsp  /rsps/1/rsp/{r}
 
 FSA ``0`` holds the programs every site sees; FSA ``g`` holds the programs of group ``g``.
-Handlers get the request scope from ``request["scope"]`` (set by the middleware in ``server.app``).
+Handlers get the request scope from ``request[SCOPE]`` (set by the middleware in ``server.app``).
 """
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ from server.store import (
 )
 
 SEP_XML = "application/sep+xml"
+SCOPE = web.RequestKey("scope", RequestScope)
+CACHE_UNTIL = web.ResponseKey("cache_until", float)
 RESPONSE_SET_ID = 1
 LIST_KINDS = {"derc", "actderc"}
 
 
 def xml_response(obj: Any, *, status: int = 200, cache_until: float | None = None) -> web.Response:
     response = web.Response(body=to_xml(obj), status=status, content_type=SEP_XML)
-    response["cache_until"] = cache_until if cache_until is not None else float("inf")
+    response[CACHE_UNTIL] = cache_until if cache_until is not None else float("inf")
     return response
 
 
@@ -155,7 +157,7 @@ class Renderer:
             setGradW=row.set_grad_w,
         )
 
-    def program(self, view: SiteView, row: Any) -> r.DERProgram:
+    def program(self, view: SiteView, row: Any, with_default: set[int]) -> r.DERProgram:
         base = f"/edev/{view.site.id}/derp/{row.id}"
         return r.DERProgram(
             href=base,
@@ -164,7 +166,7 @@ class Renderer:
             description=row.description,
             version=row.version % 65536,
             ActiveDERControlListLink=r.ListLink(href=f"{base}/actderc"),
-            DefaultDERControlLink=r.Link(href=f"{base}/dderc"),
+            DefaultDERControlLink=r.Link(href=f"{base}/dderc") if row.id in with_default else None,
             DERControlListLink=r.ListLink(href=f"{base}/derc"),
             primacy=row.primacy,
         )
@@ -174,13 +176,14 @@ class Renderer:
             raise NotFound(f"no FunctionSetAssignments {fsa_key} for EndDevice {view.site.id}")
         progs = [p for p in view.programs if (p.group_id or 0) == fsa_key]
         chosen = progs[page.start : page.start + page.limit]
+        with_default = await self.store.programs_with_default(view)
         return r.DERProgramList(
             href=f"/edev/{view.site.id}/fsa/{fsa_key}/derp",
             subscribable=1,
             all=len(progs),
             results=len(chosen),
             pollRate=await self.store.rate(view, "derp", self.config.poll_rate),
-            DERProgram=[self.program(view, p) for p in chosen],
+            DERProgram=[self.program(view, p, with_default) for p in chosen],
         )
 
     def fsa(self, view: SiteView, fsa_key: int, names: dict[int, str]) -> r.FunctionSetAssignments:
@@ -291,12 +294,12 @@ class Handlers:
         return await read_document(request, expected, self.config.max_body_bytes)
 
     async def view(self, request: web.Request) -> SiteView:
-        return await self.store.site_view(request["scope"], _int(request, "e"))
+        return await self.store.site_view(request[SCOPE], _int(request, "e"))
 
     # -- client level
 
     async def dcap(self, request: web.Request) -> web.Response:
-        scope: RequestScope = request["scope"]
+        scope: RequestScope = request[SCOPE]
         targets = await self.store.client_targets(scope)
         counts = await self.store.client_counts(scope)
         return xml_response(
@@ -311,21 +314,21 @@ class Handlers:
         )
 
     async def time(self, request: web.Request) -> web.Response:
-        targets = await self.store.client_targets(request["scope"])
+        targets = await self.store.client_targets(request[SCOPE])
         rate = await self.store.rate(targets, "tm", self.config.poll_rate)
         response = xml_response(time_resource(self.store.clock(), href="/tm", poll_rate=rate))
-        response["cache_until"] = 0.0
+        response[CACHE_UNTIL] = 0.0
         return response
 
     async def edev_list(self, request: web.Request) -> web.Response:
-        scope = request["scope"]
+        scope = request[SCOPE]
         targets = await self.store.client_targets(scope)
         return xml_response(await self.render.end_device_list(scope, self.page(request), targets))
 
     async def edev_create(self, request: web.Request) -> web.Response:
         doc: r.EndDevice = await self.body(request, r.EndDevice)
         site_id, _created = await self.store.register_site(
-            request["scope"],
+            request[SCOPE],
             lfdi=doc.lFDI,
             sfdi=doc.sFDI,
             device_category=doc.deviceCategory,
@@ -352,7 +355,7 @@ class Handlers:
         )
 
     async def connection_point(self, request: web.Request) -> web.Response:
-        site = await self.store.site(request["scope"], _int(request, "e"))
+        site = await self.store.site(request[SCOPE], _int(request, "e"))
         if site.nmi is None:
             raise NotFound(f"EndDevice {site.id} has no ConnectionPoint yet")
         return xml_response(r.ConnectionPoint(href=f"/edev/{site.id}/cp", connectionPointId=site.nmi))
@@ -360,7 +363,7 @@ class Handlers:
     async def connection_point_put(self, request: web.Request) -> web.Response:
         doc: r.ConnectionPoint = await self.body(request, r.ConnectionPoint)
         site_id = _int(request, "e")
-        await self.store.set_connection_point(request["scope"], site_id, doc.connectionPointId)
+        await self.store.set_connection_point(request[SCOPE], site_id, doc.connectionPointId)
         if request.method == "POST":
             return created(f"/edev/{site_id}/cp")
         return no_content()
@@ -385,7 +388,8 @@ class Handlers:
     async def derp(self, request: web.Request) -> web.Response:
         view = await self.view(request)
         program_id = _int(request, "p")
-        return xml_response(self.render.program(view, self.store.program_row(view, program_id)))
+        row = self.store.program_row(view, program_id)
+        return xml_response(self.render.program(view, row, await self.store.programs_with_default(view)))
 
     async def derc_list(self, request: web.Request) -> web.Response:
         view = await self.view(request)
@@ -415,7 +419,7 @@ class Handlers:
     # -- DER
 
     async def der_list(self, request: web.Request) -> web.Response:
-        scope = request["scope"]
+        scope = request[SCOPE]
         site_id = _int(request, "e")
         page = self.page(request)
         total, ids = await self.store.der_ids(scope, site_id, page)
@@ -443,12 +447,12 @@ class Handlers:
 
     async def der(self, request: web.Request) -> web.Response:
         site_id, der_id = _int(request, "e"), _int(request, "d")
-        await self.store.der_exists(request["scope"], site_id, der_id)
+        await self.store.der_exists(request[SCOPE], site_id, der_id)
         return xml_response(self._der(site_id, der_id))
 
     async def der_document(self, request: web.Request) -> web.Response:
         site_id, der_id, kind = _int(request, "e"), _int(request, "d"), request.match_info["kind"]
-        doc = await self.store.der_document(request["scope"], site_id, der_id, kind)
+        doc = await self.store.der_document(request[SCOPE], site_id, der_id, kind)
         if doc is None:
             raise NotFound(f"no {DER_DOCUMENT_TYPES[kind].__name__} has been reported for DER {der_id}")
         doc.href = request.path
@@ -457,7 +461,7 @@ class Handlers:
     async def der_document_put(self, request: web.Request) -> web.Response:
         site_id, der_id, kind = _int(request, "e"), _int(request, "d"), request.match_info["kind"]
         doc = await self.body(request, DER_DOCUMENT_TYPES[kind])
-        await self.store.put_der_document(request["scope"], site_id, der_id, kind, doc)
+        await self.store.put_der_document(request[SCOPE], site_id, der_id, kind, doc)
         return no_content()
 
     # -- subscriptions
@@ -474,7 +478,7 @@ class Handlers:
 
     async def sub_list(self, request: web.Request) -> web.Response:
         site_id = _int(request, "e")
-        scope = request["scope"]
+        scope = request[SCOPE]
         total, rows = await self.store.list_subscriptions(scope, site_id, self.page(request))
         view = await self.store.site_view(scope, site_id)
         return xml_response(
@@ -500,7 +504,7 @@ class Handlers:
             raise BadRequest("Subscription.encoding: only 0 (application/sep+xml) is supported")
         if not doc.limit or doc.limit < 1:
             raise BadRequest("Subscription.limit: must be at least 1")
-        scope = request["scope"]
+        scope = request[SCOPE]
         # The watched resource must exist for this client now.
         view = await self.store.site_view(scope, site_id)
         if program_id is not None:
@@ -522,11 +526,11 @@ class Handlers:
 
     async def sub(self, request: web.Request) -> web.Response:
         site_id = _int(request, "e")
-        row = await self.store.subscription(request["scope"], site_id, _int(request, "s"))
+        row = await self.store.subscription(request[SCOPE], site_id, _int(request, "s"))
         return xml_response(self._subscription(site_id, row))
 
     async def sub_delete(self, request: web.Request) -> web.Response:
-        await self.store.delete_subscription(request["scope"], _int(request, "e"), _int(request, "s"))
+        await self.store.delete_subscription(request[SCOPE], _int(request, "e"), _int(request, "s"))
         return no_content()
 
     # -- telemetry
@@ -554,7 +558,7 @@ class Handlers:
         )
 
     async def mup_list(self, request: web.Request) -> web.Response:
-        scope = request["scope"]
+        scope = request[SCOPE]
         total, rows = await self.store.list_mups(scope, self.page(request))
         targets = await self.store.client_targets(scope)
         items = []
@@ -574,11 +578,11 @@ class Handlers:
 
     async def mup_create(self, request: web.Request) -> web.Response:
         doc: r.MirrorUsagePoint = await self.body(request, r.MirrorUsagePoint)
-        mup_id, was_created = await self.store.upsert_mup(request["scope"], doc)
+        mup_id, was_created = await self.store.upsert_mup(request[SCOPE], doc)
         return created(f"/mup/{mup_id}") if was_created else no_content(f"/mup/{mup_id}")
 
     async def mup(self, request: web.Request) -> web.Response:
-        scope = request["scope"]
+        scope = request[SCOPE]
         row, mmrs = await self.store.mup(scope, _int(request, "m"))
         doc = await self._mup(row, mmrs)
         doc.postRate = await self.store.rate(
@@ -590,13 +594,13 @@ class Handlers:
         doc = await self.body(request, (r.MirrorMeterReading, r.MirrorMeterReadingList))
         items = doc.MirrorMeterReading if isinstance(doc, r.MirrorMeterReadingList) else [doc]
         mup_id = _int(request, "m")
-        results = await self.store.post_meter_readings(request["scope"], mup_id, items)
+        results = await self.store.post_meter_readings(request[SCOPE], mup_id, items)
         if any(new for _, new in results):
             return created(f"/mup/{mup_id}")
         return no_content(f"/mup/{mup_id}")
 
     async def mup_delete(self, request: web.Request) -> web.Response:
-        await self.store.delete_mup(request["scope"], _int(request, "m"))
+        await self.store.delete_mup(request[SCOPE], _int(request, "m"))
         return no_content()
 
     # -- responses
@@ -614,7 +618,7 @@ class Handlers:
         )
 
     async def rsps_list(self, request: web.Request) -> web.Response:
-        scope = request["scope"]
+        scope = request[SCOPE]
         page = self.page(request)
         total, _ = await self.store.list_responses(scope, Page(0, 0))
         targets = await self.store.client_targets(scope)
@@ -631,7 +635,7 @@ class Handlers:
 
     async def rsps(self, request: web.Request) -> web.Response:
         self._check_response_set(request)
-        total, _ = await self.store.list_responses(request["scope"], Page(0, 0))
+        total, _ = await self.store.list_responses(request[SCOPE], Page(0, 0))
         return xml_response(self._response_set(total))
 
     @staticmethod
@@ -646,7 +650,7 @@ class Handlers:
 
     async def rsp_list(self, request: web.Request) -> web.Response:
         self._check_response_set(request)
-        total, rows = await self.store.list_responses(request["scope"], self.page(request))
+        total, rows = await self.store.list_responses(request[SCOPE], self.page(request))
         return xml_response(
             r.ResponseList(
                 href=f"/rsps/{RESPONSE_SET_ID}/rsp",
@@ -659,12 +663,12 @@ class Handlers:
     async def rsp_create(self, request: web.Request) -> web.Response:
         self._check_response_set(request)
         doc = await self.body(request, r.Response)
-        response_id = await self.store.post_response(request["scope"], doc)
+        response_id = await self.store.post_response(request[SCOPE], doc)
         return created(f"/rsps/{RESPONSE_SET_ID}/rsp/{response_id}")
 
     async def rsp(self, request: web.Request) -> web.Response:
         self._check_response_set(request)
-        return xml_response(self._response(await self.store.response(request["scope"], _int(request, "r"))))
+        return xml_response(self._response(await self.store.response(request[SCOPE], _int(request, "r"))))
 
     # -- routing
 

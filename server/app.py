@@ -24,7 +24,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sep2 import resources as r
 from sep2.identity import lfdi_from_cert_der
 from sep2.xml import to_xml
-from server.api import SEP_XML, Handlers
+from server.api import CACHE_UNTIL, SCOPE, SEP_XML, Handlers
 from server.config import ServerConfig
 from server.errors import INVALID_FORMAT, INVALID_VALUES, RESOURCE_LIMIT, ApiError, Unauthenticated
 from server.store import RequestScope, Store
@@ -34,6 +34,7 @@ log = logging.getLogger("derlink.server")
 
 STORE_KEY = web.AppKey("store", Store)
 CONFIG_KEY = web.AppKey("config", ServerConfig)
+METRICS_KEY = web.AppKey("metrics", object)
 _HTTP_REASON = {400: INVALID_FORMAT, 404: INVALID_VALUES, 405: INVALID_VALUES, 413: RESOURCE_LIMIT}
 
 
@@ -137,7 +138,7 @@ class Gateway:
         try:
             lfdi, role = self.identify(request)
             scope = await self.scope(lfdi, role)
-            request["scope"] = scope
+            request[SCOPE] = scope
             self.store.note_contact(lfdi)
             if self.cache is not None and request.method in ("GET", "HEAD"):
                 key = (lfdi, request.path_qs)
@@ -148,7 +149,7 @@ class Gateway:
                 else:
                     generation = self.store.generation
                     response = await handler(request)
-                    until = response.get("cache_until", 0.0)
+                    until = response.get(CACHE_UNTIL, 0.0)
                     if response.status == 200 and until > self.store.clock():
                         if len(self.cache) >= self.cache_max_entries:
                             self.cache.clear()
@@ -200,8 +201,7 @@ def create_app(store: Store, config: ServerConfig, metrics: Metrics | None = Non
     app = web.Application(middlewares=[gateway.middleware], client_max_size=config.max_body_bytes)
     app[STORE_KEY] = store
     app[CONFIG_KEY] = config
-    app["gateway"] = gateway
-    app["metrics"] = metrics
+    app[METRICS_KEY] = metrics
     Handlers(store, config).add_routes(app)
     return app
 

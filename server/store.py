@@ -205,7 +205,8 @@ readings = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Column("quality_flags", sa.String(4)),
     sa.Column("received_at", sa.BigInteger, nullable=False),
-    sa.Index("ix_readings_meter_time", "meter_reading_id", "time_start"),
+    # A reading re-sent for the same interval replaces the earlier value.
+    sa.UniqueConstraint("meter_reading_id", "time_start", name="uq_readings_meter_time"),
 )
 
 responses = sa.Table(
@@ -841,6 +842,18 @@ class Store:
             return None
         return max(rows, key=lambda row: (rank[row.target], -row.id))
 
+    async def programs_with_default(self, view: SiteView) -> set[int]:
+        """Programs that have a DefaultDERControl this site sees (so only those link to one)."""
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(default_controls.c.program_id)
+                    .where(default_controls.c.target.in_([k for k, _ in view.targets]))
+                    .distinct()
+                )
+            ).all()
+        return {row.program_id for row in rows}
+
     async def rate(
         self, view_or_targets: SiteView | list[tuple[str, int]] | None, resource: str, default: int
     ) -> int:
@@ -1066,7 +1079,17 @@ class Store:
                 )
             )
         if batch:
-            await conn.execute(readings.insert(), batch)
+            stmt = _insert(conn, readings)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["meter_reading_id", "time_start"],
+                set_={
+                    "value": stmt.excluded.value,
+                    "quality_flags": stmt.excluded.quality_flags,
+                    "duration": stmt.excluded.duration,
+                    "received_at": stmt.excluded.received_at,
+                },
+            )
+            await conn.execute(stmt, batch)
         return mmr_id, existing is None
 
     async def delete_mup(self, scope: RequestScope, mup_id: int) -> None:
