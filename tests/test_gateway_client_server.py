@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from certs.pki import DeviceIdentity, PkiPaths, init_pki, issue_device_certificate
+from certs.pki import DeviceIdentity, PkiPaths, init_pki, issue_device_certificate, load_certificate
 from certs.tls import client_ssl_context, server_ssl_context
 from gateway.client import mapping as m
 from gateway.client.session import ClientConfig, RegistrationError, Sep2Client
@@ -28,6 +29,7 @@ from gateway.core import (
     ResponseStatus,
     SiteController,
 )
+from sep2.identity import lfdi_from_cert_der
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.store import build_control_base
@@ -97,6 +99,14 @@ class Lab:
     def admin(self) -> Any:
         return self.server.store.admin
 
+    def notifier_lfdis(self) -> tuple[str, ...]:
+        """LFDIs allowed to notify besides server.pem: the server may deliver Notifications with a
+        certificate of its own (``ServerConfig.notify_cert``, default devices/server-notifier.pem)."""
+        notifier = self.pki.devices_dir / "server-notifier.pem"
+        if not notifier.exists():
+            return ()
+        return (lfdi_from_cert_der(load_certificate(notifier).public_bytes(Encoding.DER)),)
+
     def controller(self) -> SiteController:
         return SiteController(
             GatewayConfig(
@@ -118,6 +128,7 @@ class Lab:
     ) -> Sep2Client:
         device = device or self.device
         settings.setdefault("pin", PIN)
+        settings.setdefault("notifier_lfdis", self.notifier_lfdis())
         config = ClientConfig(
             dcap_url=f"https://127.0.0.1:{port or self.server.port}/dcap",
             lfdi=device.lfdi,
@@ -391,12 +402,14 @@ async def test_every_document_the_client_sends_validates_against_our_schema(
 
 
 async def test_subscription_notification_updates_the_core_within_milliseconds(lab: Lab) -> None:
+    await lab.admin.set_default_control("default", "all", base=build_control_base(export_limit_w=5000))
     controller = lab.controller()
     changes: list[int] = []
     client = lab.client(controller, mode="subscribe", default_poll_rate=3600, on_change=changes.append)
     await client.start()
     await client.wait_ready(10)
-    assert client.status.subscriptions >= 1 + 3 * 2 + 1  # FSA list, DERProgramList, derc + dderc per program
+    # FSA list, DERProgramList, a DERControlList per program, the one DefaultDERControl
+    assert client.status.subscriptions == 1 + 1 + 3 + 1
     before = len(changes)
     mrid = await lab.admin.create_control(
         "emergency", f"site:{lab.device.lfdi}", duration=600, base=build_control_base(export_limit_w=0)

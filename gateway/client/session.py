@@ -575,6 +575,7 @@ class Sep2Client:
         state.doc = doc
         state.lists.add(list_href)
         self._programs[mrid] = state
+        state.default = None
         if doc.DefaultDERControlLink is not None:
             state.default = await self._get_optional(doc.DefaultDERControlLink.href, r.DefaultDERControl)
         controls: dict[str, r.DERControl] = {}
@@ -763,8 +764,14 @@ class Sep2Client:
                 if state is None:  # a new program: its controls need GETs
                     self._request_job(f"derp:{resource_path}")
                     continue
+                links_changed = any(
+                    (getattr(state.doc, name) is None) != (getattr(program_doc, name) is None)
+                    for name in ("DefaultDERControlLink", "DERControlListLink", "ActiveDERControlListLink")
+                )
                 state.doc = program_doc
                 state.lists.add(resource_path)
+                if links_changed:  # e.g. a DefaultDERControl appeared: read it (and subscribe to it)
+                    self._request_job(f"prog:{mrid}")
                 self.controller.engine.set_program(self._core_program(state))
                 changed = True
             for mrid, state in list(self._programs.items()):
