@@ -13,6 +13,7 @@ import sys
 # (module, description) — each module exposes register(subparsers) -> None.
 SUBCOMMAND_MODULES: list[str] = [
     "certs.cli",
+    "server.cli",
     "simulators.cli",
 ]
 
