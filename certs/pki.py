@@ -341,7 +341,11 @@ def init_pki(
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        # clientAuth too: the server is the TLS client when it delivers Notifications to subscribers.
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            critical=False,
+        )
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .sign(inter_key, hashes.SHA256())
     )
@@ -391,7 +395,11 @@ def _issue_client_certificate(
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_key_usage(), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        # serverAuth too: a gateway serves its Notification listener (subscriptions) with this identity.
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]),
+            critical=False,
+        )
         .add_extension(
             x509.CertificatePolicies([x509.PolicyInformation(SEP2_DEVICE_POLICY_OID, None)]), critical=False
         )
@@ -583,7 +591,14 @@ def _kind(cert: x509.Certificate) -> str:
         usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         usages = []
-    if ExtendedKeyUsageOID.SERVER_AUTH in usages and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+    try:
+        policies = {
+            p.policy_identifier
+            for p in cert.extensions.get_extension_for_class(x509.CertificatePolicies).value
+        }
+    except x509.ExtensionNotFound:
+        policies = set()
+    if ExtendedKeyUsageOID.SERVER_AUTH in usages and SEP2_DEVICE_POLICY_OID not in policies:
         return "server"
     return certificate_role(cert)
 
@@ -591,8 +606,8 @@ def _kind(cert: x509.Certificate) -> str:
 def describe_certificate(path: Path | str) -> dict[str, Any]:
     """Summarise the first certificate in a file (JSON-friendly values).
 
-    ``role`` is "ca" for CA certificates, "server" for serverAuth-only certificates, otherwise the client
-    role from :func:`certificate_role`. ``serial`` is upper-case hex; times are ISO 8601 UTC.
+    ``role`` is "ca" for CA certificates, "server" for serverAuth certificates without the 2030.5 device
+    policy, otherwise the client role from :func:`certificate_role`. ``serial`` is upper-case hex; times are ISO 8601 UTC.
     """
     cert = load_certificate(path)
     der = cert.public_bytes(serialization.Encoding.DER)

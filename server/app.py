@@ -1,0 +1,299 @@
+"""The aiohttp application: identity, scope, cache, error mapping, logging and metrics in one middleware;
+the listeners (2030.5 over mutual TLS, admin with /metrics); and the server's life cycle.
+
+Errors in one place: whatever a handler or the store raises ends here and becomes a 2030.5 ``Error``
+body with the right status (400/403/404/405/409/413/415, 500 for bugs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from sep2 import resources as r
+from sep2.identity import lfdi_from_cert_der
+from sep2.xml import to_xml
+from server.api import CACHE_UNTIL, SCOPE, SEP_XML, Handlers
+from server.config import ServerConfig
+from server.errors import INVALID_FORMAT, INVALID_VALUES, RESOURCE_LIMIT, ApiError, Unauthenticated
+from server.store import RequestScope, Store
+
+access_log = logging.getLogger("derlink.server.access")
+log = logging.getLogger("derlink.server")
+
+STORE_KEY = web.AppKey("store", Store)
+CONFIG_KEY = web.AppKey("config", ServerConfig)
+METRICS_KEY = web.AppKey("metrics", object)
+_HTTP_REASON = {400: INVALID_FORMAT, 404: INVALID_VALUES, 405: INVALID_VALUES, 413: RESOURCE_LIMIT}
+
+
+def error_response(
+    status: int, reason_code: int, detail: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    response = web.Response(
+        status=status, body=to_xml(r.Error(reasonCode=reason_code)), content_type=SEP_XML, headers=headers
+    )
+    response.headers["X-Error-Detail"] = detail.encode("ascii", "replace").decode()[:300].replace("\n", " ")
+    return response
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "derlink_http_requests", "2030.5 requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "derlink_http_request_seconds",
+            "2030.5 request latency",
+            ["route"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+        )
+        self.cache_hits = Counter("derlink_cache_hits", "GETs served from the cache", registry=self.registry)
+        self.notifications = Counter(
+            "derlink_notifications", "notification delivery attempts", ["outcome"], registry=self.registry
+        )
+
+
+class Gateway:
+    """The per-request path: who is calling, what they may see, cached answers, errors, logs, metrics."""
+
+    def __init__(self, store: Store, config: ServerConfig, metrics: Metrics) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics
+        self.proxy_networks = config.proxy_networks()
+        self._identities: dict[bytes | str, tuple[str, str]] = {}
+        self._scopes: dict[str, tuple[int, RequestScope]] = {}
+        self.cache: dict[tuple[str, str], tuple[int, float, bytes]] | None = (
+            {} if config.cache_active else None
+        )
+        self.cache_max_entries = 20000
+
+    def identify(self, request: web.Request) -> tuple[str, str]:
+        """(LFDI, role) of the client certificate: from TLS, or from the proxy header of a trusted peer."""
+        transport = request.transport
+        if self.proxy_networks and transport is not None:
+            peer = transport.get_extra_info("peername")
+            header = request.headers.get(self.config.proxy_cert_header)
+            if peer and header and any(ipaddress.ip_address(peer[0]) in n for n in self.proxy_networks):
+                return self._identity_from_pem(header)
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:
+            raise Unauthenticated("a client certificate is required")
+        known = self._identities.get(der)
+        if known is None:
+            from certs.pki import certificate_role
+
+            known = (lfdi_from_cert_der(der), certificate_role(der))
+            if len(self._identities) > 10000:
+                self._identities.clear()
+            self._identities[der] = known
+        return known
+
+    def _identity_from_pem(self, header: str) -> tuple[str, str]:
+        known = self._identities.get(header)
+        if known is None:
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import Encoding
+
+            from certs.pki import certificate_role
+
+            try:
+                cert = x509.load_pem_x509_certificate(unquote(header).encode())
+            except ValueError:
+                raise Unauthenticated(f"{self.config.proxy_cert_header}: not a PEM certificate") from None
+            der = cert.public_bytes(Encoding.DER)
+            known = (lfdi_from_cert_der(der), certificate_role(der))
+            self._identities[header] = known
+        return known
+
+    async def scope(self, lfdi: str, role: str) -> RequestScope:
+        cached = self._scopes.get(lfdi)
+        if cached is not None and cached[0] == self.store.generation:
+            return cached[1]
+        generation = self.store.generation
+        scope = await self.store.scope_for(lfdi, role)
+        self._scopes[lfdi] = (generation, scope)
+        return scope
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        started = time.perf_counter()
+        lfdi = "-"
+        cache_hit = False
+        try:
+            lfdi, role = self.identify(request)
+            scope = await self.scope(lfdi, role)
+            request[SCOPE] = scope
+            self.store.note_contact(lfdi)
+            if self.cache is not None and request.method in ("GET", "HEAD"):
+                key = (lfdi, request.path_qs)
+                hit = self.cache.get(key)
+                if hit is not None and hit[0] == self.store.generation and self.store.clock() < hit[1]:
+                    cache_hit = True
+                    response = web.Response(body=hit[2], content_type=SEP_XML)
+                else:
+                    generation = self.store.generation
+                    response = await handler(request)
+                    until = response.get(CACHE_UNTIL, 0.0)
+                    if response.status == 200 and until > self.store.clock():
+                        if len(self.cache) >= self.cache_max_entries:
+                            self.cache.clear()
+                        self.cache[key] = (generation, until, response.body)
+            else:
+                response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc.status, exc.reason_code, exc.detail)
+        except web.HTTPException as exc:
+            headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            detail = exc.text or exc.reason
+            if exc.status == 405:
+                detail = f"method {request.method} is not allowed on {request.path}"
+            if exc.status == 413:
+                detail = f"body exceeds the limit of {self.config.max_body_bytes} bytes"
+            response = error_response(
+                exc.status, _HTTP_REASON.get(exc.status, INVALID_VALUES), detail, headers
+            )
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            response = error_response(500, INVALID_VALUES, "internal server error")
+        elapsed = time.perf_counter() - started
+        route = (
+            request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+        )
+        self.metrics.requests.labels(request.method, route, response.status).inc()
+        self.metrics.latency.labels(route).observe(elapsed)
+        if cache_hit:
+            self.metrics.cache_hits.inc()
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "method=%s path=%s status=%d lfdi=%s ms=%.2f cache=%s%s",
+                request.method,
+                request.path_qs,
+                response.status,
+                lfdi,
+                elapsed * 1000,
+                "hit" if cache_hit else "miss",
+                f" error={response.headers['X-Error-Detail']!r}"
+                if "X-Error-Detail" in response.headers
+                else "",
+            )
+        return response
+
+
+def create_app(store: Store, config: ServerConfig, metrics: Metrics | None = None) -> web.Application:
+    metrics = metrics or Metrics()
+    gateway = Gateway(store, config, metrics)
+    app = web.Application(middlewares=[gateway.middleware], client_max_size=config.max_body_bytes)
+    app[STORE_KEY] = store
+    app[CONFIG_KEY] = config
+    app[METRICS_KEY] = metrics
+    Handlers(store, config).add_routes(app)
+    return app
+
+
+def create_admin_app(metrics: Metrics) -> web.Application:
+    async def serve_metrics(_request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(metrics.registry))
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    async def health(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve_metrics)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+def server_ssl(config: ServerConfig) -> ssl.SSLContext:
+    from certs.tls import server_ssl_context
+
+    chain, key, ca = config.tls_files()
+    return server_ssl_context(chain, key, ca, require_client_cert=not config.proxy_mode)
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound ports and how to stop it."""
+
+    store: Store
+    config: ServerConfig
+    port: int
+    admin_port: int | None
+    runners: list[web.AppRunner]
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    metrics: Metrics | None = None
+
+    @property
+    def base_url(self) -> str:
+        scheme = "http" if self.config.proxy_mode and not self.config.tls else "https"
+        return f"{scheme}://{self.config.host}:{self.port}"
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for runner in self.runners:
+            await runner.cleanup()
+        await self.store.close()
+
+
+async def _flush_contacts_forever(store: Store, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await store.flush_contacts()
+        except Exception:
+            log.exception("could not record client contact times")
+
+
+async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
+    """Migrate, open the store, start the listeners and the notification sender. Port 0 picks a free port."""
+    from server.notifications import NotificationSender
+
+    if store is None:
+        store = await Store.open(config.resolved_database_url, pen=config.iana_pen)
+        await store.admin.ensure_standard_programs()
+    metrics = Metrics()
+    app = create_app(store, config, metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    context = server_ssl(config) if config.tls else None
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=context, backlog=512)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runners = [runner]
+    admin_port = None
+    if config.admin_enabled:
+        admin_runner = web.AppRunner(create_admin_app(metrics), access_log=None, handle_signals=False)
+        await admin_runner.setup()
+        admin_site = web.TCPSite(admin_runner, config.admin_host, config.admin_port)
+        await admin_site.start()
+        admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        runners.append(admin_runner)
+    running = RunningServer(
+        store=store, config=config, port=port, admin_port=admin_port, runners=runners, metrics=metrics
+    )
+    sender = NotificationSender(store, config, metrics)
+    running.tasks.append(asyncio.create_task(sender.run(), name="derlink-notifications"))
+    running.tasks.append(asyncio.create_task(_flush_contacts_forever(store, 10.0), name="derlink-contacts"))
+    log.info("2030.5 server listening on %s:%d (admin %s)", config.host, port, admin_port)
+    return running

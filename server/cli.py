@@ -1,0 +1,121 @@
+"""``derlink server``: run the 2030.5 utility server, or migrate its database."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from server.config import ConfigError, ServerConfig, load_config
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser("server", help="the CSIP-AUS 2030.5 utility server")
+    commands = parser.add_subparsers(dest="server_command", metavar="ACTION", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config", type=Path, help="TOML configuration file (keys at top level or in [server])"
+        )
+        p.add_argument("--data-dir", type=Path, help="state directory (default ./derlink-data)")
+        p.add_argument("--database-url", help="sqlite+aiosqlite:///FILE or postgresql+asyncpg://...")
+
+    run = commands.add_parser("run", help="serve 2030.5 over mutual TLS")
+    common(run)
+    run.add_argument("--host", help="listen address (default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="listen port (default 8443; 0 picks a free port)")
+    run.add_argument("--admin-port", type=int, help="admin/metrics port (default 8444)")
+    run.add_argument("--cert-dir", type=Path, help="PKI directory from `derlink certs init`")
+    run.add_argument("--poll-rate", type=int, help="default pollRate in seconds")
+    run.add_argument("--post-rate", type=int, help="default MirrorUsagePoint postRate in seconds")
+    run.add_argument("--iana-pen", type=int, help="IANA private enterprise number for mRIDs")
+    run.add_argument(
+        "--inband-registration",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="allow clients to register by POSTing their EndDevice",
+    )
+    run.add_argument("--log-level", help="DEBUG, INFO, WARNING ...")
+    run.set_defaults(handler=_run)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
+    common(migrate)
+    migrate.set_defaults(handler=_migrate)
+
+
+def _config(args: argparse.Namespace) -> ServerConfig:
+    overrides = {
+        name: getattr(args, name, None)
+        for name in (
+            "data_dir",
+            "database_url",
+            "host",
+            "port",
+            "admin_port",
+            "cert_dir",
+            "poll_rate",
+            "post_rate",
+            "iana_pen",
+            "inband_registration",
+            "log_level",
+        )
+    }
+    return load_config(args.config, overrides)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from server.store import make_engine, migrate
+
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def go() -> None:
+        engine = make_engine(config.resolved_database_url)
+        await migrate(engine)
+        await engine.dispose()
+
+    asyncio.run(go())
+    print(f"database at {config.resolved_database_url} is at the newest schema")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from server.app import start_server
+
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+
+    async def go() -> None:
+        running = await start_server(config)
+        print(
+            f"derlink server: 2030.5 on {running.base_url}, admin on http://{config.admin_host}:{running.admin_port}",
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await running.stop()
+
+    try:
+        asyncio.run(go())
+    except Exception as exc:  # configuration problems found at start (missing certificates ...)
+        if isinstance(exc, ValueError | FileNotFoundError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    return 0

@@ -1,0 +1,200 @@
+"""Server configuration: a TOML file plus command-line overrides.
+
+Every key has a default so that ``derlink server run`` works with no file at all (SQLite in ``data_dir``).
+Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or flag that is not understood; the message names the field."""
+
+
+@dataclass
+class ServerConfig:
+    # Where state lives. database_url defaults to SQLite in data_dir.
+    data_dir: Path = Path("derlink-data")
+    database_url: str | None = None
+    # 2030.5 listener (mutual TLS).
+    host: str = "127.0.0.1"
+    port: int = 8443
+    cert_dir: Path | None = None  # PKI directory (certs.pki layout); default data_dir / "pki"
+    server_cert: Path | None = None  # explicit files override cert_dir
+    server_key: Path | None = None
+    ca_cert: Path | None = None
+    # Client certificate the server presents when POSTing notifications (needs clientAuth). Default:
+    # devices/server-notifier.pem in the PKI directory, issued on first start if the CA key is there.
+    notify_cert: Path | None = None
+    notify_key: Path | None = None
+    tls: bool = True  # False only behind a TLS-terminating proxy (trusted_proxies must be set)
+    # Admin listener (/metrics, later the head-end API); port 0 picks a free port.
+    admin_enabled: bool = True
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8444
+    # Behaviour.
+    poll_rate: int = 300  # default pollRate (s) for DeviceCapability and polled lists
+    post_rate: int = 300  # default postRate (s) for MirrorUsagePoints and EndDevices
+    inband_registration: bool = True
+    iana_pen: int = 0  # private enterprise number placed in the low 32 bits of generated mRIDs
+    max_body_bytes: int = 64 * 1024
+    max_list_limit: int = 500
+    cache_enabled: bool | None = None  # None: on for SQLite (single process), off for PostgreSQL
+    # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
+    # proxy_cert_header and is trusted only from these peer addresses/networks.
+    proxy_cert_header: str = "X-Client-Cert"
+    trusted_proxies: list[str] = field(default_factory=list)
+    # Notification outbox.
+    notify_retry_initial: float = 1.0
+    notify_retry_max: float = 300.0
+    notify_timeout: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(Path(self.data_dir) / 'derlink.sqlite3').resolve()}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.resolved_database_url.startswith("sqlite")
+
+    @property
+    def cache_active(self) -> bool:
+        return self.is_sqlite if self.cache_enabled is None else self.cache_enabled
+
+    @property
+    def proxy_mode(self) -> bool:
+        return bool(self.trusted_proxies)
+
+    def proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(p, strict=False) for p in self.trusted_proxies]
+
+    def tls_files(self) -> tuple[Path, Path, Path]:
+        """(server certificate chain, server key, CA bundle) from explicit files or the PKI directory."""
+        if self.server_cert and self.server_key and self.ca_cert:
+            return Path(self.server_cert), Path(self.server_key), Path(self.ca_cert)
+        from certs.pki import load_pki
+
+        paths = load_pki(self.cert_dir or Path(self.data_dir) / "pki")
+        return (
+            Path(self.server_cert or paths.server_chain),
+            Path(self.server_key or paths.server_key),
+            Path(self.ca_cert or paths.ca_chain),
+        )
+
+    def notify_files(self) -> tuple[Path, Path, Path]:
+        """(client certificate chain, key, CA bundle) for notification delivery."""
+        _chain, _key, ca = self.tls_files()
+        if self.notify_cert and self.notify_key:
+            return Path(self.notify_cert), Path(self.notify_key), ca
+        from certs.pki import PkiError, issue_device_certificate, load_pki
+
+        paths = load_pki(self.cert_dir or Path(self.data_dir) / "pki")
+        chain = paths.devices_dir / "server-notifier-chain.pem"
+        key = paths.devices_dir / "server-notifier.key"
+        if not chain.exists():
+            try:
+                identity = issue_device_certificate(paths.directory, "server-notifier")
+            except PkiError as exc:
+                raise ConfigError(f"notify_cert: none configured and none can be issued ({exc})") from None
+            chain, key = identity.chain_path, identity.key_path
+        return chain, key, ca
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
+_PATH_FIELDS = {"data_dir", "cert_dir", "server_cert", "server_key", "ca_cert", "notify_cert", "notify_key"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check and convert one value to the type of field ``name``; raise ConfigError naming it."""
+    default = _FIELDS[name].default
+    if name in _PATH_FIELDS:
+        if not isinstance(value, str | Path):
+            raise ConfigError(f"{name}: expected a path string, got {value!r}")
+        return Path(value).expanduser()
+    if name == "trusted_proxies":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{name}: expected a list of addresses or networks, got {value!r}")
+        for v in value:
+            try:
+                ipaddress.ip_network(v, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {v!r} is not an IP address or network") from exc
+        return list(value)
+    if name == "cache_enabled":
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{name}: must not be negative, got {value}")
+        if name.endswith("port") and value > 65535:
+            raise ConfigError(f"{name}: {value} is not a TCP port")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{name}: expected a positive number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str) and value is not None:
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def config_from_mapping(values: dict[str, Any], base: ServerConfig | None = None) -> ServerConfig:
+    """Apply ``values`` (from TOML ``[server]`` or flags) over ``base``; unknown names are errors."""
+    config = dataclasses.replace(base) if base else ServerConfig()
+    for name, value in values.items():
+        if name not in _FIELDS:
+            close = [n for n in _FIELDS if n.split("_")[0] == name.split("_")[0]]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(f"unknown server setting {name!r}{hint}")
+        setattr(config, name, _coerce(name, value))
+    return config
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> ServerConfig:
+    """Read a TOML file (keys at top level or under ``[server]``) and apply ``overrides`` on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        values = document.get("server", document)
+        if "server" in document and len(document) > 1:
+            extra = sorted(k for k in document if k != "server")
+            if any(k in _FIELDS for k in extra):
+                raise ConfigError(f"{path}: settings {extra} must be inside [server]")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: [server] must be a table")
+    config = config_from_mapping(values)
+    config = config_from_mapping({k: v for k, v in (overrides or {}).items() if v is not None}, config)
+    check_config(config)
+    return config
+
+
+def check_config(config: ServerConfig) -> None:
+    """Cross-field rules."""
+    if not config.tls and not config.trusted_proxies:
+        raise ConfigError("tls: may only be false behind a TLS-terminating proxy (set trusted_proxies)")
+    if config.database_url and not config.database_url.startswith(
+        ("sqlite+aiosqlite://", "postgresql+asyncpg://")
+    ):
+        raise ConfigError("database_url: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
