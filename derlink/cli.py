@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "certs.cli",
     "simulators.cli",
     "server.cli",
+    "gateway.cli",
 ]
 
 
