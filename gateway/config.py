@@ -89,6 +89,7 @@ class ServerSettings:
     listener_host: str = "127.0.0.1"
     listener_port: int = 0
     notify_host: str | None = None
+    notifier_lfdis: tuple[str, ...] = ()  # certificates allowed to notify besides the server's own
     request_timeout_s: float = 10.0
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 300.0
@@ -240,6 +241,18 @@ def _limits(section: _Section, *, with_switches: bool = False) -> ControlSetting
     return ControlSettings(**values)
 
 
+def _lfdis(section: _Section, key: str) -> tuple[str, ...]:
+    from sep2.identity import normalise_lfdi
+
+    out = []
+    for i, item in enumerate(section.get(key, list, [])):
+        try:
+            out.append(normalise_lfdi(item))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"{section.name(key)}[{i}]: {exc}") from None
+    return tuple(out)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -295,6 +308,7 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         listener_host=srv.get("listener_host", str, "127.0.0.1"),
         listener_port=srv.integer("listener_port", 0, low=0, high=65535),  # type: ignore[arg-type]
         notify_host=srv.get("notify_host", str),
+        notifier_lfdis=_lfdis(srv, "notifier_lfdis"),
         request_timeout_s=srv.number("request_timeout_s", 10.0, positive=True),  # type: ignore[arg-type]
         backoff_initial_s=backoff_initial,
         backoff_max_s=backoff_max,

@@ -187,6 +187,7 @@ class GatewayRuntime:
             listener_host=srv.listener_host,
             listener_port=srv.listener_port,
             notify_host=srv.notify_host,
+            notifier_lfdis=srv.notifier_lfdis,
             request_timeout=srv.request_timeout_s,
             backoff_initial=srv.backoff_initial_s,
             backoff_max=srv.backoff_max_s,
