@@ -99,10 +99,10 @@ def gw_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 
 async def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str = "condition", every: float = 0.05
+    predicate: Callable[[], Any], within: float, what: str = "condition", every: float = 0.05
 ) -> float:
     """Poll ``predicate`` (sync or async) until truthy; returns time.time() when it became true."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         value = predicate()
         if asyncio.iscoroutine(value):
@@ -110,7 +110,7 @@ async def wait_until(
         if value:
             return time.time()
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
         await asyncio.sleep(every)
 
 
@@ -156,7 +156,9 @@ class Lab:
         devices = []
         for ep in self.sim.endpoints:
             role = ep.kind
-            devices.append({"name": ep.name, "role": role, "host": ep.host, "port": ep.port, "unit": ep.unit_id})
+            devices.append(
+                {"name": ep.name, "role": role, "host": ep.host, "port": ep.port, "unit": ep.unit_id}
+            )
         data: dict[str, Any] = {
             "gateway": {"data_dir": str(self.tmp / "gw-data"), "lfdi": ident.lfdi},
             "server": {
