@@ -607,7 +607,8 @@ def describe_certificate(path: Path | str) -> dict[str, Any]:
     """Summarise the first certificate in a file (JSON-friendly values).
 
     ``role`` is "ca" for CA certificates, "server" for serverAuth certificates without the 2030.5 device
-    policy, otherwise the client role from :func:`certificate_role`. ``serial`` is upper-case hex; times are ISO 8601 UTC.
+    policy, otherwise the client role from :func:`certificate_role`. ``serial`` is upper-case hex; times
+    are ISO 8601 UTC.
     """
     cert = load_certificate(path)
     der = cert.public_bytes(serialization.Encoding.DER)

@@ -18,7 +18,8 @@ Period, tolerance, behaviour
       ``load = grid + PV output + battery output`` (truthful meter), then:
 
       1. battery wish: an explicit battery setpoint (``battery_target_w``), else a connection-point target
-         (``export_target_w``), else self-consumption (aim the grid flow at 0), else idle;
+         (``export_target_w``), else self-consumption (aim the grid flow at 0), else idle; without an
+         explicit setpoint the battery does not discharge while PV is held at its limit (PV has more);
       2. battery window: ratings, SoC (no discharge at or below the reserve = max(device floor, customer
          reserve); no charge when full), load limit (gross site load = load + charging <= load limit),
          generation limit (discharge counts as generation);
@@ -35,8 +36,9 @@ Period, tolerance, behaviour
 
     * Disconnect / de-energise (connect or energize False): PV 0 %, battery 0 W, connect False.
     * Meter fault -> safe setpoint: no reading, a reading older than ``max_meter_age_s`` (3 s), or a
-      frozen meter (value unchanged for ``frozen_after_s`` while the DER output moved by more than
-      ``frozen_delta_w`` — the meter should have seen it; latched until the value changes). The safe
+      frozen meter (value unchanged while the DER output has differed by more than ``frozen_delta_w``
+      from its level at the meter's last change for ``frozen_after_s`` (3 s) — the meter should have
+      seen it; latched until the value changes). The safe
       setpoint keeps export within the limit even if all load disappeared: battery idle (0 W) and total
       PV <= export limit - margin (and <= the generation limit). Ramps are not applied to safety moves.
     * Device verification: a PV inverter whose output stays above its commanded limit, or a battery
@@ -175,6 +177,7 @@ class _MeterWatch:
     value: float | None = None
     changed_at: float = -INF
     der_at_change: float = 0.0
+    moved_since: float | None = None  # since when the devices' output differs from der_at_change
     frozen: bool = False
 
 
@@ -185,6 +188,7 @@ class SiteControlLoop:
     last_step_at: float | None = None
     _meter: _MeterWatch = field(default_factory=_MeterWatch)
     _violating_since: dict[str, float] = field(default_factory=dict)
+    _raised_at: dict[str, float] = field(default_factory=dict)  # when each PV limit was last raised
 
     def margin(self, limit: float) -> float:
         return max(self.config.margin_w, self.config.margin_frac * limit)
@@ -217,6 +221,10 @@ class SiteControlLoop:
         else:
             assert meter is not None
             out = self._normal(now, limits, meter.w, pvs, batteries, tuple(faults))
+        for name, w in out.pv_limit_w.items():
+            prev = self.last.pv_limit_w.get(name) if self.last is not None else None
+            if prev is not None and w > prev + 1.0:
+                self._raised_at[name] = now
         self.last, self.last_step_at = out, now
         return out
 
@@ -233,10 +241,15 @@ class SiteControlLoop:
         der = sum(p.output_w for p in pvs) + sum(b.output_w for b in bats)
         watch = self._meter
         if watch.value is None or meter.w != watch.value:
-            watch.value, watch.changed_at, watch.der_at_change, watch.frozen = meter.w, meter.t, der, False
+            watch.value, watch.der_at_change, watch.frozen, watch.moved_since = meter.w, der, False, None
+            watch.changed_at = meter.t
             return None
         moved = abs(der - watch.der_at_change)
-        if not watch.frozen and moved > c.frozen_delta_w and now - watch.changed_at >= c.frozen_after_s:
+        if moved <= c.frozen_delta_w:
+            watch.moved_since = None
+        elif watch.moved_since is None:
+            watch.moved_since = now
+        if watch.moved_since is not None and now - watch.moved_since >= c.frozen_after_s:
             watch.frozen = True
         if watch.frozen:
             return (
@@ -335,12 +348,17 @@ class SiteControlLoop:
             b_want = 0.0
         elif limits.battery_target_w is not None:
             b_want = limits.battery_target_w
-        elif limits.export_target_w is not None:
-            b_want = load - pv_out + limits.export_target_w
-        elif self.config.self_consumption:
-            b_want = load - pv_out
         else:
-            b_want = 0.0
+            if limits.export_target_w is not None:
+                b_want = load - pv_out + limits.export_target_w
+            elif self.config.self_consumption:
+                b_want = load - pv_out
+            else:
+                b_want = 0.0
+            # discharge only for load that PV cannot cover: a PV inverter held at its limit, or whose
+            # limit was just raised, may have more to give (its potential is taken as its rating)
+            pv_potential = sum(self._pv_potential(now, p) for p in pvs)
+            b_want = min(b_want, max(b_want - (pv_potential - pv_out), 0.0))
         b = min(max(b_want, b_lo), b_hi)
         # 3. connection-point limits move the battery first
         if load - pv_out - b > g_hi:
@@ -373,6 +391,16 @@ class SiteControlLoop:
             faults=faults,
             notes=tuple(notes),
         )
+
+    def _pv_potential(self, now: float, p: PvState) -> float:
+        """What a PV inverter may produce without curtailment: its output, or its rating when unknown."""
+        cmd = self.last.pv_limit_w.get(p.name) if self.last is not None else None
+        if cmd is None or cmd >= p.rated_w:
+            return p.output_w
+        tol = max(self.config.compliance_tol_w, self.config.compliance_tol_frac * p.rated_w)
+        at_limit = p.output_w >= cmd - tol
+        raising = now - self._raised_at.get(p.name, -INF) < self.config.settle_s
+        return p.rated_w if at_limit or raising else p.output_w
 
     def _battery_window(
         self, limits: SiteLimits, load: float, bats: list[BatteryState]

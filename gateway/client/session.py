@@ -465,6 +465,7 @@ class Sep2Client:
                     self._mups[mup.mRID.upper()] = mup.href
                 if mup.postRate:
                     self._set_post_rate(mup.postRate)
+            await self._mup_href("site")  # the site's MirrorUsagePoint always exists; it gives the postRate
         if self.end_device.postRate:
             self._set_post_rate(self.end_device.postRate)
 
@@ -574,6 +575,7 @@ class Sep2Client:
         state.doc = doc
         state.lists.add(list_href)
         self._programs[mrid] = state
+        state.default = None
         if doc.DefaultDERControlLink is not None:
             state.default = await self._get_optional(doc.DefaultDERControlLink.href, r.DefaultDERControl)
         controls: dict[str, r.DERControl] = {}
@@ -587,11 +589,18 @@ class Sep2Client:
         self._sync_program(state, list(controls.values()))
 
     def _core_program(self, state: _ProgramState) -> Any:
+        """The core Program; a DefaultDERControl the core would refuse is ignored (and logged)."""
         try:
-            return mapping.program(state.doc, state.default)
+            program = mapping.program(state.doc, state.default)
         except mapping.MappingError as exc:
             log.warning("DefaultDERControl ignored: %s", exc)
             return mapping.program(state.doc, None)
+        if program.default is not None and program.default.errors():
+            log.warning(
+                "DefaultDERControl %s ignored: %s", program.default_mrid, "; ".join(program.default.errors())
+            )
+            return replace(program, default=None, default_mrid=None)
+        return program
 
     def _sync_program(self, state: _ProgramState, docs: list[r.DERControl]) -> None:
         program = self._core_program(state)
@@ -708,8 +717,9 @@ class Sep2Client:
         self._note_contact()
         try:
             changed = self._apply_notification(note)
-        except mapping.MappingError as exc:
-            log.warning("notification not applied: %s", exc)
+        except Exception as exc:  # acknowledged anyway (a retry would fail the same way): re-read by GET
+            log.warning("notification not applied (%s); walking again", exc)
+            self._request_walk()
             changed = False
         if changed:
             self.notification_latencies.append(time.perf_counter() - received)
@@ -754,8 +764,14 @@ class Sep2Client:
                 if state is None:  # a new program: its controls need GETs
                     self._request_job(f"derp:{resource_path}")
                     continue
+                links_changed = any(
+                    (getattr(state.doc, name) is None) != (getattr(program_doc, name) is None)
+                    for name in ("DefaultDERControlLink", "DERControlListLink", "ActiveDERControlListLink")
+                )
                 state.doc = program_doc
                 state.lists.add(resource_path)
+                if links_changed:  # e.g. a DefaultDERControl appeared: read it (and subscribe to it)
+                    self._request_job(f"prog:{mrid}")
                 self.controller.engine.set_program(self._core_program(state))
                 changed = True
             for mrid, state in list(self._programs.items()):
@@ -829,8 +845,12 @@ class Sep2Client:
                 log.error("%s", exc)
                 self._ready.set()
                 raise
-            except ClientError as exc:
-                self._note_comms_error(exc)
+            except Exception as exc:  # network or unexpected: never give up, never crash
+                if isinstance(exc, CommsError):
+                    self._note_comms_error(exc)
+                else:
+                    log.exception("discovery failed unexpectedly")
+                    self.status.last_error = f"{type(exc).__name__}: {exc}"
                 delay = self._backoff(attempts)
                 attempts += 1
                 log.warning("discovery failed (%s); retrying in %.1f s", exc, delay)
@@ -858,9 +878,12 @@ class Sep2Client:
                     self.status.last_error = str(exc)
                     log.error("%s", exc)
                     raise
-                except ClientError as exc:
+                except Exception as exc:  # ServerRejected, CommsError, or a bug: retry the job later
                     if isinstance(exc, CommsError):
                         self._note_comms_error(exc)
+                    elif not isinstance(exc, ClientError):
+                        log.exception("%s failed unexpectedly", job)
+                        self.status.last_error = f"{job}: {type(exc).__name__}: {exc}"
                     failures = self._failures.get(job, 0)
                     self._failures[job] = failures + 1
                     delay = min(self._backoff(failures), self._job_rate(job))
@@ -901,7 +924,8 @@ class Sep2Client:
         elif job == "walk":
             await self._walk()
             for list_href in self._program_lists:
-                self._due.setdefault(f"derp:{list_href}", asyncio.get_running_loop().time())
+                job_name = f"derp:{list_href}"
+                self._due.setdefault(job_name, asyncio.get_running_loop().time() + self._job_rate(job_name))
         elif job.startswith("derp:"):
             list_href = job.removeprefix("derp:")
             if list_href in self._program_lists:
@@ -944,8 +968,11 @@ class Sep2Client:
                 except ServerRejected as exc:
                     log.error("outbox entry %d (%s) rejected for good: %s", entry.id, entry.kind, exc)
                     await self.outbox.reject(entry, str(exc))
-                except ClientError as exc:
-                    self._note_comms_error(exc)
+                except Exception as exc:  # network, 5xx or a bug: keep the entry, back off, retry
+                    if isinstance(exc, CommsError):
+                        self._note_comms_error(exc)
+                    else:
+                        log.exception("delivery of outbox entry %d failed unexpectedly", entry.id)
                     await self.outbox.failed(entry, str(exc))
                     delay = self._backoff(entry.attempts)
                     log.warning(
