@@ -114,6 +114,30 @@ async def wait_until(
         await asyncio.sleep(every)
 
 
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Tables of scalars and arrays of tables: enough for site.toml."""
+    lines: list[str] = []
+    for name, section in data.items():
+        tables = section if isinstance(section, list) else [section]
+        for table in tables:
+            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
 def tolerance(limit_w: float) -> float:
     """Issue 6: the metered export must be within max(2 %, 100 W) of the limit."""
     return max(0.02 * limit_w, 100.0)
@@ -188,6 +212,11 @@ class Lab:
             else:
                 data[key] = value
         return data
+
+    def write_site_toml(self, **overrides: Any) -> Path:
+        path = self.tmp / "site.toml"
+        path.write_text(to_toml(self.site_toml(**overrides)))
+        return path
 
     def settings(self, **overrides: Any) -> GatewaySettings:
         return settings_from_dict(self.site_toml(**overrides), self.tmp)
