@@ -32,8 +32,10 @@ Our reading of IEEE 2030.5-2018 §12.1.3 (event rules) and the DER function set,
 from __future__ import annotations
 
 import hashlib
+from bisect import bisect_left
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import IntEnum, StrEnum
+from functools import cached_property
 from typing import Any
 
 LIMIT_FIELDS = ("export_limit_w", "import_limit_w", "generation_limit_w", "load_limit_w", "max_lim_w_pct")
@@ -65,6 +67,7 @@ class ControlSettings:
     ramp_time_s: float | None = None
     set_grad_w: float | None = None
 
+    @cached_property
     def modes(self) -> frozenset[str]:
         return frozenset(name for name in MODE_FIELDS if getattr(self, name) is not None)
 
@@ -263,6 +266,7 @@ class EventEngine:
         self._outbox: list[Response] = []  # emitted, not yet acknowledged by the server
         self._handed_out = 0  # how many of _outbox advance() already returned
         self._timelines: dict[str, _Timeline] | None = None
+        self._windows: dict[str, tuple[int, int]] = {}  # mRID -> randomised (start, end), cached
 
     # ---- inputs -----------------------------------------------------------------------------------
     def set_program(self, program: Program) -> None:
@@ -282,6 +286,7 @@ class EventEngine:
         self._records = {m: r for m, r in self._records.items() if r.control.program_mrid != program_mrid}
         self._programs.pop(program_mrid, None)
         self._timelines = None
+        self._windows = {}
 
     def upsert_control(self, control: Control, now: int) -> None:
         """Add a newly seen control or apply a status change to a known one."""
@@ -290,8 +295,14 @@ class EventEngine:
         rec = self._records.get(control.mrid)
         if rec is None:
             self._receive(control, now)
-        else:
-            rec.listed = True
+            return
+        rec.listed = True
+        known = rec.control
+        if (known.server_status, known.response_required, known.reply_to) != (
+            control.server_status,
+            control.response_required,
+            control.reply_to,
+        ):
             rec.control = replace(
                 rec.control,
                 server_status=control.server_status,
@@ -315,8 +326,11 @@ class EventEngine:
         self.advance_only(now)
         for mrid, rec in list(self._records.items()):
             if not rec.listed and rec.final_state is not None:
+                # a finished event can no longer move another event's timeline: no recompute needed
                 del self._records[mrid]
-                self._timelines = None
+                self._windows.pop(mrid, None)
+                if self._timelines is not None:
+                    self._timelines.pop(mrid, None)
 
     def _receive(self, control: Control, now: int) -> None:
         rec = _Record(control=control, first_seen=now)
@@ -325,13 +339,13 @@ class EventEngine:
         problems = control.settings.errors()
         if control.duration <= 0:
             problems.append(f"duration must be > 0, got {control.duration}")
-        if not control.settings.modes():
+        if not control.settings.modes:
             problems.append("settings set no control mode")
         if problems:
             rec.rejected, rec.reject_reason = ResponseStatus.REJECTED_INVALID, "; ".join(problems)
-        elif self.supported_modes is not None and not control.settings.modes() & self.supported_modes:
+        elif self.supported_modes is not None and not control.settings.modes & self.supported_modes:
             rec.rejected = ResponseStatus.REJECTED_NOT_APPLICABLE
-            rec.reject_reason = f"none of the modes {sorted(control.settings.modes())} is supported"
+            rec.reject_reason = f"none of the modes {sorted(control.settings.modes)} is supported"
         elif self._natural_window(control)[1] <= now:
             rec.rejected, rec.reject_reason = ResponseStatus.REJECTED_EXPIRED, "ends before it was received"
         if rec.rejected is not None:
@@ -358,7 +372,7 @@ class EventEngine:
         if rec.cancel_seen_at is None and rec.final_state is None:
             rec.cancel_seen_at = now
             rec.control = replace(rec.control, server_status=ServerStatus.CANCELLED)
-        self._timelines = None
+            self._timelines = None
 
     def _emit(self, rec: _Record, status: ResponseStatus, at: int) -> None:
         if int(status) in rec.sent:
@@ -368,6 +382,12 @@ class EventEngine:
 
     # ---- derivation -------------------------------------------------------------------------------
     def _natural_window(self, c: Control) -> tuple[int, int]:
+        window = self._windows.get(c.mrid)
+        if window is None:
+            window = self._windows[c.mrid] = self._randomised_window(c)
+        return window
+
+    def _randomised_window(self, c: Control) -> tuple[int, int]:
         start = c.start + random_offset(self.device_id, c.mrid, "start", c.randomize_start)
         end = start + c.duration + random_offset(self.device_id, c.mrid, "duration", c.randomize_duration)
         return start, max(end, start)
@@ -375,41 +395,51 @@ class EventEngine:
     def _primacy(self, c: Control) -> int:
         return self._programs[c.program_mrid].primacy
 
-    def _newer(self, b: Control, a: Control) -> bool:
-        return (b.creation_time, b.mrid) > (a.creation_time, a.mrid)
-
     def _compute_timelines(self) -> dict[str, _Timeline]:
-        windows = {m: self._natural_window(r.control) for m, r in self._records.items()}
-        candidates = [r for r in self._records.values() if r.rejected is None]
+        """Effective start and first ending (completion, cancellation or supersession) of each event
+        that has not finished yet. Overlap candidates are found by bisecting start-sorted groups of
+        equal primacy, so a day of back-to-back DOE intervals costs O(n log n), not O(n^2)."""
+        window = self._natural_window
+        groups: dict[int, list[_Record]] = {}
+        for rec in self._records.values():
+            if rec.rejected is None:
+                groups.setdefault(self._primacy(rec.control), []).append(rec)
         timelines = {}
-        for rec in candidates:
-            a = rec.control
-            start, end = windows[a.mrid]
-            ends = [(end, 0, EventState.COMPLETED)]
-            if rec.cancel_seen_at is not None:
-                cancel_at = rec.cancel_seen_at
-                if a.server_status == ServerStatus.CANCELLED_RANDOMIZED and cancel_at >= start:
-                    bound = a.randomize_duration or a.randomize_start
-                    cancel_at += abs(random_offset(self.device_id, a.mrid, "cancel", bound))
-                ends.append((cancel_at, 1, EventState.CANCELLED))
-            if rec.server_superseded_at is not None:
-                ends.append((rec.server_superseded_at, 1, EventState.SUPERSEDED))
-            for other in candidates:
-                b = other.control
-                if (
-                    other is rec
-                    or other.cancel_seen_at is not None
-                    or not self._newer(b, a)
-                    or self._primacy(b) != self._primacy(a)
-                    or not (b.start < a.end and a.start < b.end)
-                    or not (b.settings.modes() & a.settings.modes())
-                ):
+        for group in groups.values():
+            group.sort(key=lambda r: r.control.start)
+            starts = [r.control.start for r in group]
+            longest = max(r.control.duration for r in group)
+            modes = [r.control.settings.modes for r in group]
+            for rec in group:
+                if rec.final_state is not None:
                     continue
-                b_start = windows[b.mrid][0]
-                takeover = b_start if b_start > start else other.first_seen
-                ends.append((max(other.first_seen, takeover), 1, EventState.SUPERSEDED))
-            terminal_at, _, terminal_state = min(ends)
-            timelines[a.mrid] = _Timeline(start, terminal_at, terminal_state)
+                a = rec.control
+                start, end = window(a)
+                ends = [(end, 0, EventState.COMPLETED)]
+                if rec.cancel_seen_at is not None:
+                    cancel_at = rec.cancel_seen_at
+                    if a.server_status == ServerStatus.CANCELLED_RANDOMIZED and cancel_at >= start:
+                        bound = a.randomize_duration or a.randomize_start
+                        cancel_at += abs(random_offset(self.device_id, a.mrid, "cancel", bound))
+                    ends.append((cancel_at, 1, EventState.CANCELLED))
+                if rec.server_superseded_at is not None:
+                    ends.append((rec.server_superseded_at, 1, EventState.SUPERSEDED))
+                a_modes = a.settings.modes
+                newer_key = (a.creation_time, a.mrid)
+                for i in range(bisect_left(starts, a.start - longest), bisect_left(starts, a.end)):
+                    other, b = group[i], group[i].control
+                    if (
+                        other.cancel_seen_at is not None
+                        or (b.creation_time, b.mrid) <= newer_key
+                        or b.end <= a.start
+                        or not modes[i] & a_modes
+                    ):
+                        continue
+                    b_start = window(b)[0]
+                    takeover = b_start if b_start > start else other.first_seen
+                    ends.append((max(other.first_seen, takeover), 1, EventState.SUPERSEDED))
+                terminal_at, _, terminal_state = min(ends)
+                timelines[a.mrid] = _Timeline(start, terminal_at, terminal_state)
         return timelines
 
     def _timeline_map(self) -> dict[str, _Timeline]:
@@ -430,10 +460,10 @@ class EventEngine:
         """Record transitions up to ``now`` (terminal states become sticky) and queue their Responses."""
         timelines = self._timeline_map()
         due: list[tuple[int, str, ResponseStatus, _Record]] = []
-        for mrid, rec in self._records.items():
+        for mrid, tl in timelines.items():  # timelines exist only for events unfinished when computed
+            rec = self._records[mrid]
             if rec.final_state is not None:
                 continue
-            tl = timelines[mrid]
             specific = rec.control.response_required & RESPONSE_SPECIFIC_BIT
             if now >= tl.start and tl.start < tl.terminal_at and specific:
                 due.append((tl.start, mrid, ResponseStatus.STARTED, rec))
@@ -444,7 +474,7 @@ class EventEngine:
         # at one instant, endings go before starts (a superseded event ends as its successor starts)
         due.sort(key=lambda d: (d[0], d[2] == ResponseStatus.STARTED, d[1]))
         for at, _, status, rec in due:
-            self._emit(rec, status, at)
+            self._emit(rec, status, max(at, rec.first_seen))  # a late-received event starts on receipt
 
     def advance(self, now: int) -> list[Response]:
         """Advance to ``now`` and return the Responses emitted since the last call, oldest first.
@@ -470,7 +500,17 @@ class EventEngine:
 
     def evaluate(self, now: int) -> ScheduleResult:
         """Active events, per-mode winners (events, then defaults) and event states at ``now``."""
-        states = {mrid: self.state_of(mrid, now) for mrid in self._records}
+        timelines = self._timeline_map()
+        states = {}
+        for mrid, rec in self._records.items():
+            if rec.final_state is not None:
+                states[mrid] = rec.final_state
+                continue
+            tl = timelines[mrid]
+            if now >= tl.terminal_at:
+                states[mrid] = tl.terminal_state
+            else:
+                states[mrid] = EventState.ACTIVE if now >= tl.start else EventState.SCHEDULED
         active = [self._records[m].control for m, s in states.items() if s == EventState.ACTIVE]
         active.sort(key=lambda c: c.mrid, reverse=True)
         active.sort(key=lambda c: (self._primacy(c), -c.creation_time))  # stable: ties -> larger mRID
