@@ -244,12 +244,16 @@ async def responses_of(server: RunningServer, mrid: str) -> list[dict[str, Any]]
     return await server.store.admin.responses_for_control(mrid)
 
 
-async def telemetry_complete(server: RunningServer, lfdi: str) -> bool:
-    """At least two telemetry posts landed, and all four DER documents were PUT."""
+def mup_posts(log: Recorder) -> list[str]:
+    """Access-log lines of py20305's MirrorUsagePoint POSTs (create, then readings to the MUP itself)."""
+    return [line for line in log.messages("derlink.server.access") if "method=POST path=/mup" in line]
+
+
+async def telemetry_complete(server: RunningServer, lfdi: str, log: Recorder) -> bool:
+    """Two telemetry posts landed with readings stored, and all four DER documents were PUT."""
     readings = await server.store.admin.site_readings(lfdi)
     documents = await server.store.admin.site_der_documents(lfdi)
-    posts = {r["time_start"] for r in readings}
-    return len(posts) >= 2 and set(documents) == {"dercap", "derg", "ders", "dera"}
+    return len(mup_posts(log)) >= 2 and bool(readings) and len(documents) == 4
 
 
 def until_done(server: RunningServer, ident: Identity, mrid: str, log: Recorder) -> Callable[[], Any]:
@@ -259,7 +263,7 @@ def until_done(server: RunningServer, ident: Identity, mrid: str, log: Recorder)
         return (
             3 in statuses
             and len(restored) >= 3  # default, DOE, default again
-            and await telemetry_complete(server, ident.lfdi)
+            and await telemetry_complete(server, ident.lfdi, log)
         )
 
     return finished
@@ -326,7 +330,8 @@ async def check_common(server: RunningServer, ident: Identity, run: Run, doe_mri
     assert len(mup_rows) == 1
     readings = await server.store.admin.site_readings(ident.lfdi)
     assert {r["mup_mrid"] for r in readings} == {mup_rows[0].mrid}
-    assert len({r["time_start"] for r in readings}) >= 2
+    posts = mup_posts(run.log)
+    assert len(posts) >= 2 and "path=/mup " in posts[0] and f"path=/mup/{mup_rows[0].id} " in posts[1], posts
     assert all(r["time_start"] >= run.started - 1 for r in readings)
     watts = [r for r in readings if r["reading_type"].uom == 38 and r["reading_type"].kind == 37]
     volts = [r for r in readings if r["reading_type"].uom == 29]
