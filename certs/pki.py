@@ -33,7 +33,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -588,7 +588,7 @@ def _kind(cert: x509.Certificate) -> str:
     return certificate_role(cert)
 
 
-def describe_certificate(path: Path | str) -> dict[str, object]:
+def describe_certificate(path: Path | str) -> dict[str, Any]:
     """Summarise the first certificate in a file (JSON-friendly values).
 
     ``role`` is "ca" for CA certificates, "server" for serverAuth-only certificates, otherwise the client

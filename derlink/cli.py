@@ -14,6 +14,7 @@ import sys
 SUBCOMMAND_MODULES: list[str] = [
     "certs.cli",
     "server.cli",
+    "simulators.cli",
     "server.ctl",
 ]
 

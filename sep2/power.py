@@ -24,8 +24,8 @@ def encode_power_of_ten(amount: float, value_type: str = "Int16") -> tuple[int, 
 
     # Exact first, preferring multiplier 0, then fractional precision, then coarser steps.
     for multiplier in (0, -1, -2, -3, *range(1, MULTIPLIER_RANGE.stop)):
-        value, exact = scaled(multiplier)
-        if low <= value <= high and abs(value - exact) < 1e-9:
+        value, _ = scaled(multiplier)
+        if low <= value <= high and abs(value * 10.0**multiplier - amount) <= 1e-9 * max(1.0, abs(amount)):
             return value, multiplier
     # Otherwise the finest multiplier that still fits, rounding to it.
     for multiplier in MULTIPLIER_RANGE:

@@ -139,32 +139,32 @@ class UnsignedPowerOfTen(_PowerOfTen, Sep2Object):
 
 @dataclass(kw_only=True)
 class ApparentPower(UnsignedPowerOfTen):
-    pass
+    is_root: ClassVar[bool] = False
 
 
 @dataclass(kw_only=True)
 class CurrentRMS(UnsignedPowerOfTen):
-    pass
+    is_root: ClassVar[bool] = False
 
 
 @dataclass(kw_only=True)
 class VoltageRMS(UnsignedPowerOfTen):
-    pass
+    is_root: ClassVar[bool] = False
 
 
 @dataclass(kw_only=True)
 class WattHour(UnsignedPowerOfTen):
-    pass
+    is_root: ClassVar[bool] = False
 
 
 @dataclass(kw_only=True)
 class AmpereHour(UnsignedPowerOfTen):
-    pass
+    is_root: ClassVar[bool] = False
 
 
 @dataclass(kw_only=True)
 class ReactiveSusceptance(UnsignedPowerOfTen):
-    pass
+    is_root: ClassVar[bool] = False
 
 
 @dataclass(kw_only=True)

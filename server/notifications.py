@@ -29,14 +29,14 @@ log = logging.getLogger("derlink.server.notifications")
 
 
 def notification_client_ssl(config: ServerConfig) -> ssl.SSLContext:
-    """The server acts as a TLS client towards subscribers, presenting its own certificate.
+    """The server acts as a TLS client towards subscribers, presenting a clientAuth certificate.
 
     Subscribers (gateways, aggregators) are usually addressed by IP with device certificates, so the
     chain is verified against our CA but the host name is not checked.
     """
     from certs.tls import client_ssl_context
 
-    chain, key, ca = config.tls_files()
+    chain, key, ca = config.notify_files()
     return client_ssl_context(chain, key, ca, check_hostname=False)
 
 

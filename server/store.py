@@ -205,7 +205,8 @@ readings = sa.Table(
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Column("quality_flags", sa.String(4)),
     sa.Column("received_at", sa.BigInteger, nullable=False),
-    sa.Index("ix_readings_meter_time", "meter_reading_id", "time_start"),
+    # A reading re-sent for the same interval replaces the earlier value.
+    sa.UniqueConstraint("meter_reading_id", "time_start", name="uq_readings_meter_time"),
 )
 
 responses = sa.Table(
@@ -1107,7 +1108,17 @@ class Store:
                 )
             )
         if batch:
-            await conn.execute(readings.insert(), batch)
+            stmt = _insert(conn, readings)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["meter_reading_id", "time_start"],
+                set_={
+                    "value": stmt.excluded.value,
+                    "quality_flags": stmt.excluded.quality_flags,
+                    "duration": stmt.excluded.duration,
+                    "received_at": stmt.excluded.received_at,
+                },
+            )
+            await conn.execute(stmt, batch)
         return mmr_id, existing is None
 
     async def delete_mup(self, scope: RequestScope, mup_id: int) -> None:

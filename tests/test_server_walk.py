@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from lxml import etree
 
-from tests.test_server_harness import assert_valid_everywhere, clients, crawl, pki, populate, server  # noqa: F401
+from tests.test_server_harness import assert_valid_everywhere, crawl, populate
+
+pytest_plugins = ["tests.test_server_harness"]
 
 EXPECTED_TYPES = {
     "DeviceCapability",
@@ -73,7 +75,7 @@ async def test_aggregator_client_walks_whole_tree(server, clients, pki):
     }
     # The aggregator's sites have no PIN issued: Registration is absent (404), everything else resolves.
     assert set(failures) == {f"{edev}/rg" for edev in world.sites["agg-a"]}
-    for path, reply in seen.items():
+    for reply in seen.values():
         if reply.status == 200:
             assert_valid_everywhere(reply.body)
     assert _types(seen) >= EXPECTED_TYPES - {"Registration"}

@@ -267,15 +267,11 @@ def upgrade() -> None:
         sa.Column("received_at", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(["meter_reading_id"], ["meter_readings.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("meter_reading_id", "time_start", name="uq_readings_meter_time"),
     )
-    with op.batch_alter_table("readings", schema=None) as batch_op:
-        batch_op.create_index("ix_readings_meter_time", ["meter_reading_id", "time_start"], unique=False)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("readings", schema=None) as batch_op:
-        batch_op.drop_index("ix_readings_meter_time")
-
     op.drop_table("readings")
     with op.batch_alter_table("responses", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_responses_site_id"))

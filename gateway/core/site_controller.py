@@ -1,0 +1,161 @@
+"""One call for the shell: ``SiteController.decide(now, inputs) -> Decision``.
+
+The controller owns the held state (event engine, last server contact, last local inputs); the shell feeds
+it what it learns (``engine.sync_program``/``upsert_control``, ``server_contact``) and acts on decisions:
+write ``decision.limits`` to the devices, POST ``decision.responses``, wake again at ``decision.next_wake``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.core.events import ControlSettings, EventEngine, Response, ScheduleResult
+from gateway.core.fallback import FallbackConfig, Regime, decide_fallback
+from gateway.core.hierarchy import EffectiveLimits, Layer, Source, combine
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Static configuration from the installer (site.toml)."""
+
+    device_id: str  # LFDI: seeds the per-device randomisation
+    installer_limits: ControlSettings  # connection agreement; must include export_limit_w
+    fallback: FallbackConfig
+    supported_modes: frozenset[str] | None = None  # None: accept every mode
+
+    def __post_init__(self) -> None:
+        problems = [f"installer_limits.{p}" for p in self.installer_limits.errors()]
+        if self.installer_limits.export_limit_w is None:
+            problems.append("installer_limits.export_limit_w is required (the connection agreement's limit)")
+        if not self.device_id:
+            problems.append("device_id must be non-empty")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class AggregatorInput:
+    """HEMS / market setpoint, only ever applied within the envelope. Ignored from ``expires_at`` on."""
+
+    settings: ControlSettings = field(default_factory=ControlSettings)  # limits and target_w
+    export_target_w: float | None = None
+    expires_at: int | None = None
+    detail: str = "aggregator setpoint"
+
+
+@dataclass(frozen=True)
+class CustomerPrefs:
+    battery_reserve_pct: float | None = None
+    settings: ControlSettings = field(default_factory=ControlSettings)  # e.g. a self-imposed export limit
+    detail: str = "customer preferences"
+
+
+@dataclass(frozen=True)
+class SiteInputs:
+    """Local inputs at one instant; ``emergency`` is e.g. DRM 0 -> ControlSettings(connect=False)."""
+
+    emergency: ControlSettings | None = None
+    emergency_detail: str = "local emergency input"
+    aggregator: AggregatorInput | None = None
+    customer: CustomerPrefs = field(default_factory=CustomerPrefs)
+    soc_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    now: int
+    limits: EffectiveLimits
+    regime: Regime
+    link_lost: bool
+    loss_declared_at: int | None
+    responses: tuple[Response, ...]
+    next_wake: int | None
+    schedule: ScheduleResult
+
+    def explain(self) -> list[str]:
+        head = f"regime {self.regime.value}" + (
+            f" (link lost since {self.loss_declared_at})" if self.loss_declared_at is not None else ""
+        )
+        return [head, *self.limits.explain()]
+
+
+class SiteController:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        engine: EventEngine | None = None,
+        last_contact: int | None = None,
+        inputs: SiteInputs | None = None,
+    ) -> None:
+        self.config = config
+        self.engine = engine or EventEngine(config.device_id, config.supported_modes)
+        self.last_contact = last_contact
+        self.inputs = inputs or SiteInputs()
+        self.last_decision: Decision | None = None
+
+    def server_contact(self, now: int) -> None:
+        """Record a successful exchange with the server (any 2xx)."""
+        if self.last_contact is None or now > self.last_contact:
+            self.last_contact = now
+
+    def layers(
+        self, now: int, schedule: ScheduleResult
+    ) -> tuple[list[Layer], Regime, bool, int | None, int | None]:
+        fb = decide_fallback(
+            now, self.config.fallback, self.last_contact, schedule, self.engine.has_default()
+        )
+        inputs = self.inputs
+        layers = list(fb.layers)
+        if inputs.emergency is not None:
+            layers.append(Layer(Source.LOCAL_EMERGENCY, inputs.emergency, inputs.emergency_detail))
+        agg = inputs.aggregator
+        agg_expiry = None
+        if agg is not None and (agg.expires_at is None or now < agg.expires_at):
+            layers.append(
+                Layer(Source.AGGREGATOR, agg.settings, agg.detail, export_target_w=agg.export_target_w)
+            )
+            agg_expiry = agg.expires_at
+        cust = inputs.customer
+        layers.append(
+            Layer(Source.CUSTOMER, cust.settings, cust.detail, battery_reserve_pct=cust.battery_reserve_pct)
+        )
+        layers.append(
+            Layer(Source.INSTALLER, self.config.installer_limits, "installer connection-agreement limits")
+        )
+        wake = [t for t in (fb.next_change, agg_expiry) if t is not None and t > now]
+        return layers, fb.regime, fb.link_lost, fb.loss_declared_at, min(wake) if wake else None
+
+    def decide(self, now: int, inputs: SiteInputs | None = None) -> Decision:
+        """Advance the schedule to ``now`` and decide the effective limits (the shell's single entry)."""
+        if inputs is not None:
+            check_inputs(inputs)
+            self.inputs = inputs
+        responses = tuple(self.engine.advance(now))
+        schedule = self.engine.evaluate(now)
+        layers, regime, lost, declared, fb_wake = self.layers(now, schedule)
+        limits = combine(layers, self.inputs.soc_pct)
+        wake = [t for t in (fb_wake, self.engine.next_change_time(now)) if t is not None]
+        decision = Decision(
+            now, limits, regime, lost, declared, responses, min(wake) if wake else None, schedule
+        )
+        self.last_decision = decision
+        return decision
+
+
+def check_inputs(inputs: SiteInputs) -> None:
+    """Raise ValueError naming every bad field; nothing is changed by a rejected input."""
+    problems = []
+    parts = {
+        "emergency": inputs.emergency,
+        "aggregator.settings": inputs.aggregator.settings if inputs.aggregator else None,
+        "customer.settings": inputs.customer.settings,
+    }
+    for prefix, settings in parts.items():
+        problems += [f"{prefix}.{p}" for p in (settings.errors() if settings else [])]
+    reserve = inputs.customer.battery_reserve_pct
+    if reserve is not None and not 0 <= reserve <= 100:
+        problems.append(f"customer.battery_reserve_pct must be within 0..100, got {reserve}")
+    if inputs.soc_pct is not None and not 0 <= inputs.soc_pct <= 100:
+        problems.append(f"soc_pct must be within 0..100, got {inputs.soc_pct}")
+    if problems:
+        raise ValueError("; ".join(problems))

@@ -1,0 +1,225 @@
+"""SunSpec model maps for the gateway, computed from pysunspec2's model definitions.
+
+No register address is typed by hand: each model's point offsets, sizes, types, access and scale-factor
+references come from the JSON definitions pysunspec2 ships (``sunspec2.device.get_model_def``), and values
+are converted with ``sunspec2.mb.point_type_info``. A :class:`ModelMap` is built for every model found
+while walking a device's chain, from its start address and its ``L`` (repeating groups are counted from
+the model's own count points, or from the space ``L`` leaves for them).
+
+Values: :meth:`ModelMap.decode` returns engineering values (scale factor applied; ``None`` for the
+"not implemented" patterns 0x8000 / 0xFFFF / NaN / empty string); :meth:`ModelMap.encode` is the
+inverse and refuses values the point's type cannot hold, naming the point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import sunspec2.mb as mb
+import sunspec2.mdef as mdef
+from sunspec2.device import get_model_def
+
+BASE_ADDRESSES = (40000, 0, 50000)
+SUNS_MARKER = (0x5375, 0x6E53)  # "SunS"
+END_MODEL_ID = mb.SUNS_END_MODEL_ID
+MAX_READ = 125  # registers per Modbus read request
+
+_RAW_RANGES = {
+    mdef.TYPE_INT16: (-32767, 32767),
+    mdef.TYPE_UINT16: (0, 0xFFFE),
+    mdef.TYPE_COUNT: (0, 0xFFFE),
+    mdef.TYPE_ENUM16: (0, 0xFFFE),
+    mdef.TYPE_BITFIELD16: (0, 0x7FFF),
+    mdef.TYPE_INT32: (-(2**31) + 1, 2**31 - 1),
+    mdef.TYPE_UINT32: (0, 2**32 - 2),
+    mdef.TYPE_ENUM32: (0, 2**32 - 2),
+    mdef.TYPE_BITFIELD32: (0, 2**31 - 1),
+    mdef.TYPE_INT64: (-(2**63) + 1, 2**63 - 1),
+    mdef.TYPE_UINT64: (0, 2**64 - 2),
+}
+
+
+class ModelDefinitionError(ValueError):
+    """The device's model does not fit its definition (e.g. L too short)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    name: str  # "WMaxLimPct", "Crv[1].Pt[2].V"
+    offset: int  # registers from the model's ID register
+    size: int
+    type: str
+    access: str  # "R" | "RW"
+    sf: str | None  # name (in the same model) of its scale-factor point
+    symbols: dict[int, str] | None = None
+
+
+@dataclass
+class ModelMap:
+    """One model instance on one device: where it is and where each of its points is."""
+
+    model_id: int
+    address: int  # absolute register address of the model's ID register
+    length: int  # L: registers after ID and L
+    label: str = ""
+    points: dict[str, Point] = field(default_factory=dict)
+
+    @property
+    def end(self) -> int:
+        return self.address + 2 + self.length
+
+    def point(self, name: str) -> Point:
+        try:
+            return self.points[name]
+        except KeyError:
+            raise KeyError(f"model {self.model_id} has no point {name!r}") from None
+
+    # -------------------------------------------------------------------------------- values
+    def raw(self, regs: list[int], name: str) -> int | float | str | None:
+        """The raw value of a point from the model's registers (index 0 = ID), None if unimplemented."""
+        p = self.point(name)
+        data = b"".join(r.to_bytes(2, "big") for r in regs[p.offset : p.offset + p.size])
+        if len(data) != p.size * 2:
+            raise ModelDefinitionError(f"model {self.model_id} point {name} lies beyond the model's data")
+        info = mb.point_type_info[p.type]
+        value = info.data_to(data)
+        if p.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
+            return None if value is None or math.isnan(value) else value
+        if p.type == mdef.TYPE_PAD:
+            return None
+        return value if info.is_impl(value) else None
+
+    def scale(self, regs: list[int], name: str) -> int:
+        """The point's scale factor exponent (0 if it has none); error if the SF is unimplemented."""
+        p = self.point(name)
+        if p.sf is None:
+            return 0
+        sf = self.raw(regs, p.sf)
+        if sf is None or not -10 <= int(sf) <= 10:
+            raise ModelDefinitionError(f"model {self.model_id}: scale factor {p.sf} of {name} is {sf!r}")
+        return int(sf)
+
+    def decode(self, regs: list[int], name: str) -> float | int | str | None:
+        """Engineering value of a point (scale factor applied), None when not implemented."""
+        raw = self.raw(regs, name)
+        p = self.points[name]
+        if raw is None or p.sf is None or isinstance(raw, str):
+            return raw
+        sf = self.raw(regs, p.sf)
+        if sf is None:  # a value whose scale factor is unimplemented cannot be interpreted
+            return None
+        return raw * 10 ** int(sf) if int(sf) >= 0 else raw / 10 ** -int(sf)
+
+    def decode_all(self, regs: list[int]) -> dict[str, Any]:
+        return {n: self.decode(regs, n) for n, p in self.points.items() if p.type != mdef.TYPE_SUNSSF}
+
+    def encode(
+        self, regs: list[int], name: str, value: float | int | str | None, floor: bool = False
+    ) -> list[int]:
+        """Registers for `value` (engineering units, scaled with the SF in `regs`). None = unimplemented.
+
+        The value is rounded to the register's resolution (down if `floor`)."""
+        p = self.point(name)
+        if value is None:
+            data = mb.create_unimpl_value(p.type, p.size * 2)
+        elif p.type == mdef.TYPE_STRING:
+            data = str(value).encode()[: p.size * 2].ljust(p.size * 2, b"\0")
+        elif p.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
+            data = mb.point_type_info[p.type].to_data(float(value))
+        else:
+            sf = self.scale(regs, name)
+            scaled = float(value) * 10.0**-sf
+            raw = math.floor(scaled + 1e-9) if floor else round(scaled)
+            lo, hi = _RAW_RANGES.get(p.type, (0, 2 ** (16 * p.size) - 1))
+            if not lo <= raw <= hi:
+                unit = f" (x10^{sf})" if sf else ""
+                raise ValueError(
+                    f"{self.model_id}.{name}: {value} does not fit a {p.type}{unit}; "
+                    f"allowed {lo * 10**sf:g}..{hi * 10**sf:g}"
+                )
+            if p.symbols is not None and p.type.startswith("enum") and raw not in p.symbols:
+                raise ValueError(f"{self.model_id}.{name}: {raw} is not one of {sorted(p.symbols)}")
+            data = mb.point_type_info[p.type].to_data(raw)
+        return [(data[2 * i] << 8) | data[2 * i + 1] for i in range(p.size)]
+
+
+def build_model_map(model_id: int, address: int, length: int, regs: list[int] | None = None) -> ModelMap:
+    """Lay out model `model_id` found at `address` with length `length`.
+
+    `regs` (the model's registers from its ID on) resolves repeating-group counts held in points; without
+    it, or when a count is not a point, a trailing repeating group fills the space ``L`` leaves.
+    """
+    mdef_json = get_model_def(model_id)
+    group = mdef_json[mdef.GROUP]
+    mm = ModelMap(model_id=model_id, address=address, length=length, label=group.get(mdef.LABEL, ""))
+    end = _walk(mm, group, "", 0, {}, regs, 2 + length)
+    if end > 2 + length:
+        raise ModelDefinitionError(
+            f"model {model_id} at {address}: definition needs {end - 2} registers, device says L={length}"
+        )
+    return mm
+
+
+def _group_size(gdef: dict) -> int:
+    size = sum(
+        int(p.get(mdef.SIZE) or mb.point_type_info[p[mdef.TYPE]].len) for p in gdef.get(mdef.POINTS, [])
+    )
+    for sub in gdef.get(mdef.GROUPS, []):
+        count = sub.get(mdef.COUNT, 1)
+        size += _group_size(sub) * (count if isinstance(count, int) else 0)
+    return size
+
+
+def _walk(
+    mm: ModelMap,
+    gdef: dict,
+    prefix: str,
+    offset: int,
+    sfs: dict[str, str],
+    regs: list[int] | None,
+    limit: int,
+) -> int:
+    local = dict(sfs)  # SF names resolve to the nearest enclosing group that defines them
+    for pdef in gdef.get(mdef.POINTS, []):
+        if pdef[mdef.TYPE] == mdef.TYPE_SUNSSF:
+            local[pdef[mdef.NAME]] = f"{prefix}{pdef[mdef.NAME]}"
+    for pdef in gdef.get(mdef.POINTS, []):
+        ptype = pdef[mdef.TYPE]
+        size = int(pdef.get(mdef.SIZE) or mb.point_type_info[ptype].len)
+        sf_ref = pdef.get(mdef.SF)
+        sf = (local.get(sf_ref) or sf_ref) if isinstance(sf_ref, str) else None
+        symbols = pdef.get(mdef.SYMBOLS)
+        mm.points[f"{prefix}{pdef[mdef.NAME]}"] = Point(
+            name=f"{prefix}{pdef[mdef.NAME]}",
+            offset=offset,
+            size=size,
+            type=ptype,
+            access=pdef.get(mdef.ACCESS, mdef.ACCESS_R),
+            sf=sf,
+            symbols={int(s[mdef.VALUE]): s[mdef.NAME] for s in symbols} if symbols else None,
+        )
+        offset += size
+    subs = gdef.get(mdef.GROUPS, [])
+    for i, sub in enumerate(subs):
+        count_ref = sub.get(mdef.COUNT, 1)
+        if isinstance(count_ref, int) and count_ref > 0:
+            count = count_ref
+            indexed = count_ref > 1
+        else:
+            count = None
+            if isinstance(count_ref, str):
+                name = f"{prefix}{count_ref}" if f"{prefix}{count_ref}" in mm.points else count_ref
+                if regs is not None and name in mm.points and len(regs) >= limit:
+                    value = mm.raw(regs, name)
+                    count = int(value) if isinstance(value, int) else 0
+            if count is None:  # only a trailing group can fill the rest of L
+                size = _group_size(sub)
+                rest = limit - offset - sum(_group_size(s) for s in subs[i + 1 :])
+                count = max(rest, 0) // size if size else 0
+            indexed = True
+        for index in range(1, count + 1):
+            sub_prefix = f"{prefix}{sub[mdef.NAME]}[{index}]." if indexed else f"{prefix}{sub[mdef.NAME]}."
+            offset = _walk(mm, sub, sub_prefix, offset, local, regs, limit)
+    return offset

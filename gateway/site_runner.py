@@ -1,0 +1,277 @@
+"""Async runner for closed-loop site control: read meter and devices, step the pure loop, write changes.
+
+Every period (default 1 s of the runner's clock) it reads the site meter and every PV/battery device
+concurrently, runs :class:`gateway.control_loop.SiteControlLoop`, and writes only the setpoints that
+changed (PV WMaxLimPct with ramp 0 — the loop does the ramping —, battery W, connect). Each write is
+verified by read-back in :class:`gateway.devices.DeviceConnection`; a failed or mismatched write, a device
+that does not answer, and the loop's own verification (device not following its command, meter stale or
+frozen) all end up in :attr:`SiteRunner.faults` and in the returned :class:`StepReport`.
+
+``clock`` / ``time_scale`` let it run against an accelerated simulator: pass the simulator's clock
+(seconds of simulated time) and its speed; the runner then sleeps period / time_scale wall seconds.
+
+Usage::
+
+    runner = await SiteRunner.connect(meter=("127.0.0.1", 5020, 3),
+                                      pvs={"pv": ("127.0.0.1", 5020, 1)},
+                                      batteries={"battery": ("127.0.0.1", 5020, 2)})
+    runner.set_limits(SiteLimits(export_w=1500))      # or SiteLimits.from_effective(decision.limits)
+    runner.start()
+    ...
+    await runner.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.control_loop import (
+    BatteryState,
+    LoopConfig,
+    MeterSample,
+    PvState,
+    Setpoints,
+    SiteControlLoop,
+    SiteLimits,
+)
+from gateway.devices import DeviceConnection, DeviceError, Measurements
+
+log = logging.getLogger(__name__)
+
+Address = tuple[str, int, int]  # host, port, unit id
+_UNKNOWN = object()
+
+
+@dataclass
+class ManagedDevice:
+    name: str
+    conn: DeviceConnection
+    last: Measurements | None = None
+    written_limit: object = _UNKNOWN  # pct or None (no limit)
+    written_w: object = _UNKNOWN  # battery W
+    written_connect: object = _UNKNOWN
+    writes: int = 0
+
+
+@dataclass
+class StepReport:
+    at: float
+    setpoints: Setpoints
+    meter: MeterSample | None
+    writes: list[str] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)
+
+
+class SiteRunner:
+    def __init__(
+        self,
+        meter: DeviceConnection,
+        pvs: dict[str, DeviceConnection],
+        batteries: dict[str, DeviceConnection],
+        *,
+        limits: SiteLimits | None = None,
+        config: LoopConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        time_scale: float = 1.0,
+        pct_deadband: float = 0.1,
+        w_deadband: float = 20.0,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be > 0, got {time_scale}")
+        self.meter = ManagedDevice("meter", meter)
+        self.pvs = [ManagedDevice(n, c) for n, c in pvs.items()]
+        self.batteries = [ManagedDevice(n, c) for n, c in batteries.items()]
+        self.loop = SiteControlLoop(config or LoopConfig())
+        self.limits = limits or SiteLimits()
+        self.clock = clock
+        self.time_scale = time_scale
+        self.pct_deadband = pct_deadband
+        self.w_deadband = w_deadband
+        self.meter_sample: MeterSample | None = None
+        self.last_report: StepReport | None = None
+        self.faults: list[str] = []
+        self._task: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+
+    @classmethod
+    async def connect(
+        cls,
+        meter: Address,
+        pvs: dict[str, Address],
+        batteries: dict[str, Address] | None = None,
+        *,
+        modbus_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        **kwargs,
+    ) -> SiteRunner:
+        """Open and scan every device (raises DeviceError naming the one that failed)."""
+        opened: list[DeviceConnection] = []
+
+        async def one(addr: Address) -> DeviceConnection:
+            dev = await DeviceConnection.open(*addr, timeout=modbus_timeout_s, clock=clock)
+            opened.append(dev)
+            await dev.scan()
+            return dev
+
+        try:
+            m = await one(meter)
+            p = {n: await one(a) for n, a in pvs.items()}
+            b = {n: await one(a) for n, a in (batteries or {}).items()}
+        except BaseException:
+            for dev in opened:
+                await dev.close()
+            raise
+        return cls(m, p, b, clock=clock, **kwargs)
+
+    async def close(self) -> None:
+        await self.stop()
+        for d in (self.meter, *self.pvs, *self.batteries):
+            await d.conn.close()
+
+    def set_limits(self, limits: SiteLimits) -> None:
+        problems = limits.errors()
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.limits = limits
+
+    # ---------------------------------------------------------------------------------- one step
+    async def _read(self, d: ManagedDevice, faults: list[str]) -> None:
+        try:
+            d.last = await d.conn.read_measurements()
+        except DeviceError as exc:
+            faults.append(f"{d.name}: {exc}")
+
+    async def step(self) -> StepReport:
+        faults: list[str] = []
+        await asyncio.gather(*(self._read(d, faults) for d in (self.meter, *self.pvs, *self.batteries)))
+        now = self.clock()
+        m = self.meter.last
+        if (
+            m is not None
+            and m.w is not None
+            and (self.meter_sample is None or m.read_at > self.meter_sample.t)
+        ):
+            self.meter_sample = MeterSample(w=float(m.w), t=m.read_at)
+        pv_states = [self._pv_state(d) for d in self.pvs if d.last is not None]
+        bat_states = [self._bat_state(d) for d in self.batteries if d.last is not None]
+        sp = self.loop.step(now, self.limits, self.meter_sample, pv_states, bat_states)
+        writes: list[str] = []
+        await asyncio.gather(
+            *(self._write_pv(d, sp, writes, faults) for d in self.pvs if d.name in sp.pv_limit_pct),
+            *(self._write_battery(d, sp, writes, faults) for d in self.batteries if d.name in sp.battery_w),
+        )
+        faults.extend(sp.faults)
+        report = StepReport(at=now, setpoints=sp, meter=self.meter_sample, writes=writes, faults=faults)
+        for f in faults:
+            if f not in self.faults:
+                log.warning("site control: %s", f)
+        self.faults = faults
+        self.last_report = report
+        return report
+
+    @staticmethod
+    def _pv_state(d: ManagedDevice) -> PvState:
+        m, info = d.last, d.conn.info
+        assert m is not None
+        return PvState(d.name, info.rated_w or 0.0, float(m.w or 0.0), connected=m.connected is not False)
+
+    @staticmethod
+    def _bat_state(d: ManagedDevice) -> BatteryState:
+        m, info = d.last, d.conn.info
+        assert m is not None
+        rated = info.rated_w or 0.0
+        return BatteryState(
+            d.name,
+            max_charge_w=info.max_charge_w or rated,
+            max_discharge_w=info.max_discharge_w or rated,
+            output_w=float(m.w or 0.0),
+            soc_pct=m.soc_pct,
+            connected=m.connected is not False,
+        )
+
+    async def _write_connect(self, d: ManagedDevice, sp: Setpoints, writes: list[str]) -> None:
+        known = (
+            d.written_connect if d.written_connect is not _UNKNOWN else (d.last.connected if d.last else None)
+        )
+        if known != sp.connect:
+            await d.conn.set_connected(sp.connect)
+            d.written_connect = sp.connect
+            writes.append(f"{d.name}: connect={sp.connect}")
+
+    async def _write_pv(self, d: ManagedDevice, sp: Setpoints, writes: list[str], faults: list[str]) -> None:
+        pct = sp.pv_limit_pct[d.name]
+        target = None if pct >= 100.0 else pct
+        try:
+            if not sp.connect:
+                target = 0.0
+            prev = d.written_limit
+            if prev is _UNKNOWN:
+                prev = d.last.limit_pct if d.last is not None else _UNKNOWN
+            changed = (
+                prev is _UNKNOWN
+                or (prev is None) != (target is None)
+                or (target is not None and abs(float(prev) - target) >= self.pct_deadband)  # type: ignore[arg-type]
+            )
+            if changed:
+                d.written_limit = _UNKNOWN
+                await d.conn.set_active_power_limit_pct(target, ramp_s=0)
+                d.written_limit = target
+                d.writes += 1
+                writes.append(f"{d.name}: limit={'none' if target is None else f'{target:.1f}%'}")
+            await self._write_connect(d, sp, writes)
+        except DeviceError as exc:
+            d.written_connect = _UNKNOWN
+            faults.append(f"{d.name}: {exc}")
+
+    async def _write_battery(
+        self, d: ManagedDevice, sp: Setpoints, writes: list[str], faults: list[str]
+    ) -> None:
+        w = sp.battery_w[d.name]
+        try:
+            prev = d.written_w
+            if prev is _UNKNOWN and d.last is not None and d.last.storage_setpoint_w is not None:
+                prev = d.last.storage_setpoint_w
+            if prev is _UNKNOWN or abs(float(prev) - w) >= self.w_deadband:  # type: ignore[arg-type]
+                d.written_w = _UNKNOWN
+                await d.conn.set_storage_power(w)
+                d.written_w = w
+                d.writes += 1
+                writes.append(f"{d.name}: power={w:.0f} W")
+            await self._write_connect(d, sp, writes)
+        except DeviceError as exc:
+            d.written_connect = _UNKNOWN
+            faults.append(f"{d.name}: {exc}")
+
+    # ---------------------------------------------------------------------------------- running
+    async def run(self) -> None:
+        period = self.loop.config.period_s
+        next_at = self.clock()
+        while not self._stop.is_set():
+            try:
+                await self.step()
+            except Exception:  # never let one bad step kill site control
+                log.exception("site control step failed")
+            next_at += period
+            now = self.clock()
+            if next_at < now:  # overran: skip missed periods rather than bursting
+                next_at = now
+            try:
+                await asyncio.wait_for(self._stop.wait(), (next_at - now) / self.time_scale)
+            except TimeoutError:
+                pass
+
+    def start(self) -> asyncio.Task:
+        if self._task is None or self._task.done():
+            self._stop.clear()
+            self._task = asyncio.get_running_loop().create_task(self.run(), name="site-control")
+        return self._task
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+            self._task = None

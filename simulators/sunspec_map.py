@@ -1,0 +1,255 @@
+"""SunSpec register maps built from pysunspec2's model definitions.
+
+Nothing here hand-types an address: every point's offset, size, type, access and scale-factor name comes
+from the JSON model definitions that ship with pysunspec2 (``sunspec2/models/json``), loaded through
+``sunspec2.device.get_model_def``. Encoding and decoding use ``sunspec2.mb.point_type_info``.
+
+A :class:`RegisterLayout` is computed once per device type (model chain + repeating-group counts) and
+shared by every simulated device of that type, so a fleet of thousands of devices holds one layout
+and one ``list[int]`` register image per device.
+
+Addressing: the map starts at the SunSpec base address 40000 as a Modbus PDU address (what pysunspec2,
+and most SunSpec clients, call "40000"): registers 40000-40001 hold ``SunS``, model 1 starts at 40002,
+and the chain ends with the end model (ID 0xFFFF, L 0).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import sunspec2.mb as mb
+import sunspec2.mdef as mdef
+from sunspec2.device import get_model_def
+
+SUNSPEC_BASE_ADDRESS = 40000
+END_MODEL_ID = mb.SUNS_END_MODEL_ID
+
+_INT_RANGES = {
+    mdef.TYPE_INT16: (-32767, 32767),  # -32768 is "not implemented"
+    mdef.TYPE_UINT16: (0, 0xFFFE),
+    mdef.TYPE_COUNT: (0, 0xFFFE),
+    mdef.TYPE_ACC16: (0, 0xFFFF),
+    mdef.TYPE_ENUM16: (0, 0xFFFE),
+    mdef.TYPE_BITFIELD16: (0, 0x7FFF),
+    mdef.TYPE_PAD: (0, 0xFFFF),
+    mdef.TYPE_SUNSSF: (-10, 10),
+    mdef.TYPE_INT32: (-(2**31) + 1, 2**31 - 1),
+    mdef.TYPE_UINT32: (0, 2**32 - 2),
+    mdef.TYPE_ACC32: (0, 2**32 - 1),
+    mdef.TYPE_ENUM32: (0, 2**32 - 2),
+    mdef.TYPE_BITFIELD32: (0, 2**31 - 1),
+    mdef.TYPE_IPADDR: (0, 2**32 - 1),
+    mdef.TYPE_INT64: (-(2**63) + 1, 2**63 - 1),
+    mdef.TYPE_UINT64: (0, 2**64 - 2),
+    mdef.TYPE_ACC64: (0, 2**63 - 1),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class PointSlot:
+    """Where one point lives in a device's register image (offset from the base address)."""
+
+    name: str  # "123.WMaxLimPct", "705.Crv[1].Pt[2].V"
+    model_id: int
+    offset: int
+    size: int
+    type: str
+    access: str  # "R" or "RW"
+    sf: str | None  # full name of the scale-factor point, or None
+    symbols: frozenset[int] | None  # allowed enum values, if the definition lists them
+
+
+@dataclass(slots=True)
+class ModelBlock:
+    model_id: int
+    offset: int  # offset of the ID register
+    length: int  # the L value (registers after ID and L)
+
+
+@dataclass
+class RegisterLayout:
+    """The register map of one device type, derived from the model definitions."""
+
+    model_ids: tuple[int, ...]
+    group_counts: dict[str, int]
+    points: dict[str, PointSlot] = field(default_factory=dict)
+    models: list[ModelBlock] = field(default_factory=list)
+    size: int = 0  # total registers including 'SunS' and the end model
+    _by_register: list[tuple[PointSlot, ...]] = field(default_factory=list)
+
+    # ----------------------------------------------------------------------------------------------
+    def point(self, name: str) -> PointSlot:
+        try:
+            return self.points[name]
+        except KeyError:
+            raise KeyError(f"no point {name!r} in SunSpec layout {self.model_ids}") from None
+
+    def has(self, name: str) -> bool:
+        return name in self.points
+
+    def points_touching(self, offset: int, count: int) -> list[PointSlot]:
+        """Points overlapping registers [offset, offset+count) — used to route writes."""
+        seen: dict[str, PointSlot] = {}
+        for reg in range(max(offset, 0), min(offset + count, self.size)):
+            for slot in self._by_register[reg]:
+                seen[slot.name] = slot
+        return list(seen.values())
+
+    def writable_runs(self) -> list[tuple[int, int, bool]]:
+        """Consecutive (offset, count, writable) runs, so read-only registers reject writes."""
+        runs: list[tuple[int, int, bool]] = []
+        for reg in range(self.size):
+            writable = any(slot.access == "RW" for slot in self._by_register[reg])
+            if runs and runs[-1][2] == writable and runs[-1][0] + runs[-1][1] == reg:
+                start, count, w = runs[-1]
+                runs[-1] = (start, count + 1, w)
+            else:
+                runs.append((reg, 1, writable))
+        return runs
+
+    # ----------------------------------------------------------------------------------------------
+    def encode_raw(self, regs: list[int], slot: PointSlot, raw: int | float | str | None) -> None:
+        """Write a raw (unscaled) value; None writes the 'not implemented' pattern."""
+        if raw is None:
+            data = mb.create_unimpl_value(slot.type, slot.size * 2)
+        elif slot.type == mdef.TYPE_STRING:
+            data = str(raw).encode("utf-8")[: slot.size * 2].ljust(slot.size * 2, b"\0")
+        elif slot.type == mdef.TYPE_FLOAT32:
+            data = struct.pack(">f", float(raw))
+        elif slot.type == mdef.TYPE_FLOAT64:
+            data = struct.pack(">d", float(raw))
+        else:
+            lo, hi = _INT_RANGES[slot.type]
+            value = min(max(int(raw), lo), hi)
+            data = mb.point_type_info[slot.type].to_data(value)
+        for i in range(slot.size):
+            regs[slot.offset + i] = (data[2 * i] << 8) | data[2 * i + 1]
+
+    def decode_raw(self, regs: list[int], slot: PointSlot) -> int | float | str | None:
+        """Read a raw value; None when the register holds the 'not implemented' pattern."""
+        data = b"".join(regs[slot.offset + i].to_bytes(2, "big") for i in range(slot.size))
+        info = mb.point_type_info[slot.type]
+        value = info.data_to(data)
+        if slot.type == mdef.TYPE_STRING:
+            return value if info.is_impl(value) else None
+        if slot.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
+            return None if math.isnan(value) else value
+        return value if info.is_impl(value) else None
+
+    def set(self, regs: list[int], name: str, value: float | str | None) -> None:
+        """Write an engineering value, applying the point's scale factor as currently encoded."""
+        slot = self.point(name)
+        if value is None or slot.sf is None or isinstance(value, str):
+            self.encode_raw(regs, slot, value)
+            return
+        sf = self.decode_raw(regs, self.points[slot.sf])
+        self.encode_raw(regs, slot, round(value / 10 ** int(sf or 0)))
+
+    def get(self, regs: list[int], name: str) -> float | str | None:
+        """Read an engineering value with its scale factor applied."""
+        slot = self.point(name)
+        raw = self.decode_raw(regs, slot)
+        if raw is None or slot.sf is None or isinstance(raw, str):
+            return raw
+        sf = self.decode_raw(regs, self.points[slot.sf])
+        return raw * 10 ** int(sf or 0)
+
+    def new_image(self) -> list[int]:
+        """A fresh register image: 'SunS', every model's ID and L, all points 'not implemented'."""
+        regs = [0] * self.size
+        regs[0], regs[1] = 0x5375, 0x6E53  # "SunS"
+        for slot in self.points.values():
+            self.encode_raw(regs, slot, None)
+        for block in self.models:
+            regs[block.offset] = block.model_id
+            regs[block.offset + 1] = block.length
+        for name, count in self.group_counts.items():
+            if name in self.points:
+                self.encode_raw(regs, self.points[name], count)
+        return regs
+
+
+def _walk_group(
+    layout: RegisterLayout,
+    model_id: int,
+    gdef: dict,
+    prefix: str,
+    offset: int,
+    scope_sfs: dict[str, str],
+) -> int:
+    """Add a group's points (and nested groups) starting at `offset`; return the next offset."""
+    # scale-factor names resolve to the nearest enclosing group that defines them (SunSpec rule)
+    local_sfs = dict(scope_sfs)
+    for pdef in gdef.get(mdef.POINTS, []):
+        if pdef[mdef.TYPE] == mdef.TYPE_SUNSSF:
+            local_sfs[pdef[mdef.NAME]] = f"{prefix}{pdef[mdef.NAME]}"
+    for pdef in gdef.get(mdef.POINTS, []):
+        ptype = pdef[mdef.TYPE]
+        size = int(pdef.get(mdef.SIZE) or mb.point_type_info[ptype].len)
+        sf_ref = pdef.get(mdef.SF)
+        sf_name = None
+        if isinstance(sf_ref, str):
+            sf_name = local_sfs.get(sf_ref) or f"{model_id}.{sf_ref}"
+        symbols = pdef.get(mdef.SYMBOLS)
+        slot = PointSlot(
+            name=f"{prefix}{pdef[mdef.NAME]}",
+            model_id=model_id,
+            offset=offset,
+            size=size,
+            type=ptype,
+            access=pdef.get(mdef.ACCESS, mdef.ACCESS_R),
+            sf=sf_name,
+            symbols=frozenset(int(s[mdef.VALUE]) for s in symbols) if symbols else None,
+        )
+        layout.points[slot.name] = slot
+        offset += size
+    for sub in gdef.get(mdef.GROUPS, []):
+        count_ref = sub.get(mdef.COUNT)
+        if count_ref is None:
+            offset = _walk_group(layout, model_id, sub, f"{prefix}{sub[mdef.NAME]}.", offset, local_sfs)
+            continue
+        try:
+            count = int(count_ref)
+        except (TypeError, ValueError):
+            key = f"{model_id}.{count_ref}"
+            if key not in layout.group_counts:
+                raise ValueError(
+                    f"model {model_id} group {sub[mdef.NAME]!r} repeats by {count_ref}; "
+                    f"give group_counts[{key!r}]"
+                ) from None
+            count = layout.group_counts[key]
+        for index in range(1, count + 1):
+            offset = _walk_group(
+                layout, model_id, sub, f"{prefix}{sub[mdef.NAME]}[{index}].", offset, local_sfs
+            )
+    return offset
+
+
+_LAYOUT_CACHE: dict[tuple[tuple[int, ...], tuple[tuple[str, int], ...]], RegisterLayout] = {}
+
+
+def build_layout(model_ids: tuple[int, ...], group_counts: dict[str, int] | None = None) -> RegisterLayout:
+    """Layout for the model chain `model_ids` (the end model is appended). Cached per argument set."""
+    counts = dict(group_counts or {})
+    key = (tuple(model_ids), tuple(sorted(counts.items())))
+    if key in _LAYOUT_CACHE:
+        return _LAYOUT_CACHE[key]
+    layout = RegisterLayout(model_ids=tuple(model_ids), group_counts=counts)
+    offset = 2  # after "SunS"
+    for model_id in model_ids:
+        model_def = get_model_def(model_id)
+        start = offset
+        end = _walk_group(layout, model_id, model_def[mdef.GROUP], f"{model_id}.", offset, {})
+        layout.models.append(ModelBlock(model_id=model_id, offset=start, length=end - start - 2))
+        offset = end
+    layout.models.append(ModelBlock(model_id=END_MODEL_ID, offset=offset, length=0))
+    layout.size = offset + 2
+    by_register: list[list[PointSlot]] = [[] for _ in range(layout.size)]
+    for slot in layout.points.values():
+        for reg in range(slot.offset, slot.offset + slot.size):
+            by_register[reg].append(slot)
+    layout._by_register = [tuple(x) for x in by_register]
+    _LAYOUT_CACHE[key] = layout
+    return layout
