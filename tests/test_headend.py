@@ -338,6 +338,14 @@ async def test_targeting_broadcast_cancel_emergency_with_notifications(world: He
             f"{nmi},{now - 60},3600,7000,4000\n" for nmi in ("NMIA", "NMIB", "NMIC")
         )
         await w.op.ok("POST", "/api/does", data=csv_body, headers={"Content-Type": "text/csv"})
+        for name in devs:  # the upload notified each site's DOE list subscription
+            await receiver.wait_for(
+                name,
+                lambda res: any(
+                    c.mRID.startswith("D") and c.EventStatus.currentStatus == 1
+                    for c in getattr(res, "DERControl", [])
+                ),
+            )
         emergency = await w.op.ok(
             "POST", "/api/emergency", {"target": "group:region", "action": "zero_export", "reason": "fault"}
         )
@@ -360,6 +368,8 @@ async def test_targeting_broadcast_cancel_emergency_with_notifications(world: He
         assert detail["programs"][0]["active"][0]["mrid"] == emergency["mrid"]
         assert detail["programs"][1]["active"][0]["limits"]["export_limit_w"] == 4000
         assert detail["groups"] == ["feeder-1"] and detail["nmi"] == "NMIA"
+        assert detail["programs"][0]["active"][0]["target"] == "group:region"
+        assert detail["programs"][1]["active"][0]["target"] == f"site:{w.clients['dev-a'].lfdi}"
 
         # Staged lift spread by randomisation: cancelled with randomisation (3), randomizeDuration set.
         lifted = await w.op.ok("POST", "/api/emergency/lift", {"target": "group:region", "spread": 900})
@@ -412,6 +422,23 @@ async def test_membership_rates_lifecycle_and_security(world: HeadEndWorld, pki:
     await w.op.ok("DELETE", "/api/sites/nmi:NMIC/groups/feeder-2")
     assert (await c.get(f"/edev/{ids['dev-c']}/fsa?l=10")).doc(r.FunctionSetAssignmentsList).all == 1
     assert (await w.op.ok("GET", "/api/sites", params={"q": "NMIB"}))["total"] == 1
+
+    # DefaultDERControls per program and group/site: the most specific one wins.
+    await w.op.ok(
+        "PUT",
+        "/api/defaults",
+        {"program": "default", "target": "group:substation", "export_limit_w": 1500, "set_grad_w": 27},
+    )
+    await w.op.ok("PUT", "/api/defaults", {"program": "default", "target": "nmi:NMIA", "export_limit_w": 0})
+    dprog = (await _programs(a, ids["dev-a"]))[20]
+    assert (await a.get(f"{dprog}/dderc")).doc(
+        r.DefaultDERControl
+    ).DERControlBase.opModExpLimW.to_watts() == 0
+    bprog = (await _programs(w.clients["dev-b"], ids["dev-b"]))[20]
+    dderc_b = (await w.clients["dev-b"].get(f"{bprog}/dderc")).doc(r.DefaultDERControl)
+    assert dderc_b.DERControlBase.opModExpLimW.to_watts() == 1500 and dderc_b.setGradW == 27
+    assert (await c.get(f"{(await _programs(c, ids['dev-c']))[20]}/dderc")).status == 404
+    assert len((await w.viewer.ok("GET", "/api/defaults"))["items"]) == 2
 
     # Runtime rates: global, then group override, seen on the next read.
     await w.op.ok("PUT", "/api/rates", {"resource": "derp", "value": 77})
@@ -528,3 +555,19 @@ async def test_ctl_cli_over_the_api(world: HeadEndWorld, tmp_path: Path) -> None
     assert code == 1 and "line 3" in out and "export_limit_w" in out
     code, out = await ctl("audit", "--action", "group.create")
     assert json.loads(out)["items"][0]["reason"] == "new feeder"
+
+
+def test_token_config_errors_name_the_field() -> None:
+    from server.config import ConfigError, config_from_mapping
+
+    good = config_from_mapping({"headend_tokens": TOKENS})
+    assert good.headend_tokens[1]["role"] == "viewer"
+    for tokens, field in (
+        ([{"name": "x", "token": "short", "role": "operator"}], "headend_tokens[0].token"),
+        ([{"name": "x", "token": "y" * 20, "role": "admin"}], "headend_tokens[0].role"),
+        ([TOKENS[0], {"name": "alice", "token": "z" * 20, "role": "viewer"}], "headend_tokens[1].name"),
+        ([{"name": "x", "token": "y" * 20, "role": "viewer", "colour": 1}], "headend_tokens[0].colour"),
+        ("secret", "headend_tokens"),
+    ):
+        with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
+            config_from_mapping({"headend_tokens": tokens})

@@ -45,6 +45,7 @@ from server.store import (
     Store,
     _enqueue,
     _group_member_sites,
+    _site_targets,
     aggregators,
     audit_log,
     build_control_base,
@@ -882,6 +883,8 @@ class HeadEnd:
                     sa.select(sa.func.count()).select_from(mups).where(mups.c.site_id == site.id)
                 )
             ).scalar_one()
+        async with self.store.read() as conn:
+            target_names = await _target_names(conn, [k for k, _ in await _site_targets(conn, site.id)])
         der_docs = await self.admin.site_der_documents(site.lfdi)
         last_seen = max((c.last_seen for c in contact if c.last_seen), default=None)
         # Active and next controls per program, as the site itself sees them over 2030.5.
@@ -898,8 +901,10 @@ class HeadEnd:
                 {
                     "program": program.key,
                     "primacy": program.primacy,
-                    "active": [self._control_json(row, program.key, now) for row in active],
-                    "next": self._control_json(upcoming[0], program.key, now) if upcoming else None,
+                    "active": [self._control_json(row, program.key, now, target_names) for row in active],
+                    "next": self._control_json(upcoming[0], program.key, now, target_names)
+                    if upcoming
+                    else None,
                     "default": base_summary(default.base) if default is not None else None,
                 }
             )
@@ -929,12 +934,14 @@ class HeadEnd:
         )
 
     @staticmethod
-    def _control_json(row: Any, program: str, now: int) -> dict[str, Any]:
+    def _control_json(
+        row: Any, program: str, now: int, names: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         status, _ = event_status(row, now)
         return {
             "mrid": row.mrid,
             "program": program,
-            "target": row.target,
+            "target": (names or {}).get(row.target, row.target),
             "start": row.start,
             "duration": row.duration,
             "status": _STATUS_NAMES.get(status, status),
