@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES: list[str] = [
     "server.cli",
     "server.ctl",
     "gateway.cli",
+    "derlink.demo.cli",
 ]
 
 
