@@ -10,34 +10,34 @@ import argparse
 import importlib
 import sys
 
-# (module, description) — each module exposes register(subparsers) -> None.
-SUBCOMMAND_MODULES: list[str] = [
-    "certs.cli",
-    "simulators.cli",
-    "server.cli",
-    "server.ctl",
-    "gateway.cli",
-    "derlink.demo.cli",
-]
+# Command name -> module exposing register(subparsers) -> None.
+SUBCOMMAND_MODULES: dict[str, str] = {
+    "certs": "certs.cli",
+    "sim": "simulators.cli",
+    "server": "server.cli",
+    "ctl": "server.ctl",
+    "gateway": "gateway.cli",
+    "demo": "derlink.demo.cli",
+}
 
 
-def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
+def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="derlink",
         description="IEEE 2030.5 / CSIP-AUS utility server, site gateway, SunSpec simulators, PKI.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in modules or SUBCOMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for command in commands or SUBCOMMAND_MODULES:
+        importlib.import_module(SUBCOMMAND_MODULES[command]).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # `derlink gateway ...` imports only gateway.cli: a gateway restarting mid-outage must re-apply its
-    # limits within 2 s of process start, and importing every part's CLI costs more than a second.
-    fast = [m for m in SUBCOMMAND_MODULES if argv and m == f"{argv[0]}.cli" and argv[0] == "gateway"]
-    parser = build_parser(fast or None)
+    # Import only the named part's CLI: a gateway restarting mid-outage must re-apply its limits within
+    # 2 s of process start, and importing every part (server, simulators, matplotlib...) costs over a second.
+    chosen = [argv[0]] if argv and argv[0] in SUBCOMMAND_MODULES else None
+    parser = build_parser(chosen)
     args = parser.parse_args(argv)
     try:
         result = args.handler(args)

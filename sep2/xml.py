@@ -33,6 +33,9 @@ _NOTIFICATION_NSMAP = {**_NSMAP, "xsi": NS_XSI}
 
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
 _HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})*$")
+# IEEE 2030.5-2023 clients put schemaVer on the root element; 2018 has no such attribute. We accept and
+# ignore it there so newer clients interoperate, and never write it.
+_SCHEMA_VERSION = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){0,3}$")
 
 
 class Sep2XmlError(ValueError):
@@ -161,6 +164,9 @@ def from_xml(
     if expected is not None and not issubclass(cls, expected):
         names = ", ".join(c.__name__ for c in (expected if isinstance(expected, tuple) else (expected,)))
         raise Sep2XmlError(f"expected {names}, got {cls.__name__}")
+    schema_version = root.attrib.pop("schemaVer", None)
+    if schema_version is not None and not _SCHEMA_VERSION.match(schema_version):
+        raise Sep2XmlError(f"schemaVer must look like 2.1, got {schema_version!r}", cls.__name__)
     return _decode(root, cls, cls.__name__)
 
 

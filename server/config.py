@@ -30,8 +30,8 @@ class ServerConfig:
     server_cert: Path | None = None  # explicit files override cert_dir
     server_key: Path | None = None
     ca_cert: Path | None = None
-    # Client certificate the server presents when POSTing notifications (needs clientAuth). Default:
-    # devices/server-notifier.pem in the PKI directory, issued on first start if the CA key is there.
+    # Client certificate the server presents when POSTing notifications (needs clientAuth). Default: the
+    # server's own certificate.
     notify_cert: Path | None = None
     notify_key: Path | None = None
     tls: bool = True  # False only behind a TLS-terminating proxy (trusted_proxies must be set)
@@ -99,21 +99,14 @@ class ServerConfig:
         )
 
     def notify_files(self) -> tuple[Path, Path, Path]:
-        """(client certificate chain, key, CA bundle) for notification delivery."""
-        _chain, _key, ca = self.tls_files()
+        """(client certificate chain, key, CA bundle) for notification delivery.
+
+        By default the server presents its own certificate (it carries clientAuth as well as serverAuth),
+        so a subscriber can accept exactly the identity it already verified when it connected to us.
+        """
+        chain, key, ca = self.tls_files()
         if self.notify_cert and self.notify_key:
             return Path(self.notify_cert), Path(self.notify_key), ca
-        from certs.pki import PkiError, issue_device_certificate, load_pki
-
-        paths = load_pki(self.cert_dir or Path(self.data_dir) / "pki")
-        chain = paths.devices_dir / "server-notifier-chain.pem"
-        key = paths.devices_dir / "server-notifier.key"
-        if not chain.exists():
-            try:
-                identity = issue_device_certificate(paths.directory, "server-notifier")
-            except PkiError as exc:
-                raise ConfigError(f"notify_cert: none configured and none can be issued ({exc})") from None
-            chain, key = identity.chain_path, identity.key_path
         return chain, key, ca
 
 

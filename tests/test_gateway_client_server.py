@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from certs.pki import DeviceIdentity, PkiPaths, init_pki, issue_device_certificate, load_certificate
+from certs.pki import DeviceIdentity, PkiPaths, init_pki, issue_device_certificate
 from certs.tls import client_ssl_context, server_ssl_context
 from gateway.client import mapping as m
 from gateway.client.session import ClientConfig, RegistrationError, Sep2Client
@@ -29,7 +28,6 @@ from gateway.core import (
     ResponseStatus,
     SiteController,
 )
-from sep2.identity import lfdi_from_cert_der
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.store import build_control_base
@@ -99,14 +97,6 @@ class Lab:
     def admin(self) -> Any:
         return self.server.store.admin
 
-    def notifier_lfdis(self) -> tuple[str, ...]:
-        """LFDIs allowed to notify besides server.pem: the server may deliver Notifications with a
-        certificate of its own (``ServerConfig.notify_cert``, default devices/server-notifier.pem)."""
-        notifier = self.pki.devices_dir / "server-notifier.pem"
-        if not notifier.exists():
-            return ()
-        return (lfdi_from_cert_der(load_certificate(notifier).public_bytes(Encoding.DER)),)
-
     def controller(self) -> SiteController:
         return SiteController(
             GatewayConfig(
@@ -128,7 +118,6 @@ class Lab:
     ) -> Sep2Client:
         device = device or self.device
         settings.setdefault("pin", PIN)
-        settings.setdefault("notifier_lfdis", self.notifier_lfdis())
         config = ClientConfig(
             dcap_url=f"https://127.0.0.1:{port or self.server.port}/dcap",
             lfdi=device.lfdi,

@@ -258,6 +258,16 @@ def test_malformed_and_foreign_documents_are_refused_with_a_clear_error(document
         from_xml(document)
 
 
+def test_schema_version_of_2023_clients_is_accepted_on_the_root_only():
+    document = VALID_CONTROL.replace(b"<DERControl ", b'<DERControl schemaVer="2.2" ', 1)
+    assert to_xml(from_xml(document)) == VALID_CONTROL
+    with pytest.raises(Sep2XmlError, match="schemaVer"):
+        from_xml(VALID_CONTROL.replace(b"<DERControl ", b'<DERControl schemaVer="new" ', 1))
+    nested = VALID_CONTROL.replace(b"<EventStatus>", b'<EventStatus schemaVer="2.2">')
+    with pytest.raises(Sep2XmlError, match="unexpected attribute"):
+        from_xml(nested)
+
+
 def test_expected_type_is_enforced_and_error_names_the_field():
     with pytest.raises(Sep2XmlError, match="expected DERSettings"):
         from_xml(VALID_CONTROL, r.DERSettings)

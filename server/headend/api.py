@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import secrets
+import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -612,6 +613,8 @@ class HeadEnd:
         self.config = config
         self.tokens = [(t["token"].encode(), Operator(t["name"], t["role"])) for t in load_tokens(config)]
         self.writes = {(r.method, r.path) for r in ROUTES if r.write}
+        data_dir = Path(config.data_dir)
+        self.spool_dir = data_dir if data_dir.is_dir() else None  # upload spool next to the database
 
     # -- auth and errors
 
@@ -1359,7 +1362,8 @@ class HeadEnd:
             limits["generation_limit_w"] = _typed(body, "generation_limit_w", "number")
         elif body.get("generation_limit_w") is not None:
             raise bad("generation_limit_w: only for action generation_limit")
-        duration = _typed(body, "duration", "integer") or 86400
+        duration = _typed(body, "duration", "integer")
+        duration = 86400 if duration is None else duration  # until lifted (a day at most by default)
         base = control_base(limits)
         mrid = await self.admin.create_control(
             EMERGENCY_PROGRAM,
@@ -1435,7 +1439,18 @@ class HeadEnd:
                     break
                 yield chunk
 
-        result = await ingest(self.store, chunks(), fmt=fmt, actor=self.actor(request), reason=reason)
+        # Spool the body to an unlinked temp file first, so the database write lock is held only while
+        # rows are parsed and written, never while a slow client is still sending.
+        with tempfile.TemporaryFile(dir=self.spool_dir) as spool:
+            async for chunk in chunks():
+                spool.write(chunk)
+            spool.seek(0)
+
+            async def spooled() -> Any:
+                while chunk := spool.read(CHUNK_BYTES):
+                    yield chunk
+
+            result = await ingest(self.store, spooled(), fmt=fmt, actor=self.actor(request), reason=reason)
         return ok(result.as_json(), 201)
 
     async def doe_uploads(self, request: web.Request) -> web.Response:
@@ -1793,7 +1808,8 @@ async def lift_emergency(
     * ``spread``: cancelled with randomisation (EventStatus 3, randomizeDuration = spread), so each site
       ends the curtailment at a random moment within the spread;
     * ``waves``: cancelled, and each wave group k>0 gets the same limits again on the emergency program
-      for k x ``wave_interval`` seconds, so wave k is released at now + k x interval.
+      for k x ``wave_interval`` seconds, so wave k is released at now + k x interval. Sites of the
+      lifted target that are in no wave are released with the first wave.
     """
     if (target is None) == (mrid is None):
         raise bad("target: give either target or mrid")

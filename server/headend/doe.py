@@ -21,6 +21,7 @@ import codecs
 import csv
 import dataclasses
 import json
+import operator
 import re
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -494,76 +495,62 @@ async def _text_pieces(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
 
 
 async def _parse_csv(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Sink) -> None:
-    line = 0
-    header_done = False
+    """CSV with a header row. The hot loop does only dict lookups, two ``int()`` calls and range checks per
+    row (about 1.5 us); anything else takes the careful path that names the field."""
+    line = 0  # number of the last line consumed
+    header: list[str] | None = None
     index: dict[str, int] = {}
     extended = False
-    for_site = for_start = for_duration = for_imp = for_exp = 0
-    for_gen = for_load = -1
+    i_site = i_start = i_duration = i_imp = i_exp = 0
+    i_gen = i_load = -1
     site_map: dict[str, int] = {}
     starts = parser._starts
     durations = parser._durations
+    split = operator.methodcaller("split", ",")
     async for text in _text_pieces(chunks):
+        lines = text.splitlines()
+        base = line + 1
+        line += len(lines)
+        if header is None:
+            while lines and not lines[0].strip():
+                lines.pop(0)
+                base += 1
+            if not lines:
+                continue
+            header = next(csv.reader([lines.pop(0)]))
+            try:
+                parser.set_columns(header)
+            except _RowError as exc:
+                raise IngestError([(base, str(exc))]) from None
+            base += 1
+            index = parser.index
+            i_site, i_start, i_duration = index[parser.site_column], index["start"], index["duration"]
+            i_imp, i_exp = index["import_limit_w"], index["export_limit_w"]
+            i_gen, i_load = index.get("generation_limit_w", -1), index.get("load_limit_w", -1)
+            extended = i_gen >= 0 or i_load >= 0
+            site_map = parser.site_map
+        cells_of = csv.reader(lines) if '"' in text else map(split, lines)
         rows: list[tuple[Any, ...]] = []
         append = rows.append
-        for cells in csv.reader(text.splitlines()):
-            line += 1
-            if not cells or (len(cells) == 1 and not cells[0].strip()):
-                continue
-            if not header_done:
-                try:
-                    parser.set_columns(cells)
-                except _RowError as exc:
-                    raise IngestError([(line, str(exc))]) from None
-                header_done = True
-                index = parser.index
-                for_site = index[parser.site_column]
-                for_start, for_duration = index["start"], index["duration"]
-                for_imp, for_exp = index["import_limit_w"], index["export_limit_w"]
-                for_gen = index.get("generation_limit_w", -1)
-                for_load = index.get("load_limit_w", -1)
-                site_map = parser.site_map
-                extended = for_gen >= 0 or for_load >= 0
-                continue
+        for number, cells in enumerate(cells_of, base):
             try:
-                imp = int(cells[for_imp])
-                exp = int(cells[for_exp])
-                if not 0 <= imp <= MAX_WATTS or not 0 <= exp <= MAX_WATTS:
+                imp = int(cells[i_imp])
+                exp = int(cells[i_exp])
+                if not (0 <= imp <= MAX_WATTS and 0 <= exp <= MAX_WATTS) or extended:
                     raise ValueError
-                if extended:
-                    gen = int(cells[for_gen]) if for_gen >= 0 and cells[for_gen] else None
-                    load = int(cells[for_load]) if for_load >= 0 and cells[for_load] else None
-                    if (gen is not None and not 0 <= gen <= MAX_WATTS) or (
-                        load is not None and not 0 <= load <= MAX_WATTS
-                    ):
-                        raise ValueError
-                    row = (
-                        site_map[cells[for_site]],
-                        starts[cells[for_start]],
-                        durations[cells[for_duration]],
-                        imp,
-                        exp,
-                        gen,
-                        load,
-                    )
-                else:
-                    row = (
-                        site_map[cells[for_site]],
-                        starts[cells[for_start]],
-                        durations[cells[for_duration]],
-                        imp,
-                        exp,
-                    )
+                append(
+                    (site_map[cells[i_site]], starts[cells[i_start]], durations[cells[i_duration]], imp, exp)
+                )
             except (KeyError, ValueError, IndexError):
+                if not any(c.strip() for c in cells):
+                    continue  # a blank line
                 cells_by_name = {name: cells[i] if i < len(cells) else None for name, i in index.items()}
                 try:
-                    row = parser.slow(cells_by_name.get)[: 7 if extended else 5]
+                    append(parser.slow(cells_by_name.get)[: 7 if extended else 5])
                 except _RowError as exc:
-                    sink.error(line, str(exc))
-                    continue
-            append(row)
+                    sink.error(number, str(exc))
         await _account(sink, rows)
-    if not header_done:
+    if header is None:
         raise IngestError([(max(line, 1), "header: the upload is empty (no CSV header row)")])
 
 
@@ -635,24 +622,20 @@ async def _parse_json(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Si
 
 
 async def _account(sink: _Sink, rows: list[tuple[Any, ...]]) -> None:
+    """Track sites and the time span (C-level passes over the batch), then hand the rows to the sink."""
     if not rows or sink.errors:
         return
-    sites_seen = sink.sites
-    previous = None
-    first = sink.first_start
-    last = sink.last_end
-    for row in rows:
-        if row[0] != previous:
-            previous = row[0]
-            sites_seen.add(previous)
-        start = row[1]
-        if first is None or start < first:
-            first = start
-        end = start + row[2]
-        if last is None or end > last:
-            last = end
-    sink.first_start, sink.last_end = first, last
+    sink.sites.update(map(_first, rows))
+    first = min(map(_second, rows))
+    last = max(map(operator.add, map(_second, rows), map(_third, rows)))
+    if sink.first_start is None or first < sink.first_start:
+        sink.first_start = first
+    if sink.last_end is None or last > sink.last_end:
+        sink.last_end = last
     await sink.add_many(rows)
+
+
+_first, _second, _third = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
 
 
 async def site_maps(store: Store) -> tuple[dict[str, int], dict[str, int]]:
