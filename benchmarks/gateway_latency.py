@@ -50,6 +50,9 @@ from server.store import build_control_base  # noqa: E402
 PIN = 424242
 
 
+QUICK_ARGS = ["--notifications", "20", "--starts", "5", "--cpu-seconds", "5"]  # run_all.py --quick
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
@@ -62,6 +65,12 @@ def report(name: str, values_s: list[float], baseline_s: list[float] | None = No
         b50, b99 = pct(baseline_s, 50) * 1000, pct(baseline_s, 99) * 1000
         line += f"   ratio vs baseline p50 x{p50 / b50:.1f}  p99 x{p99 / b99:.1f}"
     print(line, flush=True)
+    # benchmarks/run_all.py convention (benchmarks/README.md)
+    key = "_".join(name.lower().replace("->", " to ").split())
+    for q, value in (("p50", p50), ("p99", p99)):
+        ratio = f" ratio={value / (pct(baseline_s, int(q[1:])) * 1000):.1f}" if baseline_s else ""
+        goal = " goal=<=50" if q == "p99" and name.startswith("notification") else ""
+        print(f"RESULT {key}_{q} {value:.2f} ms{ratio}{goal}", flush=True)
 
 
 def breakdown(samples: list[Any]) -> None:
@@ -286,6 +295,8 @@ async def cpu_part(tmp: Path, seconds: float) -> None:
             f"{'baseline: 8 bare pymodbus reads at 1 Hz':<44} {base_cpu / steps * 1000:8.2f} ms CPU/s      "
             f"{base_cpu / b_wall * 100:5.2f} % of one core   ratio x{loop_cpu / base_cpu:.1f}"
         )
+        cpu_ratio = loop_cpu / base_cpu
+        print(f"RESULT closed_loop_8_devices_cpu {loop_cpu / steps * 1000:.2f} ms/step ratio={cpu_ratio:.2f}")
 
 
 async def main() -> None:

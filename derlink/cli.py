@@ -15,7 +15,9 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "certs": "certs.cli",
     "sim": "simulators.cli",
     "server": "server.cli",
+    "ctl": "server.ctl",
     "gateway": "gateway.cli",
+    "demo": "derlink.demo.cli",
 }
 
 
