@@ -536,11 +536,36 @@ async def _parse_csv(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Sin
             try:
                 imp = int(cells[i_imp])
                 exp = int(cells[i_exp])
-                if not (0 <= imp <= MAX_WATTS and 0 <= exp <= MAX_WATTS) or extended:
+                if not (0 <= imp <= MAX_WATTS and 0 <= exp <= MAX_WATTS):
                     raise ValueError
-                append(
-                    (site_map[cells[i_site]], starts[cells[i_start]], durations[cells[i_duration]], imp, exp)
-                )
+                if extended:
+                    gen = int(cells[i_gen]) if i_gen >= 0 and cells[i_gen] else None
+                    load = int(cells[i_load]) if i_load >= 0 and cells[i_load] else None
+                    if (gen is not None and not 0 <= gen <= MAX_WATTS) or (
+                        load is not None and not 0 <= load <= MAX_WATTS
+                    ):
+                        raise ValueError
+                    append(
+                        (
+                            site_map[cells[i_site]],
+                            starts[cells[i_start]],
+                            durations[cells[i_duration]],
+                            imp,
+                            exp,
+                            gen,
+                            load,
+                        )
+                    )
+                else:
+                    append(
+                        (
+                            site_map[cells[i_site]],
+                            starts[cells[i_start]],
+                            durations[cells[i_duration]],
+                            imp,
+                            exp,
+                        )
+                    )
             except (KeyError, ValueError, IndexError):
                 if not any(c.strip() for c in cells):
                     continue  # a blank line
