@@ -1977,3 +1977,7 @@ class Admin:
                     tuple(row) for row in (await conn.execute(query.order_by(*table.primary_key)))
                 ]
         return out
+
+
+# The head-end's tables share this metadata (bulk DOE intervals); imported last, it only needs ``metadata``.
+import server.headend.tables  # noqa: E402, F401

@@ -101,7 +101,22 @@ async def test_bad_row_changes_nothing_and_is_named(pki: Pki, tmp_path: Path) ->
         )
         assert status == 400 and answer["errors"][0] == {"line": 1, "message": answer["errors"][0]["message"]}
         assert "colour" in answer["errors"][0]["message"]
+        # Optional generation/load columns (blank = no limit); a bad one is named too.
+        ext = "nmi,start,duration,import_limit_w,export_limit_w,generation_limit_w,load_limit_w\n"
+        ext += f"N0000002,{now},1800,10,20,,40\nN0000002,{now + 1800},1800,10,20,-3,\n"
+        status, answer = await op.call("POST", "/api/does", data=ext, headers={"Content-Type": "text/csv"})
+        assert status == 400 and answer["errors"][0]["line"] == 3
+        assert answer["errors"][0]["message"].startswith("generation_limit_w:")
         assert await running.store.admin.table_dump() == before
+        ext = ext.replace(",-3,", ",30,")
+        assert (await op.ok("POST", "/api/does", data=ext, headers={"Content-Type": "text/csv"}))["rows"] == 2
+        two = (await op.ok("GET", f"/api/sites/{_lfdi(3)}/does"))["items"]
+        assert [(i["generation_limit_w"], i["load_limit_w"]) for i in two[:3]] == [
+            (None, 40),
+            (30, None),
+            (None, None),
+        ]
+        before = await running.store.admin.table_dump()
 
         # A good JSON upload (multipart form, as browsers send) replaces the same site+interval.
         good = (

@@ -194,11 +194,6 @@ def _int_query(request: web.Request, name: str, default: int | None, low: int = 
     return value
 
 
-def site_target(ref: str) -> str:
-    """A site path parameter (LFDI, or ``nmi:NMI``) as an admin target."""
-    return ref if ref.startswith("nmi:") else f"site:{ref}"
-
-
 def norm_target(target: Any) -> str:
     if not isinstance(target, str) or not target:
         raise bad("target: required ('all', 'group:NAME', 'site:LFDI' or 'nmi:NMI')")

@@ -35,42 +35,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sep2 import resources as r
 from sep2.base import INTEGER_RANGES
 from sep2.power import MULTIPLIER_RANGE
+from server.headend.tables import doe_intervals, doe_uploads
 from server.store import (
     Store,
     _enqueue,
     _insert,
     build_control_base,
-    metadata,
     programs,
     sites,
     to_jsonable,
-)
-
-doe_uploads = sa.Table(
-    "doe_uploads",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("at", sa.BigInteger, nullable=False),
-    sa.Column("actor", sa.String(64), nullable=False),
-    sa.Column("rows", sa.Integer, nullable=False),
-    sa.Column("sites", sa.Integer, nullable=False),
-    sa.Column("first_start", sa.BigInteger),
-    sa.Column("last_end", sa.BigInteger),
-    sa.Column("reason", sa.String(256)),
-)
-
-doe_intervals = sa.Table(
-    "doe_intervals",
-    metadata,
-    sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("start", sa.BigInteger, primary_key=True),
-    sa.Column("duration", sa.Integer, nullable=False),
-    sa.Column("import_w", sa.BigInteger),
-    sa.Column("export_w", sa.BigInteger),
-    sa.Column("generation_w", sa.BigInteger),
-    sa.Column("load_w", sa.BigInteger),
-    sa.Column("upload_id", sa.Integer, nullable=False),
-    sqlite_with_rowid=False,
 )
 
 DOE_PROGRAM = "doe"
@@ -536,11 +509,36 @@ async def _parse_csv(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Sin
             try:
                 imp = int(cells[i_imp])
                 exp = int(cells[i_exp])
-                if not (0 <= imp <= MAX_WATTS and 0 <= exp <= MAX_WATTS) or extended:
+                if not (0 <= imp <= MAX_WATTS and 0 <= exp <= MAX_WATTS):
                     raise ValueError
-                append(
-                    (site_map[cells[i_site]], starts[cells[i_start]], durations[cells[i_duration]], imp, exp)
-                )
+                if extended:
+                    gen = int(cells[i_gen]) if i_gen >= 0 and cells[i_gen] else None
+                    load = int(cells[i_load]) if i_load >= 0 and cells[i_load] else None
+                    if (gen is not None and not 0 <= gen <= MAX_WATTS) or (
+                        load is not None and not 0 <= load <= MAX_WATTS
+                    ):
+                        raise ValueError
+                    append(
+                        (
+                            site_map[cells[i_site]],
+                            starts[cells[i_start]],
+                            durations[cells[i_duration]],
+                            imp,
+                            exp,
+                            gen,
+                            load,
+                        )
+                    )
+                else:
+                    append(
+                        (
+                            site_map[cells[i_site]],
+                            starts[cells[i_start]],
+                            durations[cells[i_duration]],
+                            imp,
+                            exp,
+                        )
+                    )
             except (KeyError, ValueError, IndexError):
                 if not any(c.strip() for c in cells):
                     continue  # a blank line
