@@ -33,7 +33,9 @@ async def serve_derlink(pki_dir: str, data_dir: str, device_lfdi: str) -> None:
     from server.config import ServerConfig
     from server.store import build_control_base
 
-    config = ServerConfig(data_dir=Path(data_dir), port=0, admin_port=0, cert_dir=Path(pki_dir))
+    config = ServerConfig(
+        data_dir=Path(data_dir), port=0, admin_port=0, headend_port=0, cert_dir=Path(pki_dir)
+    )
     running = await start_server(config)
     admin = running.store.admin
     await admin.register_site(device_lfdi, nmi="4102000001")
