@@ -455,6 +455,9 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=20)
 
 
+_MIGRATION_LOCK_KEY = 0x6465726C696E6B  # "derlink": the PostgreSQL advisory lock serialising migrations
+
+
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest alembic revision (shipped in ``server/migrations``)."""
     from alembic import command
@@ -468,6 +471,10 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Server processes started together on one database: the first migrates, the others wait
+            # here (lock held until this transaction commits) and then find the schema at head.
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
         await conn.run_sync(upgrade)
 
 
@@ -1672,7 +1679,10 @@ class Admin:
             ("default", 20, "Default limits"),
         ):
             if key not in existing:
-                await self.create_program(key, primacy=primacy, description=description[:32])
+                try:
+                    await self.create_program(key, primacy=primacy, description=description[:32])
+                except (AdminError, sa.exc.IntegrityError):  # another server process just created it
+                    pass
 
     # -- controls
 
