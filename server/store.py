@@ -1294,11 +1294,25 @@ class Store:
         async with self.read() as conn:
             return (await conn.execute(sa.select(sa.func.min(outbox.c.next_attempt_at)))).scalar_one()
 
+    async def claim_notification(self, outbox_id: int, due_by: float, lease_until: float) -> bool:
+        """Take a due outbox row for delivery. Server processes sharing a database all see it due; this
+        compare-and-set lets exactly one send it. The claim moves its next attempt to ``lease_until``,
+        so a sender that dies mid-delivery only delays the notification, never drops it."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                outbox.update()
+                .where(outbox.c.id == outbox_id, outbox.c.next_attempt_at <= due_by)
+                .values(next_attempt_at=lease_until)
+            )
+            return result.rowcount == 1
+
     async def notification_delivered(self, outbox_id: int, seq: int) -> None:
         async with self.engine.begin() as conn:
             result = await conn.execute(outbox.delete().where(outbox.c.id == outbox_id, outbox.c.seq == seq))
             if result.rowcount == 0:  # changed again while in flight: deliver the newer state now
-                await conn.execute(outbox.update().where(outbox.c.id == outbox_id).values(attempts=0))
+                await conn.execute(
+                    outbox.update().where(outbox.c.id == outbox_id).values(attempts=0, next_attempt_at=0.0)
+                )
 
     async def notification_failed(self, outbox_id: int, next_attempt_at: float, error: str) -> None:
         async with self.engine.begin() as conn:
