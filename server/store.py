@@ -42,6 +42,8 @@ from server.errors import BadRequest, Conflict, Forbidden, NotFound
 log = logging.getLogger("derlink.server.store")
 
 metadata = sa.MetaData()
+# A 64-bit autoincrementing id; on SQLite it must stay INTEGER to remain the (64-bit) rowid alias.
+_BIGINT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 # ---------------------------------------------------------------------------------------------- tables
 
@@ -119,7 +121,7 @@ controls = sa.Table(
     sa.Column("program_id", sa.Integer, sa.ForeignKey("programs.id", ondelete="CASCADE"), nullable=False),
     sa.Column("target", sa.String(24), nullable=False),
     sa.Column("start", sa.BigInteger, nullable=False),
-    sa.Column("duration", sa.Integer, nullable=False),
+    sa.Column("duration", sa.BigInteger, nullable=False),  # UInt32: beyond PostgreSQL's 32-bit INTEGER
     sa.Column("randomize_start", sa.Integer),
     sa.Column("randomize_duration", sa.Integer),
     sa.Column("response_required", sa.String(2)),
@@ -196,12 +198,13 @@ meter_readings = sa.Table(
 readings = sa.Table(
     "readings",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    # The high-volume table: 64-bit ids on PostgreSQL (SQLite's INTEGER rowid is 64-bit already).
+    sa.Column("id", _BIGINT_ID, primary_key=True),
     sa.Column(
         "meter_reading_id", sa.Integer, sa.ForeignKey("meter_readings.id", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("time_start", sa.BigInteger),
-    sa.Column("duration", sa.Integer),
+    sa.Column("duration", sa.BigInteger),  # UInt32
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Column("quality_flags", sa.String(4)),
     sa.Column("received_at", sa.BigInteger, nullable=False),
@@ -271,7 +274,7 @@ rate_settings = sa.Table(
     metadata,
     sa.Column("resource", sa.String(16), primary_key=True),
     sa.Column("target", sa.String(24), primary_key=True),
-    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("value", sa.BigInteger, nullable=False),  # UInt32 seconds
 )
 
 audit_log = sa.Table(
@@ -1203,6 +1206,8 @@ class Store:
     ) -> int:
         if kind not in SUBSCRIPTION_KINDS:
             raise BadRequest(f"Subscription.subscribedResource: {subscribed_href} is not subscribable")
+        if len(notification_uri) > 512:
+            raise BadRequest("Subscription.notificationURI: at most 512 characters")
         now = self.clock()
         async with self.write() as conn:
             await self._site(conn, scope, site_id)
@@ -1404,6 +1409,10 @@ class Admin:
         reason: str | None,
         **detail: Any,
     ) -> None:
+        if len(actor) > 64:
+            raise AdminError("actor: at most 64 characters")
+        if reason is not None and len(reason) > 256:
+            raise AdminError("reason: at most 256 characters")
         await conn.execute(
             audit_log.insert().values(
                 at=self.store.clock(),
@@ -1455,6 +1464,8 @@ class Admin:
     async def create_aggregator(
         self, name: str, *, lfdis: Iterable[str] = (), actor: str = "system", reason: str | None = None
     ) -> int:
+        if not name or len(name) > 64:
+            raise AdminError("name: must be 1 to 64 characters")
         now = self.store.clock()
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == name))).first():
@@ -1544,6 +1555,10 @@ class Admin:
             raise AdminError(f"pin: must be 0..999999, got {pin}")
         if nmi is not None and not 1 <= len(nmi) <= 32:
             raise AdminError("nmi: must be 1 to 32 characters")
+        if label is not None and len(label) > 128:
+            raise AdminError("label: at most 128 characters")
+        if device_category is not None and len(device_category) > 8:
+            raise AdminError("device_category: at most 8 hex digits")
         now = self.store.clock()
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == lfdi))).first():
@@ -1608,6 +1623,8 @@ class Admin:
     ) -> int:
         if not name or len(name) > 64 or ":" in name:
             raise AdminError("name: must be 1 to 64 characters without ':'")
+        if description is not None and len(description) > 128:
+            raise AdminError("description: at most 128 characters")
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(groups.c.id).where(groups.c.name == name))).first():
                 raise AdminError(f"name: group {name!r} already exists")

@@ -1,7 +1,8 @@
 """The server on PostgreSQL (a throwaway cluster from tests.postgres_fixture): alembic schema == table
 definitions, concurrent start-up of several processes on one database, and scale-out: two server
 processes sharing one database see each other's writes at once (no per-process cache on PostgreSQL),
-and deliver each outbox notification once.
+and deliver each outbox notification once. Plus value ranges and string lengths, which PostgreSQL
+enforces and SQLite does not (run on both).
 
 The behaviour tests (walk, access matrix, bad input, resources, notifications) run on both backends
 through ``@BACKENDS`` in their own modules."""
@@ -14,14 +15,24 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from sep2 import resources as r
 from server.app import start_server
-from server.store import RequestScope, Store, build_control_base, make_engine, metadata, migrate, programs
-from tests.test_server_harness import Client, derg, end_device, mup, server_config, subscription
+from server.store import (
+    AdminError,
+    RequestScope,
+    Store,
+    build_control_base,
+    make_engine,
+    metadata,
+    migrate,
+    programs,
+)
+from tests.test_server_harness import BACKENDS, Client, derg, end_device, mup, server_config, subscription
 from tests.test_server_notifications import Subscriber, free_port
 
 pytest_plugins = ["tests.test_server_harness"]
@@ -222,3 +233,43 @@ async def test_two_server_processes_share_one_database(pki, tmp_path, postgres_u
         if proc.returncode is None:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 30)
+
+
+@BACKENDS
+async def test_full_2030_5_ranges_and_column_limits_on_both_backends(server, clients):
+    """PostgreSQL's INTEGER is 32-bit and it enforces VARCHAR lengths; SQLite does neither. UInt32 values
+    2030.5 allows are stored and read back; over-long operator input is an error naming the field that
+    changes nothing, never a database error."""
+    admin = server.store.admin
+    client = clients["dev-a"]
+    lfdi = client.lfdi
+    assert (await client.post("/edev", end_device(lfdi))).status == 201
+    uint32_max = 2**32 - 1
+    await admin.set_rate("dcap", uint32_max)
+    assert (await client.get("/dcap")).doc(r.DeviceCapability).pollRate == uint32_max
+    await admin.create_control(
+        "doe", f"site:{lfdi}", duration=uint32_max, base=build_control_base(target_w=1)
+    )
+    listing = (await client.get("/edev/1/derp/2/derc?l=5")).doc(r.DERControlList)
+    assert listing.DERControl[0].interval.duration == uint32_max
+    reading = mup(lfdi, "CD" * 16)
+    reading.MirrorMeterReading[0].Reading.timePeriod.duration = uint32_max
+    assert (await client.post("/mup", reading)).status == 201
+    assert [row["duration"] for row in await admin.site_readings(lfdi)] == [uint32_max]
+
+    before = await admin.table_dump()
+    refused = {
+        "reason": admin.create_group("g1", reason="x" * 257),
+        "actor": admin.create_group("g2", actor="y" * 65),
+        "description": admin.create_group("g3", description="z" * 129),
+        "name": admin.create_aggregator("n" * 65),
+        "label": admin.register_site("CD" * 20, label="l" * 129),
+        "device_category": admin.register_site("CE" * 20, device_category="1" * 9),
+    }
+    for field, attempt in refused.items():
+        with pytest.raises(AdminError, match=f"^{field}:"):
+            await attempt
+    long_uri = "https://127.0.0.1:9/" + "n" * 600
+    reply = await client.post("/edev/1/sub", subscription("/edev/1/derp/2/derc", long_uri))
+    assert reply.status == 400 and "notificationURI" in reply.headers["X-Error-Detail"]
+    assert await admin.table_dump() == before
