@@ -129,7 +129,8 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
             "(Debian/Ubuntu: apt-get install postgresql) or set PG_BIN to their directory"
         )
     run_as = _run_as_prefix()
-    root = Path(tempfile.mkdtemp(prefix="derlink-pg-"))
+    # /tmp: reachable by the postgres user, and short enough for the unix socket path (107 bytes).
+    root = Path(tempfile.mkdtemp(prefix="derlink-pg-", dir="/tmp" if Path("/tmp").is_dir() else None))
     if run_as:
         entry = pwd.getpwnam("postgres")
         os.chown(root, entry.pw_uid, entry.pw_gid)
