@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+QUICK_ARGS = ["--seconds", "2"]  # benchmarks/run_all.py --quick
 
 
 async def serve_derlink(pki_dir: str, data_dir: str, device_lfdi: str) -> None:
@@ -154,6 +158,10 @@ async def run_load(
     print(f"{'scenario':28} {'req/s':>10} {'ratio':>8}")
     for name, rate in results.items():
         print(f"{name:28} {rate:10.0f} {rate / baseline:8.2f}")
+    for name, rate in results.items():  # benchmarks/run_all.py convention (benchmarks/README.md)
+        key = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+        goal = " goal=ratio>=0.5" if name.startswith("GET DERControlList") else ""
+        print(f"RESULT {key}_req_per_s {rate:.0f} req/s ratio={rate / baseline:.2f}{goal}")
     ratio = results["GET DERControlList (50)"] / baseline
     print(
         f"DERControlList GET / baseline = {ratio:.2f} (goal >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})"

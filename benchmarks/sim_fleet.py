@@ -35,6 +35,8 @@ from simulators.site import (
 )
 from simulators.sunspec_map import build_layout
 
+QUICK_ARGS = ["--sites", "100", "--baseline", "100"]  # benchmarks/run_all.py --quick
+
 
 async def _bare_servers(n: int, registers: int) -> tuple[list[ModbusTcpServer], float, int, float]:
     gc.collect()
@@ -123,6 +125,11 @@ async def main(n_sites: int, n_baseline: int, family: str) -> None:
         f"  start-up x{site_time / bare_time:.2f}   RSS x{site_rss / max(bare_rss, 1):.2f}   "
         f"CPU x{site_cpu / max(bare_cpu, 1e-9):.2f}"
     )
+    # benchmarks/run_all.py convention (benchmarks/README.md)
+    print(f"RESULT sim_site_startup {site_time * 1000:.2f} ms/site ratio={site_time / bare_time:.2f}")
+    print(f"RESULT sim_site_rss {site_rss / 1024:.1f} KiB/site ratio={site_rss / max(bare_rss, 1):.2f}")
+    cpu_ratio = site_cpu / max(bare_cpu, 1e-9)
+    print(f"RESULT sim_site_cpu_startup {site_cpu * 1000:.2f} ms/site ratio={cpu_ratio:.2f}")
 
     await fleet.stop()
     for s in servers:

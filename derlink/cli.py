@@ -10,27 +10,34 @@ import argparse
 import importlib
 import sys
 
-# (module, description) — each module exposes register(subparsers) -> None.
-SUBCOMMAND_MODULES: list[str] = [
-    "certs.cli",
-    "server.cli",
-    "simulators.cli",
-]
+# Command name -> module exposing register(subparsers) -> None.
+SUBCOMMAND_MODULES: dict[str, str] = {
+    "certs": "certs.cli",
+    "sim": "simulators.cli",
+    "server": "server.cli",
+    "ctl": "server.ctl",
+    "gateway": "gateway.cli",
+    "demo": "derlink.demo.cli",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="derlink",
         description="IEEE 2030.5 / CSIP-AUS utility server, site gateway, SunSpec simulators, PKI.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in SUBCOMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for command in commands or SUBCOMMAND_MODULES:
+        importlib.import_module(SUBCOMMAND_MODULES[command]).register(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    # Import only the named part's CLI: a gateway restarting mid-outage must re-apply its limits within
+    # 2 s of process start, and importing every part (server, simulators, matplotlib...) costs over a second.
+    chosen = [argv[0]] if argv and argv[0] in SUBCOMMAND_MODULES else None
+    parser = build_parser(chosen)
     args = parser.parse_args(argv)
     try:
         result = args.handler(args)

@@ -241,6 +241,7 @@ class RunningServer:
     runners: list[web.AppRunner]
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     metrics: Metrics | None = None
+    headend_port: int | None = None
 
     @property
     def base_url(self) -> str:
@@ -294,6 +295,11 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     running = RunningServer(
         store=store, config=config, port=port, admin_port=admin_port, runners=runners, metrics=metrics
     )
+    if config.headend_enabled:  # the operators' JSON API on its own listener (server.headend)
+        from server.headend.api import start_headend
+
+        headend_runner, running.headend_port = await start_headend(store, config)
+        runners.append(headend_runner)
     sender = NotificationSender(store, config, metrics)
     running.tasks.append(asyncio.create_task(sender.run(), name="derlink-notifications"))
     running.tasks.append(asyncio.create_task(_flush_contacts_forever(store, 10.0), name="derlink-contacts"))

@@ -56,6 +56,13 @@ class ServerConfig:
     notify_retry_max: float = 300.0
     notify_timeout: float = 10.0
     log_level: str = "INFO"
+    # Head-end operator API (JSON, its own listener, loopback by default; port 0 picks a free port).
+    # Bearer tokens: [{name, token, role = "operator" | "viewer"}]. With none configured, an operator token
+    # is generated into data_dir/headend-token on first start (see server.headend.api).
+    headend_enabled: bool = True
+    headend_host: str = "127.0.0.1"
+    headend_port: int = 8445
+    headend_tokens: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def resolved_database_url(self) -> str:
@@ -123,6 +130,10 @@ def _coerce(name: str, value: Any) -> Any:
             except ValueError as exc:
                 raise ConfigError(f"{name}: {v!r} is not an IP address or network") from exc
         return list(value)
+    if name == "headend_tokens":
+        from server.headend.api import check_tokens
+
+        return check_tokens(value)
     if name == "cache_enabled":
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{name}: expected true or false, got {value!r}")

@@ -791,6 +791,8 @@ class Store:
                 controls.c.cancelled_at.is_(None),
                 controls.c.superseded_at.is_(None),
             ]
+        # The DOE program also lists the site's bulk DOE intervals (head-end); they are merged by start.
+        with_does = any(p.id == program_id and p.key == "doe" for p in view.programs)
         async with self.read() as conn:
             total = (
                 await conn.execute(sa.select(sa.func.count()).select_from(controls).where(*cond))
@@ -801,11 +803,29 @@ class Store:
                         sa.select(controls)
                         .where(*cond)
                         .order_by(controls.c.start, controls.c.creation_time.desc(), controls.c.mrid.desc())
-                        .offset(page.start)
-                        .limit(page.limit)
+                        .offset(0 if with_does else page.start)
+                        .limit(page.start + page.limit if with_does else page.limit)
                     )
                 ).all()
             )
+            doe_next = None
+            if with_does:
+                from server.headend.doe import doe_controls
+
+                doe_total, doe_rows, doe_next = await doe_controls(
+                    conn,
+                    self.pen,
+                    view.site.id,
+                    program_id,
+                    after=page.after if page.after is not None else now,
+                    now=now,
+                    active_only=active_only,
+                    limit=page.start + page.limit,
+                )
+                total += doe_total
+                merged = sorted(rows + doe_rows, key=lambda row: row.mrid, reverse=True)
+                merged.sort(key=lambda row: (row.start, -row.creation_time))
+                rows = merged[page.start : page.start + page.limit]
             # The list changes by itself when the next control starts or ends.
             next_change = (
                 await conn.execute(
@@ -819,6 +839,8 @@ class Store:
                     ).where(*cond)
                 )
             ).scalar_one()
+        if doe_next is not None and (next_change is None or doe_next < next_change):
+            next_change = doe_next
         return total, rows, next_change
 
     def program_row(self, view: SiteView, program_id: int) -> sa.Row:
@@ -828,9 +850,16 @@ class Store:
         raise NotFound(f"no DERProgram {program_id} for EndDevice {view.site.id}")
 
     async def control(self, view: SiteView, program_id: int, control_id: int) -> sa.Row:
-        self.program_row(view, program_id)
+        program = self.program_row(view, program_id)
         keys = [k for k, _ in view.targets]
         async with self.read() as conn:
+            if program.key == "doe" and control_id >= 10**12:  # a bulk DOE interval (server.headend.doe)
+                from server.headend.doe import doe_control
+
+                found = await doe_control(conn, self.pen, view.site.id, program_id, control_id)
+                if found is None:
+                    raise NotFound(f"no DERControl {control_id} in DERProgram {program_id}")
+                return found  # type: ignore[return-value]
             row = (
                 await conn.execute(
                     sa.select(controls).where(

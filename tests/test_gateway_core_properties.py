@@ -281,7 +281,7 @@ def test_simulated_days(programs, events, outages, local, step, days, restore_ev
     assert set(responses) == set(sc.engine.pending_responses())  # nothing acknowledged: all still queued
 
 
-def test_a_simulated_week_runs_fast():
+def test_a_simulated_week_forgets_finished_events():
     """A week of 5-minute DOE intervals (2016 events) with daily outages, polled and decided every 5 min."""
     import time
 

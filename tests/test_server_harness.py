@@ -81,6 +81,7 @@ def server_config(pki: Pki, data_dir: Path, **overrides: Any) -> ServerConfig:
         data_dir=data_dir,
         port=0,
         admin_port=0,
+        headend_port=0,
         cert_dir=pki.directory,
         notify_retry_initial=0.2,
         notify_retry_max=1.0,

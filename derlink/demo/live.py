@@ -1,0 +1,167 @@
+"""The live terminal view of a demo run (rich), or plain progress lines when output is not a terminal.
+
+One row per interval of applicable limits: the DNSP's limit and where it comes from, the limit the gateway
+is actually applying and its source, the measured flow at the connection point, PV, battery and SoC, and
+the comms state. The check column is provisional (the simulator's meter, sampled 4 times a second); the
+verdict at the end is judged from the telemetry the server stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from derlink.demo.orchestrator import Demo, Sample
+    from derlink.demo.scenario import Segment
+
+
+def _kw(w: float | None) -> str:
+    return "-" if w is None else f"{w / 1000:.2f} kW"
+
+
+def flow_text(site_w: float | None) -> str:
+    if site_w is None:
+        return "-"
+    return f"export {_kw(-site_w)}" if site_w < 0 else f"import {_kw(site_w)}"
+
+
+def limit_text(seg: Segment) -> str:
+    parts = []
+    if seg.export_limit_w is not None:
+        parts.append(f"exp<={seg.export_limit_w / 1000:g}")
+    if seg.import_limit_w is not None:
+        parts.append(f"imp<={seg.import_limit_w / 1000:g}")
+    return (" ".join(parts) or "none") + " kW"
+
+
+@dataclass
+class _Row:
+    worst_export_w: float = 0.0
+    worst_import_w: float = 0.0
+    judged: int = 0
+    over: int = 0
+    gateway: str = ""
+    last: Sample | None = None
+
+
+class LiveView:
+    """``with LiveView(console): ...``; the demo calls :meth:`update` and :meth:`message`."""
+
+    def __init__(self, console: Console | None = None, *, live: bool | None = None) -> None:
+        self.console = console or Console()
+        self.live_enabled = self.console.is_terminal if live is None else live
+        self._live: Live | None = None
+        self._rows: dict[int, _Row] = {}
+        self._demo: Demo | None = None
+        self._current: int | None = None
+
+    def __enter__(self) -> LiveView:
+        if self.live_enabled:
+            self._live = Live(console=self.console, refresh_per_second=4, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            if self._demo is not None:
+                self._live.update(self.render())
+            self._live.__exit__(None, None, None)
+            self._live = None
+
+    def message(self, text: str) -> None:
+        self.console.print(Text(text), highlight=False)
+
+    def update(self, demo: Demo, sample: Sample) -> None:
+        self._demo = demo
+        offset = sample.t - demo.t0
+        seg = next((x for x in demo.segments if x.start_s <= offset < x.end_s), None)
+        if seg is None:
+            return
+        row = self._rows.setdefault(seg.index, _Row())
+        row.last = sample
+        if sample.gw_export_w is not None or sample.gw_import_w is not None:
+            g_exp = "-" if sample.gw_export_w is None else f"{sample.gw_export_w / 1000:g}"
+            g_imp = "-" if sample.gw_import_w is None else f"{sample.gw_import_w / 1000:g}"
+            row.gateway = f"exp<={g_exp} imp<={g_imp} ({sample.gw_source.split(':')[0]})"
+        if sample.site_w is not None and offset >= seg.settle_from_s:
+            export_w, import_w = max(-sample.site_w, 0.0), max(sample.site_w, 0.0)
+            row.worst_export_w = max(row.worst_export_w, export_w)
+            row.worst_import_w = max(row.worst_import_w, import_w)
+            row.judged += 1
+            s = demo.s
+            over = (
+                seg.export_limit_w is not None
+                and export_w > seg.export_limit_w + s.tolerance(seg.export_limit_w)
+            ) or (
+                seg.import_limit_w is not None
+                and import_w > seg.import_limit_w + s.tolerance(seg.import_limit_w)
+            )
+            row.over += bool(over)
+        if self._current != seg.index:
+            self._current = seg.index
+            if not self.live_enabled:
+                self.message(
+                    f"{demo.s.clock_label(seg.start_min)}  interval {seg.index}: "
+                    f"{seg.source}, {limit_text(seg)}, comms {seg.comms}"
+                )
+        if self._live is not None:
+            self._live.update(self.render())
+
+    def render(self) -> Any:
+        demo = self._demo
+        assert demo is not None
+        s = demo.s
+        table = Table(title=f"derlink demo — {s.name}", title_justify="left", expand=False)
+        for name in ("#", "time", "DNSP limit (source)", "gateway applies", "site now", "worst", "PV",
+                     "battery / SoC", "comms", "check"):  # fmt: skip
+            table.add_column(name, no_wrap=True)
+        for seg in demo.segments:
+            row = self._rows.get(seg.index)
+            current = seg.index == self._current
+            last = row.last if row else None
+            check = ""
+            if row and row.judged:
+                check = "[red]✗ over[/]" if row.over else "[green]✓[/]"
+            elif row:
+                check = "[dim]settling[/]"
+            battery = "-"
+            if last is not None and last.battery_w is not None:
+                battery = f"{last.battery_w / 1000:+.2f} kW / {last.soc_pct:.0f} %"
+            comms = "-"
+            if last is not None:
+                comms = "[red]cut[/]" if last.link == "cut" else "up"
+                if last.gw_link_lost:
+                    comms += " (gw: lost)"
+            worst = ""
+            if row and row.judged:
+                worst = (
+                    f"exp {_kw(row.worst_export_w)}"
+                    if row.worst_export_w >= row.worst_import_w
+                    else f"imp {_kw(row.worst_import_w)}"
+                )
+            table.add_row(
+                str(seg.index),
+                seg.label(s),
+                f"{limit_text(seg)} ({seg.source})",
+                row.gateway if row else "",
+                flow_text(last.site_w) if last else "",
+                worst,
+                _kw(last.pv_w) if last else "",
+                battery if last else "",
+                comms if last else "",
+                check,
+                style="bold" if current else None,
+            )
+        return Group(table, Text(f"scenario clock {self._clock(demo)}", style="dim"))
+
+    def _clock(self, demo: Demo) -> str:
+        import time
+
+        offset = max(0.0, time.time() - demo.t0)
+        return demo.s.clock_label(demo.s.minute(offset))

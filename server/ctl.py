@@ -1,0 +1,541 @@
+"""``derlink ctl``: the operator command line over the head-end API (server.headend.api).
+
+Lists print as rich tables, single objects as key/value tables; ``--json`` prints the API's JSON instead.
+DOE uploads are streamed from disk with a progress bar. The URL and token default to the environment
+(``DERLINK_HEADEND_URL``, ``DERLINK_TOKEN``) or the token file the server generates in its data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8445"
+LIMIT_FLAGS = (
+    ("import_limit_w", float),
+    ("export_limit_w", float),
+    ("generation_limit_w", float),
+    ("load_limit_w", float),
+    ("target_w", float),
+    ("fixed_w_percent", int),
+    ("max_lim_w_percent", int),
+    ("ramp_tms", int),
+)
+
+
+class CtlError(Exception):
+    def __init__(self, status: int, payload: Any) -> None:
+        self.status = status
+        self.payload = payload
+        super().__init__(payload.get("error") if isinstance(payload, dict) else str(payload))
+
+
+# ------------------------------------------------------------------------------------------ HTTP
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token:
+        return args.token
+    if os.environ.get("DERLINK_TOKEN"):
+        return os.environ["DERLINK_TOKEN"]
+    path = Path(args.token_file or Path(args.data_dir) / "headend-token")
+    if path.exists():
+        return path.read_text().strip()
+    raise SystemExit(f"error: no token: pass --token, set DERLINK_TOKEN or create {path}")
+
+
+async def _call(
+    args: argparse.Namespace,
+    method: str,
+    path: str,
+    *,
+    body: dict[str, Any] | None = None,
+    query: dict[str, Any] | None = None,
+    upload: Path | None = None,
+    content_type: str | None = None,
+) -> Any:
+    import aiohttp
+
+    url = (args.url or os.environ.get("DERLINK_HEADEND_URL") or DEFAULT_URL).rstrip("/") + path
+    headers = {"Authorization": f"Bearer {_token(args)}"}
+    params = {k: str(v) for k, v in (query or {}).items() if v is not None}
+    data: Any = None
+    if body is not None:
+        data = json.dumps({k: v for k, v in body.items() if v is not None})
+        headers["Content-Type"] = "application/json"
+    progress = None
+    if upload is not None:
+        headers["Content-Type"] = content_type or "text/csv"
+        data, progress = _file_stream(upload, quiet=args.json)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=600)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with session.request(method, url, data=data, params=params, headers=headers) as response:
+                text = await response.text()
+    finally:
+        if progress is not None:
+            progress.stop()
+    try:
+        payload = json.loads(text) if text else {}
+    except json.JSONDecodeError:
+        payload = {"error": text}
+    if response.status >= 400:
+        raise CtlError(response.status, payload)
+    return payload
+
+
+def _file_stream(path: Path, quiet: bool) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    size = path.stat().st_size
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=_console(stderr=True),
+        disable=quiet,
+    )
+    task = progress.add_task(f"uploading {path.name}", total=size)
+    progress.start()
+
+    async def chunks() -> Any:
+        with path.open("rb") as handle:
+            while True:
+                chunk = handle.read(1 << 20)
+                if not chunk:
+                    break
+                progress.update(task, advance=len(chunk))
+                yield chunk
+        progress.update(task, description=f"{path.name}: sent, server applying")
+
+    return chunks(), progress
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def _show(args: argparse.Namespace, payload: Any, title: str | None = None) -> None:
+    if args.json:
+        print(json.dumps(payload, indent=2))
+        return
+    from rich.table import Table
+
+    console = _console()
+    if isinstance(payload, dict) and isinstance(payload.get("items"), list):
+        items = payload["items"]
+        columns: list[str] = []
+        for item in items:
+            columns += [k for k in item if k not in columns]
+        table = Table(title=title)
+        for column in columns:
+            table.add_column(column)
+        for item in items:
+            table.add_row(*(_cell(item.get(c)) for c in columns))
+        console.print(table)
+        extra = {k: v for k, v in payload.items() if k != "items"}
+        if extra:
+            console.print(" ".join(f"{k}={_cell(v)}" for k, v in extra.items()))
+        return
+    table = Table(show_header=False, title=title)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for key, value in payload.items() if isinstance(payload, dict) else [("result", payload)]:
+        table.add_row(key, _cell(value))
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    out = {name: getattr(args, name) for name, _ in LIMIT_FLAGS if getattr(args, name) is not None}
+    for name in ("connect", "energize"):
+        if getattr(args, name) is not None:
+            out[name] = getattr(args, name)
+    return out
+
+
+def _commands() -> dict[str, Any]:
+    """(noun, verb) -> coroutine function(args) returning the payload to show."""
+
+    def q(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+        return {n: getattr(args, n, None) for n in names}
+
+    return {
+        ("whoami", None): lambda a: _call(a, "GET", "/api/whoami"),
+        ("sites", "list"): lambda a: _call(
+            a, "GET", "/api/sites", query=q(a, "q", "group", "offset", "limit")
+        ),
+        ("sites", "show"): lambda a: _call(a, "GET", f"/api/sites/{a.site}"),
+        ("sites", "register"): lambda a: _call(
+            a,
+            "POST",
+            "/api/sites",
+            body={
+                "lfdi": a.lfdi,
+                "sfdi": a.sfdi,
+                "nmi": a.nmi,
+                "pin": a.pin,
+                "label": a.label,
+                "groups": a.group or None,
+                "aggregator": a.aggregator,
+                "reason": a.reason,
+            },
+        ),
+        ("sites", "bulk"): lambda a: _call(
+            a,
+            "POST",
+            "/api/sites/bulk",
+            body={"sites": json.loads(Path(a.file).read_text()), "reason": a.reason},
+        ),
+        ("sites", "deregister"): lambda a: _call(a, "DELETE", f"/api/sites/{a.site}", query=q(a, "reason")),
+        ("sites", "join"): lambda a: _call(
+            a, "PUT", f"/api/sites/{a.site}/groups/{a.group}", query=q(a, "reason")
+        ),
+        ("sites", "leave"): lambda a: _call(
+            a, "DELETE", f"/api/sites/{a.site}/groups/{a.group}", query=q(a, "reason")
+        ),
+        ("sites", "clear-mups"): lambda a: _call(
+            a, "DELETE", f"/api/sites/{a.site}/mups", query=q(a, "reason")
+        ),
+        ("sites", "does"): lambda a: _call(
+            a, "GET", f"/api/sites/{a.site}/does", query=q(a, "since", "limit")
+        ),
+        ("groups", "list"): lambda a: _call(a, "GET", "/api/groups"),
+        ("groups", "show"): lambda a: _call(a, "GET", f"/api/groups/{a.name}"),
+        ("groups", "create"): lambda a: _call(
+            a,
+            "POST",
+            "/api/groups",
+            body={"name": a.name, "parent": a.parent, "description": a.description, "reason": a.reason},
+        ),
+        ("programs", "list"): lambda a: _call(a, "GET", "/api/programs"),
+        ("programs", "create"): lambda a: _call(
+            a,
+            "POST",
+            "/api/programs",
+            body={
+                "key": a.key,
+                "primacy": a.primacy,
+                "group": a.group,
+                "description": a.description,
+                "reason": a.reason,
+            },
+        ),
+        ("defaults", "list"): lambda a: _call(a, "GET", "/api/defaults"),
+        ("defaults", "set"): lambda a: _call(
+            a,
+            "PUT",
+            "/api/defaults",
+            body={
+                "program": a.program,
+                "target": a.target,
+                "set_grad_w": a.set_grad_w,
+                "reason": a.reason,
+                **_limits(a),
+            },
+        ),
+        ("controls", "list"): lambda a: _call(
+            a,
+            "GET",
+            "/api/controls",
+            query={**q(a, "program", "target", "offset", "limit"), "active": "true" if a.active else None},
+        ),
+        ("controls", "show"): lambda a: _call(a, "GET", f"/api/controls/{a.mrid}"),
+        ("controls", "create"): lambda a: _call(
+            a,
+            "POST",
+            "/api/controls",
+            body={
+                "program": a.program,
+                "target": a.target,
+                "start": None if a.start in (None, "now") else int(a.start),
+                "duration": a.duration,
+                "randomize_start": a.randomize_start,
+                "randomize_duration": a.randomize_duration,
+                "response_required": a.response_required,
+                "description": a.description,
+                "reason": a.reason,
+                **_limits(a),
+            },
+        ),
+        ("controls", "cancel"): lambda a: _call(
+            a, "POST", f"/api/controls/{a.mrid}/cancel", body={"reason": a.reason}
+        ),
+        ("emergency", "issue"): lambda a: _call(
+            a,
+            "POST",
+            "/api/emergency",
+            body={
+                "target": a.target,
+                "action": a.action,
+                "generation_limit_w": a.generation_limit_w,
+                "duration": a.duration,
+                "reason": a.reason,
+            },
+        ),
+        ("emergency", "lift"): lambda a: _call(
+            a,
+            "POST",
+            "/api/emergency/lift",
+            body={
+                "target": a.target,
+                "mrid": a.mrid,
+                "spread": a.spread,
+                "waves": a.waves.split(",") if a.waves else None,
+                "wave_interval": a.wave_interval,
+                "reason": a.reason,
+            },
+        ),
+        ("does", "upload"): lambda a: _call(
+            a,
+            "POST",
+            "/api/does",
+            query={"reason": a.reason},
+            upload=Path(a.file),
+            content_type="application/json"
+            if (a.format or Path(a.file).suffix.lstrip(".")) in ("json", "jsonl", "ndjson")
+            else "text/csv",
+        ),
+        ("does", "uploads"): lambda a: _call(a, "GET", "/api/does/uploads", query=q(a, "limit")),
+        ("rates", "list"): lambda a: _call(a, "GET", "/api/rates"),
+        ("rates", "set"): lambda a: _call(
+            a,
+            "PUT",
+            "/api/rates",
+            body={"resource": a.resource, "value": a.value, "target": a.target, "reason": a.reason},
+        ),
+        ("rates", "clear"): lambda a: _call(
+            a, "DELETE", "/api/rates", query=q(a, "resource", "target", "reason")
+        ),
+        ("clients", "list"): lambda a: _call(a, "GET", "/api/clients"),
+        ("clients", "revoke"): lambda a: _call(
+            a, "POST", f"/api/clients/{a.lfdi}/revoke", body={"reason": a.reason}
+        ),
+        ("clients", "restore"): lambda a: _call(
+            a, "POST", f"/api/clients/{a.lfdi}/restore", body={"reason": a.reason}
+        ),
+        ("aggregators", "list"): lambda a: _call(a, "GET", "/api/aggregators"),
+        ("aggregators", "create"): lambda a: _call(
+            a, "POST", "/api/aggregators", body={"name": a.name, "lfdis": a.lfdi or [], "reason": a.reason}
+        ),
+        ("aggregators", "add-cert"): lambda a: _call(
+            a, "POST", f"/api/aggregators/{a.name}/certificates", body={"lfdi": a.lfdi, "reason": a.reason}
+        ),
+        ("aggregators", "remove-cert"): lambda a: _call(
+            a, "DELETE", f"/api/aggregators/{a.name}/certificates/{a.lfdi}", query=q(a, "reason")
+        ),
+        ("audit", None): lambda a: _call(
+            a,
+            "GET",
+            "/api/audit",
+            query=q(a, "actor", "action", "target", "since", "until", "offset", "limit"),
+        ),
+    }
+
+
+def _run(args: argparse.Namespace) -> int:
+    key = (args.noun, getattr(args, "verb", None))
+    command = _commands()[key]
+    try:
+        payload = asyncio.run(command(args))
+    except CtlError as exc:
+        if args.json:
+            print(
+                json.dumps({"status": exc.status, **(exc.payload if isinstance(exc.payload, dict) else {})})
+            )
+        else:
+            console = _console(stderr=True)
+            console.print(f"[red]error {exc.status}[/red]: {exc}")
+            for item in (exc.payload.get("errors") or [])[:20] if isinstance(exc.payload, dict) else []:
+                where = " ".join(f"{k} {v}" for k, v in item.items() if k != "message")
+                console.print(f"  {where}: {item.get('message')}")
+        return 1
+    except OSError as exc:
+        print(f"error: cannot reach the head-end API: {exc}", file=sys.stderr)
+        return 1
+    _show(args, payload, title=" ".join(k for k in key if k))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "ctl", help="operate the head-end: sites, groups, controls, DOEs, emergency"
+    )
+    parser.add_argument(
+        "--url", help=f"head-end API base URL (default $DERLINK_HEADEND_URL or {DEFAULT_URL})"
+    )
+    parser.add_argument("--token", help="bearer token (default $DERLINK_TOKEN or the token file)")
+    parser.add_argument("--token-file", help="file holding the token (default DATA_DIR/headend-token)")
+    parser.add_argument(
+        "--data-dir", default="derlink-data", help="server data directory (for the token file)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.set_defaults(handler=_run)
+    nouns = parser.add_subparsers(dest="noun", metavar="OBJECT", required=True)
+
+    def verbs(name: str, help_text: str) -> Any:
+        p = nouns.add_parser(name, help=help_text)
+        return p.add_subparsers(dest="verb", metavar="ACTION", required=True)
+
+    def reason(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--reason", help="why (recorded in the audit log)")
+        return p
+
+    def limits(p: argparse.ArgumentParser) -> None:
+        for name, kind in LIMIT_FLAGS:
+            p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind)
+        p.add_argument("--connect", action=argparse.BooleanOptionalAction, default=None)
+        p.add_argument("--energize", action=argparse.BooleanOptionalAction, default=None)
+
+    def paging(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--offset", type=int)
+        p.add_argument("--limit", type=int)
+
+    nouns.add_parser("whoami", help="the token's name and role")
+
+    v = verbs("sites", "sites (EndDevices)")
+    p = v.add_parser("list", help="list or search sites")
+    p.add_argument("--q", help="LFDI/NMI prefix or label text")
+    p.add_argument("--group")
+    paging(p)
+    v.add_parser("show", help="site detail").add_argument("site", help="LFDI or nmi:NMI")
+    p = reason(v.add_parser("register", help="register a site out of band"))
+    p.add_argument("lfdi")
+    p.add_argument("--sfdi", type=int, help="checked against the LFDI")
+    p.add_argument("--nmi")
+    p.add_argument("--pin", type=int)
+    p.add_argument("--label")
+    p.add_argument("--group", action="append", help="group membership (repeatable)")
+    p.add_argument("--aggregator")
+    p = reason(v.add_parser("bulk", help="register sites from a JSON list file"))
+    p.add_argument("file")
+    reason(v.add_parser("deregister", help="decommission a site")).add_argument("site")
+    for verb in ("join", "leave"):
+        p = reason(v.add_parser(verb, help=f"{verb} a group"))
+        p.add_argument("site")
+        p.add_argument("group")
+    reason(v.add_parser("clear-mups", help="delete a site's MirrorUsagePoints")).add_argument("site")
+    p = v.add_parser("does", help="a site's DOE intervals")
+    p.add_argument("site")
+    p.add_argument("--since", type=int)
+    p.add_argument("--limit", type=int)
+
+    v = verbs("groups", "groups (nested; 'all' is the built-in broadcast group)")
+    v.add_parser("list")
+    v.add_parser("show").add_argument("name")
+    p = reason(v.add_parser("create"))
+    p.add_argument("name")
+    p.add_argument("--parent")
+    p.add_argument("--description")
+
+    v = verbs("programs", "DERPrograms (lower primacy wins)")
+    v.add_parser("list")
+    p = reason(v.add_parser("create"))
+    p.add_argument("key")
+    p.add_argument("--primacy", type=int, required=True)
+    p.add_argument("--group")
+    p.add_argument("--description")
+
+    v = verbs("defaults", "DefaultDERControls per program and target")
+    v.add_parser("list")
+    p = reason(v.add_parser("set"))
+    p.add_argument("program")
+    p.add_argument("target", help="all | group:NAME | site:LFDI | nmi:NMI")
+    p.add_argument("--set-grad-w", type=int)
+    limits(p)
+
+    v = verbs("controls", "DERControls")
+    p = v.add_parser("list")
+    p.add_argument("--program")
+    p.add_argument("--target")
+    p.add_argument("--active", action="store_true")
+    paging(p)
+    v.add_parser("show").add_argument("mrid")
+    p = reason(v.add_parser("create"))
+    p.add_argument("program")
+    p.add_argument("target", help="all | group:NAME | site:LFDI | nmi:NMI")
+    p.add_argument("--start", help="Unix seconds or 'now' (default now)")
+    p.add_argument("--duration", type=int, required=True)
+    p.add_argument("--randomize-start", type=int)
+    p.add_argument("--randomize-duration", type=int)
+    p.add_argument("--response-required", help="two hex digits (default 03)")
+    p.add_argument("--description")
+    limits(p)
+    reason(v.add_parser("cancel")).add_argument("mrid")
+
+    v = verbs("emergency", "emergency commands (top-primacy program, start now)")
+    p = reason(v.add_parser("issue"))
+    p.add_argument("target")
+    p.add_argument(
+        "action", choices=["zero_export", "zero_generation", "generation_limit", "disconnect", "deenergise"]
+    )
+    p.add_argument("--generation-limit-w", type=float)
+    p.add_argument("--duration", type=int)
+    p = reason(v.add_parser("lift", help="lift at once, spread (--spread S) or in waves"))
+    p.add_argument("--target")
+    p.add_argument("--mrid")
+    p.add_argument("--spread", type=int, help="randomised restore over S seconds")
+    p.add_argument("--waves", help="comma-separated group targets, released in order")
+    p.add_argument("--wave-interval", type=int)
+
+    v = verbs("does", "bulk dynamic operating envelopes")
+    p = reason(v.add_parser("upload", help="stream a CSV/JSON file of DOE intervals (atomic)"))
+    p.add_argument("file")
+    p.add_argument("--format", choices=["csv", "json"])
+    v.add_parser("uploads").add_argument("--limit", type=int)
+
+    v = verbs("rates", "runtime pollRate/postRate")
+    v.add_parser("list")
+    p = reason(v.add_parser("set"))
+    p.add_argument("resource", help="dcap edev fsa derp der mup rsps sub rg tm | post (MUP postRate)")
+    p.add_argument("value", type=int)
+    p.add_argument("--target", default="all")
+    p = reason(v.add_parser("clear"))
+    p.add_argument("resource")
+    p.add_argument("--target", default="all")
+
+    v = verbs("clients", "client certificates")
+    v.add_parser("list")
+    reason(v.add_parser("revoke")).add_argument("lfdi")
+    reason(v.add_parser("restore")).add_argument("lfdi")
+
+    v = verbs("aggregators", "aggregators and certificate rotation")
+    v.add_parser("list")
+    p = reason(v.add_parser("create"))
+    p.add_argument("name")
+    p.add_argument("--lfdi", action="append")
+    for verb in ("add-cert", "remove-cert"):
+        p = reason(v.add_parser(verb))
+        p.add_argument("name")
+        p.add_argument("lfdi")
+
+    p = nouns.add_parser("audit", help="query the audit log")
+    for name in ("actor", "action", "target"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--since", type=int)
+    p.add_argument("--until", type=int)
+    paging(p)
