@@ -122,6 +122,8 @@ class Gateway:
         return known
 
     async def scope(self, lfdi: str, role: str) -> RequestScope:
+        if self.cache is None:  # other processes may share the database (revocation): ask it each time
+            return await self.store.scope_for(lfdi, role)
         cached = self._scopes.get(lfdi)
         if cached is not None and cached[0] == self.store.generation:
             return cached[1]

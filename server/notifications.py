@@ -72,12 +72,16 @@ class NotificationSender:
                 await asyncio.wait_for(self.store.outbox_event.wait(), delay)
 
     async def deliver_due(self, session: aiohttp.ClientSession) -> int:
-        rows = await self.store.due_notifications(time.time(), limit=self.concurrency * 4)
+        now = time.time()
+        rows = await self.store.due_notifications(now, limit=self.concurrency * 4)
         semaphore = asyncio.Semaphore(self.concurrency)
 
         async def one(row: Any) -> None:
             async with semaphore:
-                await self.deliver(session, row)
+                # Another server process on the same database may have taken it meanwhile.
+                lease = time.time() + self.config.notify_timeout + 5.0
+                if await self.store.claim_notification(row.outbox_id, now, lease):
+                    await self.deliver(session, row)
 
         await asyncio.gather(*(one(row) for row in rows))
         return len(rows)

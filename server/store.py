@@ -42,6 +42,8 @@ from server.errors import BadRequest, Conflict, Forbidden, NotFound
 log = logging.getLogger("derlink.server.store")
 
 metadata = sa.MetaData()
+# A 64-bit autoincrementing id; on SQLite it must stay INTEGER to remain the (64-bit) rowid alias.
+_BIGINT_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 # ---------------------------------------------------------------------------------------------- tables
 
@@ -119,7 +121,7 @@ controls = sa.Table(
     sa.Column("program_id", sa.Integer, sa.ForeignKey("programs.id", ondelete="CASCADE"), nullable=False),
     sa.Column("target", sa.String(24), nullable=False),
     sa.Column("start", sa.BigInteger, nullable=False),
-    sa.Column("duration", sa.Integer, nullable=False),
+    sa.Column("duration", sa.BigInteger, nullable=False),  # UInt32: beyond PostgreSQL's 32-bit INTEGER
     sa.Column("randomize_start", sa.Integer),
     sa.Column("randomize_duration", sa.Integer),
     sa.Column("response_required", sa.String(2)),
@@ -196,12 +198,13 @@ meter_readings = sa.Table(
 readings = sa.Table(
     "readings",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
+    # The high-volume table: 64-bit ids on PostgreSQL (SQLite's INTEGER rowid is 64-bit already).
+    sa.Column("id", _BIGINT_ID, primary_key=True),
     sa.Column(
         "meter_reading_id", sa.Integer, sa.ForeignKey("meter_readings.id", ondelete="CASCADE"), nullable=False
     ),
     sa.Column("time_start", sa.BigInteger),
-    sa.Column("duration", sa.Integer),
+    sa.Column("duration", sa.BigInteger),  # UInt32
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Column("quality_flags", sa.String(4)),
     sa.Column("received_at", sa.BigInteger, nullable=False),
@@ -271,7 +274,7 @@ rate_settings = sa.Table(
     metadata,
     sa.Column("resource", sa.String(16), primary_key=True),
     sa.Column("target", sa.String(24), primary_key=True),
-    sa.Column("value", sa.Integer, nullable=False),
+    sa.Column("value", sa.BigInteger, nullable=False),  # UInt32 seconds
 )
 
 audit_log = sa.Table(
@@ -455,6 +458,9 @@ def make_engine(url: str) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=20)
 
 
+_MIGRATION_LOCK_KEY = 0x6465726C696E6B  # "derlink": the PostgreSQL advisory lock serialising migrations
+
+
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest alembic revision (shipped in ``server/migrations``)."""
     from alembic import command
@@ -468,6 +474,10 @@ async def migrate(engine: AsyncEngine) -> None:
         command.upgrade(cfg, "head")
 
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Server processes started together on one database: the first migrates, the others wait
+            # here (lock held until this transaction commits) and then find the schema at head.
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
         await conn.run_sync(upgrade)
 
 
@@ -1225,6 +1235,8 @@ class Store:
     ) -> int:
         if kind not in SUBSCRIPTION_KINDS:
             raise BadRequest(f"Subscription.subscribedResource: {subscribed_href} is not subscribable")
+        if len(notification_uri) > 512:
+            raise BadRequest("Subscription.notificationURI: at most 512 characters")
         now = self.clock()
         async with self.write() as conn:
             await self._site(conn, scope, site_id)
@@ -1316,11 +1328,25 @@ class Store:
         async with self.read() as conn:
             return (await conn.execute(sa.select(sa.func.min(outbox.c.next_attempt_at)))).scalar_one()
 
+    async def claim_notification(self, outbox_id: int, due_by: float, lease_until: float) -> bool:
+        """Take a due outbox row for delivery. Server processes sharing a database all see it due; this
+        compare-and-set lets exactly one send it. The claim moves its next attempt to ``lease_until``,
+        so a sender that dies mid-delivery only delays the notification, never drops it."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                outbox.update()
+                .where(outbox.c.id == outbox_id, outbox.c.next_attempt_at <= due_by)
+                .values(next_attempt_at=lease_until)
+            )
+            return result.rowcount == 1
+
     async def notification_delivered(self, outbox_id: int, seq: int) -> None:
         async with self.engine.begin() as conn:
             result = await conn.execute(outbox.delete().where(outbox.c.id == outbox_id, outbox.c.seq == seq))
             if result.rowcount == 0:  # changed again while in flight: deliver the newer state now
-                await conn.execute(outbox.update().where(outbox.c.id == outbox_id).values(attempts=0))
+                await conn.execute(
+                    outbox.update().where(outbox.c.id == outbox_id).values(attempts=0, next_attempt_at=0.0)
+                )
 
     async def notification_failed(self, outbox_id: int, next_attempt_at: float, error: str) -> None:
         async with self.engine.begin() as conn:
@@ -1412,6 +1438,10 @@ class Admin:
         reason: str | None,
         **detail: Any,
     ) -> None:
+        if len(actor) > 64:
+            raise AdminError("actor: at most 64 characters")
+        if reason is not None and len(reason) > 256:
+            raise AdminError("reason: at most 256 characters")
         await conn.execute(
             audit_log.insert().values(
                 at=self.store.clock(),
@@ -1463,6 +1493,8 @@ class Admin:
     async def create_aggregator(
         self, name: str, *, lfdis: Iterable[str] = (), actor: str = "system", reason: str | None = None
     ) -> int:
+        if not name or len(name) > 64:
+            raise AdminError("name: must be 1 to 64 characters")
         now = self.store.clock()
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == name))).first():
@@ -1552,6 +1584,10 @@ class Admin:
             raise AdminError(f"pin: must be 0..999999, got {pin}")
         if nmi is not None and not 1 <= len(nmi) <= 32:
             raise AdminError("nmi: must be 1 to 32 characters")
+        if label is not None and len(label) > 128:
+            raise AdminError("label: at most 128 characters")
+        if device_category is not None and len(device_category) > 8:
+            raise AdminError("device_category: at most 8 hex digits")
         now = self.store.clock()
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == lfdi))).first():
@@ -1616,6 +1652,8 @@ class Admin:
     ) -> int:
         if not name or len(name) > 64 or ":" in name:
             raise AdminError("name: must be 1 to 64 characters without ':'")
+        if description is not None and len(description) > 128:
+            raise AdminError("description: at most 128 characters")
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(groups.c.id).where(groups.c.name == name))).first():
                 raise AdminError(f"name: group {name!r} already exists")
@@ -1701,7 +1739,10 @@ class Admin:
             ("default", 20, "Default limits"),
         ):
             if key not in existing:
-                await self.create_program(key, primacy=primacy, description=description[:32])
+                try:
+                    await self.create_program(key, primacy=primacy, description=description[:32])
+                except (AdminError, sa.exc.IntegrityError):  # another server process just created it
+                    pass
 
     # -- controls
 

@@ -21,7 +21,7 @@ from sep2 import resources as r
 from sep2.xml import from_xml
 from server.app import RunningServer, start_server
 from server.headend.api import ROUTES
-from tests.test_server_harness import Client, Pki, end_device, server_config, subscription
+from tests.test_server_harness import BACKENDS, Client, Pki, end_device, server_config, subscription
 
 pytest_plugins = ["tests.test_server_harness"]
 
@@ -123,8 +123,10 @@ class HeadEndWorld:
 
 
 @pytest.fixture
-async def world(pki: Pki, tmp_path: Path) -> AsyncIterator[HeadEndWorld]:
-    running = await start_server(server_config(pki, tmp_path / "data", headend_tokens=TOKENS))
+async def world(pki: Pki, tmp_path: Path, database_url: str | None) -> AsyncIterator[HeadEndWorld]:
+    running = await start_server(
+        server_config(pki, tmp_path / "data", database_url=database_url, headend_tokens=TOKENS)
+    )
     base = f"http://127.0.0.1:{running.headend_port}"
     names = ("dev-a", "dev-b", "dev-c", "agg-a")
     clients = {n: Client(running.base_url, pki.ssl(n), pki.identities[n].lfdi) for n in names}
@@ -213,6 +215,7 @@ async def test_tokens_roles_and_openapi(world: HeadEndWorld) -> None:
     assert any(g["name"] == "feeder-9" for g in (await w.viewer.ok("GET", "/api/groups"))["items"])
 
 
+@BACKENDS
 async def test_validation_errors_name_the_field(world: HeadEndWorld) -> None:
     w = world
     await _setup_sites(w)
@@ -254,6 +257,7 @@ async def test_validation_errors_name_the_field(world: HeadEndWorld) -> None:
     assert await w.running.store.admin.table_dump() == before
 
 
+@BACKENDS
 async def test_targeting_broadcast_cancel_emergency_with_notifications(world: HeadEndWorld) -> None:
     w = world
     ids = await _setup_sites(w)
@@ -406,6 +410,7 @@ async def test_targeting_broadcast_cancel_emergency_with_notifications(world: He
         await receiver.stop()
 
 
+@BACKENDS
 async def test_membership_rates_lifecycle_and_security(world: HeadEndWorld, pki: Pki) -> None:
     w = world
     ids = await _setup_sites(w)
@@ -464,7 +469,9 @@ async def test_membership_rates_lifecycle_and_security(world: HeadEndWorld, pki:
     agg_name = next(x["name"] for x in (await w.op.ok("GET", "/api/aggregators"))["items"])
     status, answer = await w.op.call("DELETE", f"/api/aggregators/{agg_name}/certificates/{agg.lfdi}")
     assert status == 400 and answer["field"] == "lfdi"  # never remove the last certificate
-    new_ident = issue_device_certificate(pki.directory, "agg-a-2027", aggregator=True)
+    new_ident = issue_device_certificate(
+        pki.directory, f"agg-a-2027-{w.running.store.engine.dialect.name}", aggregator=True
+    )
     await w.op.ok("POST", f"/api/aggregators/{agg_name}/certificates", {"lfdi": new_ident.lfdi})
     await w.op.ok(
         "DELETE", f"/api/aggregators/{agg_name}/certificates/{agg.lfdi}", params={"reason": "rotated"}

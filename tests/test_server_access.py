@@ -8,6 +8,7 @@ import re
 from sep2 import resources as r
 from sep2.xml import from_xml, to_xml
 from tests.test_server_harness import (
+    BACKENDS,
     crawl,
     dercap,
     derg,
@@ -40,6 +41,7 @@ def _body_for(path: str) -> bytes:
     return to_xml(end_device("AB" * 20))
 
 
+@BACKENDS
 async def test_no_client_reaches_another_clients_resources(server, clients, pki):
     world = await populate(server, clients, pki)
     owned: dict[str, set[str]] = {}
@@ -86,6 +88,7 @@ async def test_no_client_reaches_another_clients_resources(server, clients, pki)
     assert await server.store.admin.table_dump() == before
 
 
+@BACKENDS
 async def test_revoked_certificate_is_refused_on_next_request(server, clients, pki):
     await populate(server, clients, pki)
     client = clients["dev-b"]

@@ -7,6 +7,7 @@ from dataclasses import replace
 from sep2 import resources as r
 from sep2.xml import from_xml, to_xml
 from tests.test_server_harness import (
+    BACKENDS,
     dera,
     dercap,
     derg,
@@ -333,6 +334,7 @@ def corpus(world, lfdi: str, sfdi: int, other_lfdi: str, other_control: str, own
     return cases
 
 
+@BACKENDS
 async def test_bad_input_corpus(server, clients, pki):
     world = await populate(server, clients, pki)
     client = clients["dev-a"]
@@ -357,6 +359,7 @@ async def test_bad_input_corpus(server, clients, pki):
     assert await server.store.admin.table_dump() == before
 
 
+@BACKENDS
 async def test_error_detail_names_the_field(server, clients, pki):
     await populate(server, clients, pki)
     settings = swap(to_xml(derg()), b"<updatedTime>1700000000</updatedTime>", b"")

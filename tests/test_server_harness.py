@@ -24,6 +24,12 @@ from xsd import validate as derlink_validate
 
 SEP_XML = "application/sep+xml"
 
+# The throwaway PostgreSQL cluster (started only when a test asks for the postgresql backend).
+pytest_plugins = ["tests.postgres_fixture"]
+
+# Run a test on both stores: ``@BACKENDS`` overrides the ``backend`` fixture (default SQLite).
+BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+
 
 @cache
 def official_schema() -> xmlschema.XMLSchema:
@@ -86,8 +92,26 @@ def server_config(pki: Pki, data_dir: Path, **overrides: Any) -> ServerConfig:
 
 
 @pytest.fixture
-async def server(pki: Pki, tmp_path: Path) -> AsyncIterator[RunningServer]:
-    running = await start_server(server_config(pki, tmp_path / "data"))
+def backend() -> str:
+    """The database the ``server`` fixture uses; tests decorated with ``@BACKENDS`` run on both."""
+    return "sqlite"
+
+
+@pytest.fixture
+def database_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """None (SQLite in the test's data directory) or a fresh database in the session's PostgreSQL."""
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres_cluster").new_database()
+    assert backend == "sqlite", backend
+    return None
+
+
+@pytest.fixture
+async def server(
+    pki: Pki, tmp_path: Path, backend: str, database_url: str | None
+) -> AsyncIterator[RunningServer]:
+    running = await start_server(server_config(pki, tmp_path / "data", database_url=database_url))
+    assert running.store.engine.dialect.name == backend
     try:
         yield running
     finally:

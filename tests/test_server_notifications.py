@@ -15,7 +15,7 @@ from sep2 import resources as r
 from sep2.xml import from_xml
 from server.app import start_server
 from server.store import build_control_base
-from tests.test_server_harness import Client, end_device, server_config, subscription
+from tests.test_server_harness import BACKENDS, Client, end_device, server_config, subscription
 
 pytest_plugins = ["tests.test_server_harness"]
 
@@ -61,11 +61,12 @@ async def _outbox_rows(store) -> list:
     return (await store.admin.table_dump())["outbox"]
 
 
-async def test_notification_survives_subscriber_outage_and_server_restart(pki, tmp_path):
+@BACKENDS
+async def test_notification_survives_subscriber_outage_and_server_restart(pki, tmp_path, database_url):
     data_dir = tmp_path / "data"
     port = free_port()
     uri = f"https://127.0.0.1:{port}/notify"
-    running = await start_server(server_config(pki, data_dir))
+    running = await start_server(server_config(pki, data_dir, database_url=database_url))
     client = Client(running.base_url, pki.ssl("dev-a"), pki.identities["dev-a"].lfdi)
     try:
         assert (await client.post("/edev", end_device(client.lfdi))).status == 201
@@ -99,7 +100,7 @@ async def test_notification_survives_subscriber_outage_and_server_restart(pki, t
         await running.stop()
 
     # Restart the server on the same database, then bring the subscriber up.
-    running = await start_server(server_config(pki, data_dir))
+    running = await start_server(server_config(pki, data_dir, database_url=database_url))
     subscriber = Subscriber(pki.directory, port)
     await subscriber.start()
     try:
@@ -138,11 +139,12 @@ async def test_notification_survives_subscriber_outage_and_server_restart(pki, t
         await running.stop()
 
 
-async def test_group_change_notifies_only_member_subscriptions(pki, tmp_path):
+@BACKENDS
+async def test_group_change_notifies_only_member_subscriptions(pki, tmp_path, database_url):
     port = free_port()
     subscriber = Subscriber(pki.directory, port)
     await subscriber.start()
-    running = await start_server(server_config(pki, tmp_path / "data"))
+    running = await start_server(server_config(pki, tmp_path / "data", database_url=database_url))
     clients = {n: Client(running.base_url, pki.ssl(n), pki.identities[n].lfdi) for n in ("dev-a", "dev-b")}
     try:
         admin = running.store.admin

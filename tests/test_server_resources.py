@@ -13,6 +13,7 @@ from sep2 import resources as r
 from sep2.xml import to_xml
 from server.store import build_control_base
 from tests.test_server_harness import (
+    BACKENDS,
     dera,
     dercap,
     derg,
@@ -27,6 +28,7 @@ from tests.test_server_harness import (
 pytest_plugins = ["tests.test_server_harness"]
 
 
+@BACKENDS
 async def test_registration_duplicates_and_out_of_band(server, clients):
     a = clients["dev-a"]
     first = await a.post("/edev", end_device(a.lfdi))
@@ -68,6 +70,7 @@ async def test_inband_registration_can_be_disabled(pki, tmp_path):
         await running.stop()
 
 
+@BACKENDS
 async def test_der_documents_are_persisted_and_read_back(server, clients):
     a = clients["dev-a"]
     await a.post("/edev", end_device(a.lfdi))
@@ -86,6 +89,7 @@ async def test_der_documents_are_persisted_and_read_back(server, clients):
     assert stored["dercap"].doeModesSupported == "03"
 
 
+@BACKENDS
 async def test_mirror_usage_points_update_by_mrid_and_store_readings(server, clients):
     a = clients["dev-a"]
     await a.post("/edev", end_device(a.lfdi))
@@ -110,6 +114,7 @@ async def test_mirror_usage_points_update_by_mrid_and_store_readings(server, cli
     assert (await a.get(path)).status == 404
 
 
+@BACKENDS
 async def test_responses_stored_and_queryable_per_event(server, clients):
     a = clients["dev-a"]
     await a.post("/edev", end_device(a.lfdi))
@@ -128,6 +133,7 @@ async def test_responses_stored_and_queryable_per_event(server, clients):
     assert [x["status"] for x in await server.store.admin.responses_for_control(mrid)] == [1, 2]
 
 
+@BACKENDS
 async def test_paging_is_stable_and_complete(server, clients):
     agg = clients["agg-a"]
     rng = random.Random(3)
@@ -162,6 +168,7 @@ async def test_paging_is_stable_and_complete(server, clients):
     assert starts == sorted(starts) and len(starts) == 3
 
 
+@BACKENDS
 async def test_targeting_status_and_primacy(server, clients):
     admin = server.store.admin
     a, b = clients["dev-a"], clients["dev-b"]
@@ -208,6 +215,7 @@ async def test_targeting_status_and_primacy(server, clients):
     assert audit[0]["action"] == "control.cancel" and audit[0]["reason"] == "test"
 
 
+@BACKENDS
 async def test_rates_change_at_runtime_and_head(server, clients):
     a = clients["dev-a"]
     await a.post("/edev", end_device(a.lfdi))
@@ -222,6 +230,7 @@ async def test_rates_change_at_runtime_and_head(server, clients):
     assert (await a.request("HEAD", "/edev/77")).status == 404
 
 
+@BACKENDS
 async def test_metrics_and_access_log_carry_the_client(server, clients, caplog):
     a = clients["dev-a"]
     with caplog.at_level(logging.INFO, logger="derlink.server.access"):
@@ -236,6 +245,7 @@ async def test_metrics_and_access_log_carry_the_client(server, clients, caplog):
     assert 'derlink_http_requests_total{method="GET",route="/dcap",status="200"}' in text
 
 
+@BACKENDS
 async def test_aggregator_certificate_rotation_keeps_sites(server, clients):
     admin = server.store.admin
     old, new = clients["agg-a"], clients["agg-b"]

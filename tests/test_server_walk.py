@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-from tests.test_server_harness import assert_valid_everywhere, crawl, populate
+from tests.test_server_harness import BACKENDS, assert_valid_everywhere, crawl, populate
 
 pytest_plugins = ["tests.test_server_harness"]
 
@@ -44,6 +44,7 @@ def _types(seen: dict) -> set[str]:
     return {etree.QName(etree.fromstring(reply.body)).localname for reply in seen.values()}
 
 
+@BACKENDS
 async def test_device_client_walks_whole_tree(server, clients, pki):
     await populate(server, clients, pki)
     seen = await crawl(clients["dev-a"])
@@ -65,6 +66,7 @@ async def test_device_client_walks_whole_tree(server, clients, pki):
     assert {p.split("/")[2] for p in seen if p.startswith("/edev/")} == {"1"}
 
 
+@BACKENDS
 async def test_aggregator_client_walks_whole_tree(server, clients, pki):
     world = await populate(server, clients, pki)
     seen = await crawl(clients["agg-a"])

@@ -55,7 +55,7 @@ def upgrade() -> None:
         "rate_settings",
         sa.Column("resource", sa.String(length=16), nullable=False),
         sa.Column("target", sa.String(length=24), nullable=False),
-        sa.Column("value", sa.Integer(), nullable=False),
+        sa.Column("value", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("resource", "target"),
     )
     op.create_table(
@@ -111,7 +111,7 @@ def upgrade() -> None:
         sa.Column("program_id", sa.Integer(), nullable=False),
         sa.Column("target", sa.String(length=24), nullable=False),
         sa.Column("start", sa.BigInteger(), nullable=False),
-        sa.Column("duration", sa.Integer(), nullable=False),
+        sa.Column("duration", sa.BigInteger(), nullable=False),
         sa.Column("randomize_start", sa.Integer(), nullable=True),
         sa.Column("randomize_duration", sa.Integer(), nullable=True),
         sa.Column("response_required", sa.String(length=2), nullable=True),
@@ -258,10 +258,10 @@ def upgrade() -> None:
 
     op.create_table(
         "readings",
-        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("meter_reading_id", sa.Integer(), nullable=False),
         sa.Column("time_start", sa.BigInteger(), nullable=True),
-        sa.Column("duration", sa.Integer(), nullable=True),
+        sa.Column("duration", sa.BigInteger(), nullable=True),
         sa.Column("value", sa.BigInteger(), nullable=False),
         sa.Column("quality_flags", sa.String(length=4), nullable=True),
         sa.Column("received_at", sa.BigInteger(), nullable=False),
