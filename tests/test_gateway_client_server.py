@@ -148,6 +148,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         cert_dir=tmp_path / "pki",
         port=0,
         admin_enabled=False,
+        headend_enabled=False,
         notify_retry_initial=0.05,
         notify_retry_max=0.5,
     )

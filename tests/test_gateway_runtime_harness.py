@@ -233,6 +233,7 @@ def _server_config(pki: Pki, data_dir: Path, **overrides: Any) -> ServerConfig:
         data_dir=data_dir,
         port=0,
         admin_enabled=False,
+        headend_enabled=False,
         cert_dir=pki.paths.directory,
         notify_retry_initial=0.1,
         notify_retry_max=0.5,

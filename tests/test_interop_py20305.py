@@ -103,6 +103,7 @@ async def server(pki_dir: Path, tmp_path: Path) -> AsyncIterator[RunningServer]:
         data_dir=tmp_path / "data",
         port=0,
         admin_port=0,
+        headend_enabled=False,
         cert_dir=pki_dir,
         poll_rate=10,  # py20305 clamps anything lower to 10 s
         post_rate=POST_RATE,

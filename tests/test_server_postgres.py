@@ -121,7 +121,7 @@ def _second_server_process(pki, tmp_path: Path, url: str) -> tuple[list[str], Pa
         f'database_url = "{url}"\n'
         f'data_dir = "{tmp_path / "second"}"\n'
         f'cert_dir = "{pki.directory}"\n'
-        "port = 0\nadmin_port = 0\n"
+        "port = 0\nadmin_port = 0\nheadend_port = 0\n"
         "notify_retry_initial = 0.2\nnotify_retry_max = 1.0\nnotify_timeout = 2.0\n"
         'log_level = "WARNING"\n'
     )
