@@ -203,7 +203,7 @@ async def test_targeting_status_and_primacy(server, clients):
     assert listing[newer].EventStatus.currentStatus == 2
     programs = (await a.get("/edev/1/fsa/0/derp?l=10")).doc(r.DERProgramList).DERProgram
     assert [p.primacy for p in programs] == sorted(p.primacy for p in programs)
-    assert [p.description for p in programs][0] == "Emergency"
+    assert programs[0].description == "Emergency"
     audit = await admin.audit()
     assert audit[0]["action"] == "control.cancel" and audit[0]["reason"] == "test"
 

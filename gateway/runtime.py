@@ -1,0 +1,491 @@
+"""The gateway daemon: wires the pure core, the device shell, the 2030.5 client and the local interfaces.
+
+Start-up order (why: a reboot mid-outage must never start from "unlimited", and must not wait for the
+internet):
+
+1. load the persisted state (:mod:`gateway.state_store`) and decide the limits for *now* — the fallback
+   regime follows from the persisted last-contact time;
+2. connect and scan the SunSpec devices and run one closed-loop step, which writes those limits
+   (target: within 2 s of process start; nothing has touched the network yet);
+3. persist, then start the local API, the 2030.5 client (discovery, walk, polling or subscriptions) and
+   MQTT publishing.
+
+Decision tick: :meth:`GatewayRuntime.decide` calls ``SiteController.decide`` when the schedule changes (the
+client's walk, poll or a Notification), when a local input changes (local API), when the link state flips
+(lost / back) and at the timer wake-ups the core asks for (``next_wake``: event starts/ends, fallback
+timeouts, aggregator expiry). Each decision: the effective limits go to the closed loop (which steps at
+once, without waiting for its period), pending Responses go to the client's durable outbox, then the state
+is saved atomically if anything but the clock changed.
+
+The closed loop (:class:`gateway.site_runner.SiteRunner`, pure loop in :mod:`gateway.control_loop`) steps
+every ``control_loop.period_s`` and whenever the limits change; each step's device readings also feed the
+client's telemetry (MirrorUsagePoints at the server's postRate, DER documents).
+
+``latency_log`` records, for each limit change that led to Modbus writes, what triggered it (a
+notification's receipt, a timer wake-up such as a DERControl's start, a local input...) and when the
+writes were acknowledged by the devices (read-back verified): ``benchmarks/gateway_latency.py`` uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from gateway.config import GatewaySettings
+from gateway.control_loop import LoopConfig, SiteLimits
+from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
+from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
+
+if TYPE_CHECKING:
+    from gateway.client import Sep2Client
+    from gateway.site_runner import SiteRunner, StepReport
+
+log = logging.getLogger("derlink.gateway.runtime")
+
+
+@dataclass(frozen=True)
+class LatencySample:
+    kind: str  # "notification" | "timer" | "schedule" | "local" | "comms" | "startup"
+    trigger_at: float  # server-time seconds of the trigger (receipt, scheduled start, ...)
+    written_at: float  # server-time seconds when the device writes were acknowledged
+    writes: tuple[str, ...]
+
+    @property
+    def latency_s(self) -> float:
+        return self.written_at - self.trigger_at
+
+
+class GatewayRuntime:
+    """One gateway: ``await start()``, then ``await stop()`` (or ``run_forever()`` from the CLI)."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.core_config = GatewayConfig(settings.lfdi, settings.installer_limits, settings.fallback)
+        self.controller: SiteController | None = None
+        self.decision: Decision | None = None
+        self.runner: SiteRunner | None = None
+        self.client: Sep2Client | None = None
+        self.site_limits: SiteLimits | None = None
+        self.last_report: StepReport | None = None
+        self.latency_log: deque[LatencySample] = deque(maxlen=5000)
+        self.startup: dict[str, Any] = {}
+        self.state_error: str | None = None
+        self.local_api_port: int | None = None
+        self.changed = asyncio.Condition()  # notified after every decision and step (MQTT, tests)
+        self._decide_lock = asyncio.Lock()
+        self._step_lock = asyncio.Lock()
+        self._kick = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._trigger: tuple[str, float] | None = None
+        self._saved: bytes | None = None
+        self._seen_notifications = 0
+        self._local_api: Any = None
+        self._mqtt: Any = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------------------------ clock
+
+    def now(self) -> float:
+        """Server time (local clock + the offset the client measured from /tm; local clock before)."""
+        if self.client is not None:
+            return time.time() + self.client.status.server_offset
+        return time.time()
+
+    # ---------------------------------------------------------------------------------- start/stop
+
+    async def start(self) -> None:
+        started = time.monotonic()
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        loaded = load_state(s.state_path, self.core_config)
+        self.controller = loaded.controller
+        self.state_error = loaded.error
+        if loaded.error:
+            log.error("%s", loaded.error)
+        await self.decide("startup")
+        self.startup["state_loaded_s"] = time.monotonic() - started
+        self.startup["restored"] = loaded.saved_at is not None
+        try:
+            await asyncio.wait_for(self._connect_devices(), s.loop.startup_apply_timeout_s)
+            await self.step()
+            self.startup["limits_applied_s"] = time.monotonic() - started
+        except Exception as exc:  # devices down at boot: keep going, the control loop retries
+            log.error("devices not ready at start-up (%s); the control loop keeps trying", exc)
+            self.startup["device_error"] = str(exc)
+        log.info("start-up: limits %s in %.3f s", self.site_limits, time.monotonic() - started)
+        # From here on: network.
+        if s.local_api.enabled:
+            from gateway.local_api import start_local_api
+
+            self._local_api = await start_local_api(self)
+        self.client = self._make_client()
+        self._tasks.append(asyncio.create_task(self._control_loop(), name="gateway-control-loop"))
+        self._tasks.append(asyncio.create_task(self._decision_loop(), name="gateway-decisions"))
+        await self.client.start()
+        await self.decide("client")  # hand over Responses still pending from before a restart
+        if s.mqtt.enabled:
+            from gateway.mqtt import MqttPublisher
+
+            self._mqtt = MqttPublisher(self)
+            self._tasks.append(asyncio.create_task(self._mqtt.run(), name="gateway-mqtt"))
+        self.startup["online_s"] = time.monotonic() - started
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks = []
+        if self.client is not None:
+            await self.client.stop()
+        if self._local_api is not None:
+            await self._local_api.cleanup()
+            self._local_api = None
+        if self.runner is not None:
+            await self.runner.close()
+        if self.controller is not None:
+            self._save(force=True)
+
+    async def run_forever(self) -> None:
+        """Start, run until SIGINT/SIGTERM, stop."""
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    def _make_client(self) -> Sep2Client:
+        from certs.tls import client_ssl_context, server_ssl_context
+        from gateway.client import ClientConfig, Sep2Client
+
+        s = self.settings
+        srv = s.server
+        config = ClientConfig(
+            dcap_url=srv.dcap_url,
+            lfdi=s.lfdi,
+            data_dir=s.data_dir,
+            pin=srv.pin,
+            mode=srv.mode,
+            register_inband=srv.register_inband,
+            listener_host=srv.listener_host,
+            listener_port=srv.listener_port,
+            notify_host=srv.notify_host,
+            notifier_lfdis=srv.notifier_lfdis,
+            request_timeout=srv.request_timeout_s,
+            backoff_initial=srv.backoff_initial_s,
+            backoff_max=srv.backoff_max_s,
+            default_poll_rate=srv.default_poll_rate_s,
+            default_post_rate=srv.default_post_rate_s,
+        )
+        listener = None
+        if srv.mode == "subscribe":
+            listener = server_ssl_context(s.tls.cert, s.tls.key, s.tls.ca)
+        assert self.controller is not None
+        return Sep2Client(
+            config,
+            client_ssl_context(s.tls.cert, s.tls.key, s.tls.ca),
+            self.controller,
+            listener_ssl_context=listener,
+            on_schedule_change=self._on_schedule_change,
+        )
+
+    # ------------------------------------------------------------------------------------ devices
+
+    async def _connect_devices(self) -> None:
+        from gateway.site_runner import SiteRunner
+
+        s = self.settings
+        runner = await SiteRunner.connect(
+            meter=s.device("meter")[0].address,
+            pvs={d.name: d.address for d in s.device("pv")},
+            batteries={d.name: d.address for d in s.device("battery")},
+            modbus_timeout_s=s.loop.modbus_timeout_s,
+            config=LoopConfig(period_s=s.loop.period_s, self_consumption=s.loop.self_consumption),
+        )
+        self.runner = runner
+        if self.decision is not None:
+            self._apply(self.decision, None)
+
+    def _battery_rated_w(self) -> float:
+        if self.runner is None:
+            return 0.0
+        return sum((b.conn.info.rated_w or 0.0) for b in self.runner.batteries)
+
+    async def step(self) -> StepReport | None:
+        """One closed-loop step now (reads, pure loop, writes); records the latency of a limit change."""
+        if self.runner is None:
+            return None
+        async with self._step_lock:
+            trigger, self._trigger = self._trigger, None
+            self._kick.clear()
+            report = await self.runner.step()
+            if trigger is not None and report.writes:
+                self.latency_log.append(
+                    LatencySample(trigger[0], trigger[1], self.now(), tuple(report.writes))
+                )
+            self.last_report = report
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.queue_telemetry(self.site_snapshot())
+        await self._notify()
+        return report
+
+    async def _control_loop(self) -> None:
+        period = self.settings.loop.period_s
+        delay = 1.0
+        while True:
+            if self.runner is None:
+                try:
+                    await self._connect_devices()
+                    delay = 1.0
+                except Exception as exc:
+                    log.warning("devices not reachable (%s); retrying in %.0f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+            try:
+                await self.step()
+            except Exception:  # a bug in one step must not stop site control
+                log.exception("control step failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), period)
+
+    # ---------------------------------------------------------------------------------- decisions
+
+    async def _on_schedule_change(self, _now: int) -> None:
+        kind, at = "schedule", self.now()
+        client = self.client
+        if client is not None and len(client.notification_latencies) > self._seen_notifications:
+            self._seen_notifications = len(client.notification_latencies)
+            kind, at = "notification", at - client.notification_latencies[-1]
+        await self.decide(kind, trigger_at=at)
+
+    async def decide(
+        self, reason: str, inputs: SiteInputs | None = None, *, trigger_at: float | None = None
+    ) -> Decision:
+        """Decide now, apply, queue Responses, persist. ``inputs`` replaces the local inputs (checked:
+        a ValueError naming the field changes nothing)."""
+        assert self.controller is not None
+        async with self._decide_lock:
+            controller = self.controller
+            base = inputs or controller.inputs
+            soc = self._battery_soc()
+            if soc is not None and (base.soc_pct is None or abs(base.soc_pct - soc) >= 1.0):
+                base = replace(base, soc_pct=round(soc, 1))
+            decision = controller.decide(int(self.now()), base if base is not controller.inputs else None)
+            self.decision = decision
+            self._apply(decision, (reason, trigger_at if trigger_at is not None else self.now()))
+            if self.client is not None:
+                pending = controller.engine.pending_responses()
+                if pending:
+                    try:
+                        await self.client.queue_responses(pending)
+                    except Exception:
+                        log.exception(
+                            "could not queue %d Responses; kept for the next decision", len(pending)
+                        )
+                    else:
+                        for response in pending:
+                            controller.engine.acknowledge(response)
+            self._save()
+        self._wake.set()
+        await self._notify()
+        return decision
+
+    def _apply(self, decision: Decision, trigger: tuple[str, float] | None) -> None:
+        limits = SiteLimits.from_effective(decision.limits, self._battery_rated_w())
+        if limits == self.site_limits and self.runner is not None and self.runner.limits == limits:
+            return
+        self.site_limits = limits
+        if self.runner is not None:
+            self.runner.set_limits(limits)
+            if trigger is not None:
+                self._trigger = trigger if self._trigger is None else self._trigger
+            self._kick.set()
+
+    def _link_lost(self, now: float) -> bool:
+        assert self.controller is not None
+        last = self.controller.last_contact
+        return last is None or now >= last + self.settings.fallback.comms_timeout_s
+
+    async def _decision_loop(self) -> None:
+        """Timer wake-ups (``next_wake``) and link-state flips; everything else calls decide() itself."""
+        while True:
+            decision = self.decision
+            assert decision is not None
+            now = self.now()
+            wait = 1.0
+            if decision.next_wake is not None:
+                wait = min(wait, max(decision.next_wake - now, 0.0))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+            if self.decision is not decision:
+                continue  # someone decided meanwhile
+            now = self.now()
+            due = decision.next_wake is not None and now >= decision.next_wake
+            if due:
+                await self.decide("timer", trigger_at=float(decision.next_wake))  # type: ignore[arg-type]
+            elif self._link_lost(now) != decision.link_lost:
+                await self.decide("comms")
+
+    def _save(self, force: bool = False) -> None:
+        assert self.controller is not None
+        data = controller_to_dict(self.controller)
+        if data.get("last_decision"):
+            data["last_decision"] = {k: v for k, v in data["last_decision"].items() if k != "now"}
+        key = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        if force or key != self._saved:
+            save_state(self.settings.state_path, self.controller)
+            self._saved = key
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    # ------------------------------------------------------------------------------- local inputs
+
+    async def set_inputs(self, reason: str, **changes: Any) -> Decision:
+        """Replace some local inputs (emergency, aggregator, customer) and decide; persisted on return."""
+        assert self.controller is not None
+        inputs = replace(self.controller.inputs, **changes)
+        return await self.decide(reason, inputs)
+
+    # ------------------------------------------------------------------------------------ reading
+
+    def _battery_soc(self) -> float | None:
+        if self.runner is None:
+            return None
+        socs = [
+            b.last.soc_pct for b in self.runner.batteries if b.last is not None and b.last.soc_pct is not None
+        ]
+        return sum(socs) / len(socs) if socs else None
+
+    def site_snapshot(self) -> Any:
+        """The devices' latest readings as the client's SiteSnapshot (telemetry, DER documents)."""
+        from gateway.client import mapping as m
+
+        assert self.runner is not None
+        meter = self.runner.meter.last
+        site = m.Measurements()
+        if meter is not None:
+            site = m.Measurements(
+                w=meter.w, var=meter.var, v={"A": meter.v} if meter.v is not None else {}, hz=meter.hz
+            )
+        ders = []
+        for dev, is_battery in [(d, False) for d in self.runner.pvs] + [
+            (d, True) for d in self.runner.batteries
+        ]:
+            info = dev.conn.info
+            last = dev.last
+            rated = info.rated_w or 0.0
+            modes = (
+                m.MODE_CONNECT
+                | m.MODE_MAX_LIM_W
+                | (m.MODE_CHARGE | m.MODE_DISCHARGE | m.MODE_FIXED_W | m.MODE_TARGET_W if is_battery else 0)
+            )
+            ders.append(
+                m.DeviceSnapshot(
+                    device_id=f"{info.manufacturer}-{info.serial}"[:40] if info.serial else dev.name,
+                    der_type=m.DER_TYPE_STORAGE if is_battery else m.DER_TYPE_PV,
+                    rtg_max_w=rated,
+                    modes_supported=modes,
+                    rtg_max_va=info.rated_va,
+                    rtg_max_wh=info.capacity_wh if is_battery else None,
+                    rtg_max_charge_w=info.max_charge_w if is_battery else None,
+                    rtg_max_discharge_w=info.max_discharge_w if is_battery else None,
+                    connected=last.connected is not False if last else True,
+                    operating=last is not None,
+                    fault=last is None,
+                    w_available=(last.available_w if last and not is_battery else None),
+                    measurements=m.Measurements(
+                        w=last.w if last else None,
+                        var=last.var if last else None,
+                        v={"A": last.v} if last and last.v is not None else {},
+                        hz=last.hz if last else None,
+                        soc_pct=last.soc_pct if last and is_battery else None,
+                    ),
+                )
+            )
+        return m.SiteSnapshot(site=site, ders=ders)
+
+    async def status(self) -> dict[str, Any]:
+        """Everything `derlink gateway status`, the local API and MQTT show."""
+        assert self.controller is not None and self.decision is not None
+        d = self.decision
+        now = int(self.now())
+        engine = self.controller.engine
+        comms: dict[str, Any] = {"state": "not started", "link_lost": self._link_lost(now)}
+        if self.client is not None:
+            st = self.client.status
+            comms.update(
+                state=st.state, comms_ok=st.comms_ok, last_contact=st.last_contact, last_error=st.last_error,
+                server_offset=st.server_offset, subscriptions=st.subscriptions,
+                notifications=st.notifications, post_rate=st.post_rate,
+                outbox_pending=await self.client.outbox.pending(),
+                outbox_rejected=await self.client.outbox.rejected(),
+            )  # fmt: skip
+        comms["last_contact_core"] = self.controller.last_contact
+        site: dict[str, Any] = {"devices": []}
+        if self.runner is not None:
+            meter = self.runner.meter.last
+            site["meter_w"] = meter.w if meter else None
+            site["export_w"] = -meter.w if meter and meter.w is not None else None
+            report = self.last_report
+            if report is not None:
+                site["mode"] = report.setpoints.mode
+                site["faults"] = list(report.faults)
+            for dev, role in [(x, "pv") for x in self.runner.pvs] + [
+                (x, "battery") for x in self.runner.batteries
+            ]:
+                last = dev.last
+                site["devices"].append({
+                    "name": dev.name, "role": role, "w": last.w if last else None,
+                    "limit_pct": last.limit_pct if last else None,
+                    "soc_pct": last.soc_pct if last else None,
+                    "connected": last.connected if last else None,
+                })  # fmt: skip
+        active = {p: list(m) for p, m in d.schedule.active.items() if m}
+        return {
+            "lfdi": self.settings.lfdi,
+            "now": now,
+            "decided_at": d.now,
+            "regime": d.regime.value,
+            "link_lost": d.link_lost,
+            "loss_declared_at": d.loss_declared_at,
+            "limits": d.limits.to_dict(),
+            "explain": d.explain(),
+            "next_change": engine.next_change_time(now),
+            "next_wake": d.next_wake,
+            "active_controls": active,
+            "inputs": inputs_to_dict(self.controller.inputs),
+            "comms": comms,
+            "site": site,
+            "startup": dict(self.startup),
+            "state_error": self.state_error,
+        }
+
+    def write_local_api_file(self, port: int) -> None:
+        """Tell `derlink gateway status` where the local API listens (atomic replace)."""
+        self.local_api_port = port
+        path = self.settings.local_api_file
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"host": self.settings.local_api.host, "port": port, "pid": os.getpid()}))
+        os.replace(tmp, path)

@@ -1,0 +1,274 @@
+"""Shared pieces for the gateway runtime and end-to-end tests (a pytest plugin; no tests here).
+
+A "lab" is: a real PKI, our utility server over real mutual TLS on 127.0.0.1, a TCP proxy the test
+controls between gateway and server, a simulated SunSpec site (real Modbus TCP), and the gateway's
+site.toml pointing at all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from certs.pki import DeviceIdentity, PkiPaths, init_pki, issue_device_certificate, load_pki
+from gateway.config import GatewaySettings, lfdi_from_cert_file, settings_from_dict
+from gateway.runtime import GatewayRuntime
+from server.app import RunningServer, start_server
+from server.config import ServerConfig
+from simulators.config import default_site_config
+from simulators.site import SimulatedSite
+
+PIN = 135791
+
+
+class TcpProxy:
+    """127.0.0.1:port -> target port. ``cut()`` aborts every open connection and refuses new ones."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.up = True
+        self.port = 0
+        self.refused = 0
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        with contextlib.suppress(Exception):
+            writer.close()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.up:
+            self.refused += 1
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        pair = {writer, up_writer}
+        self._open |= pair
+        try:
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        finally:
+            self._open -= pair
+
+    def cut(self) -> None:
+        self.up = False
+        for writer in list(self._open):
+            writer.transport.abort()
+
+    def restore(self) -> None:
+        self.up = True
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+
+@dataclass
+class Pki:
+    paths: PkiPaths
+    gateway: DeviceIdentity
+
+
+@pytest.fixture(scope="session")
+def gw_pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    directory = tmp_path_factory.mktemp("gwpki")
+    init_pki(directory)
+    return Pki(load_pki(directory), issue_device_certificate(directory, "gateway-1"))
+
+
+async def wait_until(
+    predicate: Callable[[], Any], within: float, what: str = "condition", every: float = 0.05
+) -> float:
+    """Poll ``predicate`` (sync or async) until truthy; returns time.time() when it became true."""
+    deadline = time.monotonic() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return time.time()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within:g} s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Tables of scalars and arrays of tables: enough for site.toml."""
+    lines: list[str] = []
+    for name, section in data.items():
+        tables = section if isinstance(section, list) else [section]
+        for table in tables:
+            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def tolerance(limit_w: float) -> float:
+    """Issue 6: the metered export must be within max(2 %, 100 W) of the limit."""
+    return max(0.02 * limit_w, 100.0)
+
+
+@dataclass
+class Lab:
+    tmp: Path
+    pki: Pki
+    server: RunningServer
+    proxy: TcpProxy
+    sim: SimulatedSite
+    runtimes: list[GatewayRuntime] = field(default_factory=list)
+    token: str = field(default_factory=lambda: secrets.token_hex(16))
+
+    @property
+    def admin(self) -> Any:
+        return self.server.store.admin
+
+    @property
+    def lfdi(self) -> str:
+        return self.pki.gateway.lfdi
+
+    @property
+    def target(self) -> str:
+        return f"site:{self.lfdi}"
+
+    @property
+    def notifier_lfdi(self) -> str:
+        """The certificate our server presents when it delivers Notifications."""
+        chain, _key, _ca = self.server.config.notify_files()
+        return lfdi_from_cert_file(chain)
+
+    def export_w(self) -> float:
+        return -float(self.sim.meter_reading()["w"])
+
+    def site_toml(self, **overrides: Any) -> dict[str, Any]:
+        """The gateway's site.toml as a dict; ``overrides`` replace whole sections (or merge if dicts)."""
+        ident = self.pki.gateway
+        devices = []
+        for ep in self.sim.endpoints:
+            role = ep.kind
+            devices.append(
+                {"name": ep.name, "role": role, "host": ep.host, "port": ep.port, "unit": ep.unit_id}
+            )
+        data: dict[str, Any] = {
+            "gateway": {"data_dir": str(self.tmp / "gw-data"), "lfdi": ident.lfdi},
+            "server": {
+                "dcap_url": f"https://127.0.0.1:{self.proxy.port}/dcap",
+                "pin": PIN,
+                "mode": "subscribe",
+                "request_timeout_s": 2.0,
+                "backoff_initial_s": 0.05,
+                "backoff_max_s": 0.5,
+                "default_post_rate_s": 2,
+                "notifier_lfdis": [self.notifier_lfdi],
+            },
+            "tls": {
+                "cert": str(ident.chain_path),
+                "key": str(ident.key_path),
+                "ca": str(self.pki.paths.ca_chain),
+            },
+            "device": devices,
+            "installer_limits": {"export_limit_w": 10000},
+            "comms_loss": {"export_limit_w": 1500, "comms_timeout_s": 2, "persistent_loss_s": 10},
+            "control_loop": {"period_s": 0.5, "modbus_timeout_s": 1.0},
+            "local_api": {"port": 0, "token": self.token},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return data
+
+    def write_site_toml(self, **overrides: Any) -> Path:
+        path = self.tmp / "site.toml"
+        path.write_text(to_toml(self.site_toml(**overrides)))
+        return path
+
+    def settings(self, **overrides: Any) -> GatewaySettings:
+        return settings_from_dict(self.site_toml(**overrides), self.tmp)
+
+    async def gateway(self, **overrides: Any) -> GatewayRuntime:
+        runtime = GatewayRuntime(self.settings(**overrides))
+        self.runtimes.append(runtime)
+        await runtime.start()
+        return runtime
+
+
+def _server_config(pki: Pki, data_dir: Path, **overrides: Any) -> ServerConfig:
+    values: dict[str, Any] = dict(
+        data_dir=data_dir,
+        port=0,
+        admin_enabled=False,
+        cert_dir=pki.paths.directory,
+        notify_retry_initial=0.1,
+        notify_retry_max=0.5,
+        notify_timeout=2.0,
+        poll_rate=1,
+        post_rate=2,
+    )
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+@contextlib.asynccontextmanager
+async def make_lab(
+    tmp: Path, pki: Pki, *, sim_kwargs: dict[str, Any] | None = None, **server_overrides: Any
+) -> AsyncIterator[Lab]:
+    sim_args = dict(pv_available_w=5000.0, load_w=500.0, battery=False, response_delay_s=0.1, ramp_time_s=0.0)
+    sim_args.update(sim_kwargs or {})
+    sim = SimulatedSite(default_site_config(**sim_args))
+    server = await start_server(_server_config(pki, tmp / "server", **server_overrides))
+    proxy = TcpProxy(server.port)
+    await proxy.start()
+    await sim.start()
+    await server.store.admin.register_site(pki.gateway.lfdi, pin=PIN, nmi="4102000077")
+    lab = Lab(tmp, pki, server, proxy, sim)
+    try:
+        yield lab
+    finally:
+        for runtime in lab.runtimes:
+            with contextlib.suppress(Exception):
+                await runtime.stop()
+        await proxy.stop()
+        await server.stop()
+        await sim.stop()
+
+
+@pytest.fixture
+async def lab(tmp_path: Path, gw_pki: Pki) -> AsyncIterator[Lab]:
+    async with make_lab(tmp_path, gw_pki) as made:
+        yield made
