@@ -316,6 +316,20 @@ class Sep2Client:
     def post_rate(self) -> int:
         return self._post_rate or self.config.default_post_rate
 
+    async def put_connection_point(self, nmi: str) -> str:
+        """PUT our EndDevice's csipaus ConnectionPoint (the site's NMI); returns its href.
+
+        Call after :meth:`wait_ready`. Raises ServerRejected (4xx), CommsError, or RegistrationError when
+        the EndDevice offers no ConnectionPointLink.
+        """
+        if self.end_device is None:
+            raise RegistrationError("no EndDevice yet: wait_ready() first")
+        link = self.end_device.ConnectionPointLink
+        if link is None:
+            raise RegistrationError("EndDevice has no ConnectionPointLink: the server cannot record the NMI")
+        await self._put(link.href, r.ConnectionPoint(connectionPointId=nmi))
+        return link.href
+
     # ----------------------------------------------------------------------------------- plumbing
 
     async def _supervise(self, coro: Awaitable[None], name: str) -> None:
