@@ -1076,12 +1076,12 @@ async def step_register(ctx: Context) -> None:
                     if der.DERCapabilityLink is None:
                         return None
                     cap = await probe.get(der.DERCapabilityLink.href, r.DERCapability)
-                    found["rtg_max_w"] += cap.rtgMaxW.watts if cap.rtgMaxW is not None else 0.0
+                    found["rtg_max_w"] += cap.rtgMaxW.to_watts() if cap.rtgMaxW is not None else 0.0
                     found["modes_supported"].append(cap.modesSupported)
                     if der.DERSettingsLink is not None:
                         settings_doc = await probe.get(der.DERSettingsLink.href, r.DERSettings)
                         found.setdefault("set_max_w", 0.0)
-                        found["set_max_w"] += settings_doc.setMaxW.watts if settings_doc.setMaxW else 0.0
+                        found["set_max_w"] += settings_doc.setMaxW.to_watts() if settings_doc.setMaxW else 0.0
                 return found if ders and found["rtg_max_w"] > 0 else None
 
             try:
