@@ -14,8 +14,8 @@ Decision tick: :meth:`GatewayRuntime.decide` calls ``SiteController.decide`` whe
 client's walk, poll or a Notification), when a local input changes (local API), when the link state flips
 (lost / back) and at the timer wake-ups the core asks for (``next_wake``: event starts/ends, fallback
 timeouts, aggregator expiry). Each decision: the effective limits go to the closed loop (which steps at
-once, without waiting for its period), pending Responses go to the client's durable outbox, then the state
-is saved atomically if anything but the clock changed.
+once, inside the decision, before anything else), then pending Responses go to the client's durable outbox,
+then the state is saved atomically if anything but the clock changed.
 
 The closed loop (:class:`gateway.site_runner.SiteRunner`, pure loop in :mod:`gateway.control_loop`) steps
 every ``control_loop.period_s`` and whenever the limits change; each step's device readings also feed the
@@ -54,7 +54,9 @@ log = logging.getLogger("derlink.gateway.runtime")
 class LatencySample:
     kind: str  # "notification" | "timer" | "schedule" | "local" | "comms" | "startup"
     trigger_at: float  # server-time seconds of the trigger (receipt, scheduled start, ...)
-    written_at: float  # server-time seconds when the device writes were acknowledged
+    decided_at: float  # the new limits were handed to the closed loop
+    step_at: float  # the closed-loop step that wrote them began (device reads first)
+    written_at: float  # the device writes were acknowledged (and read back)
     writes: tuple[str, ...]
 
     @property
@@ -84,7 +86,7 @@ class GatewayRuntime:
         self._kick = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._trigger: tuple[str, float] | None = None
+        self._trigger: tuple[str, float, float] | None = None  # kind, trigger time, decided at
         self._saved: bytes | None = None
         self._seen_notifications = 0
         self._local_api: Any = None
@@ -235,11 +237,10 @@ class GatewayRuntime:
         async with self._step_lock:
             trigger, self._trigger = self._trigger, None
             self._kick.clear()
+            step_at = self.now()
             report = await self.runner.step()
             if trigger is not None and report.writes:
-                self.latency_log.append(
-                    LatencySample(trigger[0], trigger[1], self.now(), tuple(report.writes))
-                )
+                self.latency_log.append(LatencySample(*trigger, step_at, self.now(), tuple(report.writes)))
             self.last_report = report
         if self.client is not None:
             with contextlib.suppress(Exception):
@@ -291,7 +292,14 @@ class GatewayRuntime:
                 base = replace(base, soc_pct=round(soc, 1))
             decision = controller.decide(int(self.now()), base if base is not controller.inputs else None)
             self.decision = decision
-            self._apply(decision, (reason, trigger_at if trigger_at is not None else self.now()))
+            changed = self._apply(decision, (reason, trigger_at if trigger_at is not None else self.now()))
+            if changed and self.runner is not None and reason != "startup":
+                # Step now, before the Responses and the state file: the devices come first, and the
+                # client's delivery of those Responses would otherwise compete with the writes.
+                try:
+                    await self.step()
+                except Exception:
+                    log.exception("control step after a limit change failed; the loop retries")
             if self.client is not None:
                 pending = controller.engine.pending_responses()
                 if pending:
@@ -309,16 +317,19 @@ class GatewayRuntime:
         await self._notify()
         return decision
 
-    def _apply(self, decision: Decision, trigger: tuple[str, float] | None) -> None:
+    def _apply(self, decision: Decision, trigger: tuple[str, float] | None) -> bool:
+        """Hand the decision's limits to the closed loop; True if they changed."""
         limits = SiteLimits.from_effective(decision.limits, self._battery_rated_w())
         if limits == self.site_limits and self.runner is not None and self.runner.limits == limits:
-            return
+            return False
         self.site_limits = limits
         if self.runner is not None:
             self.runner.set_limits(limits)
             if trigger is not None:
-                self._trigger = trigger if self._trigger is None else self._trigger
+                if self._trigger is None:
+                    self._trigger = (*trigger, self.now())
             self._kick.set()
+        return True
 
     def _link_lost(self, now: float) -> bool:
         assert self.controller is not None

@@ -571,33 +571,41 @@ class Store:
         async with self.read() as conn:
             row = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
         if row is None:
-            now = self.clock()
-            async with self.write() as conn:
-                row = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
-                if row is None:
-                    aggregator_id = None
-                    if role == "aggregator":
-                        aggregator_id = (
-                            await conn.execute(
-                                aggregators.insert().values(name=f"aggregator-{lfdi[:12]}", created_at=now)
-                            )
-                        ).inserted_primary_key[0]
-                    await conn.execute(
-                        clients.insert().values(
-                            lfdi=lfdi,
-                            kind=role,
-                            aggregator_id=aggregator_id,
-                            revoked=False,
-                            first_seen=now,
-                            last_seen=now,
-                        )
-                    )
+            try:
+                row = await self._first_contact(lfdi, role)
+            except sa.exc.IntegrityError:  # a concurrent first request registered it: use that
+                async with self.read() as conn:
                     row = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
         if row.revoked:
             raise Forbidden("client certificate access has been revoked")
         if row.kind == "aggregator":
             return RequestScope(lfdi=lfdi, kind="aggregator", aggregator_id=row.aggregator_id)
         return RequestScope(lfdi=lfdi, kind="device")
+
+    async def _first_contact(self, lfdi: str, role: str) -> sa.Row:
+        now = self.clock()
+        async with self.write() as conn:
+            row = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
+            if row is None:
+                aggregator_id = None
+                if role == "aggregator":
+                    aggregator_id = (
+                        await conn.execute(
+                            aggregators.insert().values(name=f"aggregator-{lfdi[:12]}", created_at=now)
+                        )
+                    ).inserted_primary_key[0]
+                await conn.execute(
+                    clients.insert().values(
+                        lfdi=lfdi,
+                        kind=role,
+                        aggregator_id=aggregator_id,
+                        revoked=False,
+                        first_seen=now,
+                        last_seen=now,
+                    )
+                )
+                row = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
+        return row
 
     def note_contact(self, lfdi: str) -> None:
         """Remember a client's last contact; written in batches by :meth:`flush_contacts`."""

@@ -21,8 +21,8 @@ from server.store import build_control_base
 pytest_plugins = ["tests.test_server_harness"]
 
 
-async def _wait_for(predicate, timeout: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def _wait_for(predicate, seconds: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + seconds
     while asyncio.get_running_loop().time() < deadline:
         if await predicate():
             return True
