@@ -74,7 +74,7 @@ async def test_whole_flow_ends_with_a_report_with_measured_values(bench: Bench) 
     assert data["server"]["dcap_url"] == bench.dcap_url
     # the site is left with the static cap applied: 3000 W over 10 kW of inverters = 30 %
     assert report["static_limits_applied"]["limit_pct"] == 30.0
-    assert bench.pv_limit_pct() == 30.0
+    assert await bench.settled_pv_limit_pct() == 30.0
     # rerunning does nothing more
     again = await run_commissioning(bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None),
                                     RecordingUI())  # fmt: skip

@@ -7,7 +7,9 @@ TCP, accelerated clock, quick device responses).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -129,9 +131,22 @@ class Bench:
         await self.admin.register_site(lfdi, pin=pin, nmi=None, label="commissioning test")
 
     def pv_limit_pct(self) -> float | None:
+        """The limit the simulated PV inverter acts on now (after its response delay)."""
         status = self.sim.status()
         pv = next(d for d in status["devices"] if d["name"] == "pv")
         return pv.get("limit_pct")
+
+    async def settled_pv_limit_pct(self, within: float = 3.0) -> float | None:
+        """The PV limit once it stopped changing (writes take effect after the device's response delay)."""
+        deadline = time.monotonic() + within
+        last = self.pv_limit_pct()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            now = self.pv_limit_pct()
+            if now == last:
+                return now
+            last = now
+        return last
 
 
 def server_config(pki: PkiPaths, data_dir: Path) -> ServerConfig:
@@ -149,10 +164,21 @@ async def make_bench(tmp: Path, pki: PkiPaths, **sim_overrides: Any) -> AsyncIte
     try:
         yield bench
     finally:
-        await server.stop()
+        await stop_server(server)
         await sim.stop()
         for extra in bench.extra_sims:
             await extra.stop()
+
+
+async def stop_server(server: RunningServer) -> None:
+    """Stop the server even when its notification task swallows one cancellation (seen on Python 3.11 when
+    the cancel lands inside its store query); cancel again until the tasks are done, then stop."""
+    deadline = time.monotonic() + 10
+    while any(not t.done() for t in server.tasks) and time.monotonic() < deadline:
+        for task in server.tasks:
+            task.cancel()
+        await asyncio.sleep(0.05)
+    await server.stop()
 
 
 @pytest.fixture
