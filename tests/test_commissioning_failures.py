@@ -41,9 +41,12 @@ async def test_wrong_pin_then_corrected_pin_continues_at_register(bench: Bench) 
         bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None, pin=None)
     )
     assert not outcome.ok  # nothing changed: the same step fails the same way, nothing earlier is redone
-    assert attempts(opts)["discover"] == before["discover"] and attempts(opts)["register"] == before["register"] + 1
+    assert (
+        attempts(opts)["discover"] == before["discover"]
+        and attempts(opts)["register"] == before["register"] + 1
+    )
 
-    # The installer had the wrong PIN: rerun with the DNSP's one; identity is redone (PIN changed), not discovery.
+    # The installer had the wrong PIN: rerun with the DNSP's one; identity is redone, not discovery.
     outcome, state, ui = await run(
         bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None, pin=DNSP_PIN)
     )
@@ -118,7 +121,7 @@ async def test_nothing_answers_on_the_port(bench: Bench) -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    outcome, state, _ = await run(bench.options(scan=[f"127.0.0.1:{port}"]))
+    outcome, _, _ = await run(bench.options(scan=[f"127.0.0.1:{port}"]))
     assert not outcome.ok and outcome.failed_step == "discover"
     assert f"no connection at all on 127.0.0.1:{port}" in outcome.message
     assert "Modbus TCP" in outcome.next_action
@@ -138,8 +141,9 @@ async def test_malformed_nmi_leaves_static_limits_applied_then_continues(bench: 
     assert state.get("static_limits_applied")["limit_pct"] == 30.0
     assert await bench.settled_pv_limit_pct() == 30.0
     # a wrong checksum digit is caught too
-    outcome, _, _ = await run(bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None,
-                                            nmi="41020000771"))  # fmt: skip
+    outcome, _, _ = await run(
+        bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None, nmi="41020000771")
+    )
     assert not outcome.ok and "checksum digit" in outcome.message
     before = attempts(opts)
     outcome, state, ui = await run(
@@ -163,6 +167,10 @@ async def test_stuck_inverter_fails_verification_then_continues_when_fixed(bench
     assert state.status("register") == "done"
     before = attempts(opts)
     bench.sim.set_fault("pv", None)
-    outcome, state, ui = await run(bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None))
+    outcome, state, ui = await run(
+        bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None)
+    )
     assert outcome.ok, (outcome.message, ui.text)
-    assert attempts(opts)["register"] == before["register"] and attempts(opts)["verify"] == before["verify"] + 1
+    assert (
+        attempts(opts)["register"] == before["register"] and attempts(opts)["verify"] == before["verify"] + 1
+    )

@@ -48,12 +48,18 @@ async def test_whole_flow_ends_with_a_report_with_measured_values(bench: Bench) 
     assert ver["passed"] is True
     local = ver["local"]
     assert local["before"]["pv_w"] > 3500  # 4 kW available, battery held at 0
-    assert local["inverter"]["obeyed"] and local["inverter"]["pv_after_w"] <= local["inverter"]["limit_w"] + 150
+    assert (
+        local["inverter"]["obeyed"] and local["inverter"]["pv_after_w"] <= local["inverter"]["limit_w"] + 150
+    )
     assert local["meter"]["saw_effect"]
-    assert abs(local["meter"]["meter_change_w"] + local["meter"]["pv_change_w"]) <= local["meter"]["tolerance_w"]
+    assert (
+        abs(local["meter"]["meter_change_w"] + local["meter"]["pv_change_w"]) <= local["meter"]["tolerance_w"]
+    )
     assert local["meter"]["meter_change_w"] > 1000  # half of ~4 kW less export
     telemetry = ver["server"]["telemetry"]
-    assert telemetry["readings"] and all(r["last_update"] >= ver["server"]["started_at"] for r in telemetry["readings"])
+    assert telemetry["readings"] and all(
+        r["last_update"] >= ver["server"]["started_at"] for r in telemetry["readings"]
+    )
     control = ver["server"]["test_control"]
     assert control["issued"] and control["acknowledged"]
     assert {r["control"].upper() for r in control["responses"]} == {mrid.upper()}
@@ -76,6 +82,7 @@ async def test_whole_flow_ends_with_a_report_with_measured_values(bench: Bench) 
     assert report["static_limits_applied"]["limit_pct"] == 30.0
     assert await bench.settled_pv_limit_pct() == 30.0
     # rerunning does nothing more
-    again = await run_commissioning(bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None),
-                                    RecordingUI())  # fmt: skip
+    again = await run_commissioning(
+        bench.options(cert=ident.chain_path, key=ident.key_path, sign_with_ca=None), RecordingUI()
+    )
     assert again.ok

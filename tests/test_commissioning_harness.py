@@ -83,8 +83,9 @@ def foreign_pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
 
 
 def sim_config(**overrides: Any) -> Any:
-    args: dict[str, Any] = dict(pv_available_w=4000.0, load_w=600.0, speed=10.0, response_delay_s=0.5,
-                                ramp_time_s=0.0)  # fmt: skip
+    args: dict[str, Any] = dict(
+        pv_available_w=4000.0, load_w=600.0, speed=10.0, response_delay_s=0.5, ramp_time_s=0.0
+    )
     meter = overrides.pop("meter", True)
     args.update(overrides)
     cfg = default_site_config(**args)
@@ -118,12 +119,23 @@ class Bench:
 
     def options(self, **overrides: Any) -> Options:
         values: dict[str, Any] = dict(
-            work_dir=self.work_dir, scan=self.scan(), units="1-3", scan_timeout_s=0.5,
-            sign_with_ca=self.pki.directory, pin=DNSP_PIN, nmi=NMI, export_limit_w=3000.0,
-            fallback_export_w=1500.0, dcap_url=self.dcap_url, server_ca=self.pki.ca_chain,
-            request_timeout_s=3.0, register_timeout_s=10.0, verify_window_s=4.0, telemetry_timeout_s=10.0,
+            work_dir=self.work_dir,
+            scan=self.scan(),
+            units="1-3",
+            scan_timeout_s=0.5,
+            sign_with_ca=self.pki.directory,
+            pin=DNSP_PIN,
+            nmi=NMI,
+            export_limit_w=3000.0,
+            fallback_export_w=1500.0,
+            dcap_url=self.dcap_url,
+            server_ca=self.pki.ca_chain,
+            request_timeout_s=3.0,
+            register_timeout_s=10.0,
+            verify_window_s=4.0,
+            telemetry_timeout_s=10.0,
             loop_period_s=0.5,
-        )  # fmt: skip
+        )
         values.update(overrides)
         return Options(**values)
 
@@ -150,9 +162,17 @@ class Bench:
 
 
 def server_config(pki: PkiPaths, data_dir: Path) -> ServerConfig:
-    return ServerConfig(data_dir=data_dir, port=0, admin_enabled=False, cert_dir=pki.directory,
-                        notify_retry_initial=0.1, notify_retry_max=0.5, notify_timeout=2.0, poll_rate=1,
-                        post_rate=2)  # fmt: skip
+    return ServerConfig(
+        data_dir=data_dir,
+        port=0,
+        admin_enabled=False,
+        cert_dir=pki.directory,
+        notify_retry_initial=0.1,
+        notify_retry_max=0.5,
+        notify_timeout=2.0,
+        poll_rate=1,
+        post_rate=2,
+    )
 
 
 @contextlib.asynccontextmanager

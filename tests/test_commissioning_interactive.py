@@ -26,10 +26,30 @@ def drive(bench: Bench, loop: asyncio.AbstractEventLoop, transcript: list[str]) 
     work = bench.work_dir
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "derlink", "gateway", "commission", "--dir", str(work), "--scan-timeout", "0.5",
-         "--verify-window", "4", "--telemetry-timeout", "10", "--register-timeout", "10", "--loop-period", "0.5"],
-        cwd=str(ROOT), env=env, encoding="utf-8", timeout=30, dimensions=(60, 200),
-    )  # fmt: skip
+        [
+            "-m",
+            "derlink",
+            "gateway",
+            "commission",
+            "--dir",
+            str(work),
+            "--scan-timeout",
+            "0.5",
+            "--verify-window",
+            "4",
+            "--telemetry-timeout",
+            "10",
+            "--register-timeout",
+            "10",
+            "--loop-period",
+            "0.5",
+        ],
+        cwd=str(ROOT),
+        env=env,
+        encoding="utf-8",
+        timeout=30,
+        dimensions=(60, 200),
+    )
     child.logfile_read = _Collector(transcript)
     try:
         child.expect("addresses to scan")
@@ -40,7 +60,9 @@ def drive(bench: Bench, loop: asyncio.AbstractEventLoop, transcript: list[str]) 
         child.sendline("y")
         child.expect("certificate file")
         # The installer sends the CSR to the DNSP's CA and gets a certificate back.
-        issued = sign_csr(bench.pki.directory, work / "identity" / "gateway.csr", out=bench.tmp / "issued.pem")
+        issued = sign_csr(
+            bench.pki.directory, work / "identity" / "gateway.csr", out=bench.tmp / "issued.pem"
+        )
         child.sendline(str(issued.chain_path))
         child.expect(r"PIN\s+(\d{6})")
         pin = int(child.match.group(1))

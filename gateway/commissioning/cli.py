@@ -102,24 +102,49 @@ def add_commission_parser(gateway_subparsers: argparse._SubParsersAction) -> arg
         help="commission a site: discover devices, identity, NMI and limits, register, verify, report",
         description="Guided installer commissioning. Every step is saved in --dir; rerunning resumes.",
     )
-    p.add_argument("--dir", type=Path, default=Path("commissioning"),
-                   help="commissioning directory: state, keys, site.toml, report (default ./commissioning)")
-    p.add_argument("--non-interactive", action="store_true",
-                   help="never prompt: missing inputs are errors naming the flag (default when stdin is no TTY)")
+    p.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("commissioning"),
+        help="commissioning directory: state, keys, site.toml, report (default ./commissioning)",
+    )
+    p.add_argument(
+        "--non-interactive",
+        action="store_true",
+        help="never prompt: missing inputs are errors naming the flag (default when stdin is no TTY)",
+    )
     p.add_argument("--redo", choices=STEPS, help="redo this step and every later one")
     p.add_argument("--log-level", default="CRITICAL", help="gateway log level while commissioning")
     g = p.add_argument_group("1. discover devices")
-    g.add_argument("--scan", action="append", metavar="HOST[:PORT[-PORT]]",
-                   help="address(es) to scan; HOST may be a CIDR block (repeatable, default port 502)")
+    g.add_argument(
+        "--scan",
+        action="append",
+        metavar="HOST[:PORT[-PORT]]",
+        help="address(es) to scan; HOST may be a CIDR block (repeatable, default port 502)",
+    )
     g.add_argument("--units", metavar="LIST", help="Modbus unit IDs to try, e.g. 1-3,126 (default 1-3)")
-    g.add_argument("--role", action="append", type=_role, default=[], metavar="HOST:PORT:UNIT=ROLE",
-                   help="override a device's role: pv, battery, meter or ignore (repeatable)")
-    g.add_argument("--scan-timeout", type=_positive, default=1.0, help="seconds per Modbus request while scanning")
+    g.add_argument(
+        "--role",
+        action="append",
+        type=_role,
+        default=[],
+        metavar="HOST:PORT:UNIT=ROLE",
+        help="override a device's role: pv, battery, meter or ignore (repeatable)",
+    )
+    g.add_argument(
+        "--scan-timeout", type=_positive, default=1.0, help="seconds per Modbus request while scanning"
+    )
     g = p.add_argument_group("2. identity")
     g.add_argument("--cert", type=Path, help="certificate issued for this gateway (PEM, chain allowed)")
-    g.add_argument("--key", type=Path, help="private key, if the certificate was issued with a key made elsewhere")
-    g.add_argument("--sign-with-ca", type=Path, metavar="PKI_DIR",
-                   help="sign the gateway's CSR with this derlink PKI (test lab, own CA)")
+    g.add_argument(
+        "--key", type=Path, help="private key, if the certificate was issued with a key made elsewhere"
+    )
+    g.add_argument(
+        "--sign-with-ca",
+        type=Path,
+        metavar="PKI_DIR",
+        help="sign the gateway's CSR with this derlink PKI (test lab, own CA)",
+    )
     g.add_argument("--name", help="common name for the CSR (default derlink-gateway-<random>)")
     g.add_argument("--pin", type=_pin, help="registration PIN (default: generated, with check digit)")
     g = p.add_argument_group("3. site record")
@@ -129,25 +154,47 @@ def add_commission_parser(gateway_subparsers: argparse._SubParsersAction) -> arg
     g.add_argument("--generation-limit-w", type=float, help="static generation limit (optional)")
     g.add_argument("--fallback-export-w", type=float, help="comms-loss fallback export limit")
     g.add_argument("--fallback-import-w", type=float, help="comms-loss fallback import limit (optional)")
-    g.add_argument("--fallback-generation-w", type=float, help="comms-loss fallback generation limit (optional)")
+    g.add_argument(
+        "--fallback-generation-w", type=float, help="comms-loss fallback generation limit (optional)"
+    )
     g.add_argument("--comms-timeout", type=int, help="seconds without the server before the fallback (300)")
     g = p.add_argument_group("4. register")
     g.add_argument("--dcap-url", help="the utility server's DeviceCapability URL (https://...)")
-    g.add_argument("--server-ca", type=Path, help="the DNSP's CA chain (PEM) that signed the server certificate")
-    g.add_argument("--register-inband", action="store_true", default=None,
-                   help="register in-band if the server does not know this gateway yet")
+    g.add_argument(
+        "--server-ca", type=Path, help="the DNSP's CA chain (PEM) that signed the server certificate"
+    )
+    g.add_argument(
+        "--register-inband",
+        action="store_true",
+        default=None,
+        help="register in-band if the server does not know this gateway yet",
+    )
     g.add_argument("--server-mode", choices=("poll", "subscribe"), help="how the gateway follows the server")
     g.add_argument("--request-timeout", type=_positive, default=5.0, help="seconds per server request")
-    g.add_argument("--register-timeout", type=_positive, default=20.0, help="seconds for discovery/registration")
+    g.add_argument(
+        "--register-timeout", type=_positive, default=20.0, help="seconds for discovery/registration"
+    )
     g = p.add_argument_group("5. verify")
-    g.add_argument("--verify-window", type=_positive, default=30.0,
-                   help="seconds the inverter has to follow the test limit (default 30)")
-    g.add_argument("--telemetry-timeout", type=_positive, default=30.0,
-                   help="seconds to wait for the server to show fresh telemetry / acknowledgements")
-    g.add_argument("--loop-period", type=_positive, default=1.0, help="gateway control loop period (site.toml)")
-    g.add_argument("--site-toml", type=Path, help="where to write the gateway's site.toml (default DIR/site.toml)")
+    g.add_argument(
+        "--verify-window",
+        type=_positive,
+        default=30.0,
+        help="seconds the inverter has to follow the test limit (default 30)",
+    )
+    g.add_argument(
+        "--telemetry-timeout",
+        type=_positive,
+        default=30.0,
+        help="seconds to wait for the server to show fresh telemetry / acknowledgements",
+    )
+    g.add_argument(
+        "--loop-period", type=_positive, default=1.0, help="gateway control loop period (site.toml)"
+    )
+    g.add_argument(
+        "--site-toml", type=Path, help="where to write the gateway's site.toml (default DIR/site.toml)"
+    )
     p.set_defaults(handler=commission_command)
-    return p  # fmt: skip
+    return p
 
 
 def options_from_args(args: argparse.Namespace) -> Any:

@@ -142,18 +142,31 @@ def step_inputs(step: str, opts: Options) -> dict[str, Any]:
     if step == "discover":
         return {"scan": opts.scan, "units": opts.units, "roles": dict(opts.roles) or None}
     if step == "identity":
-        return {"cert": _file_digest(opts.cert), "key": _file_digest(opts.key),
-                "sign_with_ca": str(opts.sign_with_ca) if opts.sign_with_ca else None,
-                "name": opts.name, "pin": opts.pin}  # fmt: skip
+        return {
+            "cert": _file_digest(opts.cert),
+            "key": _file_digest(opts.key),
+            "sign_with_ca": str(opts.sign_with_ca) if opts.sign_with_ca else None,
+            "name": opts.name,
+            "pin": opts.pin,
+        }
     if step == "site":
-        return {"nmi": opts.nmi, "export_limit_w": opts.export_limit_w, "import_limit_w": opts.import_limit_w,
-                "generation_limit_w": opts.generation_limit_w, "fallback_export_w": opts.fallback_export_w,
-                "fallback_import_w": opts.fallback_import_w,
-                "fallback_generation_w": opts.fallback_generation_w,
-                "comms_timeout_s": opts.comms_timeout_s}  # fmt: skip
+        return {
+            "nmi": opts.nmi,
+            "export_limit_w": opts.export_limit_w,
+            "import_limit_w": opts.import_limit_w,
+            "generation_limit_w": opts.generation_limit_w,
+            "fallback_export_w": opts.fallback_export_w,
+            "fallback_import_w": opts.fallback_import_w,
+            "fallback_generation_w": opts.fallback_generation_w,
+            "comms_timeout_s": opts.comms_timeout_s,
+        }
     if step == "register":
-        return {"dcap_url": opts.dcap_url, "server_ca": _file_digest(opts.server_ca),
-                "register_inband": opts.register_inband, "server_mode": opts.server_mode}  # fmt: skip
+        return {
+            "dcap_url": opts.dcap_url,
+            "server_ca": _file_digest(opts.server_ca),
+            "register_inband": opts.register_inband,
+            "server_mode": opts.server_mode,
+        }
     return {}
 
 
@@ -277,10 +290,10 @@ def address_key(host: str, port: int, unit: int) -> str:
     return f"{host}:{port}:{unit}"
 
 
-async def scan_one(host: str, port: int, unit: int, timeout: float) -> dict[str, Any]:
+async def scan_one(host: str, port: int, unit: int, timeout_s: float) -> dict[str, Any]:
     from gateway.devices import DeviceConnection, DeviceError, DeviceUnreachable
 
-    dev = DeviceConnection(host, port, unit, timeout=timeout, retries=0)
+    dev = DeviceConnection(host, port, unit, timeout=timeout_s, retries=0)
     try:
         info = await dev.scan()
         return {"found": True, "info": info.to_dict()}
@@ -362,10 +375,18 @@ async def step_discover(ctx: Context) -> None:
     for host, port, unit, info in found:
         key = address_key(host, port, unit)
         role = opts.roles.get(key, info["kind"])
-        rows.append([
-            key, info["kind"], info["manufacturer"], info["model"], info["serial"], info["firmware"],
-            _fmt_w(info.get("rated_w")), ",".join(str(m) for m in info["models"]),
-        ])  # fmt: skip
+        rows.append(
+            [
+                key,
+                info["kind"],
+                info["manufacturer"],
+                info["model"],
+                info["serial"],
+                info["firmware"],
+                _fmt_w(info.get("rated_w")),
+                ",".join(str(m) for m in info["models"]),
+            ]
+        )
         devices.append({"host": host, "port": port, "unit": unit, "key": key, "role": role, "info": info})
     if silent_ports:
         ui.warn("nothing answered on " + ", ".join(silent_ports))
@@ -377,23 +398,33 @@ async def step_discover(ctx: Context) -> None:
             "IDs match their settings; then rerun (with --scan HOST:PORT and --units)",
             errors=errors[:20],
         )
-    ui.table("SunSpec devices found",
-             ["address", "kind", "make", "model", "serial", "firmware", "rated", "models"], rows)  # fmt: skip
+    ui.table(
+        "SunSpec devices found",
+        ["address", "kind", "make", "model", "serial", "firmware", "rated", "models"],
+        rows,
+    )
     for key, role in opts.roles.items():
         if role not in ROLES:
-            raise StepFailed(f"--role {key}={role}: role must be one of {', '.join(ROLES)}",
-                             "rerun with --role HOST:PORT:UNIT=pv|battery|meter|ignore")  # fmt: skip
+            raise StepFailed(
+                f"--role {key}={role}: role must be one of {', '.join(ROLES)}",
+                "rerun with --role HOST:PORT:UNIT=pv|battery|meter|ignore",
+            )
         if key not in {d["key"] for d in devices}:
-            raise StepFailed(f"--role {key}: no SunSpec device found at that address",
-                             "check the address (HOST:PORT:UNIT as listed) and rerun")  # fmt: skip
+            raise StepFailed(
+                f"--role {key}: no SunSpec device found at that address",
+                "check the address (HOST:PORT:UNIT as listed) and rerun",
+            )
     if ui.interactive and not ui.confirm("Are these roles right (kind column)?", True):
         for dev in devices:
             dev["role"] = ask_value(
-                ui, None, "--role", f"role of {dev['key']} ({dev['info']['manufacturer']} "
+                ui,
+                None,
+                "--role",
+                f"role of {dev['key']} ({dev['info']['manufacturer']} "
                 f"{dev['info']['model']}) [pv/battery/meter/ignore]",
                 _role_answer,
                 default=dev["role"],
-            )  # fmt: skip
+            )
     confirmed = [d for d in devices if d["role"] != "ignore"]
     for dev in confirmed:
         dev["name"] = _device_name(dev["role"], taken)
@@ -411,8 +442,10 @@ async def step_discover(ctx: Context) -> None:
             errors=errors[:20],
         )
     if not any(d["role"] in ("pv", "battery") for d in confirmed):
-        raise StepFailed("no PV or battery inverter was confirmed",
-                         "rerun with --role HOST:PORT:UNIT=pv (or battery) for the site's inverters")  # fmt: skip
+        raise StepFailed(
+            "no PV or battery inverter was confirmed",
+            "rerun with --role HOST:PORT:UNIT=pv (or battery) for the site's inverters",
+        )
     state.record("devices confirmed", devices={d["name"]: d["key"] for d in confirmed})
     ctx.save()
     if state.get("site") and state.get("site", {}).get("limits"):
@@ -426,13 +459,13 @@ def _fmt_w(value: Any) -> str:
 # ------------------------------------------------------------------------------- static limits (safety)
 
 
-async def _open_devices(devices: list[dict[str, Any]], timeout: float = 2.0) -> dict[str, Any]:
+async def _open_devices(devices: list[dict[str, Any]], timeout_s: float = 2.0) -> dict[str, Any]:
     from gateway.devices import DeviceConnection, DeviceError
 
     conns: dict[str, Any] = {}
     try:
         for dev in devices:
-            conn = DeviceConnection(dev["host"], dev["port"], dev["unit"], timeout=timeout)
+            conn = DeviceConnection(dev["host"], dev["port"], dev["unit"], timeout=timeout_s)
             conns[dev["name"]] = conn
             await conn.scan()
     except DeviceError as exc:
@@ -454,8 +487,9 @@ async def _close_devices(conns: dict[str, Any]) -> None:
 def static_cap(devices: list[dict[str, Any]], limits: dict[str, Any]) -> tuple[float, float]:
     """(cap W, % of rating) that keeps PV + battery output, hence export, within the static limits."""
     rated = sum(float(d["info"].get("rated_w") or 0.0) for d in devices if d["role"] in ("pv", "battery"))
-    cap = min(v for v in (limits.get("export_limit_w"), limits.get("generation_limit_w"), math.inf)
-              if v is not None)  # fmt: skip
+    cap = min(
+        v for v in (limits.get("export_limit_w"), limits.get("generation_limit_w"), math.inf) if v is not None
+    )
     if rated <= 0:
         return cap, 0.0  # unknown ratings: the only safe open-loop cap is zero output
     pct = 100.0 if cap >= rated else math.floor(cap / rated * 1000.0) / 10.0
@@ -524,8 +558,10 @@ def _load_cert(path: Path) -> Any:
     try:
         return load_certificate(path)
     except (PkiError, OSError, ValueError) as exc:
-        raise StepFailed(f"--cert {path}: not a certificate: {exc}",
-                         "pass the PEM certificate file the CA issued for this gateway") from None  # fmt: skip
+        raise StepFailed(
+            f"--cert {path}: not a certificate: {exc}",
+            "pass the PEM certificate file the CA issued for this gateway",
+        ) from None
 
 
 def _key_matches(cert: Any, key_path: Path) -> bool:
@@ -551,11 +587,15 @@ async def step_identity(ctx: Context) -> None:
         try:
             matches = _key_matches(cert, opts.key)
         except (OSError, ValueError, TypeError) as exc:
-            raise StepFailed(f"--key {opts.key}: not a usable private key: {exc}",
-                             "pass the PEM private key that belongs to --cert") from None  # fmt: skip
+            raise StepFailed(
+                f"--key {opts.key}: not a usable private key: {exc}",
+                "pass the PEM private key that belongs to --cert",
+            ) from None
         if not matches:
-            raise StepFailed(f"--key {opts.key} does not belong to --cert {opts.cert}",
-                             "pass the key the certificate was issued for") from None  # fmt: skip
+            raise StepFailed(
+                f"--key {opts.key} does not belong to --cert {opts.cert}",
+                "pass the key the certificate was issued for",
+            ) from None
         write_atomic(key_path, opts.key.read_bytes(), 0o600)
         write_atomic(cert_path, opts.cert.read_bytes())
         csr_path.unlink(missing_ok=True)
@@ -582,16 +622,23 @@ async def step_identity(ctx: Context) -> None:
                 ) from None
             given = tmp_cert.with_name("gateway-chain.pem")
             source = f"generated here, CSR signed by {opts.sign_with_ca}"
-        elif given is None and previous.get("cert_path") and Path(previous["cert_path"]).exists() \
-                and not csr_path.exists():  # fmt: skip
+        elif (
+            given is None
+            and previous.get("cert_path")
+            and Path(previous["cert_path"]).exists()  # noqa: ASYNC240
+            and not csr_path.exists()
+        ):
             given = Path(previous["cert_path"])
             source = previous.get("source", "kept")
         elif given is None:
             if ui.interactive:
-                ui.panel("Certificate signing request", [
-                    f"send {csr_path} to the DNSP's certificate authority;",
-                    "enter the path of the certificate it issues (PEM, with its chain if given)",
-                ])  # fmt: skip
+                ui.panel(
+                    "Certificate signing request",
+                    [
+                        f"send {csr_path} to the DNSP's certificate authority;",
+                        "enter the path of the certificate it issues (PEM, with its chain if given)",
+                    ],
+                )
                 given = ask_value(ui, None, "--cert", "certificate file", lambda s: Path(s).expanduser())
             else:
                 raise StepFailed(
@@ -608,30 +655,44 @@ async def step_identity(ctx: Context) -> None:
                 f"--cert {given} was not issued for this gateway's key ({key_path})",
                 f"ask the CA to sign {csr_path} (the CSR made on this gateway) and rerun with that --cert",
             )
-        if Path(given).resolve() != cert_path.resolve():
-            write_atomic(cert_path, Path(given).read_bytes())
+        if Path(given).resolve() != cert_path.resolve():  # noqa: ASYNC240 (small local files)
+            write_atomic(cert_path, Path(given).read_bytes())  # noqa: ASYNC240
     description = describe_certificate(cert_path)
     if description["role"] in ("ca", "server"):
-        raise StepFailed(f"the certificate is a {description['role']} certificate, not a client certificate",
-                         "import the gateway's own (client) certificate") from None  # fmt: skip
+        raise StepFailed(
+            f"the certificate is a {description['role']} certificate, not a client certificate",
+            "import the gateway's own (client) certificate",
+        ) from None
     pin = opts.pin if opts.pin is not None else previous.get("pin") or generate_pin()
     if not 0 <= int(pin) <= 999999:
         raise StepFailed(f"--pin: must be 0..999999, got {pin}", "rerun with the 6-digit PIN")
     lfdi, sfdi = description["lfdi"], description["sfdi"]
     identity = {
-        "lfdi": lfdi, "lfdi_grouped": format_lfdi(lfdi), "sfdi": sfdi, "sfdi_grouped": format_sfdi(sfdi),
-        "sfdi_check_digit": sfdi % 10, "pin": int(pin), "cert_path": str(cert_path), "key_path": str(key_path),
-        "csr_path": str(csr_path) if csr_path.exists() else None, "subject": description["subject"],
-        "issuer": description["issuer"], "serial": description["serial"],
-        "not_after": description["not_after"], "source": source,
-    }  # fmt: skip
+        "lfdi": lfdi,
+        "lfdi_grouped": format_lfdi(lfdi),
+        "sfdi": sfdi,
+        "sfdi_grouped": format_sfdi(sfdi),
+        "sfdi_check_digit": sfdi % 10,
+        "pin": int(pin),
+        "cert_path": str(cert_path),
+        "key_path": str(key_path),
+        "csr_path": str(csr_path) if csr_path.exists() else None,
+        "subject": description["subject"],
+        "issuer": description["issuer"],
+        "serial": description["serial"],
+        "not_after": description["not_after"],
+        "source": source,
+    }
     state.set("identity", identity)
-    ui.panel("Gateway identity — give these to the DNSP", [
-        f"LFDI  {identity['lfdi_grouped']}",
-        f"SFDI  {identity['sfdi_grouped']}   (last digit {sfdi % 10} is the check digit)",
-        f"PIN   {int(pin):06d}",
-        f"certificate: {description['subject']}, issued by {description['issuer']}",
-    ])  # fmt: skip
+    ui.panel(
+        "Gateway identity — give these to the DNSP",
+        [
+            f"LFDI  {identity['lfdi_grouped']}",
+            f"SFDI  {identity['sfdi_grouped']}   (last digit {sfdi % 10} is the check digit)",
+            f"PIN   {int(pin):06d}",
+            f"certificate: {description['subject']}, issued by {description['issuer']}",
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------------------------- 3. site
@@ -640,7 +701,6 @@ async def step_identity(ctx: Context) -> None:
 async def step_site(ctx: Context) -> None:
     opts, ui, state = ctx.opts, ctx.ui, ctx.state
     previous = state.get("site") or {}
-    old_limits = previous.get("limits", {})
 
     def limit(given: float | None, flag: str, prompt: str, key: str, optional: bool) -> float | None:
         if given is not None:
@@ -655,27 +715,59 @@ async def step_site(ctx: Context) -> None:
 
     try:
         limits = {
-            "export_limit_w": limit(opts.export_limit_w, "--export-limit-w",
-                                    "Static export limit of the connection agreement (W)", "export_limit_w", False),
-            "import_limit_w": limit(opts.import_limit_w, "--import-limit-w",
-                                    "Static import limit (W, empty = none)", "import_limit_w", True),
-            "generation_limit_w": limit(opts.generation_limit_w, "--generation-limit-w",
-                                        "Static generation limit (W, empty = none)", "generation_limit_w", True),
-        }  # fmt: skip
+            "export_limit_w": limit(
+                opts.export_limit_w,
+                "--export-limit-w",
+                "Static export limit of the connection agreement (W)",
+                "export_limit_w",
+                False,
+            ),
+            "import_limit_w": limit(
+                opts.import_limit_w,
+                "--import-limit-w",
+                "Static import limit (W, empty = none)",
+                "import_limit_w",
+                True,
+            ),
+            "generation_limit_w": limit(
+                opts.generation_limit_w,
+                "--generation-limit-w",
+                "Static generation limit (W, empty = none)",
+                "generation_limit_w",
+                True,
+            ),
+        }
         fallback = {
-            "export_limit_w": limit(opts.fallback_export_w, "--fallback-export-w",
-                                    "Comms-loss fallback export limit (W)", "fallback_export_w", False),
-            "import_limit_w": limit(opts.fallback_import_w, "--fallback-import-w",
-                                    "Comms-loss fallback import limit (W, empty = none)", "fallback_import_w", True),
-            "generation_limit_w": limit(opts.fallback_generation_w, "--fallback-generation-w",
-                                        "Comms-loss fallback generation limit (W, empty = none)",
-                                        "fallback_generation_w", True),
-        }  # fmt: skip
+            "export_limit_w": limit(
+                opts.fallback_export_w,
+                "--fallback-export-w",
+                "Comms-loss fallback export limit (W)",
+                "fallback_export_w",
+                False,
+            ),
+            "import_limit_w": limit(
+                opts.fallback_import_w,
+                "--fallback-import-w",
+                "Comms-loss fallback import limit (W, empty = none)",
+                "fallback_import_w",
+                True,
+            ),
+            "generation_limit_w": limit(
+                opts.fallback_generation_w,
+                "--fallback-generation-w",
+                "Comms-loss fallback generation limit (W, empty = none)",
+                "fallback_generation_w",
+                True,
+            ),
+        }
     except ValueError as exc:
         raise StepFailed(f"limits: {exc}", "rerun with the limits in watts (numbers >= 0)") from None
     timeout = opts.comms_timeout_s or previous.get("comms_timeout_s") or 300
-    if fallback["export_limit_w"] is not None and limits["export_limit_w"] is not None \
-            and fallback["export_limit_w"] > limits["export_limit_w"]:  # fmt: skip
+    if (
+        fallback["export_limit_w"] is not None
+        and limits["export_limit_w"] is not None
+        and fallback["export_limit_w"] > limits["export_limit_w"]
+    ):
         raise StepFailed(
             f"--fallback-export-w {fallback['export_limit_w']:g} is above the static export limit "
             f"{limits['export_limit_w']:g}: the fallback must be at least as strict",
@@ -709,8 +801,10 @@ async def step_site(ctx: Context) -> None:
         if previous.get("nmi"):
             nmi_text = previous["nmi"]
         else:
-            raise StepFailed("--nmi: required (not running interactively)",
-                             "rerun with --nmi and the site's 10-character NMI")  # fmt: skip
+            raise StepFailed(
+                "--nmi: required (not running interactively)",
+                "rerun with --nmi and the site's 10-character NMI",
+            )
     try:
         nmi = validate_nmi(nmi_text)
     except NmiError as exc:
@@ -722,12 +816,16 @@ async def step_site(ctx: Context) -> None:
     record["nmi"], record["nmi_checksum"] = nmi.nmi, nmi.checksum
     record["nmi_checksum_checked"] = nmi.checksum_given
     state.set("site", record)
-    ui.panel("Site record", [
-        f"NMI {nmi.nmi} (checksum {nmi.checksum}{', checked' if nmi.checksum_given else ''})",
-        "static limits: " + ", ".join(f"{k} {_fmt_w(v)}" for k, v in limits.items() if v is not None),
-        "comms-loss fallback: " + ", ".join(f"{k} {_fmt_w(v)}" for k, v in fallback.items() if v is not None)
-        + f" after {int(timeout)} s without the server",
-    ])  # fmt: skip
+    ui.panel(
+        "Site record",
+        [
+            f"NMI {nmi.nmi} (checksum {nmi.checksum}{', checked' if nmi.checksum_given else ''})",
+            "static limits: " + ", ".join(f"{k} {_fmt_w(v)}" for k, v in limits.items() if v is not None),
+            "comms-loss fallback: "
+            + ", ".join(f"{k} {_fmt_w(v)}" for k, v in fallback.items() if v is not None)
+            + f" after {int(timeout)} s without the server",
+        ],
+    )
 
 
 # ---------------------------------------------------------------------------------- server access (probe)
@@ -766,8 +864,10 @@ class ServerProbe:
         async with self._session.get(self.url(href), headers={"Accept": CONTENT_TYPE}) as resp:
             body = await resp.read()
             if resp.status >= 400:
-                raise ProbeHttpError(resp.status, f"GET {href}: HTTP {resp.status} "
-                                     f"{resp.headers.get('X-Error-Detail', '')}".strip())  # fmt: skip
+                raise ProbeHttpError(
+                    resp.status,
+                    f"GET {href}: HTTP {resp.status} {resp.headers.get('X-Error-Detail', '')}".strip(),
+                )
         return from_xml(body, kind)  # type: ignore[arg-type, return-value]
 
     async def get_list(self, href: str, kind: type[T], item: str) -> list[Any]:
@@ -800,23 +900,36 @@ def diagnose_connection(
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError) or "CERTIFICATE_VERIFY_FAILED" in text:
         return StepFailed(
-            f"the utility server's certificate at {where} is not trusted by this gateway ({text}); the server "
+            f"the utility server's certificate at {where} is not trusted by this gateway ({text}); "
+            "the server "
             f"CA file is {server_ca}",
-            "check --dcap-url points at the DNSP's server and pass the DNSP's CA chain with --server-ca, then "
+            "check --dcap-url points at the DNSP's server and pass the DNSP's CA chain with --server-ca, "
+            "then "
             "rerun",
         )
-    rejected_markers = ("unknown ca", "bad certificate", "certificate unknown", "certificate required",
-                        "alert", "Server disconnected", "Connection reset", "ServerDisconnected")  # fmt: skip
+    rejected_markers = (
+        "unknown ca",
+        "bad certificate",
+        "certificate unknown",
+        "certificate required",
+        "alert",
+        "Server disconnected",
+        "Connection reset",
+        "ServerDisconnected",
+    )
     if isinstance(exc, ProbeHttpError) and exc.status == 403:
         return StepFailed(
             f"the utility server refused this gateway's certificate (HTTP 403: revoked or not allowed) — "
             f"LFDI {identity.get('lfdi')}",
             "ask the DNSP why the certificate is refused (revoked?); a new certificate needs --redo identity",
         )
-    if isinstance(exc, aiohttp.ClientConnectorError) and not isinstance(exc, aiohttp.ClientSSLError) \
-            and "ssl" not in text.lower():  # fmt: skip
+    if (
+        isinstance(exc, aiohttp.ClientConnectorError)
+        and not isinstance(exc, aiohttp.ClientSSLError)
+        and "ssl" not in text.lower()
+    ):
         return StepFailed(
-            f"cannot connect to the utility server at {where}: {exc.os_error if hasattr(exc, 'os_error') else exc}",
+            f"cannot connect to the utility server at {where}: {getattr(exc, 'os_error', exc)}",
             "check --dcap-url (host and port) and that the site's internet connection works, then rerun",
         )
     if any(m.lower() in text.lower() for m in rejected_markers) or isinstance(
@@ -830,8 +943,10 @@ def diagnose_connection(
             f"{identity.get('csr_path') or 'see --redo identity'}), then rerun with --cert ISSUED.pem "
             "(and --key if the key was made elsewhere)",
         )
-    return StepFailed(f"the utility server at {where} could not be reached: {text}",
-                      "check --dcap-url and the network, then rerun")  # fmt: skip
+    return StepFailed(
+        f"the utility server at {where} could not be reached: {text}",
+        "check --dcap-url and the network, then rerun",
+    )
 
 
 # ------------------------------------------------------------------------------------------- site.toml
@@ -876,7 +991,7 @@ def site_toml_data(ctx: Context, registration: dict[str, Any]) -> dict[str, Any]
             "request_timeout_s": opts.request_timeout_s,
             "backoff_initial_s": 0.5,
             "backoff_max_s": 300.0,
-        },  # fmt: skip
+        },
         "tls": {
             "cert": str(Path(identity["cert_path"]).resolve()),
             "key": str(Path(identity["key_path"]).resolve()),
@@ -898,14 +1013,17 @@ def write_site_toml(ctx: Context, registration: dict[str, Any]) -> Any:
     from gateway.config import ConfigError, load_settings
 
     path = ctx.opts.site_toml_path
-    header = (f"derlink gateway configuration written by `derlink gateway commission` at {iso()}\n"
-              f"NMI {ctx.state.get('site')['nmi']}; run it with: derlink gateway --config {path}")  # fmt: skip
+    header = (
+        f"derlink gateway configuration written by `derlink gateway commission` at {iso()}\n"
+        f"NMI {ctx.state.get('site')['nmi']}; run it with: derlink gateway --config {path}"
+    )
     write_atomic(path, to_toml(site_toml_data(ctx, registration), header).encode(), 0o600)
     try:
         settings = load_settings(path)
     except ConfigError as exc:
-        raise StepFailed(f"the site.toml written at {path} does not load: {exc}",
-                         "report this as a bug; the state is kept") from None  # fmt: skip
+        raise StepFailed(
+            f"the site.toml written at {path} does not load: {exc}", "report this as a bug; the state is kept"
+        ) from None
     ctx.state.set("site_toml", str(path))
     return settings
 
@@ -972,19 +1090,25 @@ async def step_register(ctx: Context) -> None:
         )
     )
     ca_given = opts.server_ca or (Path(previous["server_ca"]) if previous.get("server_ca") else None)
-    ca_given = ca_given or ask_value(ui, None, "--server-ca", "The DNSP's CA chain file (PEM)",
-                                     lambda s: Path(s).expanduser())  # fmt: skip
+    ca_given = ca_given or ask_value(
+        ui, None, "--server-ca", "The DNSP's CA chain file (PEM)", lambda s: Path(s).expanduser()
+    )
     server_ca = opts.identity_dir / "server-ca.pem"
     try:
-        if Path(ca_given).resolve() != server_ca.resolve():
-            write_atomic(server_ca, Path(ca_given).read_bytes())
+        if Path(ca_given).resolve() != server_ca.resolve():  # noqa: ASYNC240 (small local files)
+            write_atomic(server_ca, Path(ca_given).read_bytes())  # noqa: ASYNC240
     except OSError as exc:
         raise StepFailed(f"--server-ca {ca_given}: {exc}", "pass the DNSP's CA chain (PEM)") from None
-    register_inband = opts.register_inband if opts.register_inband is not None else \
-        previous.get("register_inband", False)  # fmt: skip
+    register_inband = (
+        opts.register_inband if opts.register_inband is not None else previous.get("register_inband", False)
+    )
     mode = opts.server_mode or previous.get("mode") or "poll"
-    registration: dict[str, Any] = {"dcap_url": dcap_url, "server_ca": str(server_ca),
-                                    "register_inband": bool(register_inband), "mode": mode}  # fmt: skip
+    registration: dict[str, Any] = {
+        "dcap_url": dcap_url,
+        "server_ca": str(server_ca),
+        "register_inband": bool(register_inband),
+        "mode": mode,
+    }
     state.set("registration", registration)
     settings = write_site_toml(ctx, registration)
     ctx.save()
@@ -1015,8 +1139,10 @@ async def step_register(ctx: Context) -> None:
             f"give the DNSP the LFDI, SFDI and PIN {identity['pin']:06d} to register the site out-of-band "
             "(or rerun with --register-inband if the DNSP allows in-band registration), then rerun",
         )
-    ui.info("server reached over mutual TLS; " + ("it knows this gateway (registered out-of-band)" if known
-            else "registering in-band"))  # fmt: skip
+    ui.info(
+        "server reached over mutual TLS; "
+        + ("it knows this gateway (registered out-of-band)" if known else "registering in-band")
+    )
     async with running_gateway(ctx, settings) as runtime:
         client = runtime.client
         assert client is not None
@@ -1052,22 +1178,32 @@ async def step_register(ctx: Context) -> None:
         try:
             cp_href = await client.put_connection_point(site["nmi"])
         except Exception as exc:
-            raise StepFailed(f"the server did not accept the ConnectionPoint (NMI {site['nmi']}): {exc}",
-                             "check the NMI with the DNSP, then rerun") from None  # fmt: skip
+            raise StepFailed(
+                f"the server did not accept the ConnectionPoint (NMI {site['nmi']}): {exc}",
+                "check the NMI with the DNSP, then rerun",
+            ) from None
         registration.update(
-            end_device=end_device.href, registered="out-of-band" if known else "in-band",
-            pin_verified=True, connection_point_href=cp_href, at=iso(),
-        )  # fmt: skip
+            end_device=end_device.href,
+            registered="out-of-band" if known else "in-band",
+            pin_verified=True,
+            connection_point_href=cp_href,
+            at=iso(),
+        )
         state.set("registration", registration)
         ctx.save()
         async with ServerProbe(dcap_url, context, opts.request_timeout_s) as probe:
             cp = await probe.get(cp_href, r.ConnectionPoint)
             registration["connection_point_on_server"] = cp.connectionPointId
             if cp.connectionPointId != site["nmi"]:
-                raise StepFailed(f"the server shows NMI {cp.connectionPointId!r}, not {site['nmi']!r}",
-                                 "ask the DNSP to check the site record, then rerun")  # fmt: skip
-            expected_w = sum(float(d["info"].get("rated_w") or 0.0) for d in state.get("devices")
-                             if d["role"] in ("pv", "battery"))  # fmt: skip
+                raise StepFailed(
+                    f"the server shows NMI {cp.connectionPointId!r}, not {site['nmi']!r}",
+                    "ask the DNSP to check the site record, then rerun",
+                )
+            expected_w = sum(
+                float(d["info"].get("rated_w") or 0.0)
+                for d in state.get("devices")
+                if d["role"] in ("pv", "battery")
+            )
 
             async def der_docs() -> dict[str, Any] | None:
                 ders = await probe.get_list(end_device.DERListLink.href, r.DERList, "DER")
@@ -1094,11 +1230,15 @@ async def step_register(ctx: Context) -> None:
             registration["der_on_server"] = docs
             registration["der_rated_w_expected"] = expected_w
     state.set("registration", registration)
-    ui.panel("Registered", [
-        f"server {dcap_url}: EndDevice {registration['end_device']} ({registration['registered']}), PIN matches",
-        f"ConnectionPoint NMI {registration['connection_point_on_server']} stored on the server",
-        f"DERCapability on the server: {docs['rtg_max_w']:g} W rated (devices: {expected_w:g} W)",
-    ])  # fmt: skip
+    ui.panel(
+        "Registered",
+        [
+            f"server {dcap_url}: EndDevice {registration['end_device']} ({registration['registered']}), "
+            "PIN matches",
+            f"ConnectionPoint NMI {registration['connection_point_on_server']} stored on the server",
+            f"DERCapability on the server: {docs['rtg_max_w']:g} W rated (devices: {expected_w:g} W)",
+        ],
+    )
 
 
 # -------------------------------------------------------------------------------------------- 5. verify
@@ -1121,8 +1261,12 @@ async def _sample(pvs: dict[str, Any], meter: Any, n: int = 3, every: float = 0.
         meters.append(float(readings[-1].w or 0.0))
         if i + 1 < n:
             await asyncio.sleep(every)
-    return {"at": iso(), "pv_w": sum(pv_sums) / n, "meter_w": sum(meters) / n,
-            "per_inverter_w": {k: sum(v) / n for k, v in per.items()}}  # fmt: skip
+    return {
+        "at": iso(),
+        "pv_w": sum(pv_sums) / n,
+        "meter_w": sum(meters) / n,
+        "per_inverter_w": {k: sum(v) / n for k, v in per.items()},
+    }
 
 
 async def local_test(ctx: Context) -> dict[str, Any]:
@@ -1181,12 +1325,13 @@ async def local_test(ctx: Context) -> dict[str, Any]:
             stuck = [n for n, t in targets.items() if now["per_inverter_w"][n] > t["target_w"] + tolerance[n]]
             result["after"] = now
             read = ", ".join(f"{readback[n]} %" for n in stuck)
-            stayed = ", ".join("%.0f W" % now["per_inverter_w"][n] for n in stuck)
-            wanted = ", ".join("%.0f W" % targets[n]["target_w"] for n in stuck)
+            stayed = ", ".join(f"{now['per_inverter_w'][n]:.0f} W" for n in stuck)
+            wanted = ", ".join(f"{targets[n]['target_w']:.0f} W" for n in stuck)
             raise StepFailed(
                 f"the inverter {', '.join(stuck)} ignores writes: it accepted the test limit (reads back "
                 f"{read}) but its output stayed at {stayed} for {opts.verify_window_s:g} s (limit {wanted})",
-                "check the inverter's remote/external power control is enabled (installer menu or vendor app), "
+                "check the inverter's remote/external power control is enabled (installer menu or vendor "
+                "app), "
                 "that no other controller (e.g. a vendor cloud or export limiter) owns it, then rerun",
                 measured={"before": before, "after": now, "read_back_pct": readback},
             ) from None
@@ -1195,19 +1340,24 @@ async def local_test(ctx: Context) -> dict[str, Any]:
         after = await _sample(pvs, meter)
         result["after"] = after
         result["inverter"] = {
-            "obeyed": True, "response_s": round(obeyed_at - limit_at, 2),
-            "pv_before_w": round(before["pv_w"], 1), "pv_after_w": round(after["pv_w"], 1),
+            "obeyed": True,
+            "response_s": round(obeyed_at - limit_at, 2),
+            "pv_before_w": round(before["pv_w"], 1),
+            "pv_after_w": round(after["pv_w"], 1),
             "limit_w": round(sum(t["target_w"] for t in targets.values()), 1),
-        }  # fmt: skip
+        }
         pv_drop = before["pv_w"] - after["pv_w"]
         meter_rise = after["meter_w"] - before["meter_w"]  # + import: less export when PV drops
         allowed = max(0.25 * pv_drop, 100.0)
         meter_ok = abs(meter_rise - pv_drop) <= allowed
         result["meter"] = {
-            "saw_effect": meter_ok, "meter_before_w": round(before["meter_w"], 1),
-            "meter_after_w": round(after["meter_w"], 1), "meter_change_w": round(meter_rise, 1),
-            "pv_change_w": round(-pv_drop, 1), "tolerance_w": round(allowed, 1),
-        }  # fmt: skip
+            "saw_effect": meter_ok,
+            "meter_before_w": round(before["meter_w"], 1),
+            "meter_after_w": round(after["meter_w"], 1),
+            "meter_change_w": round(meter_rise, 1),
+            "pv_change_w": round(-pv_drop, 1),
+            "tolerance_w": round(allowed, 1),
+        }
         if not meter_ok:
             reversed_sign = abs(meter_rise + pv_drop) <= allowed
             raise StepFailed(
@@ -1255,8 +1405,9 @@ async def server_test(ctx: Context) -> dict[str, Any]:
         async def fresh() -> Any:
             if runtime.runner is not None and runtime.runner.meter.last is not None and not sent:
                 sent.append({"at": iso(), "meter_w": runtime.runner.meter.last.w})
-            mups = await probe.get_list(dcap.MirrorUsagePointListLink.href, r.MirrorUsagePointList,
-                                        "MirrorUsagePoint")  # fmt: skip
+            mups = await probe.get_list(
+                dcap.MirrorUsagePointListLink.href, r.MirrorUsagePointList, "MirrorUsagePoint"
+            )
             mup = next((m for m in mups if (m.mRID or "").upper() == site_mrid), None)
             if mup is None:
                 return None
@@ -1265,19 +1416,23 @@ async def server_test(ctx: Context) -> dict[str, Any]:
             return (mup.href, doc, readings) if readings else None
 
         try:
-            href, doc, readings = await _wait_for(fresh, opts.telemetry_timeout_s)
+            href, _doc, readings = await _wait_for(fresh, opts.telemetry_timeout_s)
         except TimeoutError as exc:
             raise StepFailed(
-                f"the server shows no fresh telemetry for the site after {opts.telemetry_timeout_s:g} s ({exc})",
+                f"the server shows no fresh telemetry for the site after {opts.telemetry_timeout_s:g} s "
+                f"({exc})",
                 "check the gateway's connection to the server (outbox pending: "
                 f"{await runtime.client.outbox.pending()}), then rerun",
             ) from None
         out["telemetry"] = {
-            "mirror_usage_point": href, "checked_at": iso(),
-            "readings": [{"description": m.description, "mrid": m.mRID, "last_update": iso(m.lastUpdateTime)}
-                         for m in readings],
+            "mirror_usage_point": href,
+            "checked_at": iso(),
+            "readings": [
+                {"description": m.description, "mrid": m.mRID, "last_update": iso(m.lastUpdateTime)}
+                for m in readings
+            ],
             "gateway_measured": sent[0] if sent else None,
-        }  # fmt: skip
+        }
         decision = runtime.decision
         active = [m for mrids in (decision.schedule.active.values() if decision else []) for m in mrids]
         out["test_control"] = {"issued": bool(active), "controls": active}
@@ -1290,8 +1445,9 @@ async def server_test(ctx: Context) -> dict[str, Any]:
                     if rs.ResponseListLink is None:
                         continue
                     for resp in await probe.get_list(rs.ResponseListLink.href, r.ResponseList, "Response"):
-                        if (resp.subject or "").upper() in {m.upper() for m in active} \
-                                and (resp.endDeviceLFDI or "").upper() == identity["lfdi"]:  # fmt: skip
+                        if (resp.subject or "").upper() in {m.upper() for m in active} and (
+                            resp.endDeviceLFDI or ""
+                        ).upper() == identity["lfdi"]:
                             found.append(
                                 {
                                     "control": resp.subject,
@@ -1305,7 +1461,8 @@ async def server_test(ctx: Context) -> dict[str, Any]:
                 out["test_control"]["responses"] = await _wait_for(acknowledged, opts.telemetry_timeout_s)
             except TimeoutError:
                 raise StepFailed(
-                    f"the server's test control {', '.join(active)} was not acknowledged: no Response from this "
+                    f"the server's test control {', '.join(active)} was not acknowledged: no Response "
+                    "from this "
                     "gateway reached the server",
                     "check the gateway's connection to the server and rerun",
                 ) from None
@@ -1335,15 +1492,22 @@ async def step_verify(ctx: Context) -> None:
     ctx.state.set("verification", verification)
     tel = verification["server"]["telemetry"]
     ctrl = verification["server"]["test_control"]
-    ui.panel("Verified end to end", [
-        f"inverter obeyed the test limit ({inv['pv_before_w']:g} W -> {inv['pv_after_w']:g} W, "
-        f"limit {inv['limit_w']:g} W, {inv['response_s']:g} s)",
-        f"meter saw it ({met['meter_change_w']:+g} W at the connection point)",
-        f"server has fresh telemetry: {len(tel['readings'])} reading(s), last {tel['readings'][-1]['last_update']}",
-        ("server test control acknowledged: " + ", ".join(f"{x['control']} status {x['status']}"
-                                                           for x in ctrl.get("responses", [])))
-        if ctrl["issued"] else "the server issued no test control (nothing to acknowledge)",
-    ])  # fmt: skip
+    ui.panel(
+        "Verified end to end",
+        [
+            f"inverter obeyed the test limit ({inv['pv_before_w']:g} W -> {inv['pv_after_w']:g} W, "
+            f"limit {inv['limit_w']:g} W, {inv['response_s']:g} s)",
+            f"meter saw it ({met['meter_change_w']:+g} W at the connection point)",
+            f"server has fresh telemetry: {len(tel['readings'])} reading(s), "
+            f"last {tel['readings'][-1]['last_update']}",
+            (
+                "server test control acknowledged: "
+                + ", ".join(f"{x['control']} status {x['status']}" for x in ctrl.get("responses", []))
+            )
+            if ctrl["issued"]
+            else "the server issued no test control (nothing to acknowledge)",
+        ],
+    )
 
 
 # -------------------------------------------------------------------------------------------- 6. report
@@ -1354,11 +1518,14 @@ async def step_report(ctx: Context) -> None:
 
     paths = write_report(ctx.state, ctx.opts.work_dir)
     ctx.state.set("report", {k: str(v) for k, v in paths.items()})
-    ctx.ui.panel("Commissioning complete", [
-        f"report: {paths['html']} and {paths['json']}",
-        f"gateway configuration: {ctx.opts.site_toml_path}",
-        f"start the gateway: derlink gateway --config {ctx.opts.site_toml_path}",
-    ])  # fmt: skip
+    ctx.ui.panel(
+        "Commissioning complete",
+        [
+            f"report: {paths['html']} and {paths['json']}",
+            f"gateway configuration: {ctx.opts.site_toml_path}",
+            f"start the gateway: derlink gateway --config {ctx.opts.site_toml_path}",
+        ],
+    )
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -1415,8 +1582,11 @@ async def run_commissioning(opts: Options, ui: UI) -> Outcome:
         try:
             await STEP_FUNCTIONS[name](ctx)
         except StepFailed as exc:
-            rec.update(status="failed", finished_at=iso(),
-                       error={"message": exc.message, "next": exc.next_action, **exc.details})  # fmt: skip
+            rec.update(
+                status="failed",
+                finished_at=iso(),
+                error={"message": exc.message, "next": exc.next_action, **exc.details},
+            )
             state.record("step failed", step=name, message=exc.message)
             state.save()
             return Outcome(False, name, exc.message, exc.next_action, opts.state_path)
@@ -1426,8 +1596,13 @@ async def run_commissioning(opts: Options, ui: UI) -> Outcome:
             rec.update(status="failed", finished_at=iso(), error={"message": message, "next": "rerun"})
             state.record("step failed", step=name, message=message)
             state.save()
-            return Outcome(False, name, message, "rerun; if it keeps failing, report it with the state file",
-                           opts.state_path)  # fmt: skip
+            return Outcome(
+                False,
+                name,
+                message,
+                "rerun; if it keeps failing, report it with the state file",
+                opts.state_path,
+            )
         recorded = dict(rec.get("inputs") or {})
         recorded.update(given)
         rec.update(status="done", finished_at=iso(), inputs=recorded)

@@ -74,7 +74,8 @@ def render_html(data: dict[str, Any]) -> str:
         "text-align:left;vertical-align:top}th{background:#eee}.ok{color:#075}.bad{color:#a00}",
         "code{font-size:1.1em}</style></head><body>",
         "<h1>Site commissioning report</h1>",
-        f"<p>Generated {_e(data['generated_at'])}; commissioning started {_e(data['commissioning_started_at'])}."
+        f"<p>Generated {_e(data['generated_at'])}; "
+        f"commissioning started {_e(data['commissioning_started_at'])}."
         f" NMI <b>{_e(site.get('nmi'))}</b>.</p>",
         "<h2>Steps</h2>",
         _table(
@@ -88,42 +89,66 @@ def render_html(data: dict[str, Any]) -> str:
         _table(
             ["name", "role", "address", "make", "model", "serial", "firmware", "rated W", "SunSpec models"],
             [
-                [d["name"], d["role"], d["address"], d.get("manufacturer"), d.get("model"), d.get("serial"),
-                 d.get("firmware"), d.get("rated_w"), ", ".join(str(m) for m in d.get("models", []))]
+                [
+                    d["name"],
+                    d["role"],
+                    d["address"],
+                    d.get("manufacturer"),
+                    d.get("model"),
+                    d.get("serial"),
+                    d.get("firmware"),
+                    d.get("rated_w"),
+                    ", ".join(str(m) for m in d.get("models", [])),
+                ]
                 for d in data["devices"]
             ],
-        ),  # fmt: skip
+        ),
         "<h2>Gateway identity</h2>",
-        _pairs([
-            ("LFDI", ident.get("lfdi_grouped")), ("SFDI", ident.get("sfdi_grouped")),
-            ("PIN", f"{ident['pin']:06d}" if ident.get("pin") is not None else None),
-            ("certificate subject", ident.get("subject")), ("issued by", ident.get("issuer")),
-            ("serial", ident.get("serial")), ("valid until", ident.get("not_after")),
-            ("key", ident.get("source")),
-        ]),  # fmt: skip
+        _pairs(
+            [
+                ("LFDI", ident.get("lfdi_grouped")),
+                ("SFDI", ident.get("sfdi_grouped")),
+                ("PIN", f"{ident['pin']:06d}" if ident.get("pin") is not None else None),
+                ("certificate subject", ident.get("subject")),
+                ("issued by", ident.get("issuer")),
+                ("serial", ident.get("serial")),
+                ("valid until", ident.get("not_after")),
+                ("key", ident.get("source")),
+            ]
+        ),
         "<h2>Site record and limits</h2>",
-        _pairs([
-            ("NMI", f"{site.get('nmi')} (checksum {site.get('nmi_checksum')})"),
-            ("static export limit W", site.get("export_limit_w")),
-            ("static import limit W", site.get("import_limit_w")),
-            ("static generation limit W", site.get("generation_limit_w")),
-            ("comms-loss export limit W", site.get("fallback_export_w")),
-            ("comms-loss import limit W", site.get("fallback_import_w")),
-            ("comms-loss generation limit W", site.get("fallback_generation_w")),
-            ("comms-loss after s", site.get("comms_timeout_s")),
-            ("open-loop cap on the inverters",
-             f"{applied.get('limit_pct')} % of rating (<= {applied.get('cap_w')} W), last applied "
-             f"{applied.get('at')}" if applied else None),
-        ]),  # fmt: skip
+        _pairs(
+            [
+                ("NMI", f"{site.get('nmi')} (checksum {site.get('nmi_checksum')})"),
+                ("static export limit W", site.get("export_limit_w")),
+                ("static import limit W", site.get("import_limit_w")),
+                ("static generation limit W", site.get("generation_limit_w")),
+                ("comms-loss export limit W", site.get("fallback_export_w")),
+                ("comms-loss import limit W", site.get("fallback_import_w")),
+                ("comms-loss generation limit W", site.get("fallback_generation_w")),
+                ("comms-loss after s", site.get("comms_timeout_s")),
+                (
+                    "open-loop cap on the inverters",
+                    f"{applied.get('limit_pct')} % of rating (<= {applied.get('cap_w')} W), last applied "
+                    f"{applied.get('at')}"
+                    if applied
+                    else None,
+                ),
+            ]
+        ),
         "<h2>Registration</h2>",
-        _pairs([
-            ("utility server", reg.get("dcap_url")), ("EndDevice", reg.get("end_device")),
-            ("registered", reg.get("registered")), ("PIN matched", reg.get("pin_verified")),
-            ("ConnectionPoint on the server", reg.get("connection_point_on_server")),
-            ("DER rated W on the server", (reg.get("der_on_server") or {}).get("rtg_max_w")),
-            ("DER rated W read from the devices", reg.get("der_rated_w_expected")),
-            ("at", reg.get("at")),
-        ]),  # fmt: skip
+        _pairs(
+            [
+                ("utility server", reg.get("dcap_url")),
+                ("EndDevice", reg.get("end_device")),
+                ("registered", reg.get("registered")),
+                ("PIN matched", reg.get("pin_verified")),
+                ("ConnectionPoint on the server", reg.get("connection_point_on_server")),
+                ("DER rated W on the server", (reg.get("der_on_server") or {}).get("rtg_max_w")),
+                ("DER rated W read from the devices", reg.get("der_rated_w_expected")),
+                ("at", reg.get("at")),
+            ]
+        ),
         "<h2>Verification</h2>",
     ]
     passed = ver.get("passed")
@@ -137,29 +162,54 @@ def render_html(data: dict[str, Any]) -> str:
         _table(
             ["check", "result", "measured"],
             [
-                ["test limit applied", local.get("test_limit", {}).get("at"), f"limit {inv.get('limit_w')} W"],
-                ["inverter obeyed", inv.get("obeyed"),
-                 f"PV {inv.get('pv_before_w')} W ({before.get('at')}) -> {inv.get('pv_after_w')} W "
-                 f"({after.get('at')}) in {inv.get('response_s')} s"],
-                ["meter saw the effect", met.get("saw_effect"),
-                 f"meter {met.get('meter_before_w')} W -> {met.get('meter_after_w')} W (change "
-                 f"{met.get('meter_change_w')} W for a PV change of {met.get('pv_change_w')} W; + = import)"],
-                ["server shows fresh telemetry", bool((server.get("telemetry") or {}).get("readings")),
-                 "; ".join(f"{r['description']} updated {r['last_update']}"
-                           for r in (server.get("telemetry") or {}).get("readings", []))],
-                ["server test control acknowledged",
-                 (server.get("test_control") or {}).get("acknowledged", "no test control issued"),
-                 "; ".join(f"{r['control']} status {r['status']} at {r['created']}"
-                           for r in (server.get("test_control") or {}).get("responses", []))],
+                [
+                    "test limit applied",
+                    local.get("test_limit", {}).get("at"),
+                    f"limit {inv.get('limit_w')} W",
+                ],
+                [
+                    "inverter obeyed",
+                    inv.get("obeyed"),
+                    f"PV {inv.get('pv_before_w')} W ({before.get('at')}) -> {inv.get('pv_after_w')} W "
+                    f"({after.get('at')}) in {inv.get('response_s')} s",
+                ],
+                [
+                    "meter saw the effect",
+                    met.get("saw_effect"),
+                    f"meter {met.get('meter_before_w')} W -> {met.get('meter_after_w')} W (change "
+                    f"{met.get('meter_change_w')} W for a PV change of {met.get('pv_change_w')} W; "
+                    "+ = import)",
+                ],
+                [
+                    "server shows fresh telemetry",
+                    bool((server.get("telemetry") or {}).get("readings")),
+                    "; ".join(
+                        f"{r['description']} updated {r['last_update']}"
+                        for r in (server.get("telemetry") or {}).get("readings", [])
+                    ),
+                ],
+                [
+                    "server test control acknowledged",
+                    (server.get("test_control") or {}).get("acknowledged", "no test control issued"),
+                    "; ".join(
+                        f"{r['control']} status {r['status']} at {r['created']}"
+                        for r in (server.get("test_control") or {}).get("responses", [])
+                    ),
+                ],
             ],
-        )  # fmt: skip
+        )
     )
     parts.append(f"<p>Gateway configuration: <code>{_e(data.get('gateway_config'))}</code></p>")
     parts.append("<h2>History</h2>")
-    parts.append(_table(["at", "event", "details"], [
-        [h["at"], h["event"], ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("at", "event"))]
-        for h in data.get("history") or []
-    ]))  # fmt: skip
+    parts.append(
+        _table(
+            ["at", "event", "details"],
+            [
+                [h["at"], h["event"], ", ".join(f"{k}={v}" for k, v in h.items() if k not in ("at", "event"))]
+                for h in data.get("history") or []
+            ],
+        )
+    )
     parts.append("</body></html>")
     return "\n".join(parts)
 
