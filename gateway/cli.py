@@ -3,6 +3,7 @@
     derlink gateway --config site.toml             run it (until SIGINT/SIGTERM)
     derlink gateway status --config site.toml      effective limits + sources, comms, next change
     derlink gateway status --config site.toml --json
+    derlink gateway commission --dir DIR ...       installer commissioning (see gateway.commissioning)
 
 Exit codes: 0 ok, 2 bad configuration or arguments, 3 the gateway's local API cannot be reached.
 """
@@ -37,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     status.add_argument("--url", help="local API base URL (default: from the running gateway's data_dir)")
     status.add_argument("--token", help="bearer token (default: from site.toml)")
     status.set_defaults(handler=status_command)
+    from gateway.commissioning.cli import add_commission_parser
+
+    add_commission_parser(sub)
 
 
 def _settings(args: argparse.Namespace) -> Any:

@@ -106,4 +106,6 @@ class MqttPublisher:
             wait = max(self.cfg.interval_s - (time.monotonic() - last_at), 0.05)
             async with self.runtime.changed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.runtime.changed.wait(), wait)
+                    # asyncio.timeout rather than wait_for, which can swallow a cancellation on Python 3.11.
+                    async with asyncio.timeout(wait):
+                        await self.runtime.changed.wait()

@@ -266,7 +266,9 @@ class GatewayRuntime:
             except Exception:  # a bug in one step must not stop site control
                 log.exception("control step failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), period)
+                # asyncio.timeout rather than wait_for, which can swallow a cancellation on Python 3.11.
+                async with asyncio.timeout(period):
+                    await self._kick.wait()
 
     # ---------------------------------------------------------------------------------- decisions
 
@@ -347,7 +349,8 @@ class GatewayRuntime:
                 wait = min(wait, max(decision.next_wake - now, 0.0))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
             if self.decision is not decision:
                 continue  # someone decided meanwhile
             now = self.now()

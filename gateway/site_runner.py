@@ -260,7 +260,9 @@ class SiteRunner:
             if next_at < now:  # overran: skip missed periods rather than bursting
                 next_at = now
             try:
-                await asyncio.wait_for(self._stop.wait(), (next_at - now) / self.time_scale)
+                # asyncio.timeout rather than wait_for, which can swallow a cancellation on Python 3.11.
+                async with asyncio.timeout((next_at - now) / self.time_scale):
+                    await self._stop.wait()
             except TimeoutError:
                 pass
 

@@ -8,7 +8,6 @@ body with the right status (400/403/404/405/409/413/415, 500 for bugs).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import ssl
@@ -251,9 +250,8 @@ class RunningServer:
     async def stop(self) -> None:
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # gather (not a suppressing await per task) so that a cancellation of stop() itself propagates.
+        await asyncio.gather(*self.tasks, return_exceptions=True)
         for runner in self.runners:
             await runner.cleanup()
         await self.store.close()

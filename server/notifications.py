@@ -68,8 +68,11 @@ class NotificationSender:
         delay = 5.0 if next_due is None else max(0.0, min(5.0, next_due - time.time()))
         self.store.outbox_event.clear()
         if delay > 0:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and then RunningServer.stop() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.outbox_event.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self.store.outbox_event.wait()
 
     async def deliver_due(self, session: aiohttp.ClientSession) -> int:
         now = time.time()

@@ -316,6 +316,20 @@ class Sep2Client:
     def post_rate(self) -> int:
         return self._post_rate or self.config.default_post_rate
 
+    async def put_connection_point(self, nmi: str) -> str:
+        """PUT our EndDevice's csipaus ConnectionPoint (the site's NMI); returns its href.
+
+        Call after :meth:`wait_ready`. Raises ServerRejected (4xx), CommsError, or RegistrationError when
+        the EndDevice offers no ConnectionPointLink.
+        """
+        if self.end_device is None:
+            raise RegistrationError("no EndDevice yet: wait_ready() first")
+        link = self.end_device.ConnectionPointLink
+        if link is None:
+            raise RegistrationError("EndDevice has no ConnectionPointLink: the server cannot record the NMI")
+        await self._put(link.href, r.ConnectionPoint(connectionPointId=nmi))
+        return link.href
+
     # ----------------------------------------------------------------------------------- plumbing
 
     async def _supervise(self, coro: Awaitable[None], name: str) -> None:
@@ -897,7 +911,9 @@ class Sep2Client:
             self._wake.clear()
             if wait > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    # asyncio.timeout rather than wait_for, which can swallow a cancellation on Python 3.11.
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
 
     def _job_rate(self, job: str) -> float:
         if job == "dcap":
@@ -947,7 +963,8 @@ class Sep2Client:
     async def _sleep_or_contact(self, delay: float) -> None:
         """Sleep ``delay`` seconds, or less if another exchange with the server succeeds meanwhile."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._contact.wait(), delay)
+            async with asyncio.timeout(delay):
+                await self._contact.wait()
 
     # ------------------------------------------------------------------------------ outbox delivery
 

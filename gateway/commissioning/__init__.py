@@ -1,0 +1,18 @@
+"""Installer commissioning through the gateway (``derlink gateway commission``): see :mod:`.flow`."""
+
+from gateway.commissioning.flow import Options, Outcome, StepFailed, run_commissioning
+from gateway.commissioning.nmi import Nmi, NmiError, nmi_checksum, validate_nmi
+from gateway.commissioning.state import STEPS, CommissioningState
+
+__all__ = [
+    "STEPS",
+    "CommissioningState",
+    "Nmi",
+    "NmiError",
+    "Options",
+    "Outcome",
+    "StepFailed",
+    "nmi_checksum",
+    "run_commissioning",
+    "validate_nmi",
+]
