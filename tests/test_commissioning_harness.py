@@ -166,6 +166,7 @@ def server_config(pki: PkiPaths, data_dir: Path) -> ServerConfig:
         data_dir=data_dir,
         port=0,
         admin_enabled=False,
+        headend_enabled=False,
         cert_dir=pki.directory,
         notify_retry_initial=0.1,
         notify_retry_max=0.5,
