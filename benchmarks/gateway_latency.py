@@ -187,8 +187,11 @@ async def _latency_parts(tmp: Path, notifications: int, starts: int, sim_port: i
         last = ""
         for i in range(notifications):
             limit = 1000 + 1000 * (i % 2)
+            # 20 s controls: the list the Notification carries stays at ~70 controls (more than a day of
+            # 30-minute DOEs) and below the subscription limit (100), above which the gateway re-reads
+            # the truncated list by GET (timed as a "schedule" change, not a notification)
             last = await admin.create_control(
-                "emergency", target, duration=3600, base=build_control_base(export_limit_w=limit)
+                "emergency", target, duration=20, base=build_control_base(export_limit_w=limit)
             )
             await asyncio.sleep(0.3)
         await admin.cancel_control(last)

@@ -17,6 +17,18 @@ timeouts, aggregator expiry). Each decision: the effective limits go to the clos
 once, inside the decision, before anything else), then pending Responses go to the client's durable outbox,
 then the state is saved atomically if anything but the clock changed.
 
+Write first, persist after (why this order is safe): the step that applies new limits acts on the last
+readings when they are at most one period old, so the limit's Modbus write is the first I/O after the
+decision; the control loop's regular step follows at once with fresh reads and corrects. The state file
+and the outbox are written after the devices, but before anything is acknowledged: the Notification's
+HTTP answer is sent only when ``decide`` (apply, queue Responses, fsync the state) has returned, and a
+Response is only handed to the outbox, which commits it before it is ever sent. A crash between the
+write and the save loses nothing the server believes we hold: it has no acknowledgement, so it
+re-sends the Notification (or the next walk/poll fetches the list again), and a restart re-applies the
+last saved limits — exactly the state a crash just before the Notification arrived would leave, which
+saving first could not improve on. Saving first would only delay the write by an fsync: applying a
+stricter limit sooner is always safe, and a relaxed one is what the server has already published.
+
 The closed loop (:class:`gateway.site_runner.SiteRunner`, pure loop in :mod:`gateway.control_loop`) steps
 every ``control_loop.period_s`` and whenever the limits change; each step's device readings also feed the
 client's telemetry (MirrorUsagePoints at the server's postRate, DER documents).
