@@ -17,6 +17,18 @@ timeouts, aggregator expiry). Each decision: the effective limits go to the clos
 once, inside the decision, before anything else), then pending Responses go to the client's durable outbox,
 then the state is saved atomically if anything but the clock changed.
 
+Write first, persist after (why this order is safe): the step that applies new limits acts on the last
+readings when they are at most one period old, so the limit's Modbus write is the first I/O after the
+decision; the control loop's regular step follows at once with fresh reads and corrects. The state file
+and the outbox are written after the devices, but before anything is acknowledged: the Notification's
+HTTP answer is sent only when ``decide`` (apply, queue Responses, fsync the state) has returned, and a
+Response is only handed to the outbox, which commits it before it is ever sent. A crash between the
+write and the save loses nothing the server believes we hold: it has no acknowledgement, so it
+re-sends the Notification (or the next walk/poll fetches the list again), and a restart re-applies the
+last saved limits — exactly the state a crash just before the Notification arrived would leave, which
+saving first could not improve on. Saving first would only delay the write by an fsync: applying a
+stricter limit sooner is always safe, and a relaxed one is what the server has already published.
+
 The closed loop (:class:`gateway.site_runner.SiteRunner`, pure loop in :mod:`gateway.control_loop`) steps
 every ``control_loop.period_s`` and whenever the limits change; each step's device readings also feed the
 client's telemetry (MirrorUsagePoints at the server's postRate, DER documents).
@@ -52,16 +64,21 @@ log = logging.getLogger("derlink.gateway.runtime")
 
 @dataclass(frozen=True)
 class LatencySample:
+    """One limit change that led to device writes. Times are server-time seconds (``GatewayRuntime.now``)."""
+
     kind: str  # "notification" | "timer" | "schedule" | "local" | "comms" | "startup"
-    trigger_at: float  # server-time seconds of the trigger (receipt, scheduled start, ...)
+    trigger_at: float  # the trigger: a Notification's receipt by the listener, a scheduled start, ...
     decided_at: float  # the new limits were handed to the closed loop
-    step_at: float  # the closed-loop step that wrote them began (device reads first)
-    written_at: float  # the device writes were acknowledged (and read back)
+    step_at: float  # the closed-loop step that wrote them began
+    acked_at: float  # the last of its device writes was acknowledged by the device
+    verified_at: float  # ... and read back (the step's writes all done)
+    read_devices: bool  # False: the step acted on the previous period's readings (no reads first)
     writes: tuple[str, ...]
 
     @property
     def latency_s(self) -> float:
-        return self.written_at - self.trigger_at
+        """Trigger to Modbus write acknowledged."""
+        return self.acked_at - self.trigger_at
 
 
 class GatewayRuntime:
@@ -77,6 +94,7 @@ class GatewayRuntime:
         self.site_limits: SiteLimits | None = None
         self.last_report: StepReport | None = None
         self.latency_log: deque[LatencySample] = deque(maxlen=5000)
+        self.latency_unwritten = 0  # limit changes whose step needed no device write
         self.startup: dict[str, Any] = {}
         self.state_error: str | None = None
         self.local_api_port: int | None = None
@@ -86,9 +104,9 @@ class GatewayRuntime:
         self._kick = asyncio.Event()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._trigger: tuple[str, float, float] | None = None  # kind, trigger time, decided at
+        # the first not-yet-written limit change: kind, trigger time, decided at, limits now pending
+        self._trigger: tuple[str, float, float, SiteLimits] | None = None
         self._saved: bytes | None = None
-        self._seen_notifications = 0
         self._local_api: Any = None
         self._mqtt: Any = None
         self._stopping = False
@@ -230,17 +248,31 @@ class GatewayRuntime:
             return 0.0
         return sum((b.conn.info.rated_w or 0.0) for b in self.runner.batteries)
 
-    async def step(self) -> StepReport | None:
-        """One closed-loop step now (reads, pure loop, writes); records the latency of a limit change."""
+    async def step(self, *, limits_changed: bool = False) -> StepReport | None:
+        """One closed-loop step now (reads, pure loop, writes); records the latency of a limit change.
+
+        ``limits_changed``: the step that applies new limits acts on the last readings if they are at most
+        one period old, so the write is the first I/O (the control loop's own step follows at once and
+        reads again; see :meth:`SiteRunner.step`).
+        """
         if self.runner is None:
             return None
         async with self._step_lock:
-            trigger, self._trigger = self._trigger, None
             self._kick.clear()
             step_at = self.now()
-            report = await self.runner.step()
-            if trigger is not None and report.writes:
-                self.latency_log.append(LatencySample(*trigger, step_at, self.now(), tuple(report.writes)))
+            reuse = self.settings.loop.period_s if limits_changed else None
+            report = await self.runner.step(reuse_readings_s=reuse)
+            trigger = self._trigger
+            if trigger is not None and report.limits == trigger[3]:
+                self._trigger = None
+                if report.writes and report.acked_at is not None:
+                    acked_at = report.acked_at + self.now() - time.time()
+                    sample = LatencySample(
+                        *trigger[:3], step_at, acked_at, self.now(), report.read_devices, tuple(report.writes)
+                    )
+                    self.latency_log.append(sample)
+                else:
+                    self.latency_unwritten += 1
             self.last_report = report
         if self.client is not None:
             with contextlib.suppress(Exception):
@@ -273,12 +305,12 @@ class GatewayRuntime:
     # ---------------------------------------------------------------------------------- decisions
 
     async def _on_schedule_change(self, _now: int) -> None:
-        kind, at = "schedule", self.now()
         client = self.client
-        if client is not None and len(client.notification_latencies) > self._seen_notifications:
-            self._seen_notifications = len(client.notification_latencies)
-            kind, at = "notification", at - client.notification_latencies[-1]
-        await self.decide(kind, trigger_at=at)
+        received = client.notification_received_at if client is not None else None
+        if received is not None:  # fed by a Notification: time it from the listener's receipt
+            await self.decide("notification", trigger_at=received)
+        else:
+            await self.decide("schedule")
 
     async def decide(
         self, reason: str, inputs: SiteInputs | None = None, *, trigger_at: float | None = None
@@ -299,7 +331,7 @@ class GatewayRuntime:
                 # Step now, before the Responses and the state file: the devices come first, and the
                 # client's delivery of those Responses would otherwise compete with the writes.
                 try:
-                    await self.step()
+                    await self.step(limits_changed=True)
                 except Exception:
                     log.exception("control step after a limit change failed; the loop retries")
             if self.client is not None:
@@ -327,9 +359,11 @@ class GatewayRuntime:
         self.site_limits = limits
         if self.runner is not None:
             self.runner.set_limits(limits)
-            if trigger is not None:
-                if self._trigger is None:
-                    self._trigger = (*trigger, self.now())
+            # several changes before a write: timed from the first trigger to the write of the last
+            if self._trigger is not None:
+                self._trigger = (*self._trigger[:3], limits)
+            elif trigger is not None:
+                self._trigger = (*trigger, self.now(), limits)
             self._kick.set()
         return True
 
@@ -363,11 +397,14 @@ class GatewayRuntime:
     def _save(self, force: bool = False) -> None:
         assert self.controller is not None
         data = controller_to_dict(self.controller)
-        if data.get("last_decision"):
-            data["last_decision"] = {k: v for k, v in data["last_decision"].items() if k != "now"}
+        decided = data.get("last_decision")
+        if decided:  # a decision that only moved the clock is not worth a write
+            data["last_decision"] = {k: v for k, v in decided.items() if k != "now"}
         key = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         if force or key != self._saved:
-            save_state(self.settings.state_path, self.controller)
+            data["last_decision"] = decided
+            payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+            save_state(self.settings.state_path, self.controller, payload)
             self._saved = key
 
     async def _notify(self) -> None:

@@ -64,6 +64,9 @@ class StepReport:
     meter: MeterSample | None
     writes: list[str] = field(default_factory=list)
     faults: list[str] = field(default_factory=list)
+    limits: SiteLimits | None = None  # the limits this step acted on
+    read_devices: bool = True  # False: it reused the previous readings (see SiteRunner.step)
+    acked_at: float | None = None  # wall clock (time.time) when the last setpoint write was acknowledged
 
 
 class SiteRunner:
@@ -145,9 +148,26 @@ class SiteRunner:
         except DeviceError as exc:
             faults.append(f"{d.name}: {exc}")
 
-    async def step(self) -> StepReport:
+    def readings_age(self) -> float | None:
+        """Age of the oldest device reading (None if some device has none)."""
+        devices = (self.meter, *self.pvs, *self.batteries)
+        if any(d.last is None for d in devices):
+            return None
+        return self.clock() - min(d.last.read_at for d in devices)  # type: ignore[union-attr]
+
+    async def step(self, reuse_readings_s: float | None = None) -> StepReport:
+        """Read every device, step the pure loop, write the setpoints that changed.
+
+        ``reuse_readings_s``: if every device was read at most this long ago and the previous step had no
+        device fault, skip the reads and act on those readings — for a limit change, so the new limit's
+        write is the first request. The loop's checks (meter age, ramps, verification) apply as usual; the
+        next regular step reads again and corrects.
+        """
         faults: list[str] = []
-        await asyncio.gather(*(self._read(d, faults) for d in (self.meter, *self.pvs, *self.batteries)))
+        age = self.readings_age() if reuse_readings_s is not None else None
+        read = age is None or age > reuse_readings_s or bool(self.faults)  # type: ignore[operator]
+        if read:
+            await asyncio.gather(*(self._read(d, faults) for d in (self.meter, *self.pvs, *self.batteries)))
         now = self.clock()
         m = self.meter.last
         if (
@@ -158,14 +178,23 @@ class SiteRunner:
             self.meter_sample = MeterSample(w=float(m.w), t=m.read_at)
         pv_states = [self._pv_state(d) for d in self.pvs if d.last is not None]
         bat_states = [self._bat_state(d) for d in self.batteries if d.last is not None]
-        sp = self.loop.step(now, self.limits, self.meter_sample, pv_states, bat_states)
+        limits = self.limits
+        sp = self.loop.step(now, limits, self.meter_sample, pv_states, bat_states)
         writes: list[str] = []
+        acks: list[float] = []
         await asyncio.gather(
-            *(self._write_pv(d, sp, writes, faults) for d in self.pvs if d.name in sp.pv_limit_pct),
-            *(self._write_battery(d, sp, writes, faults) for d in self.batteries if d.name in sp.battery_w),
+            *(self._write_pv(d, sp, writes, faults, acks) for d in self.pvs if d.name in sp.pv_limit_pct),
+            *(
+                self._write_battery(d, sp, writes, faults, acks)
+                for d in self.batteries
+                if d.name in sp.battery_w
+            ),
         )
         faults.extend(sp.faults)
-        report = StepReport(at=now, setpoints=sp, meter=self.meter_sample, writes=writes, faults=faults)
+        report = StepReport(
+            at=now, setpoints=sp, meter=self.meter_sample, writes=writes, faults=faults, limits=limits,
+            read_devices=read, acked_at=max(acks) if acks else None,
+        )  # fmt: skip
         for f in faults:
             if f not in self.faults:
                 log.warning("site control: %s", f)
@@ -202,7 +231,9 @@ class SiteRunner:
             d.written_connect = sp.connect
             writes.append(f"{d.name}: connect={sp.connect}")
 
-    async def _write_pv(self, d: ManagedDevice, sp: Setpoints, writes: list[str], faults: list[str]) -> None:
+    async def _write_pv(
+        self, d: ManagedDevice, sp: Setpoints, writes: list[str], faults: list[str], acks: list[float]
+    ) -> None:
         pct = sp.pv_limit_pct[d.name]
         target = None if pct >= 100.0 else pct
         try:
@@ -221,6 +252,8 @@ class SiteRunner:
                 await d.conn.set_active_power_limit_pct(target, ramp_s=0)
                 d.written_limit = target
                 d.writes += 1
+                if d.conn.last_write_acked_at is not None:
+                    acks.append(d.conn.last_write_acked_at)
                 writes.append(f"{d.name}: limit={'none' if target is None else f'{target:.1f}%'}")
             await self._write_connect(d, sp, writes)
         except DeviceError as exc:
@@ -228,7 +261,7 @@ class SiteRunner:
             faults.append(f"{d.name}: {exc}")
 
     async def _write_battery(
-        self, d: ManagedDevice, sp: Setpoints, writes: list[str], faults: list[str]
+        self, d: ManagedDevice, sp: Setpoints, writes: list[str], faults: list[str], acks: list[float]
     ) -> None:
         w = sp.battery_w[d.name]
         try:
@@ -240,6 +273,8 @@ class SiteRunner:
                 await d.conn.set_storage_power(w)
                 d.written_w = w
                 d.writes += 1
+                if d.conn.last_write_acked_at is not None:
+                    acks.append(d.conn.last_write_acked_at)
                 writes.append(f"{d.name}: power={w:.0f} W")
             await self._write_connect(d, sp, writes)
         except DeviceError as exc:

@@ -120,10 +120,20 @@ def controller_from_dict(data: dict[str, Any], config: GatewayConfig) -> LoadedS
     return LoadedState(controller, None, limits, last["now"] if last else None)
 
 
-def save_state(path: str | os.PathLike[str], controller: SiteController) -> None:
-    """Write the controller's state durably; on return it survives a crash or power cut."""
+def state_payload(controller: SiteController) -> bytes:
+    """The controller's state as the bytes :func:`save_state` writes."""
+    return json.dumps(controller_to_dict(controller), separators=(",", ":"), sort_keys=True).encode()
+
+
+def save_state(
+    path: str | os.PathLike[str], controller: SiteController, payload: bytes | None = None
+) -> None:
+    """Write the controller's state durably; on return it survives a crash or power cut.
+
+    ``payload``: :func:`state_payload` of the controller, if the caller already has it."""
     target = Path(path)
-    payload = json.dumps(controller_to_dict(controller), separators=(",", ":"), sort_keys=True).encode()
+    if payload is None:
+        payload = state_payload(controller)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

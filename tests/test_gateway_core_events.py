@@ -214,6 +214,25 @@ def test_cancelled_superseder_supersedes_nothing():
     assert e.evaluate(400).settings.export_limit_w == 2000
 
 
+def test_same_second_replacement_follows_the_server_not_the_mrid_tie_break():
+    """Two controls created in the same second: the mRID tie-break would pick the first ("Z" > "A"), but
+    the server marked it superseded. The replacement must run, never leave the site without a control."""
+    e = engine_with(Program("P", 1))
+    e.upsert_control(ctl("Z-first", 100, 3600, exp(1000), creation_time=100), now=100)
+    e.sync_program(
+        Program("P", 1),
+        [
+            ctl("Z-first", 100, 3600, exp(1000), creation_time=100, server_status=ServerStatus.SUPERSEDED),
+            ctl("A-second", 100, 3600, exp(2000), creation_time=100),
+        ],
+        now=100,
+    )
+    e.advance(100)
+    assert e.state_of("Z-first", 100) == EventState.SUPERSEDED
+    assert e.state_of("A-second", 100) == EventState.ACTIVE
+    assert e.evaluate(100).settings.export_limit_w == 2000
+
+
 def test_default_applies_per_mode_when_no_event_is_active():
     e = engine_with(
         Program("P", 2, ControlSettings(export_limit_w=5000, generation_limit_w=8000), "dflt-P"),

@@ -220,3 +220,38 @@ def test_model_map_codec_from_definitions() -> None:
     regs[m101.point("W").offset] = (-1234) & 0xFFFF
     regs[m101.point("W_SF").offset] = 1
     assert m101.decode(regs, "W") == -12340
+
+
+async def test_scale_factor_changed_since_the_last_read_is_caught_and_rewritten() -> None:
+    """Writes use the scale factors of a recent read (so the write is the first request); if the device
+    changed one meanwhile, the read-back sees it and the value is written again with the new one."""
+    site = await _site("legacy", battery=False)
+    pv = await _open(site, "pv")
+    sim = site.devices["pv"]
+    pct, sf = sim.layout.point("123.WMaxLimPct"), sim.layout.point("123.WMaxLimPct_SF")
+    requests: list[str] = []
+    read, write = pv.read_registers, pv.write_registers
+
+    async def logged_read(*a, **kw):
+        requests.append("read")
+        return await read(*a, **kw)
+
+    async def logged_write(*a, **kw):
+        requests.append("write")
+        return await write(*a, **kw)
+
+    pv.read_registers, pv.write_registers = logged_read, logged_write  # type: ignore[method-assign]
+    try:
+        await pv.read_measurements()  # reads model 123 (WMaxLimPct_SF = -1)
+        requests.clear()
+        await pv.set_active_power_limit_pct(40.0, ramp_s=0)
+        assert requests == ["write", "read"] and sim.regs[pct.offset] == 400
+        sim.regs[sf.offset] = 0xFFFE  # the device now scales WMaxLimPct by 10^-2
+        requests.clear()
+        await pv.set_active_power_limit_pct(30.0, ramp_s=0)
+        assert requests[:2] == ["write", "read"] and len(requests) > 2  # caught, then read and rewritten
+        assert sim.regs[pct.offset] == 3000
+        assert (await pv.read_measurements()).limit_pct == pytest.approx(30.0)
+    finally:
+        await pv.close()
+        await site.stop()

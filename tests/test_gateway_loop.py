@@ -218,3 +218,46 @@ async def test_writes_only_on_change() -> None:
         assert site.devices["pv"].writes == writes_before
     finally:
         await _teardown(site, runner)
+
+
+def _record_requests(runner: SiteRunner) -> list[tuple[str, str]]:
+    """Wrap every device's register reads/writes to log (device, "read"|"write") in order."""
+    log: list[tuple[str, str]] = []
+    for d in (runner.meter, *runner.pvs, *runner.batteries):
+        conn, name = d.conn, d.name
+        read, write = conn.read_registers, conn.write_registers
+
+        async def logged_read(*a, _read=read, _name=name, **kw):
+            log.append((_name, "read"))
+            return await _read(*a, **kw)
+
+        async def logged_write(*a, _write=write, _name=name, **kw):
+            log.append((_name, "write"))
+            return await _write(*a, **kw)
+
+        conn.read_registers, conn.write_registers = logged_read, logged_write  # type: ignore[method-assign]
+    return log
+
+
+async def test_limit_change_is_written_first_from_recent_readings() -> None:
+    """A new limit with readings at most one period old: the PV limit write is the step's first request
+    (scale factors from the last read; the read-back follows). Older readings: the step reads first."""
+    site, runner = await _setup(pv_w=5000, load_w=1000, soc=100.0)
+    try:
+        runner.set_limits(SiteLimits(export_w=3000))
+        first = await runner.step()
+        assert first.read_devices
+        log = _record_requests(runner)
+        runner.set_limits(SiteLimits(export_w=1000))
+        fast = await runner.step(reuse_readings_s=1.0)
+        assert not fast.read_devices and fast.acked_at is not None
+        assert any(w.startswith("pv: limit=") for w in fast.writes)
+        assert log[0] == ("pv", "write")
+        assert fast.setpoints.pv_limit_w["pv"] < first.setpoints.pv_limit_w["pv"]
+        await asyncio.sleep(0.3 / SPEED)
+        log.clear()
+        runner.set_limits(SiteLimits(export_w=2000))
+        slow = await runner.step(reuse_readings_s=0.1)  # readings are 0.3 s old: read again first
+        assert slow.read_devices and log[0][1] == "read"
+    finally:
+        await _teardown(site, runner)

@@ -34,6 +34,7 @@ import logging
 import random
 import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -212,7 +213,10 @@ class Sep2Client:
         self._next_post: float | None = None
         self._site: mapping.SiteSnapshot | None = None
         self._put_docs: dict[str, bytes] = {}  # DER document href -> last body PUT (cap/settings)
-        self.notification_latencies: list[float] = []  # seconds from receipt to engine updated
+        # seconds from a Notification's receipt to the engine updated (the latest 5000)
+        self.notification_latencies: deque[float] = deque(maxlen=5000)
+        # server time of the receipt of the Notification being handled, while on_schedule_change runs
+        self.notification_received_at: float | None = None
 
     # ------------------------------------------------------------------------------------ public API
 
@@ -711,6 +715,7 @@ class Sep2Client:
 
     async def _handle_notification(self, request: web.Request) -> web.Response:
         received = time.perf_counter()
+        received_at = time.time() + self._offset
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         peer = lfdi_from_cert_der(der) if der else None
@@ -737,7 +742,12 @@ class Sep2Client:
             changed = False
         if changed:
             self.notification_latencies.append(time.perf_counter() - received)
-            await self._changed()
+            # read by on_schedule_change before its first await (so concurrent notifications cannot mix)
+            self.notification_received_at = received_at
+            try:
+                await self._changed()
+            finally:
+                self.notification_received_at = None
         return web.Response(status=204)
 
     def _apply_notification(self, note: r.Notification) -> bool:

@@ -17,7 +17,9 @@ Our reading of IEEE 2030.5-2018 §12.1.3 (event rules) and the DER function set,
   mode (field of :class:`ControlSettings`; controls of disjoint modes run side by side), and B is newer
   (later ``creation_time``; ties broken by the larger mRID so the result is deterministic). If B starts after
   A has started, A runs until B's effective start; otherwise A is superseded as soon as both are known.
-  A cancelled event supersedes nothing. Superseded is terminal (sticky) once reached.
+  A cancelled event supersedes nothing, nor does one the server has marked superseded (else two controls
+  created in the same second, where the mRID tie-break disagrees with the server, would both end and
+  leave a gap). Superseded is terminal (sticky) once reached.
 * Events of programs with different primacy are *not* superseded: each keeps its own life cycle, and for
   each mode the active event of the lowest primacy number (then the newest) wins.
 * DefaultDERControl applies per mode: a mode no active event controls takes the value of the default of
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_left
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum, StrEnum
 from functools import cached_property
 from typing import Any
@@ -88,7 +90,7 @@ class ControlSettings:
         return problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        return {k: v for k in self.__dataclass_fields__ if (v := getattr(self, k)) is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ControlSettings:
@@ -180,7 +182,7 @@ class Response:
     reply_to: str | None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "status": int(self.status)}
+        return {**_fields(self), "status": int(self.status)}
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,11 @@ class _Timeline:
     start: int
     terminal_at: int
     terminal_state: EventState
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    """A dataclass's fields as a dict, one level deep (the callers convert nested values)."""
+    return {name: getattr(obj, name) for name in obj.__dataclass_fields__}
 
 
 class EventEngine:
@@ -430,6 +437,7 @@ class EventEngine:
                     other, b = group[i], group[i].control
                     if (
                         other.cancel_seen_at is not None
+                        or other.server_superseded_at is not None
                         or (b.creation_time, b.mrid) <= newer_key
                         or b.end <= a.start
                         or not modes[i] & a_modes
@@ -562,23 +570,26 @@ class EventEngine:
 
     # ---- persistence ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        # Shallow, hand-built dicts: dataclasses.asdict deep-copies every field and made this the
+        # costliest call of a decision (the state is saved after each one).
         return {
             "device_id": self.device_id,
             "supported_modes": sorted(self.supported_modes) if self.supported_modes is not None else None,
             "programs": [
-                {**asdict(p), "default": p.default.to_dict() if p.default else None}
+                {**_fields(p), "default": p.default.to_dict() if p.default else None}
                 for p in self._programs.values()
             ],
             "records": [
                 {
-                    **{k: v for k, v in asdict(r).items() if k != "control"},
+                    **_fields(r),
                     "control": {
-                        **asdict(r.control),
+                        **_fields(r.control),
                         "settings": r.control.settings.to_dict(),
                         "server_status": int(r.control.server_status),
                     },
                     "rejected": int(r.rejected) if r.rejected is not None else None,
                     "final_state": r.final_state.value if r.final_state else None,
+                    "sent": list(r.sent),
                 }
                 for r in self._records.values()
             ],

@@ -144,10 +144,13 @@ class DeviceConnection:
         timeout: float = 2.0,
         retries: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        scale_factor_max_age_s: float = 2.0,
     ) -> None:
         self.host, self.port, self.unit_id = host, port, unit_id
         self.timeout = timeout
         self.clock = clock
+        self.scale_factor_max_age_s = scale_factor_max_age_s
+        self.last_write_acked_at: float | None = None  # wall clock (time.time) of the last write's ack
         self.where = f"{host}:{port} unit {unit_id}"
         self.client = AsyncModbusTcpClient(
             host, port=port, timeout=timeout, retries=retries, reconnect_delay=0, reconnect_delay_max=0
@@ -155,6 +158,7 @@ class DeviceConnection:
         self.models: dict[int, list[ModelMap]] = {}
         self._info: DeviceInfo | None = None
         self._lock = asyncio.Lock()
+        self._model_regs: dict[int, tuple[float, list[int]]] = {}  # model -> (clock, registers) last read
 
     @classmethod
     async def open(cls, host: str, port: int, unit_id: int = 1, **kwargs: Any) -> DeviceConnection:
@@ -231,6 +235,7 @@ class DeviceConnection:
                 f"write of {what} at {address}",
                 lambda: self.client.write_registers(address, values, device_id=self.unit_id),
             )
+            self.last_write_acked_at = time.time()
 
     # -------------------------------------------------------------------------------- scan
     async def scan(self) -> DeviceInfo:
@@ -283,7 +288,16 @@ class DeviceConnection:
 
     async def read_model(self, model_id: int) -> tuple[ModelMap, list[int]]:
         mm = self.model(model_id)
-        return mm, await self.read_registers(mm.address, 2 + mm.length)
+        regs = await self.read_registers(mm.address, 2 + mm.length)
+        self._model_regs[model_id] = (self.clock(), regs)
+        return mm, regs
+
+    def _recent_model_regs(self, model_id: int) -> list[int] | None:
+        """The model's registers from a read at most ``scale_factor_max_age_s`` ago (None if none)."""
+        cached = self._model_regs.get(model_id)
+        if cached is None or self.clock() - cached[0] > self.scale_factor_max_age_s:
+            return None
+        return cached[1]
 
     async def read_values(self, model_id: int) -> dict[str, Any]:
         mm, regs = await self.read_model(model_id)
@@ -425,8 +439,18 @@ class DeviceConnection:
         Values are rounded to the register resolution (``round_down`` names points rounded down, e.g. a
         power limit, so the device never gets more than asked). Each request is read back and compared
         register for register (``verify``).
+
+        The scale factors come from the model's registers as last read, if that read is at most
+        ``scale_factor_max_age_s`` old (the closed loop reads every model it writes each period), so the
+        write is the first request; the read-back then also covers those scale-factor registers, and if
+        one has changed meanwhile the points are written again with the new one. Without a recent read
+        (or with ``verify`` off) the model is read first.
         """
-        mm, regs = await self.read_model(model_id)
+        mm = self.model(model_id)
+        regs = self._recent_model_regs(model_id) if verify else None
+        cached = regs is not None
+        if regs is None:
+            mm, regs = await self.read_model(model_id)
         runs: list[tuple[int, list[int], list[str]]] = []  # (offset, registers, names)
         for name, value in values.items():
             p = mm.point(name)
@@ -441,13 +465,24 @@ class DeviceConnection:
         for offset, data, names in runs:
             what = f"{model_id}.{'+'.join(names)}"
             await self.write_registers(mm.address + offset, data, what)
-            if verify:
-                back = await self.read_registers(mm.address + offset, len(data))
-                if back != data:
-                    raise DeviceVerifyError(
-                        self.where,
-                        f"wrote {what} = {data} but read back {back}: the device did not take the setting",
-                    )
+            if not verify:
+                continue
+            sfs = {mm.point(n).sf for n in names} - {None} if cached else set()
+            sf_offsets = {mm.point(sf).offset for sf in sfs if sf}
+            lo = min((offset, *sf_offsets))
+            hi = max((offset + len(data), *(o + 1 for o in sf_offsets)))
+            span = await self.read_registers(mm.address + lo, hi - lo)
+            back = span[offset - lo : offset - lo + len(data)]
+            if any(span[o - lo] != regs[o] for o in sf_offsets):  # a scale factor changed: write again
+                self._model_regs.pop(model_id, None)
+                await self.write_points(model_id, values, verify, round_down)
+                return
+            if back != data:
+                raise DeviceVerifyError(
+                    self.where,
+                    f"wrote {what} = {data} but read back {back}: the device did not take the setting",
+                )
+            regs[lo : hi] = span
 
     async def set_active_power_limit_pct(
         self, pct: float | None, ramp_s: float | None = None, revert_s: float | None = None
