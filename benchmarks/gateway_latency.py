@@ -149,8 +149,9 @@ async def _latency_parts(tmp: Path, notifications: int, starts: int, sim_port: i
     paths = load_pki(pki_dir)
     ident = issue_device_certificate(pki_dir, "bench-gw")
     server = await start_server(
-        ServerConfig(data_dir=tmp / "server", port=0, admin_enabled=False, cert_dir=pki_dir, poll_rate=60,
-                     post_rate=60, notify_retry_initial=0.1, notify_retry_max=0.5)
+        ServerConfig(data_dir=tmp / "server", port=0, admin_enabled=False, headend_enabled=False,
+                     cert_dir=pki_dir, poll_rate=60, post_rate=60, notify_retry_initial=0.1,
+                     notify_retry_max=0.5)
     )  # fmt: skip
     admin = server.store.admin
     await admin.register_site(ident.lfdi, pin=PIN)
