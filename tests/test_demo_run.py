@@ -40,6 +40,10 @@ class Run:
         return rc, self.log.read_text()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(tmp: Path, name: str, *args: str) -> Run:
     out = tmp / name
     log = tmp / f"{name}.log"
@@ -47,6 +51,9 @@ def start(tmp: Path, name: str, *args: str) -> Run:
     proc = subprocess.Popen(
         [sys.executable, "-m", "derlink", "demo", "--out", str(out), *args],
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+        # A shell that starts the test run in the background leaves SIGINT ignored, and Python then never
+        # turns Ctrl-C into KeyboardInterrupt: give the demo the terminal's default, as a user has.
+        preexec_fn=_default_sigint,
     )  # fmt: skip
     return Run(proc, out, log)
 
