@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import OperationalError
 
 from sep2 import resources as r
 from sep2.identity import lfdi_from_cert_der
@@ -44,6 +45,21 @@ def error_response(
         status=status, body=to_xml(r.Error(reasonCode=reason_code)), content_type=SEP_XML, headers=headers
     )
     response.headers["X-Error-Detail"] = detail.encode("ascii", "replace").decode()[:300].replace("\n", " ")
+    return response
+
+
+BUSY_RETRY_AFTER_S = 30
+
+
+def busy_response() -> web.Response:
+    """503 with Retry-After and the 2030.5 Error's maxRetryDuration: the request changed nothing."""
+    response = web.Response(
+        status=503,
+        body=to_xml(r.Error(reasonCode=RESOURCE_LIMIT, maxRetryDuration=BUSY_RETRY_AFTER_S)),
+        content_type=SEP_XML,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+    )
+    response.headers["X-Error-Detail"] = "the database is busy with another writer; retry later"
     return response
 
 
@@ -169,6 +185,13 @@ class Gateway:
             response = error_response(
                 exc.status, _HTTP_REASON.get(exc.status, INVALID_VALUES), detail, headers
             )
+        except OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                log.exception("database error on %s %s", request.method, request.path)
+                response = error_response(500, INVALID_VALUES, "internal server error")
+            else:  # another writer (e.g. a bulk DOE upload) holds the database: nothing changed, retry later
+                log.warning("database busy on %s %s", request.method, request.path)
+                response = busy_response()
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(500, INVALID_VALUES, "internal server error")

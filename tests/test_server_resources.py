@@ -257,3 +257,34 @@ async def test_aggregator_certificate_rotation_keeps_sites(server, clients):
     await admin.set_revoked(old.lfdi)
     assert (await old.get("/edev")).status == 403
     assert (await new.get("/edev?l=10")).doc(r.EndDeviceList).all == 1
+
+
+async def test_a_write_blocked_by_another_writer_is_a_503_and_changes_nothing(pki, tmp_path, monkeypatch):
+    """A long write transaction (e.g. a bulk DOE upload) holds SQLite: others get 503 + Retry-After."""
+    import sqlite3
+
+    import server.store
+    from server.app import start_server
+    from tests.test_server_harness import Client, server_config
+
+    monkeypatch.setattr(server.store, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    running = await start_server(server_config(pki, tmp_path / "d"))
+    client = Client(running.base_url, pki.ssl("dev-a"), pki.identities["dev-a"].lfdi)
+    try:
+        assert (await client.post("/edev", end_device(client.lfdi))).status == 201
+        before = await running.store.admin.table_dump()
+        blocker = sqlite3.connect(running.store.engine.url.database, timeout=0.1)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            reply = await client.post("/mup", mup(client.lfdi))
+        finally:
+            blocker.rollback()
+            blocker.close()
+        assert reply.status == 503
+        assert reply.headers["Retry-After"] == "30"
+        assert reply.doc(r.Error).maxRetryDuration == 30
+        assert await running.store.admin.table_dump() == before
+        assert (await client.post("/mup", mup(client.lfdi))).status == 201  # and it works once free
+    finally:
+        await client.close()
+        await running.stop()
