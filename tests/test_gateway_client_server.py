@@ -6,7 +6,6 @@ An outage is made with a small TCP proxy the test controls (between client and s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -31,58 +30,10 @@ from gateway.core import (
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from server.store import build_control_base
+from simulators.link_proxy import LinkProxy
 from xsd import validate
 
 PIN = 246810
-
-
-class TcpProxy:
-    """Forwards 127.0.0.1:port to a target; ``cut()`` drops every connection and refuses new ones."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.up = True
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._writers |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        self._writers -= {writer, up_writer}
-
-    def cut(self) -> None:
-        self.up = False
-        for writer in list(self._writers):
-            writer.transport.abort()
-
-    def restore(self) -> None:
-        self.up = True
-
-    async def stop(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 @dataclass
@@ -438,7 +389,7 @@ async def test_outage_queues_durably_and_delivers_everything_once_after_recovery
     )
     await lab.admin.set_rate("post", 10)
     await lab.admin.set_rate("derp", 1)
-    proxy = TcpProxy(lab.server.port)
+    proxy = LinkProxy(lab.server.port)
     await proxy.start()
     try:
         controller = lab.controller()
@@ -483,7 +434,7 @@ async def test_outbox_survives_a_restart_during_an_outage(lab: Lab) -> None:
     doe = await lab.admin.create_control(
         "doe", f"site:{lab.device.lfdi}", duration=3600, base=build_control_base(export_limit_w=1500)
     )
-    proxy = TcpProxy(lab.server.port)
+    proxy = LinkProxy(lab.server.port)
     await proxy.start()
     try:
         first = lab.client(port=proxy.port)

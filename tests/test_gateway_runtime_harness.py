@@ -24,65 +24,10 @@ from gateway.runtime import GatewayRuntime
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from simulators.config import default_site_config
+from simulators.link_proxy import LinkProxy
 from simulators.site import SimulatedSite
 
 PIN = 135791
-
-
-class TcpProxy:
-    """127.0.0.1:port -> target port. ``cut()`` aborts every open connection and refuses new ones."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.up = True
-        self.port = 0
-        self.refused = 0
-        self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = {writer, up_writer}
-        self._open |= pair
-        try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        finally:
-            self._open -= pair
-
-    def cut(self) -> None:
-        self.up = False
-        for writer in list(self._open):
-            writer.transport.abort()
-
-    def restore(self) -> None:
-        self.up = True
-
-    async def stop(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
 @dataclass
@@ -148,7 +93,7 @@ class Lab:
     tmp: Path
     pki: Pki
     server: RunningServer
-    proxy: TcpProxy
+    proxy: LinkProxy
     sim: SimulatedSite
     runtimes: list[GatewayRuntime] = field(default_factory=list)
     token: str = field(default_factory=lambda: secrets.token_hex(16))
@@ -253,7 +198,7 @@ async def make_lab(
     sim_args.update(sim_kwargs or {})
     sim = SimulatedSite(default_site_config(**sim_args))
     server = await start_server(_server_config(pki, tmp / "server", **server_overrides))
-    proxy = TcpProxy(server.port)
+    proxy = LinkProxy(server.port)
     await proxy.start()
     await sim.start()
     await server.store.admin.register_site(pki.gateway.lfdi, pin=PIN, nmi="4102000077")

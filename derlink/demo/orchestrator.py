@@ -40,6 +40,7 @@ import aiohttp
 
 from derlink.demo.compliance import Verdict, check_responses, judge, required_statuses
 from derlink.demo.scenario import Scenario, Segment, applicable_segments, emergency_end
+from simulators.link_proxy import LinkProxy
 
 log = logging.getLogger("derlink.demo")
 
@@ -51,72 +52,6 @@ NOTIFY_HOST = "127.0.0.2"  # the gateway advertises this; the downlink proxy lis
 
 class DemoError(RuntimeError):
     """The demo could not set itself up (not a compliance failure)."""
-
-
-# ------------------------------------------------------------------------------------------- proxy
-
-
-class LinkProxy:
-    """``listen_host:port`` -> ``target``. ``cut()`` drops every open connection and refuses new ones."""
-
-    def __init__(self, listen_host: str, target_host: str, target_port: int, listen_port: int = 0) -> None:
-        self.listen_host, self.listen_port = listen_host, listen_port
-        self.target_host, self.target_port = target_host, target_port
-        self.up = True
-        self.refused = 0
-        self._server: asyncio.Server | None = None
-        self._open: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, self.listen_host, self.listen_port)
-        self.listen_port = self._server.sockets[0].getsockname()[1]
-        return self.listen_port
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(Exception):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(Exception):
-            writer.close()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.up:
-            self.refused += 1
-            writer.transport.abort()
-            return
-        try:
-            up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        pair = {writer, up_writer}
-        self._open |= pair
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-        try:
-            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        finally:
-            self._open -= pair
-            if task is not None:
-                self._tasks.discard(task)
-
-    def cut(self) -> None:
-        self.up = False
-        for writer in list(self._open):
-            writer.transport.abort()
-
-    def restore(self) -> None:
-        self.up = True
-
-    async def stop(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
 
 
 def _downlink_listener_port() -> int | None:
@@ -314,7 +249,7 @@ class Demo:
         self.headend_url = f"http://127.0.0.1:{self.server.headend_port}"
         self.say(f"utility server: 2030.5 on 127.0.0.1:{self.server.port}, head-end on {self.headend_url}")
 
-        self.uplink = LinkProxy("127.0.0.1", "127.0.0.1", self.server.port)
+        self.uplink = LinkProxy(self.server.port)
         await self.uplink.start()
         self._stack.push_async_callback(self.uplink.stop)
         listener_port = None
@@ -324,7 +259,7 @@ class Demo:
                 self.mode = "poll"
                 self.say("127.0.0.2 is not usable here: the gateway polls instead of subscribing")
             else:
-                self.downlink = LinkProxy(NOTIFY_HOST, "127.0.0.1", listener_port, listen_port=listener_port)
+                self.downlink = LinkProxy(listener_port, listen_host=NOTIFY_HOST, listen_port=listener_port)
                 await self.downlink.start()
                 self._stack.push_async_callback(self.downlink.stop)
 
@@ -397,7 +332,7 @@ class Demo:
     def _gateway_config(self, identity: Any, listener_port: int | None, notifier_lfdi: str) -> dict[str, Any]:
         g = self.s.gateway
         server: dict[str, Any] = {
-            "dcap_url": f"https://127.0.0.1:{self.uplink.listen_port if self.uplink else 0}/dcap",
+            "dcap_url": f"https://127.0.0.1:{self.uplink.port if self.uplink else 0}/dcap",
             "pin": PIN,
             "mode": self.mode,
             "request_timeout_s": 2.0,
