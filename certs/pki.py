@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from derlink.files import write_atomic
 from sep2.identity import lfdi_from_cert_der, sfdi_from_lfdi
 
 Role = Literal["device", "aggregator"]
@@ -133,22 +132,6 @@ class DeviceIdentity:
 # --------------------------------------------------------------------------------------------------- files
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` to ``path`` via a temp file + fsync + rename, with ``mode`` from the first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -160,11 +143,11 @@ def _cert_pem(*certs: x509.Certificate) -> bytes:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    _write_atomic(path, _key_pem(key), 0o600)
+    write_atomic(path, _key_pem(key), 0o600)
 
 
 def _write_certs(path: Path, *certs: x509.Certificate) -> None:
-    _write_atomic(path, _cert_pem(*certs), 0o644)
+    write_atomic(path, _cert_pem(*certs), 0o644)
 
 
 def load_certificate(path: Path | str) -> x509.Certificate:
@@ -490,7 +473,7 @@ def create_key_and_csr(
         .sign(key, hashes.SHA256())
     )
     _write_key(key_path, key)
-    _write_atomic(csr_path, csr.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(csr_path, csr.public_bytes(serialization.Encoding.PEM), 0o644)
     return csr
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from derlink.files import write_atomic
 from gateway.core.events import ControlSettings, EventEngine
 from gateway.core.hierarchy import EffectiveLimits
 from gateway.core.site_controller import (
@@ -134,21 +134,7 @@ def save_state(
     target = Path(path)
     if payload is None:
         payload = state_payload(controller)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(target, payload)
 
 
 def load_state(path: str | os.PathLike[str], config: GatewayConfig) -> LoadedState:

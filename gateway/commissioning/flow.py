@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
+from derlink.files import write_atomic
 from gateway.commissioning.nmi import NmiError, validate_nmi
 from gateway.commissioning.state import (
     STEP_TITLES,
@@ -52,7 +53,6 @@ from gateway.commissioning.state import (
     StateError,
     inputs_changed,
     iso,
-    write_atomic,
 )
 
 log = logging.getLogger("derlink.gateway.commissioning")

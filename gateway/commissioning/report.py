@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, iso, write_atomic
+from derlink.files import write_atomic
+from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, iso
 
 
 def report_data(state: CommissioningState) -> dict[str, Any]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from derlink.files import write_atomic
 
 STEPS = ("discover", "identity", "site", "register", "verify", "report")
 STEP_TITLES = {
@@ -31,27 +31,6 @@ FORMAT = 1
 def iso(t: float | None = None) -> str:
     """UTC ISO 8601 with seconds (what the report and the state show)."""
     return dt.datetime.fromtimestamp(time.time() if t is None else t, dt.UTC).isoformat(timespec="seconds")
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class StateError(ValueError):
