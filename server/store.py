@@ -498,6 +498,20 @@ def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
 # ------------------------------------------------------------------------------------- shared queries
 
 
+async def _own_site(conn: AsyncConnection, scope: RequestScope, lfdi: str | None, field: str) -> Any:
+    """This client's EndDevice row for ``lfdi``; otherwise a 400 naming ``field``."""
+    try:
+        device_lfdi = normalise_lfdi(lfdi or "")
+    except IdentityError as exc:
+        raise BadRequest(f"{field}: {exc}") from None
+    site = (
+        await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == device_lfdi, scope.site_condition()))
+    ).first()
+    if site is None:
+        raise BadRequest(f"{field}: {device_lfdi} is not an EndDevice of this client")
+    return site
+
+
 async def _site_targets(conn: AsyncConnection, site_id: int) -> list[tuple[str, int]]:
     """The target keys a site answers to, with a depth (site 1000, groups by nesting depth, all 0)."""
     direct = sa.select(groups.c.id, groups.c.parent_id, sa.literal(1).label("hop")).where(
@@ -1027,21 +1041,9 @@ class Store:
 
     async def upsert_mup(self, scope: RequestScope, mup: r.MirrorUsagePoint) -> tuple[int, bool]:
         """POST MirrorUsagePoint: the same mRID for the same device updates it. Returns (id, created)."""
-        try:
-            device_lfdi = normalise_lfdi(mup.deviceLFDI or "")
-        except IdentityError as exc:
-            raise BadRequest(f"MirrorUsagePoint.deviceLFDI: {exc}") from None
         now = self.clock()
         async with self.write() as conn:
-            site = (
-                await conn.execute(
-                    sa.select(sites.c.id).where(sites.c.lfdi == device_lfdi, scope.site_condition())
-                )
-            ).first()
-            if site is None:
-                raise BadRequest(
-                    f"MirrorUsagePoint.deviceLFDI: {device_lfdi} is not an EndDevice of this client"
-                )
+            site = await _own_site(conn, scope, mup.deviceLFDI, "MirrorUsagePoint.deviceLFDI")
             values = dict(
                 description=mup.description,
                 role_flags=mup.roleFlags,
@@ -1156,19 +1158,9 @@ class Store:
         """Store a DERControl Response. The subject must be a control the responding site can see."""
         if response.status is None or response.status not in VALID_RESPONSE_STATUSES:
             raise BadRequest(f"Response.status: {response.status!r} is not a valid DER response status")
-        try:
-            device_lfdi = normalise_lfdi(response.endDeviceLFDI or "")
-        except IdentityError as exc:
-            raise BadRequest(f"Response.endDeviceLFDI: {exc}") from None
         now = self.clock()
         async with self.write() as conn:
-            site = (
-                await conn.execute(
-                    sa.select(sites.c.id).where(sites.c.lfdi == device_lfdi, scope.site_condition())
-                )
-            ).first()
-            if site is None:
-                raise BadRequest(f"Response.endDeviceLFDI: {device_lfdi} is not an EndDevice of this client")
+            site = await _own_site(conn, scope, response.endDeviceLFDI, "Response.endDeviceLFDI")
             keys = [k for k, _ in await _site_targets(conn, site.id)]
             control = (
                 await conn.execute(
