@@ -50,6 +50,7 @@ Example::
 from __future__ import annotations
 
 import ipaddress
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -431,3 +432,26 @@ def load_settings(path: str | Path) -> GatewaySettings:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     return settings_from_dict(data, p.resolve().parent, p)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are valid TOML basic strings
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def to_toml(data: dict[str, Any], header: str = "") -> str:
+    """Write a site.toml (tables of scalars and arrays of tables; None values are left out)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for name, section in data.items():
+        for table in section if isinstance(section, list) else [section]:
+            lines.append("")
+            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
+    return "\n".join(lines) + "\n"

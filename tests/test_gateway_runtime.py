@@ -19,11 +19,11 @@ import aiomqtt
 import pytest
 
 from derlink.cli import main as derlink_main
-from gateway.config import ConfigError, load_settings, settings_from_dict
+from gateway.config import ConfigError, load_settings, settings_from_dict, to_toml
 from gateway.runtime import GatewayRuntime
 from simulators.config import default_site_config
 from simulators.site import SimulatedSite
-from tests.test_gateway_runtime_harness import Pki, to_toml, tolerance, wait_until
+from tests.test_gateway_runtime_harness import Pki, tolerance, wait_until
 
 pytest_plugins = ["tests.test_gateway_runtime_harness"]
 TOKEN = "0123456789abcdef0123"

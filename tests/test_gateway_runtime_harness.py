@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from certs.pki import DeviceIdentity, PkiPaths, init_pki, issue_device_certificate, load_pki
-from gateway.config import GatewaySettings, lfdi_from_cert_file, settings_from_dict
+from gateway.config import GatewaySettings, lfdi_from_cert_file, settings_from_dict, to_toml
 from gateway.runtime import GatewayRuntime
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
@@ -57,30 +57,6 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within:g} s waiting for {what}")
         await asyncio.sleep(every)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Tables of scalars and arrays of tables: enough for site.toml."""
-    lines: list[str] = []
-    for name, section in data.items():
-        tables = section if isinstance(section, list) else [section]
-        for table in tables:
-            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
-            lines.append("")
-    return "\n".join(lines)
 
 
 def tolerance(limit_w: float) -> float:

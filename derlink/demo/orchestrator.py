@@ -72,29 +72,6 @@ def _downlink_listener_port() -> int | None:
 # ------------------------------------------------------------------------------------------ helpers
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Tables of scalars and arrays of tables: enough for the gateway's site.toml."""
-    lines: list[str] = []
-    for name, section in data.items():
-        for table in section if isinstance(section, list) else [section]:
-            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
-            lines.append("")
-    return "\n".join(lines)
-
-
 def _profile_csv(s: Scenario, points: tuple[tuple[float, float], ...]) -> str:
     """The scenario's [minute, W] points as a simulator CSV profile (second of the local day, W)."""
     base = s.start_second_of_day
@@ -218,7 +195,7 @@ class Demo:
 
     async def _setup(self) -> None:
         from certs.pki import init_pki, issue_device_certificate
-        from gateway.config import lfdi_from_cert_file, load_settings
+        from gateway.config import lfdi_from_cert_file, load_settings, to_toml
         from gateway.runtime import GatewayRuntime
         from server.app import start_server
         from server.config import ServerConfig

@@ -952,28 +952,6 @@ def diagnose_connection(
 # ------------------------------------------------------------------------------------------- site.toml
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
-def to_toml(data: dict[str, Any], header: str = "") -> str:
-    lines = [f"# {line}" for line in header.splitlines()]
-    for name, section in data.items():
-        for table in section if isinstance(section, list) else [section]:
-            lines.append("")
-            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines) + "\n"
-
-
 def site_toml_data(ctx: Context, registration: dict[str, Any]) -> dict[str, Any]:
     state, opts = ctx.state, ctx.opts
     identity, site = state.get("identity"), state.get("site")
@@ -1010,7 +988,7 @@ def site_toml_data(ctx: Context, registration: dict[str, Any]) -> dict[str, Any]
 
 def write_site_toml(ctx: Context, registration: dict[str, Any]) -> Any:
     """Write site.toml for ``derlink gateway --config`` and load it back with the daemon's own reader."""
-    from gateway.config import ConfigError, load_settings
+    from gateway.config import ConfigError, load_settings, to_toml
 
     path = ctx.opts.site_toml_path
     header = (
