@@ -162,9 +162,8 @@ class GatewayRuntime:
         self._stopping = True
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # gather, not a suppressing await per task, so a cancellation of stop() itself still propagates.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self.client is not None:
             await self.client.stop()

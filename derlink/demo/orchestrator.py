@@ -553,8 +553,7 @@ class Demo:
             await asyncio.sleep(max(0.0, self.t0 + s.wall_duration_s - time.time()))
         finally:
             sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            await asyncio.gather(sampler, return_exceptions=True)  # a Ctrl-C meanwhile still propagates
         # Whatever the scenario did, the link is back for the wrap-up: queued telemetry and Responses.
         for proxy in (self.uplink, self.downlink):
             if proxy is not None:

@@ -249,9 +249,8 @@ class Sep2Client:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # gather, not a suppressing await per task, so a cancellation of stop() itself still propagates.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self._runner is not None:
             await self._runner.cleanup()
