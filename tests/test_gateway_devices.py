@@ -188,7 +188,8 @@ async def test_errors_name_the_device() -> None:
         with pytest.raises(DeviceExceptionResponse, match=r"exception code 4 \(DEVICE_FAILURE\)") as err:
             await pv.read_measurements()
         assert err.value.code == 4
-        site.set_fault("pv", "slow", delay_s=2.0)
+        # far beyond 1 s x (1 + 1 retry), so a late answer can never satisfy the retried request
+        site.set_fault("pv", "slow", delay_s=6.0)
         with pytest.raises(DeviceUnreachable, match="did not answer"):
             await pv.read_measurements()
         site.set_fault("pv", None)
