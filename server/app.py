@@ -22,6 +22,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import OperationalError
 
 from sep2 import resources as r
+from sep2.dnssd import Advertiser
 from sep2.identity import lfdi_from_cert_der
 from sep2.xml import to_xml
 from server.api import CACHE_UNTIL, SCOPE, SEP_XML, Handlers
@@ -264,6 +265,7 @@ class RunningServer:
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     metrics: Metrics | None = None
     headend_port: int | None = None
+    advertiser: Advertiser | None = None  # when config.dnssd
 
     @property
     def base_url(self) -> str:
@@ -271,6 +273,8 @@ class RunningServer:
         return f"{scheme}://{self.config.host}:{self.port}"
 
     async def stop(self) -> None:
+        if self.advertiser is not None:  # goodbye first, so clients stop finding a server that is going away
+            await self.advertiser.stop()
         for task in self.tasks:
             task.cancel()
         # gather (not a suppressing await per task) so that a cancellation of stop() itself propagates.
@@ -324,5 +328,12 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     sender = NotificationSender(store, config, metrics)
     running.tasks.append(asyncio.create_task(sender.run(), name="derlink-notifications"))
     running.tasks.append(asyncio.create_task(_flush_contacts_forever(store, 10.0), name="derlink-contacts"))
+    if config.dnssd:
+        running.advertiser = Advertiser(config.dnssd_instance, config.dnssd_address or config.host, port)
+        try:
+            await running.advertiser.start()
+        except Exception:
+            await running.stop()
+            raise
     log.info("2030.5 server listening on %s:%d (admin %s)", config.host, port, admin_port)
     return running

@@ -39,6 +39,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="allow clients to register by POSTing their EndDevice",
     )
+    run.add_argument(
+        "--dnssd",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="advertise the server on mDNS (_smartenergy._tcp, 2030.5 clause 7) for local clients",
+    )
+    run.add_argument("--dnssd-address", help="address advertised by DNS-SD (default: --host)")
     run.add_argument("--log-level", help="DEBUG, INFO, WARNING ...")
     run.set_defaults(handler=_run)
 
@@ -61,6 +68,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
             "post_rate",
             "iana_pen",
             "inband_registration",
+            "dnssd",
+            "dnssd_address",
             "log_level",
         )
     }

@@ -63,6 +63,12 @@ class ServerConfig:
     headend_host: str = "127.0.0.1"
     headend_port: int = 8445
     headend_tokens: list[dict[str, str]] = field(default_factory=list)
+    # DNS-SD (2030.5 clause 7): advertise _smartenergy._tcp on mDNS so local clients find /dcap. The address
+    # is the one clients connect to and the interface mDNS runs on; it defaults to ``host`` unless that is a
+    # wildcard.
+    dnssd: bool = False
+    dnssd_address: str | None = None
+    dnssd_instance: str = "derlink"
 
     @property
     def resolved_database_url(self) -> str:
@@ -198,6 +204,19 @@ def check_config(config: ServerConfig) -> None:
     """Cross-field rules."""
     if not config.tls and not config.trusted_proxies:
         raise ConfigError("tls: may only be false behind a TLS-terminating proxy (set trusted_proxies)")
+    if config.dnssd:
+        if not config.tls:
+            raise ConfigError("dnssd: behind a TLS-terminating proxy, advertise the proxy's address instead")
+        try:
+            address = ipaddress.ip_address(config.dnssd_address or config.host)
+        except ValueError:
+            raise ConfigError(
+                f"dnssd_address: {config.dnssd_address or config.host!r} is not an IP address"
+            ) from None
+        if address.is_unspecified:
+            raise ConfigError(f"dnssd_address: host is {config.host}; name the address clients connect to")
+        if not config.dnssd_instance or "." in config.dnssd_instance or len(config.dnssd_instance) > 63:
+            raise ConfigError("dnssd_instance: 1 to 63 characters without dots")
     if config.database_url and not config.database_url.startswith(
         ("sqlite+aiosqlite://", "postgresql+asyncpg://")
     ):

@@ -161,6 +161,13 @@ def add_commission_parser(gateway_subparsers: argparse._SubParsersAction) -> arg
     g = p.add_argument_group("4. register")
     g.add_argument("--dcap-url", help="the utility server's DeviceCapability URL (https://...)")
     g.add_argument(
+        "--discover",
+        action="store_true",
+        help="find a local utility server by DNS-SD (mDNS _smartenergy._tcp) instead of --dcap-url",
+    )
+    g.add_argument("--discover-interface", help="this gateway's IPv4 address to discover from (default: all)")
+    g.add_argument("--discover-timeout", type=_positive, default=3.0, help="seconds to listen for replies")
+    g.add_argument(
         "--server-ca", type=Path, help="the DNSP's CA chain (PEM) that signed the server certificate"
     )
     g.add_argument(
@@ -223,6 +230,9 @@ def options_from_args(args: argparse.Namespace) -> Any:
         fallback_generation_w=args.fallback_generation_w,
         comms_timeout_s=args.comms_timeout,
         dcap_url=args.dcap_url,
+        discover=args.discover,
+        discover_interface=args.discover_interface,
+        discover_timeout_s=args.discover_timeout,
         server_ca=args.server_ca,
         register_inband=args.register_inband,
         server_mode=args.server_mode,

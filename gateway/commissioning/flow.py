@@ -102,6 +102,9 @@ class Options:
     comms_timeout_s: int | None = None
     # register
     dcap_url: str | None = None
+    discover: bool = False  # find the server by DNS-SD (mDNS) instead of dcap_url
+    discover_interface: str | None = None  # local IPv4 address to ask from; all interfaces when None
+    discover_timeout_s: float = 3.0
     server_ca: Path | None = None
     register_inband: bool | None = None
     server_mode: str | None = None
@@ -1041,6 +1044,46 @@ async def _wait_for(predicate: Callable[[], Awaitable[Any]], within: float, ever
         await asyncio.sleep(every)
 
 
+async def discover_dcap_url(ui: UI, opts: Options) -> str:
+    """The DeviceCapability URL of the one utility server that answers DNS-SD (2030.5 clause 7)."""
+    from sep2.dnssd import SERVICE_TYPE, discover
+
+    where = opts.discover_interface or "all interfaces"
+    ui.info(f"looking for the utility server by DNS-SD ({SERVICE_TYPE} on {where})")
+    try:
+        servers = await discover(opts.discover_timeout_s, opts.discover_interface)
+    except Exception as exc:  # zeroconf reports a bad interface or a busy socket in several ways
+        raise StepFailed(
+            f"DNS-SD discovery could not run on {where}: {exc}",
+            "pass --discover-interface with this gateway's address on the server's network, or --dcap-url",
+        ) from None
+    if not servers:
+        raise StepFailed(
+            f"no IEEE 2030.5 server answered DNS-SD on {where} within {opts.discover_timeout_s:g} s",
+            "a DNSP's server on the internet is not discoverable: pass its --dcap-url; for a local server "
+            "check it advertises (derlink server --dnssd) and that the gateway is on the same network",
+        )
+    if len(servers) == 1:
+        ui.info(f"found {servers[0].instance!r}: {servers[0].dcap_url}")
+        return servers[0].dcap_url
+    ui.table(
+        "utility servers that answered DNS-SD",
+        ["#", "instance", "DeviceCapability URL"],
+        [[str(n), s.instance, s.dcap_url] for n, s in enumerate(servers, 1)],
+    )
+    if not ui.interactive:
+        raise StepFailed(
+            f"{len(servers)} servers answered DNS-SD: " + ", ".join(s.dcap_url for s in servers),
+            "rerun with --dcap-url naming the DNSP's server",
+        )
+
+    def pick(text: str) -> str:
+        if not text.strip().isdigit() or not 1 <= int(text) <= len(servers):
+            raise ValueError(f"answer a number from 1 to {len(servers)}")
+        return servers[int(text) - 1].dcap_url
+
+    return ask_value(ui, None, "--dcap-url", "Which server is the DNSP's (number)", pick)
+
 async def step_register(ctx: Context) -> None:
     from certs.tls import TlsConfigError, client_ssl_context
     from gateway.client import RegistrationError
@@ -1060,6 +1103,8 @@ async def step_register(ctx: Context) -> None:
         dcap_url = https_url(opts.dcap_url) if opts.dcap_url else None
     except ValueError as exc:
         raise StepFailed(f"--dcap-url: {exc}", "rerun with the DNSP's DeviceCapability URL") from None
+    if dcap_url is None and opts.discover:
+        dcap_url = await discover_dcap_url(ui, opts)
     dcap_url = (
         dcap_url
         or previous.get("dcap_url")
