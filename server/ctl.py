@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -126,12 +127,72 @@ def _console(stderr: bool = False) -> Any:
     return Console(stderr=stderr)
 
 
-def _cell(value: Any) -> str:
+_TIME_WORDS = ("time", "start", "end", "registered", "contact", "until", "created", "updated")
+
+
+def _is_timestamp(key: str, value: Any) -> bool:
+    """Unix seconds the API returns under names like at, start, last_contact (not durations or counts)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    name = key.lower()
+    named = name == "at" or name.endswith("_at") or any(word in name for word in _TIME_WORDS)
+    return named and "duration" not in name and 1_000_000_000 <= value < 4_102_444_800
+
+
+def _cell(value: Any, key: str = "") -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
         return json.dumps(value, separators=(",", ":"))
+    if _is_timestamp(key, value):  # the operator's local time with its offset; --json keeps Unix seconds
+        return datetime.fromtimestamp(value, UTC).astimezone().isoformat(sep=" ", timespec="seconds")
     return str(value)
+
+
+def _is_control(value: Any) -> bool:
+    return isinstance(value, dict) and "mrid" in value and "start" in value and "duration" in value
+
+
+def _control_line(control: dict[str, Any]) -> str:
+    """One line per control: mRID, status, local start, duration and limits."""
+    limits = ", ".join(
+        f"{name.removesuffix('_w').replace('_', ' ')} {value:g} W"
+        if name.endswith("_w") and isinstance(value, int | float)
+        else f"{name} {value}"
+        for name, value in (control.get("limits") or {}).items()
+    )
+    start = _cell(control["start"], "start")
+    return f"{control['mrid']} {control.get('status') or ''} {start} for {control['duration']} s: {limits}"
+
+
+def _nested(value: Any, key: str = "", depth: int = 0) -> Any:
+    """A rich renderable for one value of a record: sub-tables for objects and lists of objects, one level
+    deep (deeper tables would not fit a terminal), then compact JSON."""
+    from rich import box
+    from rich.table import Table
+
+    if depth > 0 and isinstance(value, list) and value and all(_is_control(item) for item in value):
+        return "\n".join(_control_line(item) for item in value)
+    if depth > 0 and isinstance(value, dict | list) and value:
+        return _control_line(value) if _is_control(value) else json.dumps(value, separators=(", ", ": "))
+    if isinstance(value, dict) and value:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="dim")
+        table.add_column()
+        for k, v in value.items():
+            table.add_row(k, _nested(v, k, depth + 1))
+        return table
+    if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        columns: list[str] = []
+        for item in value:
+            columns += [k for k in item if k not in columns]
+        table = Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
+        for item in value:
+            table.add_row(*(_nested(item.get(c), c, depth + 1) for c in columns))
+        return table
+    if isinstance(value, list):
+        return ", ".join(_cell(v, key) for v in value)
+    return _cell(value, key)
 
 
 def _show(args: argparse.Namespace, payload: Any, title: str | None = None) -> None:
@@ -150,17 +211,17 @@ def _show(args: argparse.Namespace, payload: Any, title: str | None = None) -> N
         for column in columns:
             table.add_column(column)
         for item in items:
-            table.add_row(*(_cell(item.get(c)) for c in columns))
+            table.add_row(*(_cell(item.get(c), c) for c in columns))
         console.print(table)
         extra = {k: v for k, v in payload.items() if k != "items"}
         if extra:
-            console.print(" ".join(f"{k}={_cell(v)}" for k, v in extra.items()))
+            console.print(" ".join(f"{k}={_cell(v, k)}" for k, v in extra.items()))
         return
     table = Table(show_header=False, title=title)
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in payload.items() if isinstance(payload, dict) else [("result", payload)]:
-        table.add_row(key, _cell(value))
+        table.add_row(key, _nested(value, key))
     console.print(table)
 
 
@@ -381,6 +442,14 @@ def _run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ parser
 
 
+class _JsonAnywhereParser(argparse.ArgumentParser):
+    """Accepts ``--json`` after the action too (``derlink ctl audit --json``), not only before the object."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "ctl", help="operate the head-end: sites, groups, controls, DOEs, emergency"
@@ -395,7 +464,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(handler=_run)
-    nouns = parser.add_subparsers(dest="noun", metavar="OBJECT", required=True)
+    nouns = parser.add_subparsers(
+        dest="noun", metavar="OBJECT", required=True, parser_class=_JsonAnywhereParser
+    )
 
     def verbs(name: str, help_text: str) -> Any:
         p = nouns.add_parser(name, help=help_text)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -534,6 +536,7 @@ async def test_ctl_cli_over_the_api(world: HeadEndWorld, tmp_path: Path) -> None
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             cwd=Path(__file__).parent.parent,
+            env={**os.environ, "COLUMNS": "200"},  # rich tables wide enough not to wrap the values we check
         )
         out, err = await proc.communicate()
         return proc.returncode, out.decode() + err.decode()
@@ -562,6 +565,12 @@ async def test_ctl_cli_over_the_api(world: HeadEndWorld, tmp_path: Path) -> None
     assert code == 1 and "line 3" in out and "export_limit_w" in out
     code, out = await ctl("audit", "--action", "group.create")
     assert json.loads(out)["items"][0]["reason"] == "new feeder"
+    code, out = await ctl("audit", "--action", "group.create", "--json", json_out=False)  # after the action
+    assert code == 0 and json.loads(out)["items"][0]["actor"] == "alice"
+    code, out = await ctl("sites", "show", lfdi, json_out=False)  # nested sections, times as local dates
+    assert code == 0 and "export limit 2500 W" in out and "for 1800 s" in out, out
+    local_start = datetime.fromtimestamp(now, UTC).astimezone().isoformat(sep=" ", timespec="seconds")
+    assert local_start in out and str(now) not in out, out
 
 
 def test_token_config_errors_name_the_field() -> None:
