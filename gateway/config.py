@@ -22,9 +22,18 @@ Example::
     [[device]]                        # one per SunSpec device
     name = "pv"
     role = "pv"                       # pv | battery | meter (exactly one meter)
-    host = "192.168.1.20"
+    host = "192.168.1.20"             # Modbus TCP ...
     port = 502
     unit = 1
+
+    [[device]]
+    name = "meter"
+    role = "meter"
+    serial_port = "/dev/ttyUSB0"      # ... or Modbus RTU on RS-485 (instead of host/port); devices on
+    baudrate = 9600                   # one line share it, so give them the same settings
+    parity = "N"                      # N | E | O; 8 data bits
+    stopbits = 1
+    unit = 3
 
     [installer_limits]                # the connection agreement (export_limit_w is required)
     export_limit_w = 5000
@@ -68,17 +77,31 @@ ROLES = ("pv", "battery", "meter")
 MODES = ("poll", "subscribe")
 
 
+BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+PARITIES = ("N", "E", "O")
+
+
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
     role: str  # pv | battery | meter
     host: str
-    port: int
+    port: int  # Modbus TCP port; 0 for a device on a serial line
     unit: int = 1
+    # Modbus RTU (RS-485) instead of TCP: the serial device and its settings (8 data bits)
+    serial_port: str | None = None
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
 
     @property
-    def address(self) -> tuple[str, int, int]:
-        return (self.host, self.port, self.unit)
+    def address(self) -> tuple[str, int, int, Any]:
+        """(host, port, unit, SerialLine or None): the arguments of ``DeviceConnection.open``."""
+        if self.serial_port is None:
+            return (self.host, self.port, self.unit, None)
+        from gateway.devices.device import SerialLine
+
+        return ("", 0, self.unit, SerialLine(self.serial_port, self.baudrate, self.parity, self.stopbits))
 
 
 @dataclass(frozen=True)
@@ -348,11 +371,30 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         role = d.get("role", str, required=True)
         if role not in ROLES:
             raise ConfigError(f"device[{i}].role: must be one of {', '.join(ROLES)}, got {role!r}")
-        devices.append(DeviceSpec(
-            name=name, role=role, host=d.get("host", str, "127.0.0.1"),
-            port=d.integer("port", required=True, low=1, high=65535),  # type: ignore[arg-type]
-            unit=d.integer("unit", 1, low=0, high=255),  # type: ignore[arg-type]
-        ))  # fmt: skip
+        serial_port = d.get("serial_port", str)
+        if serial_port is None:
+            devices.append(DeviceSpec(
+                name=name, role=role, host=d.get("host", str, "127.0.0.1"),
+                port=d.integer("port", required=True, low=1, high=65535),  # type: ignore[arg-type]
+                unit=d.integer("unit", 1, low=0, high=255),  # type: ignore[arg-type]
+            ))  # fmt: skip
+        else:
+            for tcp_key in ("host", "port"):
+                if tcp_key in d.data:
+                    raise ConfigError(f"{d.name(tcp_key)}: not used with serial_port (Modbus RTU)")
+            if not serial_port:
+                raise ConfigError(f"{d.name('serial_port')}: must name a serial device, e.g. /dev/ttyUSB0")
+            baudrate = d.integer("baudrate", 9600)
+            if baudrate not in BAUDRATES:
+                raise ConfigError(f"{d.name('baudrate')}: must be one of {BAUDRATES}, got {baudrate}")
+            parity = d.get("parity", str, "N").upper()
+            if parity not in PARITIES:
+                raise ConfigError(f"{d.name('parity')}: must be N, E or O, got {parity!r}")
+            devices.append(DeviceSpec(
+                name=name, role=role, host="", port=0, serial_port=serial_port, baudrate=baudrate,
+                parity=parity, stopbits=d.integer("stopbits", 1, low=1, high=2),  # type: ignore[arg-type]
+                unit=d.integer("unit", 1, low=1, high=247),  # type: ignore[arg-type]  # RTU: 0 is broadcast
+            ))  # fmt: skip
         d.finish()
     meters = [d for d in devices if d.role == "meter"]
     if len(meters) != 1:

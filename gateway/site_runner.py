@@ -39,10 +39,12 @@ from gateway.control_loop import (
     SiteLimits,
 )
 from gateway.devices import DeviceConnection, DeviceError, Measurements
+from gateway.devices.device import SerialLine
 
 log = logging.getLogger(__name__)
 
-Address = tuple[str, int, int]  # host, port, unit id
+# host, port, unit id [, SerialLine for a device on Modbus RTU]
+Address = tuple[str, int, int] | tuple[str, int, int, SerialLine | None]
 _UNKNOWN = object()
 
 

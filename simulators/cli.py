@@ -33,6 +33,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     site.add_argument(
         "--once", action="store_true", help="print what runs where and one status table, then exit"
     )
+    site.add_argument(
+        "--rtu",
+        nargs="?",
+        const="pty",
+        metavar="SERIAL_PORT",
+        help="also serve every device as Modbus RTU on SERIAL_PORT (an RS-485 adapter); without a value, "
+        "on a pseudo-terminal pair whose gateway end is printed",
+    )
+    site.add_argument("--baudrate", type=int, default=9600, help="RTU baud rate (default 9600)")
     site.set_defaults(handler=_run_site)
 
     fleet = sub.add_parser("fleet", help="run N default sites in one process (one port per site)")
@@ -103,8 +112,24 @@ async def _site_main(args: argparse.Namespace) -> int:
     cfg.validate()
     site = SimulatedSite(cfg)
     await site.start()
+    link = None
     try:
         console.print(_where_table(site))
+        if args.rtu:
+            if args.rtu == "pty":
+                from simulators.serial_link import PtyLink
+
+                link = PtyLink().start()
+            try:
+                await site.serve_rtu(link.device_end if link else args.rtu, args.baudrate)
+            except OSError as exc:
+                console.print(f"[red]error:[/red] --rtu: {exc}")
+                return 2
+            gateway_end = link.gateway_end if link else args.rtu
+            console.print(
+                f"Modbus RTU: serial_port = {gateway_end!r}, baudrate = {args.baudrate}, 8N1, "
+                "unit IDs as above"
+            )
         if site.control_port is not None:
             console.print(f"control: http://127.0.0.1:{site.control_port}/sites/{site.name}")
         if args.once:
@@ -118,6 +143,8 @@ async def _site_main(args: argparse.Namespace) -> int:
         return 0
     finally:
         await site.stop()
+        if link is not None:
+            link.close()
 
 
 async def _fleet_main(args: argparse.Namespace) -> int:

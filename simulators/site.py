@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from pymodbus.server import ModbusTcpServer
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
 from .config import ConfigError, DeviceConfig, ProfileConfig, SiteConfig
 from .devices import FAULTS, Fault, SunSpecDevice
@@ -147,6 +147,7 @@ class SimulatedSite:
         self._device_endpoint = {dev.name: ep for ep in self._endpoints for dev in ep.devices}
         self._control_runner: web.AppRunner | None = None
         self.control_port: int | None = None
+        self._rtu_servers: list[ModbusSerialServer] = []
         self.started = False
 
     def _add_unit(self, d: DeviceConfig) -> None:
@@ -185,7 +186,32 @@ class SimulatedSite:
             raise
         self.started = True
 
+    async def serve_rtu(self, port: str, baudrate: int = 9600, parity: str = "N", stopbits: int = 1) -> None:
+        """Also serve every device as Modbus RTU on the serial device ``port`` (an RS-485 adapter, or one end
+        of a :class:`simulators.serial_link.PtyLink`), each at its unit ID, beside its TCP endpoint."""
+        ids = [d.cfg.unit_id for d in self.devices.values()]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("devices", f"unit IDs must differ to share one RTU line, got {sorted(ids)}")
+        server = ModbusSerialServer(
+            [d.sim_device() for d in self.devices.values()],
+            port=port,
+            baudrate=baudrate,
+            parity=parity,
+            stopbits=stopbits,
+        )
+        try:
+            await server.serve_forever(background=True)
+        except RuntimeError:  # pymodbus' way of saying the port did not open
+            raise OSError(f"cannot open serial port {port}") from None
+        await asyncio.sleep(0)  # let the transport's own setup callback run before anyone may stop it
+        if not server.transport:
+            raise OSError(f"cannot open serial port {port}")
+        self._rtu_servers.append(server)
+
     async def stop(self) -> None:
+        for server in self._rtu_servers:
+            await server.shutdown()
+        self._rtu_servers.clear()
         for ep in self._endpoints:
             await ep.stop()
         if self._control_runner is not None:

@@ -1,4 +1,4 @@
-"""The gateway's device shell: SunSpec devices over Modbus TCP (see :mod:`gateway.devices.device`)."""
+"""The gateway's device shell: SunSpec devices over Modbus TCP or RTU (see :mod:`gateway.devices.device`)."""
 
 from gateway.devices.device import (
     DeviceConnection,

@@ -1,4 +1,5 @@
-"""SunSpec devices over Modbus TCP (pymodbus async client): scan, identify, measure, control, verify.
+"""SunSpec devices over Modbus TCP or Modbus RTU (pymodbus async clients): scan, identify, measure, control,
+verify.
 
 Usage::
 
@@ -9,6 +10,9 @@ Usage::
     await dev.set_storage_power(-2000)       # battery: + discharge / - charge, W; None = device's own mode
     await dev.set_connected(False)
     await dev.close()
+
+On RS-485 (Modbus RTU) pass ``serial=SerialLine("/dev/ttyUSB0", 9600)``: the devices on one line share a
+single client and take turns, since one request at a time may be on the wire.
 
 Both model families are supported: legacy (1, 101-103, 120-124) and DER (1, 701-704, 713, 714); meters
 201-204. Every write is read back and compared register for register; a mismatch raises
@@ -29,7 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 
@@ -131,43 +136,117 @@ class Measurements:
     raw: dict[int, dict[str, Any]] = field(default_factory=dict, repr=False)
 
 
+# ------------------------------------------------------------------------------------------------ RS-485
+@dataclass(frozen=True)
+class SerialLine:
+    """A Modbus RTU line: serial device path and its settings (8 data bits)."""
+
+    port: str
+    baudrate: int = 9600
+    parity: str = "N"  # N | E | O
+    stopbits: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.port} ({self.baudrate} 8{self.parity}{self.stopbits})"
+
+
+class _Bus:
+    """One serial line shared by every device on it: one client, one request at a time."""
+
+    def __init__(self, line: SerialLine, timeout: float, retries: int) -> None:
+        self.line = line
+        self.client = AsyncModbusSerialClient(
+            line.port,
+            framer=FramerType.RTU,
+            baudrate=line.baudrate,
+            parity=line.parity,
+            stopbits=line.stopbits,
+            bytesize=8,
+            timeout=timeout,
+            retries=retries,
+            reconnect_delay=0,
+            reconnect_delay_max=0,
+        )
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
+# (event loop, serial path) -> bus; an entry lives while a DeviceConnection on that line is open
+_buses: dict[tuple[int, str], _Bus] = {}
+
+
+def _bus_for(line: SerialLine, timeout: float, retries: int) -> tuple[tuple[int, str], _Bus]:
+    key = (id(asyncio.get_running_loop()), line.port)
+    bus = _buses.get(key)
+    if bus is not None and bus.line != line:
+        raise ValueError(f"{line.port} is already open as {bus.line}, not {line}")
+    if bus is None:
+        bus = _buses[key] = _Bus(line, timeout, retries)
+    bus.users += 1
+    return key, bus
+
+
 # ------------------------------------------------------------------------------------------------ device
 class DeviceConnection:
-    """One SunSpec device (one unit ID) behind a Modbus TCP endpoint."""
+    """One SunSpec device (one unit ID) behind a Modbus TCP endpoint or on a Modbus RTU line."""
 
     def __init__(
         self,
         host: str,
         port: int,
         unit_id: int = 1,
+        serial: SerialLine | None = None,
         *,
         timeout: float = 2.0,
         retries: int = 1,
         clock: Callable[[], float] = time.monotonic,
         scale_factor_max_age_s: float = 2.0,
     ) -> None:
-        self.host, self.port, self.unit_id = host, port, unit_id
+        """TCP: ``host``, ``port``. RTU: ``serial`` (``host``/``port`` unused); needs a running event loop."""
+        self.host, self.port, self.unit_id, self.serial = host, port, unit_id, serial
         self.timeout = timeout
         self.clock = clock
         self.scale_factor_max_age_s = scale_factor_max_age_s
         self.last_write_acked_at: float | None = None  # wall clock (time.time) of the last write's ack
-        self.where = f"{host}:{port} unit {unit_id}"
-        self.client = AsyncModbusTcpClient(
-            host, port=port, timeout=timeout, retries=retries, reconnect_delay=0, reconnect_delay_max=0
-        )
+        self._bus_key: tuple[int, str] | None = None
+        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient
+        if serial is None:
+            self.where = f"{host}:{port} unit {unit_id}"
+            self.client = AsyncModbusTcpClient(
+                host, port=port, timeout=timeout, retries=retries, reconnect_delay=0, reconnect_delay_max=0
+            )
+            self._lock = asyncio.Lock()
+        else:
+            self.where = f"{serial.port} unit {unit_id}"
+            self._bus_key, bus = _bus_for(serial, timeout, retries)
+            self.client, self._lock = bus.client, bus.lock  # the line's lock: one request on the wire
         self.models: dict[int, list[ModelMap]] = {}
         self._info: DeviceInfo | None = None
-        self._lock = asyncio.Lock()
         self._model_regs: dict[int, tuple[float, list[int]]] = {}  # model -> (clock, registers) last read
 
     @classmethod
-    async def open(cls, host: str, port: int, unit_id: int = 1, **kwargs: Any) -> DeviceConnection:
-        dev = cls(host, port, unit_id, **kwargs)
-        await dev._ensure_connected()
+    async def open(
+        cls, host: str, port: int, unit_id: int = 1, serial: SerialLine | None = None, **kwargs: Any
+    ) -> DeviceConnection:
+        dev = cls(host, port, unit_id, serial, **kwargs)
+        try:
+            await dev._ensure_connected()
+        except BaseException:
+            await dev.close()
+            raise
         return dev
 
     async def close(self) -> None:
-        self.client.close()
+        if self._bus_key is None:
+            self.client.close()
+            return
+        key, self._bus_key = self._bus_key, None
+        bus = _buses.get(key)
+        if bus is not None:
+            bus.users -= 1
+            if bus.users <= 0:  # the last device on the line closes the port
+                bus.client.close()
+                del _buses[key]
 
     async def __aenter__(self) -> DeviceConnection:
         await self._ensure_connected()
@@ -191,7 +270,8 @@ class DeviceConnection:
         except (TimeoutError, OSError, ModbusException) as exc:
             raise DeviceUnreachable(self.where, f"cannot connect: {exc}") from exc
         if not ok:
-            raise DeviceUnreachable(self.where, "connection refused or no answer")
+            what = "cannot open the serial port (missing, or in use)" if self.serial else "connection refused"
+            raise DeviceUnreachable(self.where, f"{what} or no answer")
 
     async def _call(self, operation: str, fn: Callable[[], Any]) -> Any:
         await self._ensure_connected()
