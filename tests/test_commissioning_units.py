@@ -84,6 +84,16 @@ def test_static_cap_keeps_worst_case_generation_within_the_export_limit() -> Non
 
 def test_scan_targets_and_units() -> None:
     assert parse_scan_targets(["10.0.0.5"]) == [("10.0.0.5", 502)]
+    assert parse_scan_targets(["rtu:/dev/ttyUSB0"]) == [("rtu:/dev/ttyUSB0@9600-8N1", 0)]
+    assert parse_scan_targets(["rtu:/dev/ttyS1@19200-8e2"]) == [("rtu:/dev/ttyS1@19200-8E2", 0)]
+    for bad, problem in (
+        ("rtu:ttyUSB0", "serial device"),
+        ("rtu:/dev/ttyUSB0@9601", "baud rate"),
+        ("rtu:/dev/ttyUSB0@fast", "not a number"),
+        ("rtu:/dev/ttyUSB0@9600-7N1", "frame"),
+    ):
+        with pytest.raises(ValueError, match=problem):
+            parse_scan_targets([bad])
     assert parse_scan_targets(["10.0.0.5:5020-5021"]) == [("10.0.0.5", 5020), ("10.0.0.5", 5021)]
     assert len(parse_scan_targets(["192.168.1.0/24:502"])) == 254
     with pytest.raises(ValueError, match="at most 256"):

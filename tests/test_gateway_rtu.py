@@ -5,10 +5,14 @@ gateway meeting a DOE with devices configured by ``serial_port``."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import tomllib
 
 import pytest
 
+from certs.pki import issue_device_certificate
+from gateway.commissioning import run_commissioning
 from gateway.config import ConfigError, GatewaySettings
 from gateway.devices import DeviceConnection, DeviceUnreachable
 from gateway.devices.device import SerialLine
@@ -16,9 +20,10 @@ from server.store import build_control_base
 from simulators.config import default_site_config
 from simulators.serial_link import PtyLink
 from simulators.site import SimulatedSite
+from tests.test_commissioning_harness import Bench, RecordingUI
 from tests.test_gateway_runtime_harness import Lab, tolerance, wait_until
 
-pytest_plugins = ["tests.test_gateway_runtime_harness"]
+pytest_plugins = ["tests.test_gateway_runtime_harness", "tests.test_commissioning_harness"]
 
 BAUD = 19200
 
@@ -30,9 +35,7 @@ async def test_three_devices_share_one_rtu_line() -> None:
     await site.serve_rtu(link.device_end, BAUD)
     line = SerialLine(link.gateway_end, BAUD)
     names = ("pv", "battery", "meter")
-    devices = [
-        await DeviceConnection.open("", 0, site.endpoint(n).unit_id, line, timeout=1.0) for n in names
-    ]
+    devices = [await DeviceConnection.open("", 0, site.endpoint(n).unit_id, line, timeout=1.0) for n in names]
     try:
         # all three at once: the line's lock keeps one request on the wire, so no answer lands on the
         # wrong request (RTU frames carry no transaction id)
@@ -112,3 +115,33 @@ async def test_serial_device_settings_are_checked_naming_the_field(lab: Lab) -> 
     ):
         with pytest.raises(ConfigError, match=field.replace("[", r"\[").replace("]", r"\]")):
             settings(**device)
+
+
+async def test_commissioning_scans_an_rtu_line_and_writes_serial_devices(bench: Bench) -> None:
+    link = PtyLink().start()
+    try:
+        await bench.sim.serve_rtu(link.device_end, BAUD)
+        ident = issue_device_certificate(bench.pki.directory, "gw-rtu")
+        await bench.register_site(ident.lfdi)
+        ui = RecordingUI()
+        opts = bench.options(
+            cert=ident.chain_path,
+            key=ident.key_path,
+            sign_with_ca=None,
+            scan=[f"rtu:{link.gateway_end}@{BAUD}"],
+        )
+        outcome = await run_commissioning(opts, ui)
+        assert outcome.ok, (outcome.message, outcome.next_action, ui.text)
+        line = f"rtu:{link.gateway_end}@{BAUD}-8N1"
+        report = json.loads((opts.work_dir / "report.json").read_text())
+        assert sorted(d["role"] for d in report["devices"]) == ["battery", "meter", "pv"]
+        assert f"{line}:1" in ui.text  # found devices listed by their line and unit ID
+        devices = tomllib.loads(opts.site_toml_path.read_text())["device"]
+        assert all(d["serial_port"] == link.gateway_end and d["baudrate"] == BAUD for d in devices)
+        assert not any("host" in d or "port" in d for d in devices)
+        # verification ran over the line: the PV obeyed the test limit and the gateway's telemetry arrived
+        verification = report["verification"]
+        assert verification["passed"] is True and verification["local"]["inverter"]["obeyed"]
+        assert verification["server"]["telemetry"]["readings"]
+    finally:
+        link.close()

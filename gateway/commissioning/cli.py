@@ -120,7 +120,8 @@ def add_commission_parser(gateway_subparsers: argparse._SubParsersAction) -> arg
         "--scan",
         action="append",
         metavar="HOST[:PORT[-PORT]]",
-        help="address(es) to scan; HOST may be a CIDR block (repeatable, default port 502)",
+        help="address(es) to scan; HOST may be a CIDR block (repeatable, default port 502); "
+        "rtu:/dev/ttyUSB0[@9600[-8N1]] scans a Modbus RTU (RS-485) line",
     )
     g.add_argument("--units", metavar="LIST", help="Modbus unit IDs to try, e.g. 1-3,126 (default 1-3)")
     g.add_argument(
@@ -129,7 +130,8 @@ def add_commission_parser(gateway_subparsers: argparse._SubParsersAction) -> arg
         type=_role,
         default=[],
         metavar="HOST:PORT:UNIT=ROLE",
-        help="override a device's role: pv, battery, meter or ignore (repeatable)",
+        help="override a device's role: pv, battery, meter or ignore (repeatable); the address as listed, "
+        "e.g. 192.168.1.20:502:1 or rtu:/dev/ttyUSB0@9600-8N1:3",
     )
     g.add_argument(
         "--scan-timeout", type=_positive, default=1.0, help="seconds per Modbus request while scanning"

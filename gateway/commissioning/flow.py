@@ -256,11 +256,51 @@ def parse_units(text: str) -> list[int]:
     return sorted(units)
 
 
+RTU_PREFIX = "rtu:"
+
+
+def _rtu_target(entry: str) -> str:
+    """``rtu:PATH[@BAUD[-8PS]]`` (e.g. ``rtu:/dev/ttyUSB0@9600-8N1``) in its canonical, complete form."""
+    from gateway.config import BAUDRATES, PARITIES
+
+    path, _, settings = entry.removeprefix(RTU_PREFIX).partition("@")
+    baud_text, _, frame = settings.partition("-")
+    frame = (frame or "8N1").upper()
+    try:
+        baudrate = int(baud_text or 9600)
+    except ValueError:
+        raise ValueError(f"--scan {entry!r}: baud rate {baud_text!r} is not a number") from None
+    if not path.startswith("/"):
+        raise ValueError(f"--scan {entry!r}: name the serial device, e.g. rtu:/dev/ttyUSB0@9600")
+    if baudrate not in BAUDRATES:
+        raise ValueError(f"--scan {entry!r}: baud rate must be one of {BAUDRATES}")
+    if len(frame) != 3 or frame[0] != "8" or frame[1] not in PARITIES or frame[2] not in "12":
+        raise ValueError(f"--scan {entry!r}: frame must be 8N1, 8E1, 8O1 or with 2 stop bits (8N2)")
+    return f"{RTU_PREFIX}{path}@{baudrate}-{frame}"
+
+
+def serial_line_of(host: str) -> Any:
+    """The SerialLine of a canonical ``rtu:`` scan target; None for a TCP host."""
+    if not host.startswith(RTU_PREFIX):
+        return None
+    from gateway.devices.device import SerialLine
+
+    path, _, settings = host.removeprefix(RTU_PREFIX).rpartition("@")
+    baud, _, frame = settings.partition("-")
+    return SerialLine(path, int(baud), frame[1], int(frame[2]))
+
+
 def parse_scan_targets(entries: list[str]) -> list[tuple[str, int]]:
-    """``HOST``, ``HOST:PORT``, ``HOST:PORT-PORT``; HOST may be a CIDR block of at most 256 addresses."""
+    """``HOST``, ``HOST:PORT``, ``HOST:PORT-PORT``; HOST may be a CIDR block of at most 256 addresses.
+
+    ``rtu:PATH[@BAUD[-8N1]]`` scans a Modbus RTU line instead; its target is ``(canonical form, 0)``.
+    """
     out: list[tuple[str, int]] = []
     for entry in entries:
         entry = entry.strip()
+        if entry.startswith(RTU_PREFIX):
+            out.append((_rtu_target(entry), 0))
+            continue
         host, sep, ports = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
         if not sep:
             host, ports = entry, "502"
@@ -289,19 +329,26 @@ def parse_scan_targets(entries: list[str]) -> list[tuple[str, int]]:
     return out
 
 
+def endpoint_label(host: str, port: int) -> str:
+    return host if host.startswith(RTU_PREFIX) else f"{host}:{port}"
+
+
 def address_key(host: str, port: int, unit: int) -> str:
-    return f"{host}:{port}:{unit}"
+    return f"{endpoint_label(host, port)}:{unit}"
 
 
 async def scan_one(host: str, port: int, unit: int, timeout_s: float) -> dict[str, Any]:
     from gateway.devices import DeviceConnection, DeviceError, DeviceUnreachable
 
-    dev = DeviceConnection(host, port, unit, timeout=timeout_s, retries=0)
+    try:
+        dev = DeviceConnection(host, port, unit, serial_line_of(host), timeout=timeout_s, retries=0)
+    except ValueError as exc:  # the same serial device with other settings in one scan
+        return {"found": False, "error": str(exc), "refused": False}
     try:
         info = await dev.scan()
         return {"found": True, "info": info.to_dict()}
     except DeviceUnreachable as exc:
-        refused = "cannot connect" in str(exc) or "connection refused" in str(exc)
+        refused = any(text in str(exc) for text in ("cannot connect", "connection refused", "cannot open"))
         return {"found": False, "error": str(exc), "refused": refused}
     except DeviceError as exc:
         return {"found": False, "error": str(exc), "refused": False}
@@ -339,7 +386,8 @@ async def step_discover(ctx: Context) -> None:
             ui,
             None,
             "--scan",
-            "Modbus TCP addresses to scan (HOST[:PORT[-PORT]], comma separated)",
+            "Modbus addresses to scan (HOST[:PORT[-PORT]] for TCP, rtu:/dev/ttyUSB0@9600 for RS-485; "
+            "comma separated)",
             _scan_answer,
         )
     try:
@@ -362,8 +410,8 @@ async def step_discover(ctx: Context) -> None:
     results = await asyncio.gather(*(probe(h, p, u) for h, p in targets for u in units))
     found = [(h, p, u, r["info"]) for h, p, u, r in results if r["found"]]
     silent_ports = sorted(
-        {f"{h}:{p}" for h, p, _, r in results if not r["found"] and r.get("refused")}
-        - {f"{h}:{p}" for h, p, _, _ in found}
+        {endpoint_label(h, p) for h, p, _, r in results if not r["found"] and r.get("refused")}
+        - {endpoint_label(h, p) for h, p, _, _ in found}
     )
     errors = [f"{address_key(h, p, u)}: {r['error']}" for h, p, u, r in results if not r["found"]]
     scan_summary = {
@@ -468,7 +516,9 @@ async def _open_devices(devices: list[dict[str, Any]], timeout_s: float = 2.0) -
     conns: dict[str, Any] = {}
     try:
         for dev in devices:
-            conn = DeviceConnection(dev["host"], dev["port"], dev["unit"], timeout=timeout_s)
+            conn = DeviceConnection(
+                dev["host"], dev["port"], dev["unit"], serial_line_of(dev["host"]), timeout=timeout_s
+            )
             conns[dev["name"]] = conn
             await conn.scan()
     except DeviceError as exc:
@@ -978,15 +1028,25 @@ def site_toml_data(ctx: Context, registration: dict[str, Any]) -> dict[str, Any]
             "key": str(Path(identity["key_path"]).resolve()),
             "ca": str(Path(registration["server_ca"]).resolve()),
         },
-        "device": [
-            {"name": d["name"], "role": d["role"], "host": d["host"], "port": d["port"], "unit": d["unit"]}
-            for d in state.get("devices")
-        ],
+        "device": [_device_entry(d) for d in state.get("devices")],
         "installer_limits": limits,
         "comms_loss": {**fallback, "comms_timeout_s": site["comms_timeout_s"]},
         "control_loop": {"period_s": opts.loop_period_s},
         "local_api": {"port": 0, "token": token},
     }
+
+
+def _device_entry(device: dict[str, Any]) -> dict[str, Any]:
+    """One ``[[device]]`` of site.toml: host/port for Modbus TCP, serial settings for Modbus RTU."""
+    entry = {"name": device["name"], "role": device["role"]}
+    line = serial_line_of(device["host"])
+    if line is None:
+        entry.update(host=device["host"], port=device["port"])
+    else:
+        entry.update(
+            serial_port=line.port, baudrate=line.baudrate, parity=line.parity, stopbits=line.stopbits
+        )
+    return {**entry, "unit": device["unit"]}
 
 
 def write_site_toml(ctx: Context, registration: dict[str, Any]) -> Any:
