@@ -396,6 +396,19 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
                 unit=d.integer("unit", 1, low=1, high=247),  # type: ignore[arg-type]  # RTU: 0 is broadcast
             ))  # fmt: skip
         d.finish()
+    lines: dict[str, tuple[int, DeviceSpec]] = {}
+    for i, dev in enumerate(devices):  # one RS-485 line has one set of settings
+        if dev.serial_port is None:
+            continue
+        first = lines.setdefault(dev.serial_port, (i, dev))
+        for key in ("baudrate", "parity", "stopbits"):
+            if getattr(dev, key) != getattr(first[1], key):
+                raise ConfigError(
+                    f"device[{i}].{key}: {getattr(dev, key)} differs from device[{first[0]}] on the same "
+                    f"serial_port {dev.serial_port} ({getattr(first[1], key)})"
+                )
+        if dev.unit in {d.unit for d in devices[:i] if d.serial_port == dev.serial_port}:
+            raise ConfigError(f"device[{i}].unit: {dev.unit} is already used on {dev.serial_port}")
     meters = [d for d in devices if d.role == "meter"]
     if len(meters) != 1:
         raise ConfigError(f'device: exactly one device with role "meter" is needed, found {len(meters)}')

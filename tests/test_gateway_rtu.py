@@ -103,6 +103,12 @@ async def test_serial_device_settings_are_checked_naming_the_field(lab: Lab) -> 
     good = settings(baudrate=19200, parity="e", stopbits=2)
     meter = next(d for d in good.devices if d.role == "meter")
     assert meter.address == ("", 0, 3, SerialLine("/dev/ttyUSB0", 19200, "E", 2))
+    pv_rtu = {"name": "pv", "role": "pv", "serial_port": "/dev/ttyUSB0", "unit": 1}
+    meter_rtu = {"name": "meter", "role": "meter", "serial_port": "/dev/ttyUSB0", "unit": 3}
+    with pytest.raises(ConfigError, match=r"device\[1\]\.baudrate: 19200 differs from device\[0\]"):
+        lab.settings(device=[pv_rtu, {**meter_rtu, "baudrate": 19200}])
+    with pytest.raises(ConfigError, match=r"device\[1\]\.unit: 1 is already used on /dev/ttyUSB0"):
+        lab.settings(device=[pv_rtu, {**meter_rtu, "unit": 1}])
     for device, field in (
         ({"port": 502}, "device[1].port"),
         ({"host": "10.0.0.1"}, "device[1].host"),

@@ -41,10 +41,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from derlink.files import write_atomic
+
+if TYPE_CHECKING:
+    from gateway.devices.device import SerialLine
 from gateway.commissioning.nmi import NmiError, validate_nmi
 from gateway.commissioning.state import (
     STEP_TITLES,
@@ -279,7 +282,7 @@ def _rtu_target(entry: str) -> str:
     return f"{RTU_PREFIX}{path}@{baudrate}-{frame}"
 
 
-def serial_line_of(host: str) -> Any:
+def serial_line_of(host: str) -> SerialLine | None:
     """The SerialLine of a canonical ``rtu:`` scan target; None for a TCP host."""
     if not host.startswith(RTU_PREFIX):
         return None
@@ -1143,6 +1146,7 @@ async def discover_dcap_url(ui: UI, opts: Options) -> str:
         return servers[int(text) - 1].dcap_url
 
     return ask_value(ui, None, "--dcap-url", "Which server is the DNSP's (number)", pick)
+
 
 async def step_register(ctx: Context) -> None:
     from certs.tls import TlsConfigError, client_ssl_context
