@@ -77,7 +77,8 @@ def run_demo(args: argparse.Namespace) -> int:
         console.print(
             f"[bold green]PASS[/]: the site stayed within every applicable limit "
             f"({comp['readings_within']}/{comp['readings_judged']} readings in {comp['intervals_judged']} "
-            f"judged intervals) and all {comp['responses_required']} required Responses arrived."
+            f"judged intervals) and every Response required of the {comp['responses_required']} "
+            f"control(s) that asked for them arrived."
         )
     else:
         console.print("[bold red]FAIL[/]:")
