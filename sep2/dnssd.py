@@ -30,6 +30,10 @@ def txt_record(https_port: int, dcap_path: str = "/dcap") -> dict[str, str]:
     return {"txtvers": "1", "dcap": dcap_path, "https": str(https_port), "level": SCHEMA_LEVEL}
 
 
+def dcap_url_of(host: str, port: int, dcap_path: str) -> str:
+    return f"https://[{host}]:{port}{dcap_path}" if ":" in host else f"https://{host}:{port}{dcap_path}"
+
+
 @dataclass(frozen=True)
 class DiscoveredServer:
     """One utility server that answered, with everything needed to reach its DeviceCapability."""
@@ -42,8 +46,7 @@ class DiscoveredServer:
 
     @property
     def dcap_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self.port}{self.dcap_path}"
+        return dcap_url_of(self.host, self.port, self.dcap_path)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -125,7 +128,7 @@ class Advertiser:
 
     @property
     def dcap_url(self) -> str:
-        return DiscoveredServer(self.instance, self.address, self.https_port, self.dcap_path, "").dcap_url
+        return dcap_url_of(self.address, self.https_port, self.dcap_path)
 
     async def stop(self) -> None:
         if self._zeroconf is None:
