@@ -1,0 +1,1 @@
+"""Aggregator-side tools: bi-directional offers (Boffer) built within DNSP operating envelopes."""
