@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES: dict[str, str] = {
     "ctl": "server.ctl",
     "gateway": "gateway.cli",
     "demo": "derlink.demo.cli",
+    "boffer": "aggregator.boffer.cli",
 }
 
 
