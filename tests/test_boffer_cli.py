@@ -148,3 +148,27 @@ async def test_publish_targets_as_gateway_aggregator_setpoints():
     assert bodies["house-1"]["export_target_w"] == -11900  # 7.5 native + 4.4 controllable, importing
     assert bodies["house-4"] == {"export_target_w": -31900, "expires_in_s": 300,
                                  "detail": "Boffer dispatch: house-4"}  # fmt: skip
+
+
+def test_site_from_derlink_der_documents_and_doe():
+    from aggregator.boffer.derlink_source import site_from_der_documents
+    from sep2.resources import ActivePower, DERAvailability, DERCapability, DERSettings
+
+    pv = {"cap": DERCapability(modesSupported="00000001", type=4, rtgMaxW=ActivePower.from_watts(5000)),
+          "settings": DERSettings(setGradW=100, setMaxW=ActivePower.from_watts(4600)),
+          "availability": DERAvailability(readingTime=0,
+                                          statWAvail=ActivePower.from_watts(3200))}  # fmt: skip
+    battery = {"cap": DERCapability(modesSupported="00000001", type=80, rtgMaxW=ActivePower.from_watts(5000),
+                                    rtgMaxChargeRateW=ActivePower.from_watts(5000),
+                                    rtgMaxDischargeRateW=ActivePower.from_watts(5000)),
+               "settings": DERSettings(setGradW=100, setMaxW=ActivePower.from_watts(5000),
+                                       setMaxChargeRateW=ActivePower.from_watts(3000))}  # fmt: skip
+    site = site_from_der_documents("lfdi-1", [pv, battery], import_limit_w=10000, export_limit_w=1500,
+                                   recent_load_w=[800, 1200, 1000])  # fmt: skip
+    assert (site.controlled_gen, site.ess_charge, site.ess_discharge) == (3.2, 3.0, 5.0)
+    assert (site.native_load, site.import_limit, site.export_limit) == (1.0, 10.0, 1.5)
+    built = build_offer(Portfolio.from_sites([site]), "NMI", ex.LADDER, Plan.thresholds(ex.LADDER, 1, 78))
+    assert built.offer.periods[0].max_avail_gen == 1.5  # 8.2 kW of generation, 1.5 kW export DOE
+    assert built.offer.periods[0].max_avail_load == -4.0  # 1 kW native + 3 kW charging
+    with pytest.raises(ValueError, match="DERCapability"):
+        site_from_der_documents("x", [{}], import_limit_w=None, export_limit_w=None)
