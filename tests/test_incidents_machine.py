@@ -138,3 +138,44 @@ def test_raise_from_findings_one_open_incident_per_site_and_kind():
     assert [(i.id, i.subject) for i in created2] == [("inc-4", "site:B")]
     assert [(i.id, i.state, i.timeline[-1].text) for i in noted2] == [
         ("inc-1", "triaged", "again: export 6 kW over a 5 kW limit")]  # fmt: skip
+
+
+async def test_webhook_posts_each_transition_signed():
+    import hashlib
+    import hmac
+    import json as _json
+
+    import aiohttp
+    from aiohttp import web
+
+    from server.incidents.webhook import notify
+
+    received: list[tuple[dict, str]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        body = await request.read()
+        received.append((_json.loads(body), request.headers.get("X-Derlink-Signature", "")))
+        expected = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+        return web.Response(status=204 if received[-1][1] == expected else 401)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
+    try:
+        inc = act(incident(), "triage")
+        async with aiohttp.ClientSession() as session:
+            assert await notify(session, url, inc, secret="s3cret") == 204
+            assert await notify(session, url, inc, secret="wrong") == 401
+        await runner.cleanup()
+        async with aiohttp.ClientSession() as session:
+            refused = await notify(session, url, inc, timeout_s=1)
+    finally:
+        await runner.cleanup()
+    assert isinstance(refused, str) and "Error" in refused
+    body = received[0][0]
+    assert (body["id"], body["state"], body["event"]["action"], body["event"]["actor"]) == (
+        "inc-1", "triaged", "triage", HOLDER)  # fmt: skip
