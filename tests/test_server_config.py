@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+import server.incidents.tables  # noqa: F401  (registers its tables on metadata until the store imports it)
 from sep2 import resources as r
 from sep2.xml import from_xml
 from server.app import start_server

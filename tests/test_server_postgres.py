@@ -21,6 +21,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+import server.incidents.tables  # noqa: F401  (registers its tables on metadata until the store imports it)
 from sep2 import resources as r
 from server.app import start_server
 from server.store import (
