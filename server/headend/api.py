@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hmac
+import importlib
 import json
 import logging
 import secrets
@@ -1893,11 +1894,17 @@ def doe_free_mrid(store: Store) -> str:
 # ------------------------------------------------------------------------------------------- listener
 
 
+# Modules adding their own routes: each has ``register(head, app)`` (routes kept out of this file).
+EXTENSIONS = ("server.headend.incidents_api",)
+
+
 def create_headend_app(store: Store, config: ServerConfig) -> web.Application:
     head = HeadEnd(store, config)
     # Large bodies (DOE uploads) are streamed by their handler; JSON bodies are bounded here.
     app = web.Application(middlewares=[head.middleware], client_max_size=64 * 1024 * 1024)
     head.add_routes(app)
+    for extension in EXTENSIONS:
+        importlib.import_module(extension).register(head, app)
     return app
 
 
