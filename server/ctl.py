@@ -416,8 +416,10 @@ def _commands() -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from server.incidents.ctl import commands as incident_commands
+
     key = (args.noun, getattr(args, "verb", None))
-    command = _commands()[key]
+    command = {**_commands(), **incident_commands(_call)}[key]
     try:
         payload = asyncio.run(command(args))
     except CtlError as exc:
@@ -610,3 +612,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--since", type=int)
     p.add_argument("--until", type=int)
     paging(p)
+
+    from server.incidents.ctl import add_parsers
+
+    add_parsers(verbs)

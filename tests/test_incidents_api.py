@@ -66,3 +66,35 @@ async def test_incident_workflow_over_the_headend(api):
         ("alice", "incident.note", "export 6 kW > 5 kW"),
         ("alice", "incident.triage", "confirmed"),
     ]
+
+
+async def test_ctl_incidents_commands(api, tmp_path):
+    import asyncio
+    import contextlib
+    import io
+    import json
+
+    from derlink.cli import main
+
+    sessions, _ = api
+    base = str(sessions["alice"]._base_url)
+
+    def ctl(*argv):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = main(["ctl", "--url", base, "--token", TOKENS[0]["token"], "--json", *argv])
+        return code, out.getvalue()
+
+    # main() runs its own event loop (asyncio.run): call it off this test's loop.
+    code, out = await asyncio.to_thread(ctl, "incidents", "raise", "site:EF56", "silent",
+                                        "no readings 15 min", "--severity", "low")  # fmt: skip
+    assert code == 0 and json.loads(out)["incident"]["id"] == "INC-1"
+    code, out = await asyncio.to_thread(ctl, "incidents", "triage", "INC-1", "--reason", "looked")
+    assert code == 0 and json.loads(out)["state"] == "triaged"
+    code, out = await asyncio.to_thread(ctl, "incidents", "resolve", "INC-1", "--reason", "early")
+    assert code == 1 and json.loads(out)["status"] == 409
+    code, out = await asyncio.to_thread(ctl, "incidents", "refer", "INC-1", "--reason", "installer",
+                                        "--referred-to", "installer-co")  # fmt: skip
+    assert code == 0 and json.loads(out)["referred_to"] == "installer-co"
+    code, out = await asyncio.to_thread(ctl, "incidents", "list", "--open")
+    assert code == 0 and "INC-1" in out
