@@ -98,3 +98,13 @@ async def test_ctl_incidents_commands(api, tmp_path):
     assert code == 0 and json.loads(out)["referred_to"] == "installer-co"
     code, out = await asyncio.to_thread(ctl, "incidents", "list", "--open")
     assert code == 0 and "INC-1" in out
+
+
+async def test_incident_routes_in_the_openapi_document(api):
+    from server.headend.incidents_api import ROUTES
+
+    async with api[0]["victor"].get("/api/openapi.json") as resp:
+        doc = await resp.json()
+    for route in ROUTES:
+        op = doc["paths"][route.path][route.method.lower()]
+        assert op["x-derlink-role"] == ("operator" if route.write else "viewer")

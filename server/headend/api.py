@@ -548,7 +548,8 @@ ROUTES: list[Route] = [
 
 def openapi_document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for route in ROUTES:
+    extra = [r for m in EXTENSIONS for r in importlib.import_module(m).ROUTES]
+    for route in ROUTES + extra:
         op: dict[str, Any] = {
             "summary": route.summary,
             "operationId": route.handler,
