@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
+from gateway.observability import log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
 
 if TYPE_CHECKING:
@@ -98,6 +99,7 @@ class GatewayRuntime:
         self.startup: dict[str, Any] = {}
         self.state_error: str | None = None
         self.local_api_port: int | None = None
+        self.outbox_depth = 0  # refreshed by status() and the local API's /metrics
         self.changed = asyncio.Condition()  # notified after every decision and step (MQTT, tests)
         self._decide_lock = asyncio.Lock()
         self._step_lock = asyncio.Lock()
@@ -324,6 +326,7 @@ class GatewayRuntime:
             if soc is not None and (base.soc_pct is None or abs(base.soc_pct - soc) >= 1.0):
                 base = replace(base, soc_pct=round(soc, 1))
             decision = controller.decide(int(self.now()), base if base is not controller.inputs else None)
+            log_decision(log, reason, self.decision, decision)
             self.decision = decision
             changed = self._apply(decision, (reason, trigger_at if trigger_at is not None else self.now()))
             if changed and self.runner is not None and reason != "startup":
@@ -476,6 +479,11 @@ class GatewayRuntime:
             )
         return m.SiteSnapshot(site=site, ders=ders)
 
+    async def refresh_outbox_depth(self) -> int:
+        if self.client is not None:
+            self.outbox_depth = await self.client.outbox.pending()
+        return self.outbox_depth
+
     async def status(self) -> dict[str, Any]:
         """Everything `derlink gateway status`, the local API and MQTT show."""
         assert self.controller is not None and self.decision is not None
@@ -489,7 +497,7 @@ class GatewayRuntime:
                 state=st.state, comms_ok=st.comms_ok, last_contact=st.last_contact, last_error=st.last_error,
                 server_offset=st.server_offset, subscriptions=st.subscriptions,
                 notifications=st.notifications, post_rate=st.post_rate,
-                outbox_pending=await self.client.outbox.pending(),
+                outbox_pending=await self.refresh_outbox_depth(),
                 outbox_rejected=await self.client.outbox.rejected(),
             )  # fmt: skip
         comms["last_contact_core"] = self.controller.last_contact
