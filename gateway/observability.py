@@ -10,6 +10,7 @@ record, so the JSON format (``derlink gateway --log-format json``) gives a machi
     link_back        contact again after a declared loss
     device_fault     a device fault appeared (Modbus error, device not following, stale/frozen meter)
     device_ok        every device fault cleared
+    drm_changed      the DRED asserts other AS/NZS 4755 demand response modes
 
 Metrics: :class:`GatewayCollector` renders the runtime's current state at scrape time (no second copy
 of the state to keep in step). It is registered in a registry per runtime, because a lab or a benchmark
@@ -172,6 +173,12 @@ class GatewayCollector:
             for name, count in sorted(runner.modbus_errors.items()):
                 errors.add_metric([name], float(count))
             faults.add_metric([], float(len(runner.faults)))
+        drm = GaugeMetricFamily("derlink_gateway_drm", "AS/NZS 4755 DRM asserted (1) or not (0)",
+                                labels=["mode"])  # fmt: skip
+        if rt.controller is not None:
+            for mode in range(9):
+                drm.add_metric([str(mode)], 1.0 if mode in rt.controller.inputs.drm_modes else 0.0)
+        yield drm
         yield site
         yield device_w
         yield errors

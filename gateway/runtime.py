@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
-from gateway.observability import log_decision
+from gateway.observability import event, log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
 
 if TYPE_CHECKING:
@@ -111,6 +111,8 @@ class GatewayRuntime:
         self._saved: bytes | None = None
         self._local_api: Any = None
         self._mqtt: Any = None
+        self._drm_input: Any = None
+        self.drm_error: str | None = None  # the DRM input's last read error (None: reading fine)
         self._stopping = False
 
     # ------------------------------------------------------------------------------------ clock
@@ -143,6 +145,7 @@ class GatewayRuntime:
             log.error("devices not ready at start-up (%s); the control loop keeps trying", exc)
             self.startup["device_error"] = str(exc)
         log.info("start-up: limits %s in %.3f s", self.site_limits, time.monotonic() - started)
+        await self._start_drm()
         # From here on: network.
         if s.local_api.enabled:
             from gateway.local_api import start_local_api
@@ -174,6 +177,8 @@ class GatewayRuntime:
             self._local_api = None
         if self.runner is not None:
             await self.runner.close()
+        if self._drm_input is not None:
+            await self._drm_input.close()
         if self.controller is not None:
             self._save(force=True)
 
@@ -302,6 +307,51 @@ class GatewayRuntime:
                 # asyncio.timeout rather than wait_for, which can swallow a cancellation on Python 3.11.
                 async with asyncio.timeout(period):
                     await self._kick.wait()
+
+    # ---------------------------------------------------------------------------------- DRM input
+
+    async def _start_drm(self) -> None:
+        """Read the DRED once before going online (it needs no internet), then poll it."""
+        from gateway.drm_input import open_input
+
+        self._drm_input = open_input(self.settings.drm)
+        if self._drm_input is None:
+            return
+        await self._read_drm()
+        self._tasks.append(asyncio.create_task(self._drm_loop(), name="gateway-drm-input"))
+
+    async def _read_drm(self) -> None:
+        from gateway.drm_input import DrmInputError
+
+        reader = self._drm_input
+        assert reader is not None and self.controller is not None
+        try:
+            modes = await reader.read()
+        except DrmInputError as exc:
+            if self.drm_error is None:
+                event(log, logging.WARNING, "device_fault", f"DRM input: {exc}; keeping the last known modes",
+                      device="drm", fault=str(exc))  # fmt: skip
+            if self.runner is not None:
+                self.runner.modbus_errors["drm"] = self.runner.modbus_errors.get("drm", 0) + 1
+            self.drm_error = str(exc)
+            return
+        if self.drm_error is not None:
+            event(log, logging.INFO, "device_ok", "DRM input readable again", device="drm")
+            self.drm_error = None
+        inputs = self.controller.inputs
+        if modes != inputs.drm_modes or inputs.drm_source != reader.describe:
+            event(log, logging.WARNING if modes else logging.INFO, "drm_changed",
+                  f"DRM inputs: {', '.join(f'DRM {m}' for m in sorted(modes)) or 'none asserted'}"
+                  f" ({reader.describe})", modes=sorted(modes))  # fmt: skip
+            await self.set_inputs("drm", drm_modes=modes, drm_source=reader.describe)
+
+    async def _drm_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drm.poll_s)
+            try:
+                await self._read_drm()
+            except Exception:  # a bug must not stop reading the DRED
+                log.exception("DRM input read failed")
 
     # ---------------------------------------------------------------------------------- decisions
 

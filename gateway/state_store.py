@@ -42,6 +42,8 @@ def inputs_to_dict(inputs: SiteInputs) -> dict[str, Any]:
     return {
         "emergency": inputs.emergency.to_dict() if inputs.emergency else None,
         "emergency_detail": inputs.emergency_detail,
+        "drm_modes": sorted(inputs.drm_modes),
+        "drm_source": inputs.drm_source,
         "aggregator": None
         if agg is None
         else {
@@ -65,6 +67,8 @@ def inputs_from_dict(d: dict[str, Any]) -> SiteInputs:
     return SiteInputs(
         emergency=_settings(d["emergency"]),
         emergency_detail=d["emergency_detail"],
+        drm_modes=frozenset(d.get("drm_modes", ())),  # absent in state files before DRM inputs
+        drm_source=d.get("drm_source", "DRM input"),
         aggregator=None
         if agg is None
         else AggregatorInput(

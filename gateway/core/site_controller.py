@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.core.drm import drm_layer, mode_errors
 from gateway.core.events import ControlSettings, EventEngine, Response, ScheduleResult
 from gateway.core.fallback import FallbackConfig, Regime, decide_fallback
 from gateway.core.hierarchy import EffectiveLimits, Layer, Source, combine
@@ -52,10 +53,13 @@ class CustomerPrefs:
 
 @dataclass(frozen=True)
 class SiteInputs:
-    """Local inputs at one instant; ``emergency`` is e.g. DRM 0 -> ControlSettings(connect=False)."""
+    """Local inputs at one instant: ``emergency`` is a local command (e.g. ControlSettings(connect=False)),
+    ``drm_modes`` the AS/NZS 4755 demand response modes asserted on the DRM input ``drm_source``."""
 
     emergency: ControlSettings | None = None
     emergency_detail: str = "local emergency input"
+    drm_modes: frozenset[int] = frozenset()
+    drm_source: str = "DRM input"
     aggregator: AggregatorInput | None = None
     customer: CustomerPrefs = field(default_factory=CustomerPrefs)
     soc_pct: float | None = None
@@ -108,6 +112,9 @@ class SiteController:
         layers = list(fb.layers)
         if inputs.emergency is not None:
             layers.append(Layer(Source.LOCAL_EMERGENCY, inputs.emergency, inputs.emergency_detail))
+        drm = drm_layer(inputs.drm_modes, inputs.drm_source)
+        if drm is not None:
+            layers.append(drm)
         agg = inputs.aggregator
         agg_expiry = None
         if agg is not None and (agg.expires_at is None or now < agg.expires_at):
@@ -144,7 +151,7 @@ class SiteController:
 
 def check_inputs(inputs: SiteInputs) -> None:
     """Raise ValueError naming every bad field; nothing is changed by a rejected input."""
-    problems = []
+    problems = [f"drm_modes: {p}" for p in mode_errors(inputs.drm_modes)]
     parts = {
         "emergency": inputs.emergency,
         "aggregator.settings": inputs.aggregator.settings if inputs.aggregator else None,
