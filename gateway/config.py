@@ -55,6 +55,14 @@ Example::
     host = "127.0.0.1"
     port = 1883
 
+    [black_start]                     # when the grid returns after an outage (gateway/core/black_start.py)
+    enabled = true
+    hold_export_limit_w = 0           # the hold: zero export ...
+    # hold_generation_limit_w = 0     # ... or no generation at all
+    delay_min_s = 60                  # held for delay_min_s + a per-device random part of window_s
+    window_s = 600
+    grid_lost_below_v = 100           # meter voltage below this: grid down
+
     [drm]                             # AS/NZS 4755 DRM inputs from a DRED (gateway/README-drm.md)
     source = "modbus"                 # modbus | gpio | local_api
     host = "192.168.1.30"             # modbus: a digital I/O module; DRM n = input address + n
@@ -77,7 +85,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.core import ControlSettings, FallbackConfig
+from gateway.core import BlackStartConfig, ControlSettings, FallbackConfig
 
 
 class ConfigError(ValueError):
@@ -198,6 +206,7 @@ class GatewaySettings:
     local_api: LocalApiSettings = field(default_factory=LocalApiSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     drm: DrmSettings = field(default_factory=DrmSettings)
+    black_start: BlackStartConfig = field(default_factory=BlackStartConfig)
 
     @property
     def state_path(self) -> Path:
@@ -332,7 +341,7 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
     top = _Section(data, "")
     sections = {k: top.get(k, dict) for k in
                 ("gateway", "server", "tls", "installer_limits", "comms_loss", "control_loop", "local_api",
-                 "mqtt", "drm")}  # fmt: skip
+                 "mqtt", "drm", "black_start")}  # fmt: skip
     devices_raw = top.get("device", list, [])
     top.finish()
 
@@ -504,8 +513,22 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
     return GatewaySettings(
         path=path, data_dir=data_dir, lfdi=lfdi, server=server, tls=tls, devices=tuple(devices),
         installer_limits=installer, fallback=fallback, loop=loop, local_api=local_api, mqtt=mqtt,
-        drm=_drm(sections["drm"], base_dir),
+        drm=_drm(sections["drm"], base_dir), black_start=_black_start(sections["black_start"]),
     )  # fmt: skip
+
+
+def _black_start(raw: Any) -> BlackStartConfig:
+    b = _Section(raw, "black_start")
+    config = BlackStartConfig(
+        enabled=b.get("enabled", bool, True),
+        hold_export_limit_w=b.number("hold_export_limit_w", 0.0, minimum=0),  # type: ignore[arg-type]
+        hold_generation_limit_w=b.number("hold_generation_limit_w", minimum=0),
+        delay_min_s=b.integer("delay_min_s", 60, low=0, high=86400),  # type: ignore[arg-type]
+        window_s=b.integer("window_s", 600, low=0, high=86400),  # type: ignore[arg-type]
+        grid_lost_below_v=b.number("grid_lost_below_v", 100.0, positive=True),  # type: ignore[arg-type]
+    )
+    b.finish()
+    return config
 
 
 def _drm(raw: Any, base_dir: Path) -> DrmSettings:

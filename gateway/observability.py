@@ -10,6 +10,8 @@ record, so the JSON format (``derlink gateway --log-format json``) gives a machi
     link_back        contact again after a declared loss
     device_fault     a device fault appeared (Modbus error, device not following, stale/frozen meter)
     device_ok        every device fault cleared
+    grid_lost        the meter shows no grid voltage (black start: generation held from now)
+    grid_restored    the grid is back; generation is held back until a randomised moment
     drm_changed      the DRED asserts other AS/NZS 4755 demand response modes
 
 Metrics: :class:`GatewayCollector` renders the runtime's current state at scrape time (no second copy
@@ -179,6 +181,19 @@ class GatewayCollector:
             for mode in range(9):
                 drm.add_metric([str(mode)], 1.0 if mode in rt.controller.inputs.drm_modes else 0.0)
         yield drm
+        hold = GaugeMetricFamily(
+            "derlink_gateway_black_start_hold", "1 while generation is held back after a grid outage"
+        )
+        grid = GaugeMetricFamily("derlink_gateway_grid_up", "1 while the meter shows the grid up")
+        if rt.controller is not None and d is not None:
+            g = rt.controller.grid
+            held = rt.controller.config.black_start.enabled and (
+                not g.grid_up or (g.hold_until is not None and d.now < g.hold_until)
+            )
+            hold.add_metric([], 1.0 if held else 0.0)
+            grid.add_metric([], 1.0 if g.grid_up else 0.0)
+        yield hold
+        yield grid
         yield site
         yield device_w
         yield errors

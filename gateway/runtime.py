@@ -87,7 +87,9 @@ class GatewayRuntime:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.core_config = GatewayConfig(settings.lfdi, settings.installer_limits, settings.fallback)
+        self.core_config = GatewayConfig(
+            settings.lfdi, settings.installer_limits, settings.fallback, black_start=settings.black_start
+        )
         self.controller: SiteController | None = None
         self.decision: Decision | None = None
         self.runner: SiteRunner | None = None
@@ -112,6 +114,7 @@ class GatewayRuntime:
         self._local_api: Any = None
         self._mqtt: Any = None
         self._drm_input: Any = None
+        self._grid_changed = False
         self.drm_error: str | None = None  # the DRM input's last read error (None: reading fine)
         self._stopping = False
 
@@ -280,6 +283,7 @@ class GatewayRuntime:
                 else:
                     self.latency_unwritten += 1
             self.last_report = report
+        self._observe_grid()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.queue_telemetry(self.site_snapshot())
@@ -307,6 +311,23 @@ class GatewayRuntime:
                 # asyncio.timeout rather than wait_for, which can swallow a cancellation on Python 3.11.
                 async with asyncio.timeout(period):
                     await self._kick.wait()
+
+    def _observe_grid(self) -> None:
+        """Grid down/up from the meter voltage (black-start hold); the decision loop decides on a change."""
+        meter = self.runner.meter.last if self.runner is not None else None
+        if meter is None or meter.v is None or self.controller is None:
+            return
+        up = meter.v >= self.settings.black_start.grid_lost_below_v
+        if self.controller.grid_observed(int(self.now()), up):
+            g = self.controller.grid
+            if up:
+                event(log, logging.WARNING, "grid_restored",
+                      f"grid back ({meter.v:.0f} V): generation held back until {g.hold_until}",
+                      hold_until=g.hold_until)  # fmt: skip
+            else:
+                event(log, logging.WARNING, "grid_lost", f"grid lost (meter {meter.v:.0f} V)")
+            self._grid_changed = True
+            self._wake.set()
 
     # ---------------------------------------------------------------------------------- DRM input
 
@@ -437,6 +458,10 @@ class GatewayRuntime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
+            if self._grid_changed:
+                self._grid_changed = False
+                await self.decide("grid")
+                continue
             if self.decision is not decision:
                 continue  # someone decided meanwhile
             now = self.now()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from derlink.files import write_atomic
+from gateway.core.black_start import BlackStartState
 from gateway.core.events import ControlSettings, EventEngine
 from gateway.core.hierarchy import EffectiveLimits
 from gateway.core.site_controller import (
@@ -92,6 +93,7 @@ def controller_to_dict(controller: SiteController) -> dict[str, Any]:
         "engine": controller.engine.to_dict(),
         "last_contact": controller.last_contact,
         "inputs": inputs_to_dict(controller.inputs),
+        "grid": controller.grid.to_dict(),
         "last_decision": None
         if last is None
         else {
@@ -118,7 +120,8 @@ def controller_from_dict(data: dict[str, Any], config: GatewayConfig) -> LoadedS
         raise StateError(f"device_id: state is for {data['device_id']!r}, config says {config.device_id!r}")
     engine = EventEngine.from_dict(data["engine"])
     engine.supported_modes = config.supported_modes
-    controller = SiteController(config, engine, data["last_contact"], inputs_from_dict(data["inputs"]))
+    grid = BlackStartState.from_dict(data.get("grid"))  # absent in files from before the black-start hold
+    controller = SiteController(config, engine, data["last_contact"], inputs_from_dict(data["inputs"]), grid)
     last = data["last_decision"]
     limits = EffectiveLimits.from_dict(last["limits"]) if last else None
     return LoadedState(controller, None, limits, last["now"] if last else None)
