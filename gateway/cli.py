@@ -26,6 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", type=Path, help="the gateway's site.toml")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    parser.add_argument(
+        "--log-format", default="text", choices=("text", "json"),
+        help="text (default) or json: one JSON object per line, with its event and fields",
+    )  # fmt: skip
     parser.set_defaults(handler=run_command)
     sub = parser.add_subparsers(dest="gateway_command", metavar="COMMAND")
     status = sub.add_parser(
@@ -66,7 +70,9 @@ def run_command(args: argparse.Namespace) -> int:
     if not isinstance(level, int):
         print(f"derlink gateway: --log-level: unknown level {args.log_level!r}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.observability import configure_logging
+
+    configure_logging(level, args.log_format)
     from gateway.runtime import GatewayRuntime
 
     asyncio.run(GatewayRuntime(settings).run_forever())

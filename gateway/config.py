@@ -54,6 +54,25 @@ Example::
     enabled = true
     host = "127.0.0.1"
     port = 1883
+
+    [black_start]                     # when the grid returns after an outage (gateway/core/black_start.py)
+    enabled = true
+    hold_export_limit_w = 0           # the hold: zero export ...
+    # hold_generation_limit_w = 0     # ... or no generation at all
+    delay_min_s = 60                  # held for delay_min_s + a per-device random part of window_s
+    window_s = 600
+    grid_lost_below_v = 100           # meter voltage below this: grid down
+
+    [drm]                             # AS/NZS 4755 DRM inputs from a DRED (gateway/README-drm.md)
+    source = "modbus"                 # modbus | gpio | local_api
+    host = "192.168.1.30"             # modbus: a digital I/O module; DRM n = input address + n
+    port = 502
+    unit = 1
+    table = "discrete_inputs"         # or "coils"
+    address = 0
+    # gpio_pins = [5, 6, 13, 19, 26, 16, 20, 21, 12]   # gpio: DRM 0..8 (sysfs), or value_files = [...]
+    active_low = false
+    poll_s = 0.5
 """
 
 from __future__ import annotations
@@ -66,7 +85,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.core import ControlSettings, FallbackConfig
+from gateway.core import BlackStartConfig, ControlSettings, FallbackConfig
 
 
 class ConfigError(ValueError):
@@ -75,6 +94,8 @@ class ConfigError(ValueError):
 
 ROLES = ("pv", "battery", "meter")
 MODES = ("poll", "subscribe")
+DRM_SOURCES = ("modbus", "gpio", "local_api")
+DRM_TABLES = ("discrete_inputs", "coils")
 
 
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
@@ -156,6 +177,22 @@ class MqttSettings:
 
 
 @dataclass(frozen=True)
+class DrmSettings:
+    """Where the DRM 0..8 inputs come from (gateway.drm_input); ``source`` None: no DRM input."""
+
+    source: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 502
+    unit: int = 1
+    table: str = "discrete_inputs"
+    address: int = 0
+    value_files: tuple[Path, ...] = ()
+    active_low: bool = False
+    poll_s: float = 0.5
+    timeout_s: float = 1.0
+
+
+@dataclass(frozen=True)
 class GatewaySettings:
     path: Path | None
     data_dir: Path
@@ -168,6 +205,8 @@ class GatewaySettings:
     loop: LoopSettings = field(default_factory=LoopSettings)
     local_api: LocalApiSettings = field(default_factory=LocalApiSettings)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
+    drm: DrmSettings = field(default_factory=DrmSettings)
+    black_start: BlackStartConfig = field(default_factory=BlackStartConfig)
 
     @property
     def state_path(self) -> Path:
@@ -302,7 +341,7 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
     top = _Section(data, "")
     sections = {k: top.get(k, dict) for k in
                 ("gateway", "server", "tls", "installer_limits", "comms_loss", "control_loop", "local_api",
-                 "mqtt")}  # fmt: skip
+                 "mqtt", "drm", "black_start")}  # fmt: skip
     devices_raw = top.get("device", list, [])
     top.finish()
 
@@ -474,7 +513,64 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
     return GatewaySettings(
         path=path, data_dir=data_dir, lfdi=lfdi, server=server, tls=tls, devices=tuple(devices),
         installer_limits=installer, fallback=fallback, loop=loop, local_api=local_api, mqtt=mqtt,
+        drm=_drm(sections["drm"], base_dir), black_start=_black_start(sections["black_start"]),
     )  # fmt: skip
+
+
+def _black_start(raw: Any) -> BlackStartConfig:
+    b = _Section(raw, "black_start")
+    config = BlackStartConfig(
+        enabled=b.get("enabled", bool, True),
+        hold_export_limit_w=b.number("hold_export_limit_w", 0.0, minimum=0),  # type: ignore[arg-type]
+        hold_generation_limit_w=b.number("hold_generation_limit_w", minimum=0),
+        delay_min_s=b.integer("delay_min_s", 60, low=0, high=86400),  # type: ignore[arg-type]
+        window_s=b.integer("window_s", 600, low=0, high=86400),  # type: ignore[arg-type]
+        grid_lost_below_v=b.number("grid_lost_below_v", 100.0, positive=True),  # type: ignore[arg-type]
+    )
+    b.finish()
+    return config
+
+
+def _drm(raw: Any, base_dir: Path) -> DrmSettings:
+    if raw is None:
+        return DrmSettings()
+    d = _Section(raw, "drm")
+    source = d.get("source", str, required=True)
+    if source not in DRM_SOURCES:
+        raise ConfigError(f"drm.source: must be one of {', '.join(DRM_SOURCES)}, got {source!r}")
+    common = dict(
+        active_low=d.get("active_low", bool, False),
+        poll_s=d.number("poll_s", 0.5, positive=True),
+        timeout_s=d.number("timeout_s", 1.0, positive=True),
+    )
+    out = DrmSettings(source=source, **common)  # type: ignore[arg-type]
+    if source == "modbus":
+        table = d.get("table", str, "discrete_inputs")
+        if table not in DRM_TABLES:
+            raise ConfigError(f"drm.table: must be one of {', '.join(DRM_TABLES)}, got {table!r}")
+        out = DrmSettings(
+            source=source, host=d.get("host", str, required=True),
+            port=d.integer("port", 502, low=1, high=65535), unit=d.integer("unit", 1, low=0, high=255),
+            table=table, address=d.integer("address", 0, low=0, high=65535 - 8), **common,
+        )  # type: ignore[arg-type]  # fmt: skip
+    elif source == "gpio":
+        from gateway.drm_input import sysfs_value_files
+
+        files, pins = d.get("value_files", list), d.get("gpio_pins", list)
+        if (files is None) == (pins is None):
+            raise ConfigError("drm.gpio_pins: give gpio_pins or value_files (9 entries, DRM 0..8), not both")
+        key, items = ("value_files", files) if files is not None else ("gpio_pins", pins)
+        if len(items) != 9:
+            raise ConfigError(f"drm.{key}: needs 9 entries (DRM 0..8), got {len(items)}")
+        kind = str if key == "value_files" else int
+        for i, item in enumerate(items):
+            if isinstance(item, bool) or not isinstance(item, kind):
+                raise ConfigError(f"drm.{key}[{i}]: expected {_kind_name((kind,))}, got {item!r}")
+        paths = (tuple(base_dir / Path(f).expanduser() for f in items) if key == "value_files"
+                 else sysfs_value_files(items))  # fmt: skip
+        out = DrmSettings(source=source, value_files=paths, **common)  # type: ignore[arg-type]
+    d.finish()
+    return out
 
 
 def load_settings(path: str | Path) -> GatewaySettings:

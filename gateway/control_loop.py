@@ -20,7 +20,8 @@ Period, tolerance, behaviour
       1. battery wish: an explicit battery setpoint (``battery_target_w``), else a connection-point target
          (``export_target_w``), else self-consumption (aim the grid flow at 0), else idle; without an
          explicit setpoint the battery does not discharge while PV is held at its limit (PV has more);
-      2. battery window: ratings, SoC (no discharge at or below the reserve = max(device floor, customer
+      2. battery window: ratings (charging capped at ``consumption_pct`` and discharge at ``max_w_pct`` of
+         them), SoC (no discharge at or below the reserve = max(device floor, customer
          reserve); no charge when full), load limit (gross site load = load + charging <= load limit),
          generation limit (discharge counts as generation);
       3. import limit: raise the battery power (charge less / discharge more) until predicted import is
@@ -91,7 +92,8 @@ class SiteLimits:
     generation_w: float | None = None
     load_w: float | None = None
     connect: bool = True  # False if either connect or energize is False
-    max_w_pct: float | None = None  # PV max output, % of rated
+    max_w_pct: float | None = None  # max output of each generating device (PV, battery discharge), % of rated
+    consumption_pct: float | None = None  # max battery charging, % of its rating (DRM 1-3)
     battery_reserve_pct: float | None = None
     battery_target_w: float | None = None  # explicit battery setpoint, + discharge
     export_target_w: float | None = None  # connection-point setpoint, + export
@@ -104,7 +106,7 @@ class SiteLimits:
             v = getattr(self, name)
             if v is not None and (math.isnan(v) or v < 0):
                 problems.append(f"{name} must be >= 0, got {v}")
-        for name in ("max_w_pct", "battery_reserve_pct"):
+        for name in ("max_w_pct", "consumption_pct", "battery_reserve_pct"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 100:
                 problems.append(f"{name} must be within 0..100, got {v}")
@@ -125,6 +127,7 @@ class SiteLimits:
             load_w=eff.load_w.value,
             connect=eff.connect.value is not False and eff.energize.value is not False,
             max_w_pct=eff.max_w_pct.value,
+            consumption_pct=eff.consumption_pct.value,
             battery_reserve_pct=eff.battery_reserve_pct.value,
             battery_target_w=battery_target,
             export_target_w=eff.export_target_w.value if eff.export_target_w else None,
@@ -409,6 +412,10 @@ class SiteControlLoop:
         reserve = limits.battery_reserve_pct or 0.0
         for x in bats:
             lo, hi = -x.max_charge_w, x.max_discharge_w
+            if limits.consumption_pct is not None:
+                lo = -x.max_charge_w * limits.consumption_pct / 100.0
+            if limits.max_w_pct is not None:
+                hi = x.max_discharge_w * limits.max_w_pct / 100.0
             if not x.connected:
                 lo = hi = 0.0
             elif x.soc_pct is not None:

@@ -2,6 +2,9 @@
 
     GET    /status       effective limits with their sources, regime, comms, next change, site, inputs
     GET    /explain      per limit: value, source, detail (+ requested / clipped_by for setpoints)
+    GET    /metrics      Prometheus text format (gateway.observability); scrape with the bearer token
+    PUT    /drm          AS/NZS 4755 modes, {"modes": [0, 5]} (only with [drm] source = "local_api")
+    DELETE /drm          no DRM asserted
     POST   /emergency    local emergency input, e.g. {"drm0": true} (= connect false) or {"export_limit_w": 0}
     DELETE /emergency    lift it
     PUT    /aggregator   aggregator/HEMS setpoint: {"export_target_w": 3000, "expires_in_s": 900, ...}
@@ -22,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from gateway.core import AggregatorInput, ControlSettings, CustomerPrefs
+from gateway.core.drm import mode_errors
+from gateway.observability import metrics_registry, render
 
 if TYPE_CHECKING:
     from gateway.runtime import GatewayRuntime
@@ -168,6 +173,31 @@ def create_app(runtime: GatewayRuntime) -> web.Application:
     async def get_explain(request: web.Request) -> web.Response:
         return web.json_response(explain(await runtime.status()))
 
+    registry = metrics_registry(runtime)
+
+    async def get_metrics(request: web.Request) -> web.Response:
+        await runtime.refresh_outbox_depth()
+        return web.Response(body=render(registry), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})  # fmt: skip
+
+    async def put_drm(request: web.Request) -> web.Response:
+        source = runtime.settings.drm.source
+        if source != "local_api":
+            return web.json_response(
+                {"error": f"drm.source is {source!r}: the DRM inputs come from the DRED, not this API",
+                 "field": "drm.source"}, status=409,
+            )  # fmt: skip
+        body = await _body(request) if request.method == "PUT" else {"modes": []}
+        _check_keys(body, ("modes",))
+        modes = body.get("modes")
+        if not isinstance(modes, list):
+            raise BadInput("modes", f"must be a list of DRM numbers 0..8, got {modes!r}")
+        problems = mode_errors(modes)
+        if problems:
+            raise BadInput("modes", problems[0])
+        await runtime.set_inputs("local", drm_modes=frozenset(modes), drm_source="local API")
+        return web.json_response(explain(await runtime.status()))
+
     async def post_emergency(request: web.Request) -> web.Response:
         settings, detail = emergency_from_body(await _body(request))
         await runtime.set_inputs("local", emergency=settings, emergency_detail=detail)
@@ -198,6 +228,9 @@ def create_app(runtime: GatewayRuntime) -> web.Application:
     app[RUNTIME_KEY] = runtime
     app.router.add_get("/status", get_status)
     app.router.add_get("/explain", get_explain)
+    app.router.add_get("/metrics", get_metrics)
+    app.router.add_put("/drm", put_drm)
+    app.router.add_delete("/drm", put_drm)
     app.router.add_post("/emergency", post_emergency)
     app.router.add_delete("/emergency", delete_emergency)
     app.router.add_put("/aggregator", put_aggregator)

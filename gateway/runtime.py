@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
+from gateway.observability import event, log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
 
 if TYPE_CHECKING:
@@ -86,7 +87,9 @@ class GatewayRuntime:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.core_config = GatewayConfig(settings.lfdi, settings.installer_limits, settings.fallback)
+        self.core_config = GatewayConfig(
+            settings.lfdi, settings.installer_limits, settings.fallback, black_start=settings.black_start
+        )
         self.controller: SiteController | None = None
         self.decision: Decision | None = None
         self.runner: SiteRunner | None = None
@@ -98,6 +101,7 @@ class GatewayRuntime:
         self.startup: dict[str, Any] = {}
         self.state_error: str | None = None
         self.local_api_port: int | None = None
+        self.outbox_depth = 0  # refreshed by status() and the local API's /metrics
         self.changed = asyncio.Condition()  # notified after every decision and step (MQTT, tests)
         self._decide_lock = asyncio.Lock()
         self._step_lock = asyncio.Lock()
@@ -109,6 +113,9 @@ class GatewayRuntime:
         self._saved: bytes | None = None
         self._local_api: Any = None
         self._mqtt: Any = None
+        self._drm_input: Any = None
+        self._grid_changed = False
+        self.drm_error: str | None = None  # the DRM input's last read error (None: reading fine)
         self._stopping = False
 
     # ------------------------------------------------------------------------------------ clock
@@ -141,6 +148,7 @@ class GatewayRuntime:
             log.error("devices not ready at start-up (%s); the control loop keeps trying", exc)
             self.startup["device_error"] = str(exc)
         log.info("start-up: limits %s in %.3f s", self.site_limits, time.monotonic() - started)
+        await self._start_drm()
         # From here on: network.
         if s.local_api.enabled:
             from gateway.local_api import start_local_api
@@ -172,6 +180,8 @@ class GatewayRuntime:
             self._local_api = None
         if self.runner is not None:
             await self.runner.close()
+        if self._drm_input is not None:
+            await self._drm_input.close()
         if self.controller is not None:
             self._save(force=True)
 
@@ -273,6 +283,7 @@ class GatewayRuntime:
                 else:
                     self.latency_unwritten += 1
             self.last_report = report
+        self._observe_grid()
         if self.client is not None:
             with contextlib.suppress(Exception):
                 await self.client.queue_telemetry(self.site_snapshot())
@@ -301,6 +312,68 @@ class GatewayRuntime:
                 async with asyncio.timeout(period):
                     await self._kick.wait()
 
+    def _observe_grid(self) -> None:
+        """Grid down/up from the meter voltage (black-start hold); the decision loop decides on a change."""
+        meter = self.runner.meter.last if self.runner is not None else None
+        if meter is None or meter.v is None or self.controller is None:
+            return
+        up = meter.v >= self.settings.black_start.grid_lost_below_v
+        if self.controller.grid_observed(int(self.now()), up):
+            g = self.controller.grid
+            if up:
+                event(log, logging.WARNING, "grid_restored",
+                      f"grid back ({meter.v:.0f} V): generation held back until {g.hold_until}",
+                      hold_until=g.hold_until)  # fmt: skip
+            else:
+                event(log, logging.WARNING, "grid_lost", f"grid lost (meter {meter.v:.0f} V)")
+            self._grid_changed = True
+            self._wake.set()
+
+    # ---------------------------------------------------------------------------------- DRM input
+
+    async def _start_drm(self) -> None:
+        """Read the DRED once before going online (it needs no internet), then poll it."""
+        from gateway.drm_input import open_input
+
+        self._drm_input = open_input(self.settings.drm)
+        if self._drm_input is None:
+            return
+        await self._read_drm()
+        self._tasks.append(asyncio.create_task(self._drm_loop(), name="gateway-drm-input"))
+
+    async def _read_drm(self) -> None:
+        from gateway.drm_input import DrmInputError
+
+        reader = self._drm_input
+        assert reader is not None and self.controller is not None
+        try:
+            modes = await reader.read()
+        except DrmInputError as exc:
+            if self.drm_error is None:
+                event(log, logging.WARNING, "device_fault", f"DRM input: {exc}; keeping the last known modes",
+                      device="drm", fault=str(exc))  # fmt: skip
+            if self.runner is not None:
+                self.runner.modbus_errors["drm"] = self.runner.modbus_errors.get("drm", 0) + 1
+            self.drm_error = str(exc)
+            return
+        if self.drm_error is not None:
+            event(log, logging.INFO, "device_ok", "DRM input readable again", device="drm")
+            self.drm_error = None
+        inputs = self.controller.inputs
+        if modes != inputs.drm_modes or inputs.drm_source != reader.describe:
+            event(log, logging.WARNING if modes else logging.INFO, "drm_changed",
+                  f"DRM inputs: {', '.join(f'DRM {m}' for m in sorted(modes)) or 'none asserted'}"
+                  f" ({reader.describe})", modes=sorted(modes))  # fmt: skip
+            await self.set_inputs("drm", drm_modes=modes, drm_source=reader.describe)
+
+    async def _drm_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.drm.poll_s)
+            try:
+                await self._read_drm()
+            except Exception:  # a bug must not stop reading the DRED
+                log.exception("DRM input read failed")
+
     # ---------------------------------------------------------------------------------- decisions
 
     async def _on_schedule_change(self, _now: int) -> None:
@@ -324,6 +397,7 @@ class GatewayRuntime:
             if soc is not None and (base.soc_pct is None or abs(base.soc_pct - soc) >= 1.0):
                 base = replace(base, soc_pct=round(soc, 1))
             decision = controller.decide(int(self.now()), base if base is not controller.inputs else None)
+            log_decision(log, reason, self.decision, decision)
             self.decision = decision
             changed = self._apply(decision, (reason, trigger_at if trigger_at is not None else self.now()))
             if changed and self.runner is not None and reason != "startup":
@@ -384,6 +458,10 @@ class GatewayRuntime:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
+            if self._grid_changed:
+                self._grid_changed = False
+                await self.decide("grid")
+                continue
             if self.decision is not decision:
                 continue  # someone decided meanwhile
             now = self.now()
@@ -476,6 +554,11 @@ class GatewayRuntime:
             )
         return m.SiteSnapshot(site=site, ders=ders)
 
+    async def refresh_outbox_depth(self) -> int:
+        if self.client is not None:
+            self.outbox_depth = await self.client.outbox.pending()
+        return self.outbox_depth
+
     async def status(self) -> dict[str, Any]:
         """Everything `derlink gateway status`, the local API and MQTT show."""
         assert self.controller is not None and self.decision is not None
@@ -489,7 +572,7 @@ class GatewayRuntime:
                 state=st.state, comms_ok=st.comms_ok, last_contact=st.last_contact, last_error=st.last_error,
                 server_offset=st.server_offset, subscriptions=st.subscriptions,
                 notifications=st.notifications, post_rate=st.post_rate,
-                outbox_pending=await self.client.outbox.pending(),
+                outbox_pending=await self.refresh_outbox_depth(),
                 outbox_rejected=await self.client.outbox.rejected(),
             )  # fmt: skip
         comms["last_contact_core"] = self.controller.last_contact

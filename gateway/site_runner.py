@@ -40,6 +40,7 @@ from gateway.control_loop import (
 )
 from gateway.devices import DeviceConnection, DeviceError, Measurements
 from gateway.devices.device import SerialLine
+from gateway.observability import event
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,7 @@ class SiteRunner:
         self.meter_sample: MeterSample | None = None
         self.last_report: StepReport | None = None
         self.faults: list[str] = []
+        self.modbus_errors: dict[str, int] = {}  # device name -> failed reads/writes (metrics)
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
@@ -148,7 +150,7 @@ class SiteRunner:
         try:
             d.last = await d.conn.read_measurements()
         except DeviceError as exc:
-            faults.append(f"{d.name}: {exc}")
+            self._error(d, faults, exc)
 
     def readings_age(self) -> float | None:
         """Age of the oldest device reading (None if some device has none)."""
@@ -199,10 +201,16 @@ class SiteRunner:
         )  # fmt: skip
         for f in faults:
             if f not in self.faults:
-                log.warning("site control: %s", f)
+                event(log, logging.WARNING, "device_fault", f"site control: {f}", fault=f)
+        if self.faults and not faults:
+            event(log, logging.INFO, "device_ok", "site control: every device fault cleared")
         self.faults = faults
         self.last_report = report
         return report
+
+    def _error(self, d: ManagedDevice, faults: list[str], exc: DeviceError) -> None:
+        self.modbus_errors[d.name] = self.modbus_errors.get(d.name, 0) + 1
+        faults.append(f"{d.name}: {exc}")
 
     @staticmethod
     def _pv_state(d: ManagedDevice) -> PvState:
@@ -260,7 +268,7 @@ class SiteRunner:
             await self._write_connect(d, sp, writes)
         except DeviceError as exc:
             d.written_connect = _UNKNOWN
-            faults.append(f"{d.name}: {exc}")
+            self._error(d, faults, exc)
 
     async def _write_battery(
         self, d: ManagedDevice, sp: Setpoints, writes: list[str], faults: list[str], acks: list[float]
@@ -281,7 +289,7 @@ class SiteRunner:
             await self._write_connect(d, sp, writes)
         except DeviceError as exc:
             d.written_connect = _UNKNOWN
-            faults.append(f"{d.name}: {exc}")
+            self._error(d, faults, exc)
 
     # ---------------------------------------------------------------------------------- running
     async def run(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from derlink.files import write_atomic
+from gateway.core.black_start import BlackStartState
 from gateway.core.events import ControlSettings, EventEngine
 from gateway.core.hierarchy import EffectiveLimits
 from gateway.core.site_controller import (
@@ -42,6 +43,8 @@ def inputs_to_dict(inputs: SiteInputs) -> dict[str, Any]:
     return {
         "emergency": inputs.emergency.to_dict() if inputs.emergency else None,
         "emergency_detail": inputs.emergency_detail,
+        "drm_modes": sorted(inputs.drm_modes),
+        "drm_source": inputs.drm_source,
         "aggregator": None
         if agg is None
         else {
@@ -65,6 +68,8 @@ def inputs_from_dict(d: dict[str, Any]) -> SiteInputs:
     return SiteInputs(
         emergency=_settings(d["emergency"]),
         emergency_detail=d["emergency_detail"],
+        drm_modes=frozenset(d.get("drm_modes", ())),  # absent in state files before DRM inputs
+        drm_source=d.get("drm_source", "DRM input"),
         aggregator=None
         if agg is None
         else AggregatorInput(
@@ -88,6 +93,7 @@ def controller_to_dict(controller: SiteController) -> dict[str, Any]:
         "engine": controller.engine.to_dict(),
         "last_contact": controller.last_contact,
         "inputs": inputs_to_dict(controller.inputs),
+        "grid": controller.grid.to_dict(),
         "last_decision": None
         if last is None
         else {
@@ -114,7 +120,8 @@ def controller_from_dict(data: dict[str, Any], config: GatewayConfig) -> LoadedS
         raise StateError(f"device_id: state is for {data['device_id']!r}, config says {config.device_id!r}")
     engine = EventEngine.from_dict(data["engine"])
     engine.supported_modes = config.supported_modes
-    controller = SiteController(config, engine, data["last_contact"], inputs_from_dict(data["inputs"]))
+    grid = BlackStartState.from_dict(data.get("grid"))  # absent in files from before the black-start hold
+    controller = SiteController(config, engine, data["last_contact"], inputs_from_dict(data["inputs"]), grid)
     last = data["last_decision"]
     limits = EffectiveLimits.from_dict(last["limits"]) if last else None
     return LoadedState(controller, None, limits, last["now"] if last else None)

@@ -48,6 +48,7 @@ class DeviceConfig:
     response_delay_s: float = 1.0
     ramp_time_s: float = 10.0  # default WMaxLimPct ramp (123 WMaxLimPct_RmpTms initial value)
     reconnect_ramp_s: float = 30.0
+    grid_reconnect_s: float = 60.0  # after a grid outage: grid back this long before the unit reconnects
     pv_profile: ProfileConfig = field(default_factory=ProfileConfig)
     capacity_wh: float = 13500.0
     max_charge_w: float = 5000.0
@@ -161,6 +162,7 @@ def _validate_site(cfg: SiteConfig) -> None:
         _check(d.response_delay_s >= 0, f"{w}.response_delay_s", "must be >= 0")
         _check(0 <= d.ramp_time_s <= 65534, f"{w}.ramp_time_s", "must be 0..65534")
         _check(0 <= d.reconnect_ramp_s <= 65534, f"{w}.reconnect_ramp_s", "must be 0..65534")
+        _check(0 <= d.grid_reconnect_s <= 3600, f"{w}.grid_reconnect_s", "must be 0..3600")
         if d.kind == "pv":
             _validate_profile(d.pv_profile, f"{w}.pv_profile", cfg.base_dir)
         if d.kind == "battery":

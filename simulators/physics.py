@@ -113,6 +113,7 @@ class InverterParams:
     response_delay_s: float = 1.0
     default_ramp_s: float = 10.0  # ramp time used when the client does not give one
     reconnect_ramp_s: float = 30.0  # soft start after (re)connection
+    grid_reconnect_s: float = 60.0  # after a trip: grid back for this long before reconnecting (4777.2)
 
 
 @dataclass(frozen=True)
@@ -165,6 +166,7 @@ class InverterState:
     soc_wh: float = 0.0
     reserve_pct: float = 0.0  # client-set minimum reserve (124 MinRsvPct / 802 SoCRsvMin)
     connected: bool = True
+    tripped_until: float | None = None  # anti-islanding trip: no output until then (inf: grid still down)
     limit_pct: float = 100.0  # commanded max-power limit (100 = none)
     limit_w: Ramp = field(default_factory=lambda: Ramp(0.0, 0.0))  # effective max-power limit, ramping
     window: tuple[float, float] | None = None  # battery power window (lo, hi) W, None = self-consumption
@@ -211,6 +213,7 @@ class SitePhysics:
     max_step_s: float = 1.0
     units: dict[str, InverterState] = field(default_factory=dict)
     pending: list[Command] = field(default_factory=list)
+    grid_up: bool = True
     load_w: float = 0.0
     meter: MeterReading = field(
         default_factory=lambda: MeterReading(0.0, [0.0] * 3, [230.0] * 3, [0.0] * 3, 50.0, 0.0, 0.0,
@@ -272,6 +275,27 @@ class SitePhysics:
         else:  # pragma: no cover - programming error
             raise ValueError(f"unknown command kind {cmd.kind!r}")
 
+    def set_grid(self, t: float, up: bool) -> None:
+        """Drop or restore the grid at ``t``. Down: no voltage, every unit trips (anti-islanding) and the
+        load is not served. Up: each unit stays tripped for its ``grid_reconnect_s``, then reconnects with
+        its soft-start ramp (unless it was commanded off)."""
+        self.advance(t)
+        if up == self.grid_up:
+            return
+        self.grid_up = up
+        for unit in self.units.values():
+            unit.tripped_until = math.inf if not up else t + unit.params.grid_reconnect_s
+        self.advance(t)
+
+    def _untrip(self, unit: InverterState) -> None:
+        if unit.tripped_until is not None and self.t >= unit.tripped_until:
+            unit.tripped_until = None
+            target = unit.params.rated_w * unit.limit_pct / 100.0
+            unit.limit_w = Ramp(0.0, target, t0=self.t, duration=unit.params.reconnect_ramp_s)
+
+    def tripped(self, unit: InverterState) -> bool:
+        return unit.tripped_until is not None and self.t < unit.tripped_until
+
     # ---------------------------------------------------------------------------------- stepping
     def advance(self, t: float) -> None:
         """Integrate from self.t to t (no-op if t is not later)."""
@@ -298,6 +322,8 @@ class SitePhysics:
         """One sub-step: powers evaluated at the step's end, energy integrated over the step."""
         dt = t_end - self.t
         self.t = t_end
+        for unit in self.units.values():
+            self._untrip(unit)
         for unit in self.units.values():
             if not unit.is_battery:
                 self._settle(unit)
@@ -339,7 +365,7 @@ class SitePhysics:
                 hi = min(hi, 0.0)
             if unit.soc_wh >= ceil_wh - 1e-9:
                 lo = max(lo, 0.0)
-        if not unit.connected:
+        if not unit.connected or self.tripped(unit):
             lo = hi = 0.0
         return lo, max(hi, lo)
 
@@ -350,7 +376,8 @@ class SitePhysics:
                 max(0.0, unit.available.value(self._local_second(self.t))) if unit.available else 0.0
             )
             unit.available_w = min(unit.available_w, unit.params.rated_w)
-            unit.output_w = min(unit.available_w, unit.limit_w.at(self.t)) if unit.connected else 0.0
+            on = unit.connected and not self.tripped(unit)
+            unit.output_w = min(unit.available_w, unit.limit_w.at(self.t)) if on else 0.0
             return
         lo, hi = self._battery_bounds(unit, dt)
         if unit.window is not None:
@@ -364,7 +391,7 @@ class SitePhysics:
         # self-consumption: cover the load net of PV, inside the allowed range
         pv = sum(u.output_w for u in self.units.values() if not u.is_battery)
         others = sum(u.output_w for u in self.units.values() if u.is_battery and u is not unit)
-        want = self.load.value(self._local_second(self.t)) - pv - others
+        want = self.load.value(self._local_second(self.t)) - pv - others if self.grid_up else 0.0
         unit.output_w = min(max(want, lo), hi)
 
     def _integrate_battery(self, unit: InverterState, dt: float) -> None:
@@ -380,7 +407,7 @@ class SitePhysics:
 
     def _settle_meter(self) -> None:
         sec = self._local_second(self.t)
-        self.load_w = self.load.value(sec)
+        self.load_w = self.load.value(sec) if self.grid_up else 0.0  # a dark site serves no load
         w_phase = [self.load_w * f for f in self.load_phase_split]
         for unit in self.units.values():
             if unit.params.phases == 3:
@@ -391,6 +418,9 @@ class SitePhysics:
         m = self.meter
         m.w_phase = w_phase
         m.w = sum(w_phase)
+        if not self.grid_up:
+            m.v_phase, m.a_phase, m.hz = [0.0] * 3, [0.0] * 3, 0.0
+            return
         m.v_phase = [self.nominal_v - self.volts_per_kw_export * w / 1000.0 for w in w_phase]
         m.a_phase = [abs(w) / v for w, v in zip(w_phase, m.v_phase, strict=True)]
         m.hz = self.nominal_hz

@@ -160,6 +160,7 @@ class SimulatedSite:
             response_delay_s=d.response_delay_s,
             default_ramp_s=d.ramp_time_s,
             reconnect_ramp_s=d.reconnect_ramp_s,
+            grid_reconnect_s=d.grid_reconnect_s,
         )
         if d.kind == "pv":
             self.physics.add_pv(d.name, params, _profile(d.pv_profile, self.config.base_dir))
@@ -289,6 +290,14 @@ class SimulatedSite:
         self.advance()
         return self.physics.units[self._unit_name("battery", name)].output_w
 
+    def set_grid(self, up: bool) -> None:
+        """Drop (False) or restore (True) the grid: see :meth:`SitePhysics.set_grid`."""
+        self.physics.set_grid(self.clock.now(), up)
+
+    @property
+    def grid_up(self) -> bool:
+        return self.physics.grid_up
+
     def battery_soc(self, name: str | None = None) -> float:
         self.advance()
         return self.physics.units[self._unit_name("battery", name)].soc_pct
@@ -313,7 +322,7 @@ class SimulatedSite:
                 else:
                     row["available_w"] = unit.available_w
             devices.append(row)
-        return {"site": self.name, "sim_time": t, "speed": self.clock.speed,
+        return {"site": self.name, "sim_time": t, "speed": self.clock.speed, "grid_up": self.grid_up,
                 "meter": self.meter_reading(), "devices": devices}  # fmt: skip
 
     # ------------------------------------------------------------------------------ faults
@@ -374,6 +383,7 @@ def control_app(sites: dict[str, SimulatedSite]) -> web.Application:
     POST   /sites/{site}/faults           {"device": "meter", "fault": "frozen", "delay_s": 2, "code": 4}
     DELETE /sites/{site}/faults/{device}  -> clears the device's fault
     POST   /sites/{site}/clock            {"speed": 60} or {"jump_s": 3600}
+    POST   /sites/{site}/grid             {"up": false} drops the grid, {"up": true} restores it
     Errors: 400/404 {"error": "...", "field": "..."}.
     """
     app = web.Application()
@@ -434,11 +444,23 @@ def control_app(sites: dict[str, SimulatedSite]) -> web.Application:
             return _bad(exc)
         return web.json_response(site.status())
 
+    async def post_grid(request: web.Request) -> web.Response:
+        site = _site(request)
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("up"), bool):
+            return web.json_response({"error": "give {\"up\": true|false}", "field": "up"}, status=400)
+        site.set_grid(body["up"])
+        return web.json_response(site.status())
+
     app.router.add_get("/sites", list_sites)
     app.router.add_get("/sites/{site}", get_site)
     app.router.add_post("/sites/{site}/faults", post_fault)
     app.router.add_delete("/sites/{site}/faults/{device}", delete_fault)
     app.router.add_post("/sites/{site}/clock", post_clock)
+    app.router.add_post("/sites/{site}/grid", post_grid)
     return app
 
 

@@ -3,6 +3,7 @@
 No sockets, sleeps or clock reads: every call takes ``now`` (Unix seconds).
 """
 
+from gateway.core.black_start import BlackStartConfig, BlackStartState
 from gateway.core.events import (
     Control,
     ControlSettings,
@@ -26,6 +27,8 @@ from gateway.core.site_controller import (
 
 __all__ = [
     "AggregatorInput",
+    "BlackStartConfig",
+    "BlackStartState",
     "Control",
     "ControlSettings",
     "CustomerPrefs",

@@ -68,6 +68,9 @@ class ControlSettings:
     target_w: float | None = None
     ramp_time_s: float | None = None
     set_grad_w: float | None = None
+    # Local only (AS/NZS 4755 DRM 1-3), not a 2030.5 mode: consumption of storage charging and
+    # controllable loads, percent of their rating.
+    max_consumption_pct: float | None = None
 
     @cached_property
     def modes(self) -> frozenset[str]:
@@ -83,8 +86,10 @@ class ControlSettings:
             value = getattr(self, name)
             if value is not None and value < 0:
                 problems.append(f"{name} must be >= 0, got {value}")
-        if self.max_lim_w_pct is not None and not 0 <= self.max_lim_w_pct <= 100:
-            problems.append(f"max_lim_w_pct must be within 0..100, got {self.max_lim_w_pct}")
+        for name in ("max_lim_w_pct", "max_consumption_pct"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:
+                problems.append(f"{name} must be within 0..100, got {value}")
         if self.fixed_w_pct is not None and not -100 <= self.fixed_w_pct <= 100:
             problems.append(f"fixed_w_pct must be within -100..100, got {self.fixed_w_pct}")
         return problems

@@ -100,6 +100,7 @@ _LIMIT_MAP = {
     "generation_w": "generation_limit_w",
     "load_w": "load_limit_w",
     "max_w_pct": "max_lim_w_pct",
+    "consumption_pct": "max_consumption_pct",
 }
 
 
@@ -110,6 +111,7 @@ class EffectiveLimits:
     generation_w: Limit = UNSET
     load_w: Limit = UNSET
     max_w_pct: Limit = UNSET
+    consumption_pct: Limit = UNSET  # storage charging / controllable loads, % of rated (DRM 1-3)
     battery_reserve_pct: Limit = UNSET
     connect: Limit = UNSET
     energize: Limit = UNSET
@@ -229,7 +231,7 @@ def combine(layers: Iterable[Layer], soc_pct: float | None = None) -> EffectiveL
     out["fixed_w_pct"] = clip(
         "fixed_w_pct",
         [(lay.settings.fixed_w_pct, lay) for lay in ordered],
-        [("max", out["max_w_pct"])],
+        [("max", out["max_w_pct"]), ("min", neg(out["consumption_pct"]))],
     )
     out["export_target_w"] = clip(
         "export_target_w",

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.core import black_start
+from gateway.core.black_start import BlackStartConfig, BlackStartState
+from gateway.core.drm import drm_layer, mode_errors
 from gateway.core.events import ControlSettings, EventEngine, Response, ScheduleResult
 from gateway.core.fallback import FallbackConfig, Regime, decide_fallback
 from gateway.core.hierarchy import EffectiveLimits, Layer, Source, combine
@@ -22,6 +25,7 @@ class GatewayConfig:
     installer_limits: ControlSettings  # connection agreement; must include export_limit_w
     fallback: FallbackConfig
     supported_modes: frozenset[str] | None = None  # None: accept every mode
+    black_start: BlackStartConfig = field(default_factory=BlackStartConfig)
 
     def __post_init__(self) -> None:
         problems = [f"installer_limits.{p}" for p in self.installer_limits.errors()]
@@ -52,10 +56,13 @@ class CustomerPrefs:
 
 @dataclass(frozen=True)
 class SiteInputs:
-    """Local inputs at one instant; ``emergency`` is e.g. DRM 0 -> ControlSettings(connect=False)."""
+    """Local inputs at one instant: ``emergency`` is a local command (e.g. ControlSettings(connect=False)),
+    ``drm_modes`` the AS/NZS 4755 demand response modes asserted on the DRM input ``drm_source``."""
 
     emergency: ControlSettings | None = None
     emergency_detail: str = "local emergency input"
+    drm_modes: frozenset[int] = frozenset()
+    drm_source: str = "DRM input"
     aggregator: AggregatorInput | None = None
     customer: CustomerPrefs = field(default_factory=CustomerPrefs)
     soc_pct: float | None = None
@@ -86,12 +93,20 @@ class SiteController:
         engine: EventEngine | None = None,
         last_contact: int | None = None,
         inputs: SiteInputs | None = None,
+        grid: BlackStartState | None = None,
     ) -> None:
         self.config = config
         self.engine = engine or EventEngine(config.device_id, config.supported_modes)
         self.last_contact = last_contact
         self.inputs = inputs or SiteInputs()
+        self.grid = grid or BlackStartState()
         self.last_decision: Decision | None = None
+
+    def grid_observed(self, now: int, up: bool) -> bool:
+        """Record the grid state the meter shows (black-start hold); True if it changed."""
+        before = self.grid
+        self.grid = black_start.observe(before, self.config.black_start, self.config.device_id, now, up)
+        return self.grid != before
 
     def server_contact(self, now: int) -> None:
         """Record a successful exchange with the server (any 2xx)."""
@@ -108,6 +123,9 @@ class SiteController:
         layers = list(fb.layers)
         if inputs.emergency is not None:
             layers.append(Layer(Source.LOCAL_EMERGENCY, inputs.emergency, inputs.emergency_detail))
+        drm = drm_layer(inputs.drm_modes, inputs.drm_source)
+        if drm is not None:
+            layers.append(drm)
         agg = inputs.aggregator
         agg_expiry = None
         if agg is not None and (agg.expires_at is None or now < agg.expires_at):
@@ -122,7 +140,10 @@ class SiteController:
         layers.append(
             Layer(Source.INSTALLER, self.config.installer_limits, "installer connection-agreement limits")
         )
-        wake = [t for t in (fb.next_change, agg_expiry) if t is not None and t > now]
+        hold, hold_until = black_start.hold_layer(self.grid, self.config.black_start, now, schedule)
+        if hold is not None:
+            layers.append(hold)
+        wake = [t for t in (fb.next_change, agg_expiry, hold_until) if t is not None and t > now]
         return layers, fb.regime, fb.link_lost, fb.loss_declared_at, min(wake) if wake else None
 
     def decide(self, now: int, inputs: SiteInputs | None = None) -> Decision:
@@ -132,6 +153,9 @@ class SiteController:
             self.inputs = inputs
         responses = tuple(self.engine.advance(now))
         schedule = self.engine.evaluate(now)
+        g = self.grid
+        if g.hold_until is not None and now < g.hold_until and black_start.released_by_server(schedule):
+            self.grid = BlackStartState(g.grid_down_since, g.restored_at, now)  # the server ended the hold
         layers, regime, lost, declared, fb_wake = self.layers(now, schedule)
         limits = combine(layers, self.inputs.soc_pct)
         wake = [t for t in (fb_wake, self.engine.next_change_time(now)) if t is not None]
@@ -144,7 +168,7 @@ class SiteController:
 
 def check_inputs(inputs: SiteInputs) -> None:
     """Raise ValueError naming every bad field; nothing is changed by a rejected input."""
-    problems = []
+    problems = [f"drm_modes: {p}" for p in mode_errors(inputs.drm_modes)]
     parts = {
         "emergency": inputs.emergency,
         "aggregator.settings": inputs.aggregator.settings if inputs.aggregator else None,
