@@ -261,7 +261,7 @@ class Console:
             request,
             "emergency.html",
             emergencies=await views.live_emergencies(self.store, now),
-            waves=await views.restore_progress(self.store, [], now),
+            waves=await views.restore_progress(self.store, now),
             tree=await views.group_tree(self.store),
         )
 
@@ -273,7 +273,7 @@ class Console:
         return web.json_response(
             {
                 "emergencies": await views.live_emergencies(self.store, now),
-                "waves": await views.restore_progress(self.store, [], now),
+                "waves": await views.restore_progress(self.store, now),
             }
         )
 

@@ -347,7 +347,7 @@ async def emergency_scope(store: Any, target: str) -> dict[str, Any]:
         return {"target": target, "sites": 1, "groups": []}
 
 
-async def restore_progress(store: Any, mrids: list[str], now: int) -> list[dict[str, Any]]:
+async def restore_progress(store: Any, now: int) -> list[dict[str, Any]]:
     """Staged-restore waves still holding (live emergency controls named 'Staged restore wave N')."""
     query = (
         sa.select(controls)

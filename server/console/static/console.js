@@ -145,6 +145,25 @@
     }, 2000);
   });
 
+  // Staged restore: the waves table follows the restore as each wave is released.
+  document.querySelectorAll("[data-poll-table]").forEach((table) => {
+    setInterval(async () => {
+      const r = await fetch(table.dataset.pollTable, { credentials: "same-origin" });
+      if (!r.ok) return;
+      const { waves } = await r.json();
+      if (!waves.length) return;
+      const tbody = table.tBodies[0];
+      tbody.textContent = "";
+      for (const w of waves) {
+        const tr = tbody.insertRow();
+        const state = w.released ? "released" : `holding, ${w.remaining_s} s left`;
+        for (const text of [w.wave, w.target, new Date(w.release_at * 1000).toISOString(), state]) {
+          tr.insertCell().textContent = text;
+        }
+      }
+    }, 2000);
+  });
+
   if (role() === "viewer") document.querySelectorAll("[data-write]").forEach((b) => {
     b.disabled = true; b.title = "viewer: read only";
   });
