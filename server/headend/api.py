@@ -610,12 +610,16 @@ class HeadEnd:
         self.config = config
         self.tokens = [(t["token"].encode(), Operator(t["name"], t["role"])) for t in load_tokens(config)]
         self.writes = {(r.method, r.path) for r in ROUTES if r.write}
+        self.session_auth: Callable[[web.Request], Operator | None] | None = None  # set by server.console
         data_dir = Path(config.data_dir)
         self.spool_dir = data_dir if data_dir.is_dir() else None  # upload spool next to the database
 
     # -- auth and errors
 
     def authenticate(self, request: web.Request) -> Operator:
+        if "Authorization" not in request.headers and self.session_auth is not None:
+            if (session_operator := self.session_auth(request)) is not None:
+                return session_operator
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -632,7 +636,7 @@ class HeadEnd:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
-            if request.path != "/api/openapi.json":
+            if request.path.startswith("/api/") and request.path != "/api/openapi.json":
                 operator = self.authenticate(request)
                 request[OPERATOR] = operator
                 resource = request.match_info.route.resource
@@ -1906,6 +1910,9 @@ def create_headend_app(store: Store, config: ServerConfig) -> web.Application:
     head.add_routes(app)
     for extension in EXTENSIONS:
         importlib.import_module(extension).register(head, app)
+    from server.console import mount_console
+
+    mount_console(app, head)
     return app
 
 

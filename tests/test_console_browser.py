@@ -1,0 +1,249 @@
+"""The operator console in a real browser (Debian's Chromium driven by Playwright), against a real server
+over mutual TLS with a simulated site and its gateway (tests.test_gateway_runtime_harness).
+
+One walk through the console, as an operator and then as a viewer, with the security checks on the way:
+the session cookie's attributes, CSRF on every write, a ``<script>`` label escaped. Screenshots of the
+main pages go to docs/screenshots/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.test_gateway_runtime_harness import Pki, make_lab, wait_until
+
+pytest_plugins = ["tests.test_gateway_runtime_harness"]
+
+CHROMIUM = "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+OPERATOR = "operator-token-0123456789"
+VIEWER = "viewer-token-0123456789ab"
+EVIL = "<script>window.__pwned = 1</script>"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="Debian chromium (.ci/run installs it)"
+)
+
+
+async def _browser():  # type: ignore[no-untyped-def]
+    from playwright.async_api import async_playwright
+
+    pw = await async_playwright().start()
+    browser = await pw.chromium.launch(
+        executable_path=CHROMIUM,
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ],
+    )
+    return pw, browser
+
+
+def _rose(locator, first: int):  # type: ignore[no-untyped-def]
+    async def check() -> bool:
+        return int(await locator.inner_text()) > first
+
+    return check
+
+
+async def _login(page, base: str, token: str) -> None:  # type: ignore[no-untyped-def]
+    await page.goto(f"{base}/console/")
+    assert "/console/login" in page.url  # no session: sent to the login page
+    await page.fill("#token", token)
+    await page.click("button[type=submit]")
+    await page.wait_for_url(f"{base}/console/")
+
+
+async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: Pki) -> None:
+    tokens = [
+        {"name": "alice", "token": OPERATOR, "role": "operator"},
+        {"name": "victor", "token": VIEWER, "role": "viewer"},
+    ]
+    async with make_lab(tmp_path, gw_pki, headend_enabled=True, headend_port=0, headend_tokens=tokens) as lab:
+        admin = lab.admin
+        await admin.create_group("zone-a", description="Feeder A")
+        await admin.set_membership(lab.lfdi, "zone-a", True)
+        await admin.register_site("AB" * 20, nmi="4102000999", label=EVIL)
+        gw = await lab.gateway()
+        assert gw.client is not None
+        await gw.client.wait_ready(10)
+        base = f"http://127.0.0.1:{lab.server.headend_port}"
+        SHOTS.mkdir(parents=True, exist_ok=True)
+
+        # No session, no CSRF: the API refuses writes that a browser could be tricked into sending.
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{base}/api/controls", json={"program": "doe"}) as resp:
+                assert resp.status == 401
+
+        pw, browser = await _browser()
+        try:
+            ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
+            page = await ctx.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: dialogs.append(d.message))
+
+            # Login: a wrong token is refused, the right one sets the session cookie.
+            await page.goto(f"{base}/console/login")
+            await page.fill("#token", "not-a-real-token-at-all")
+            await page.click("button[type=submit]")
+            assert "token: unknown token" in await page.inner_text("main")
+            await _login(page, base, OPERATOR)
+            cookie = next(c for c in await ctx.cookies() if c["name"] == "derlink_session")
+            assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+            assert cookie["secure"] is False  # plain HTTP on loopback here; Secure is set when TLS serves it
+            assert "alice (operator)" in await page.inner_text("header")
+            assert await page.inner_text("#sites-total") == "2"
+            await page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+
+            # With the session but without the CSRF header, a write is refused (and nothing changes).
+            status = await page.evaluate(
+                """async () => (await fetch('/api/controls', {method: 'POST', headers: {'Content-Type':
+                'application/json'}, body: JSON.stringify({program: 'doe', target: 'all', duration: 60,
+                export_limit_w: 1})})).status"""
+            )
+            assert status == 403
+
+            # Find the site by NMI; the evil label is shown as text, never run.
+            await page.goto(f"{base}/console/sites")
+            await page.fill("#q", "4102000077")
+            await page.click("form.search button")
+            await page.wait_for_url("**q=4102000077**")
+            assert "1 site(s)" in await page.inner_text("main")
+            await page.goto(f"{base}/console/sites?q=41020009")
+            assert EVIL in await page.inner_text("main")
+            assert "&lt;script&gt;" in await page.content()
+            assert await page.evaluate("window.__pwned") is None
+            await page.goto(f"{base}/console/sites")
+            await page.screenshot(path=str(SHOTS / "sites.png"), full_page=True)
+
+            # A group control: the API's error shows next to the field; then it is created and acknowledged.
+            await page.goto(f"{base}/console/controls")
+            await page.select_option("#f-program", "doe")
+            await page.fill("#f-target", "group:zone-a")
+            await page.fill("#f-export_limit_w", "lots")
+            await page.click("#control-form button[type=submit]")
+            err = page.locator('[data-error-for="export_limit_w"]')
+            await err.wait_for()
+            await wait_until(lambda: err.inner_text(), 5, "the field error")
+            assert "export_limit_w: expected a number" in await err.inner_text()
+            await page.fill("#f-export_limit_w", "1500")
+            await page.fill("#f-reason", "feeder A overvoltage")
+            await page.click("#control-form button[type=submit]")
+            await page.wait_for_url("**/console/controls/*")
+            assert "group:zone-a" in await page.inner_text("main")
+            responded = page.locator("#ack-responded")
+            first = int(await responded.inner_text())
+            # The page polls the ack summary; the count rises as the gateway's Responses arrive.
+            await wait_until(_rose(responded, first), 20, "the acknowledgement count to rise")
+            await page.screenshot(path=str(SHOTS / "control.png"), full_page=True)
+            await wait_until(lambda: 1200 <= lab.export_w() <= 1600, 10, "the site at the group control")
+
+            # Site detail with its plot of power against the envelope, and Responses in words.
+            await page.goto(f"{base}/console/sites/{lab.lfdi}")
+            main = await page.inner_text("main")
+            assert "zone-a" in main and "received the control" in main
+            assert await page.locator("svg.plot polyline.power").count() == 1
+            await page.screenshot(path=str(SHOTS / "site.png"), full_page=True)
+
+            # Emergency: the confirmation names the scope; the banner shows; the site goes to zero export.
+            await page.goto(f"{base}/console/emergency")
+            await page.fill("#e-target", "group:zone-a")
+            await page.select_option("#e-action", "zero_export")
+            await page.fill("#e-reason", "fault on feeder A")
+            await page.click("#emergency-form button")
+            await page.locator("#confirm[open]").wait_for()
+            assert await page.inner_text("#confirm-text") == "Issue zero_export to 1 site(s) in zone-a?"
+            await page.click("#confirm-ok")
+            await page.locator(".banner").first.wait_for()
+            assert "EMERGENCY live" in await page.inner_text(".banner")
+            await page.screenshot(path=str(SHOTS / "emergency.png"), full_page=True)
+            await wait_until(lambda: lab.export_w() <= 100, 10, "zero export under the emergency")
+            await page.fill("#l-target", "group:zone-a")
+            await page.click("#lift-form button")
+            await page.locator("#confirm[open]").wait_for()
+            assert await page.inner_text("#confirm-text") == "Lift the emergency?"
+            await page.click("#confirm-ok")
+            await page.locator(".banner").wait_for(state="detached", timeout=10000)
+            await wait_until(lambda: 1200 <= lab.export_w() <= 1600, 10, "back at the group control")
+
+            # DOE upload: one bad row names its line and field and publishes nothing; then a good file.
+            now = int(time.time()) + 3600
+            bad_csv = tmp_path / "bad.csv"
+            bad_csv.write_text(
+                "nmi,start,duration,import_limit_w,export_limit_w\n"
+                f"4102000077,{now},1800,5000,2000\n4102000077,{now + 1800},1800,5000,lots\n"
+            )
+            good_csv = tmp_path / "good.csv"
+            good_csv.write_text(
+                "nmi,start,duration,import_limit_w,export_limit_w\n"
+                f"4102000077,{now},1800,5000,2000\n4102000077,{now + 1800},1800,5000,2500\n"
+            )
+            await page.goto(f"{base}/console/does")
+            await page.set_input_files("#doe-file", str(bad_csv))
+            await page.locator("#doe-preview table").wait_for()
+            await page.click("#doe-form button")
+            await page.locator("#doe-result.error li").first.wait_for()
+            result = await page.inner_text("#doe-result")
+            assert "line 3" in result and "export_limit_w" in result and "nothing was published" in result
+            assert await page.locator("#doe-result li").count() == 1
+            await page.set_input_files("#doe-file", str(good_csv))
+            await page.click("#doe-form button")
+            await page.locator("#doe-result.ok").wait_for()
+            assert "2 interval(s) for 1 site(s)" in await page.inner_text("#doe-result")
+            assert await page.get_attribute("#up-progress", "value") == "100"
+            await page.screenshot(path=str(SHOTS / "doe-upload.png"), full_page=True)
+
+            # Compliance: the controls with their responders, silent sites, a CSV export.
+            await page.goto(f"{base}/console/compliance")
+            main = await page.inner_text("main")
+            assert "group:zone-a" in main and "4102000999" in main  # the never-heard site is listed silent
+            csv_text = await page.evaluate(
+                "async () => (await fetch('/console/compliance?format=csv')).text()"
+            )
+            assert csv_text.startswith("kind,control,target") and "silent_site" in csv_text
+            await page.screenshot(path=str(SHOTS / "compliance.png"), full_page=True)
+
+            await page.goto(f"{base}/console/audit?action=emergency.*")
+            assert "emergency.lift" in await page.inner_text("main")
+            await page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
+
+            # Readable on a phone.
+            phone = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+            ppage = await phone.new_page()
+            await _login(ppage, base, OPERATOR)
+            width = await ppage.evaluate("document.documentElement.scrollWidth")
+            assert width <= 400, f"the overview scrolls sideways on a phone ({width} px)"
+            await ppage.screenshot(path=str(SHOTS / "overview-phone.png"), full_page=True)
+            await phone.close()
+
+            # Viewer: sees everything, every write control disabled, and the API refuses its writes.
+            vctx = await browser.new_context()
+            vpage = await vctx.new_page()
+            await _login(vpage, base, VIEWER)
+            for where in ("/console/controls", "/console/emergency", "/console/does"):
+                await vpage.goto(f"{base}{where}")
+                buttons = vpage.locator("[data-write]")
+                assert await buttons.count() >= 1
+                for i in range(await buttons.count()):
+                    assert await buttons.nth(i).is_disabled()
+            status, body = await vpage.evaluate(
+                """async () => { const r = await fetch('/api/emergency', {method: 'POST', headers: {
+                'Content-Type': 'application/json', 'X-CSRF-Token': document.querySelector(
+                'meta[name=csrf-token]').content}, body: JSON.stringify({target: 'all', action:
+                'zero_export'})}); return [r.status, await r.json()]; }"""
+            )
+            assert status == 403 and body["field"] == "role"
+            assert not dialogs
+        finally:
+            await browser.close()
+            await pw.stop()
