@@ -190,14 +190,18 @@ class DerlinkAdminPlugin:
         await self._program(group, int(p.get("primacy", 1)))
 
     async def do_ensure_der_control_list(self, cfg: Any, p: dict[str, Any]) -> None:
-        await self._program_for(cfg, None)
+        await self._program_for(cfg, None)  # every DERProgram has its DERControlList; make sure one is seen
 
     async def _program_for(self, cfg: Any, primacy: int | None) -> str:
-        """The program a control goes on: an FSA program of that primacy if the test made one, else the
-        first (or a new) program on the client's FSA."""
-        for group in self.fsa_groups.values():
+        """The program a control goes on. With no FSA made by the test: the head-end's own DOE program (seen
+        by every site). Otherwise a program of that primacy (or the first) on an FSA the test made, with
+        this client's site a member of it."""
+        if not self.fsa_groups and primacy is None:
+            return "doe"
+        for annotation, group in self.fsa_groups.items():
             for key, prim in self.group_programs.get(group, []):
                 if primacy is None or prim == primacy:
+                    await self._group_for(cfg, annotation)
                     return key
         group = await self._group_for(cfg, None)
         return await self._program(group, primacy if primacy is not None else 1)
