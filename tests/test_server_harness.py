@@ -333,7 +333,7 @@ async def populate(server: RunningServer, clients: dict[str, Client], pki: Pki) 
             )
             if name != "dev-a":
                 assert (
-                    await client.put(f"{edev}/cp", r.ConnectionPoint(connectionPointId=f"NMI{lfdi[:6]}"))
+                    await client.put(f"{edev}/cp", r.ConnectionPoint(connectionPointId=f"Q{lfdi[:9]}"))
                 ).status == 204
             der = f"{edev}/der/{edev.rsplit('/', 1)[1]}"
             for kind, doc in (("dercap", dercap()), ("derg", derg()), ("ders", ders()), ("dera", dera())):
