@@ -369,10 +369,11 @@ class Handlers:
         except NmiError as exc:
             raise BadRequest(f"ConnectionPoint/connectionPointId: {exc}") from None
         cleaned = nmi.with_checksum if nmi.checksum_given else nmi.nmi
+        first = (await self.store.site(request[SCOPE], site_id)).nmi is None
         await self.store.set_connection_point(request[SCOPE], site_id, cleaned)
-        if request.method == "POST":
+        if request.method == "POST" or first:  # HTTP PUT: 201 + Location when it created the resource
             return created(f"/edev/{site_id}/cp")
-        return no_content()
+        return no_content(f"/edev/{site_id}/cp")  # replaced: 204, still naming it (clients resolve it)
 
     # -- function set assignments, programs, controls
 
