@@ -53,15 +53,29 @@ class FieldSpec:
     required: bool
     repeated: bool
     namespace: str
+    # Required when we write it but optional when a client sends it: ``all``/``results`` of a list are
+    # describe the page a GET returns (2030.5 List type), so a client POSTing a list need not send them.
+    required_on_read: bool = True
+    # The values the 2030.5 enumeration defines; anything else (a "reserved" value) is refused on read.
+    values: frozenset[int] | None = None
 
     @property
     def is_simple(self) -> bool:
         return is_simple_type(self.xsd_type)
 
 
-def element(xsd_type: str, *, required: bool = False, ns: str = NS_SEP) -> Any:
-    """A child element that occurs at most once."""
-    meta = {"xsd_type": xsd_type, "attribute": False, "required": required, "repeated": False, "ns": ns}
+def element(
+    xsd_type: str, *, required: bool = False, ns: str = NS_SEP, values: frozenset[int] | None = None
+) -> Any:
+    """A child element that occurs at most once; ``values`` restricts an enumeration to its defined values."""
+    meta = {
+        "xsd_type": xsd_type,
+        "attribute": False,
+        "required": required,
+        "repeated": False,
+        "ns": ns,
+        "values": values,
+    }
     return field(default=None, metadata=meta)
 
 
@@ -71,8 +85,15 @@ def elements(xsd_type: str, *, ns: str = NS_SEP) -> Any:
     return field(default_factory=list, metadata=meta)
 
 
-def attribute(xsd_type: str, *, required: bool = False) -> Any:
-    meta = {"xsd_type": xsd_type, "attribute": True, "required": required, "repeated": False, "ns": ""}
+def attribute(xsd_type: str, *, required: bool = False, required_on_read: bool = True) -> Any:
+    meta = {
+        "xsd_type": xsd_type,
+        "attribute": True,
+        "required": required,
+        "repeated": False,
+        "ns": "",
+        "required_on_read": required_on_read,
+    }
     return field(default=None, metadata=meta)
 
 
@@ -108,6 +129,8 @@ class Sep2Object:
                     required=f.metadata["required"],
                     repeated=f.metadata["repeated"],
                     namespace=f.metadata["ns"],
+                    required_on_read=f.metadata.get("required_on_read", True),
+                    values=f.metadata.get("values"),
                 )
                 for f in dataclasses.fields(cls)
                 if "xsd_type" in f.metadata

@@ -42,8 +42,8 @@ class ListResource(Resource):
     """A paged list: ``all`` is the total, ``results`` the number in this page."""
 
     is_root: ClassVar[bool] = False
-    all: int | None = attribute("UInt32", required=True)
-    results: int | None = attribute("UInt32", required=True)
+    all: int | None = attribute("UInt32", required=True, required_on_read=False)
+    results: int | None = attribute("UInt32", required=True, required_on_read=False)
 
 
 @dataclass(kw_only=True)
@@ -55,8 +55,8 @@ class PolledListResource(ListResource):
 @dataclass(kw_only=True)
 class SubscribableList(SubscribableResource):
     is_root: ClassVar[bool] = False
-    all: int | None = attribute("UInt32", required=True)
-    results: int | None = attribute("UInt32", required=True)
+    all: int | None = attribute("UInt32", required=True, required_on_read=False)
+    results: int | None = attribute("UInt32", required=True, required_on_read=False)
 
 
 @dataclass(kw_only=True)
@@ -643,13 +643,18 @@ class MirrorUsagePointList(PolledListResource):
 # Responses, subscriptions, errors, logs
 
 
+#: ResponseType values 2030.5 defines (clause 10.10.1, Table 27 and the 252-254 rejections); the rest are
+#: reserved and a client may not send them.
+RESPONSE_TYPES = frozenset(range(1, 15)) | frozenset(range(252, 255))
+
+
 @dataclass(kw_only=True)
 class Response(Resource):
     """status: 1 received, 2 started, 3 completed, 4 opted out, 6 cancelled, 7 superseded, 252+ rejected."""
 
     createdDateTime: int | None = element("Int64")
     endDeviceLFDI: str | None = element("HexBinary160", required=True)
-    status: int | None = element("UInt8")
+    status: int | None = element("UInt8", values=RESPONSE_TYPES)
     subject: str | None = element("HexBinary128", required=True)
 
 

@@ -217,7 +217,9 @@ def _decode(node: etree._Element, cls: type[Sep2Object], path: str) -> Sep2Objec
             values[spec.name] = value
 
     for spec in specs:
-        if spec.required and spec.name not in values:
+        if spec.values is not None and spec.name in values and values[spec.name] not in spec.values:
+            raise Sep2XmlError(f"{values[spec.name]} is a reserved value", f"{path}/{spec.name}")
+        if spec.required and spec.required_on_read and spec.name not in values:
             kind = "attribute" if spec.is_attribute else "element"
             raise Sep2XmlError(f"required {kind} {spec.name!r} is missing", path)
     return cls(**values)

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from sep2 import resources as r
 from sep2.mrid import derived_mrid
+from sep2.nmi import NmiError, validate_nmi
 from sep2.time import time_resource
 from sep2.xml import Sep2XmlError, from_xml, to_xml
 from server.config import ServerConfig
@@ -363,10 +364,16 @@ class Handlers:
     async def connection_point_put(self, request: web.Request) -> web.Response:
         doc: r.ConnectionPoint = await self.body(request, r.ConnectionPoint)
         site_id = _int(request, "e")
-        await self.store.set_connection_point(request[SCOPE], site_id, doc.connectionPointId)
-        if request.method == "POST":
+        try:  # AEMO NMI format and checksum (CSIP-AUS ConnectionPoint: connectionPointId is the NMI)
+            nmi = validate_nmi(doc.connectionPointId or "")
+        except NmiError as exc:
+            raise BadRequest(f"ConnectionPoint/connectionPointId: {exc}") from None
+        cleaned = nmi.with_checksum if nmi.checksum_given else nmi.nmi
+        first = (await self.store.site(request[SCOPE], site_id)).nmi is None
+        await self.store.set_connection_point(request[SCOPE], site_id, cleaned)
+        if request.method == "POST" or first:  # HTTP PUT: 201 + Location when it created the resource
             return created(f"/edev/{site_id}/cp")
-        return no_content()
+        return no_content(f"/edev/{site_id}/cp")  # replaced: 204, still naming it (clients resolve it)
 
     # -- function set assignments, programs, controls
 

@@ -153,9 +153,9 @@ async def _setup_sites(w: HeadEndWorld) -> dict[str, int]:
     await w.op.ok("POST", "/api/groups", {"name": "feeder-2", "parent": "substation"})
     ids = {}
     for name, group, nmi in (
-        ("dev-a", "feeder-1", "NMIA"),
-        ("dev-b", "feeder-2", "NMIB"),
-        ("dev-c", None, "NMIC"),
+        ("dev-a", "feeder-1", "4103000001"),
+        ("dev-b", "feeder-2", "4103000002"),
+        ("dev-c", None, "4103000003"),
     ):
         body = {"lfdi": w.clients[name].lfdi, "nmi": nmi, "pin": 11111, "label": f"house {name}"}
         if group:
@@ -341,7 +341,7 @@ async def test_targeting_broadcast_cancel_emergency_with_notifications(world: He
         # An active DOE for every site (bulk upload), then an emergency for the region.
         now = w.running.store.clock()
         csv_body = "nmi,start,duration,import_limit_w,export_limit_w\n" + "".join(
-            f"{nmi},{now - 60},3600,7000,4000\n" for nmi in ("NMIA", "NMIB", "NMIC")
+            f"{nmi},{now - 60},3600,7000,4000\n" for nmi in ("4103000001", "4103000002", "4103000003")
         )
         await w.op.ok("POST", "/api/does", data=csv_body, headers={"Content-Type": "text/csv"})
         for name in devs:  # the upload notified each site's DOE list subscription
@@ -373,7 +373,7 @@ async def test_targeting_broadcast_cancel_emergency_with_notifications(world: He
         assert [p["program"] for p in detail["programs"]] == ["emergency", "doe", "default"]
         assert detail["programs"][0]["active"][0]["mrid"] == emergency["mrid"]
         assert detail["programs"][1]["active"][0]["limits"]["export_limit_w"] == 4000
-        assert detail["groups"] == ["feeder-1"] and detail["nmi"] == "NMIA"
+        assert detail["groups"] == ["feeder-1"] and detail["nmi"] == "4103000001"
         assert detail["programs"][0]["active"][0]["target"] == "group:region"
         assert detail["programs"][1]["active"][0]["target"] == f"site:{w.clients['dev-a'].lfdi}"
 
@@ -421,14 +421,14 @@ async def test_membership_rates_lifecycle_and_security(world: HeadEndWorld, pki:
     fsas = (await c.get(f"/edev/{ids['dev-c']}/fsa?l=10")).doc(r.FunctionSetAssignmentsList)
     assert fsas.all == 1
     # Membership decides FSAs, immediately.
-    await w.op.ok("PUT", "/api/sites/nmi:NMIC/groups/feeder-2", params={"reason": "re-phased"})
+    await w.op.ok("PUT", "/api/sites/nmi:4103000003/groups/feeder-2", params={"reason": "re-phased"})
     fsas = (await c.get(f"/edev/{ids['dev-c']}/fsa?l=10")).doc(r.FunctionSetAssignmentsList)
     assert fsas.all == 2
     listed = await w.op.ok("GET", "/api/sites", params={"group": "substation"})
-    assert {s["nmi"] for s in listed["items"]} == {"NMIA", "NMIB", "NMIC"}
-    await w.op.ok("DELETE", "/api/sites/nmi:NMIC/groups/feeder-2")
+    assert {s["nmi"] for s in listed["items"]} == {"4103000001", "4103000002", "4103000003"}
+    await w.op.ok("DELETE", "/api/sites/nmi:4103000003/groups/feeder-2")
     assert (await c.get(f"/edev/{ids['dev-c']}/fsa?l=10")).doc(r.FunctionSetAssignmentsList).all == 1
-    assert (await w.op.ok("GET", "/api/sites", params={"q": "NMIB"}))["total"] == 1
+    assert (await w.op.ok("GET", "/api/sites", params={"q": "4103000002"}))["total"] == 1
 
     # DefaultDERControls per program and group/site: the most specific one wins.
     await w.op.ok(
@@ -436,7 +436,9 @@ async def test_membership_rates_lifecycle_and_security(world: HeadEndWorld, pki:
         "/api/defaults",
         {"program": "default", "target": "group:substation", "export_limit_w": 1500, "set_grad_w": 27},
     )
-    await w.op.ok("PUT", "/api/defaults", {"program": "default", "target": "nmi:NMIA", "export_limit_w": 0})
+    await w.op.ok(
+        "PUT", "/api/defaults", {"program": "default", "target": "nmi:4103000001", "export_limit_w": 0}
+    )
     dprog = (await _programs(a, ids["dev-a"]))[20]
     assert (await a.get(f"{dprog}/dderc")).doc(
         r.DefaultDERControl
@@ -450,7 +452,7 @@ async def test_membership_rates_lifecycle_and_security(world: HeadEndWorld, pki:
     # Runtime rates: global, then group override, seen on the next read.
     await w.op.ok("PUT", "/api/rates", {"resource": "derp", "value": 77})
     await w.op.ok("PUT", "/api/rates", {"resource": "derp", "value": 33, "target": "group:feeder-1"})
-    await w.op.ok("PUT", "/api/rates", {"resource": "post", "value": 120, "target": "nmi:NMIA"})
+    await w.op.ok("PUT", "/api/rates", {"resource": "post", "value": 120, "target": "nmi:4103000001"})
     derp_a = (await a.get(f"/edev/{ids['dev-a']}/fsa/0/derp")).doc(r.DERProgramList)
     derp_c = (await c.get(f"/edev/{ids['dev-c']}/fsa/0/derp")).doc(r.DERProgramList)
     assert (derp_a.pollRate, derp_c.pollRate) == (33, 77)
@@ -544,7 +546,7 @@ async def test_ctl_cli_over_the_api(world: HeadEndWorld, tmp_path: Path) -> None
     code, out = await ctl("groups", "create", "feeder-7", "--reason", "new feeder")
     assert code == 0, out
     lfdi = w.clients["dev-b"].lfdi
-    code, out = await ctl("sites", "register", lfdi, "--nmi", "NMI7", "--group", "feeder-7")
+    code, out = await ctl("sites", "register", lfdi, "--nmi", "4103000007", "--group", "feeder-7")
     assert code == 0, out
     doe = tmp_path / "doe.csv"
     now = w.running.store.clock()
@@ -558,9 +560,9 @@ async def test_ctl_cli_over_the_api(world: HeadEndWorld, tmp_path: Path) -> None
     )
     assert code == 1 and "duration" in out
     code, out = await ctl("sites", "list", json_out=False)  # a rich table
-    assert code == 0 and "NMI7" in out and "lfdi" in out
+    assert code == 0 and "4103000007" in out and "lfdi" in out
     bad = tmp_path / "bad.csv"
-    bad.write_text("nmi,start,duration,import_limit_w,export_limit_w\nNMI7,1,60,1,1\nNMI7,1,60,1,oops\n")
+    bad.write_text("nmi,start,duration,import_limit_w,export_limit_w\n4103000007,1,60,1,1\n4103000007,1,60,1,oops\n")
     code, out = await ctl("does", "upload", str(bad), json_out=False)
     assert code == 1 and "line 3" in out and "export_limit_w" in out
     code, out = await ctl("audit", "--action", "group.create")

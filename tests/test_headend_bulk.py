@@ -34,7 +34,7 @@ def _lfdi(n: int) -> str:
 
 def _doe_csv(sites: int, intervals: int, start: int, export: int) -> str:
     return HEADER + "".join(
-        f"N{s:07d},{start + k * 1800},1800,{8000 + k},{export}\n"
+        f"41{s:08d},{start + k * 1800},1800,{8000 + k},{export}\n"
         for s in range(sites)
         for k in range(intervals)
     )
@@ -50,7 +50,7 @@ async def test_bad_row_changes_nothing_and_is_named(pki: Pki, tmp_path: Path) ->
     running = await start_server(server_config(pki, tmp_path / "data", headend_tokens=TOKENS))
     op = Api(f"http://127.0.0.1:{running.headend_port}", OPERATOR_TOKEN)
     try:
-        sites = [{"lfdi": _lfdi(n + 1), "nmi": f"N{n:07d}"} for n in range(20)]
+        sites = [{"lfdi": _lfdi(n + 1), "nmi": f"41{n:08d}"} for n in range(20)]
         await op.ok("POST", "/api/sites/bulk", {"sites": sites})
         now = running.store.clock() // 1800 * 1800
         first = await op.ok(
@@ -84,9 +84,9 @@ async def test_bad_row_changes_nothing_and_is_named(pki: Pki, tmp_path: Path) ->
         ]
         # JSON too (records numbered), and an unknown column in the header.
         bad_json = (
-            '[{"nmi": "N0000001", "start": %d, "duration": 1800, "import_limit_w": 1, "export_limit_w": 2},'
+            '[{"nmi": "4100000001", "start": %d, "duration": 1800, "import_limit_w": 1, "export_limit_w": 2},'
         )
-        bad_json += '{"nmi": "N0000001", "start": "yesterday", "duration": 1800, "import_limit_w": 1, '
+        bad_json += '{"nmi": "4100000001", "start": "yesterday", "duration": 1800, "import_limit_w": 1, '
         bad_json += '"export_limit_w": 2}]'
         status, answer = await op.call(
             "POST", "/api/does", data=bad_json % now, headers={"Content-Type": "application/json"}
@@ -103,7 +103,7 @@ async def test_bad_row_changes_nothing_and_is_named(pki: Pki, tmp_path: Path) ->
         assert "colour" in answer["errors"][0]["message"]
         # Optional generation/load columns (blank = no limit); a bad one is named too.
         ext = "nmi,start,duration,import_limit_w,export_limit_w,generation_limit_w,load_limit_w\n"
-        ext += f"N0000002,{now},1800,10,20,,40\nN0000002,{now + 1800},1800,10,20,-3,\n"
+        ext += f"4100000002,{now},1800,10,20,,40\n4100000002,{now + 1800},1800,10,20,-3,\n"
         status, answer = await op.call("POST", "/api/does", data=ext, headers={"Content-Type": "text/csv"})
         assert status == 400 and answer["errors"][0]["line"] == 3
         assert answer["errors"][0]["message"].startswith("generation_limit_w:")
@@ -145,7 +145,7 @@ async def test_10k_sites_x_48_intervals_reach_every_derc_list(pki: Pki, tmp_path
     try:
         assert (await agg.get("/dcap")).status == 200  # the aggregator enrols on first contact
         agg_name = (await op.ok("GET", "/api/aggregators"))["items"][0]["name"]
-        sites = [{"lfdi": _lfdi(n + 1), "nmi": f"N{n:07d}", "aggregator": agg_name} for n in range(n_sites)]
+        sites = [{"lfdi": _lfdi(n + 1), "nmi": f"41{n:08d}", "aggregator": agg_name} for n in range(n_sites)]
         await op.ok("POST", "/api/sites/bulk", {"sites": sites})
         now = running.store.clock()
         start = now // 1800 * 1800
@@ -273,7 +273,7 @@ async def test_kill_9_during_upload_leaves_all_or_nothing(pki: Pki, tmp_path: Pa
     await server.start()
     op = Api(f"http://127.0.0.1:{server.port}", OPERATOR_TOKEN)
     try:
-        sites = [{"lfdi": _lfdi(n + 1), "nmi": f"N{n:07d}"} for n in range(n_sites)]
+        sites = [{"lfdi": _lfdi(n + 1), "nmi": f"41{n:08d}"} for n in range(n_sites)]
         await op.ok("POST", "/api/sites/bulk", {"sites": sites})
         start = int(time.time()) // 1800 * 1800
         await op.ok(
@@ -332,7 +332,7 @@ async def test_kill_9_during_upload_leaves_all_or_nothing(pki: Pki, tmp_path: Pa
         await server.wait()
         assert server.exports() == {2222: rows}
         await server.start()
-        intervals = (await op.ok("GET", "/api/sites/nmi:N0000042/does"))["items"]
+        intervals = (await op.ok("GET", "/api/sites/nmi:4100000042/does"))["items"]
         assert len(intervals) == n_intervals and {i["export_limit_w"] for i in intervals} == {2222}
     finally:
         await op.close()

@@ -47,7 +47,9 @@ def resource_strategy(cls: type[Sep2Object], depth: int = 0) -> st.SearchStrateg
     """Any valid instance of ``cls``: required fields always, optional ones sometimes."""
     fields: dict[str, st.SearchStrategy] = {}
     for spec in cls.field_specs():
-        if spec.is_simple:
+        if spec.values is not None:
+            value = st.sampled_from(sorted(spec.values))
+        elif spec.is_simple:
             value = _simple(spec.xsd_type)
         elif spec.xsd_type == "Resource":
             value = st.sampled_from(NOTIFIABLE).flatmap(lambda c: resource_strategy(c, depth + 1))
@@ -165,9 +167,6 @@ INVALID_CORPUS = {
             doeModesSupported="03",
         )
     ).replace(b"<csipaus:doeModesSupported>03</csipaus:doeModesSupported>", b""),
-    "list without required all": to_xml(r.EndDeviceList(href="/edev", all=0, results=0)).replace(
-        b' all="0"', b""
-    ),
     "DERSettings missing setMaxW": _mutate(
         VALID_SETTINGS, b"<setMaxW><multiplier>3</multiplier><value>5</value></setMaxW>", b""
     ),
@@ -181,6 +180,36 @@ def test_invalid_documents_are_refused_by_official_schema_ours_and_the_decoder(c
     assert not xsd.is_valid(document)
     with pytest.raises(Sep2XmlError):
         from_xml(document)
+
+
+def test_a_posted_list_needs_no_all_or_results():
+    """2030.5 List ``all``/``results`` describe the page a GET returns (issue 11 item 1): a client POSTing a
+    MirrorMeterReadingList leaves them out, and the decoder accepts it. We still write them on every list."""
+    posted = (
+        b'<MirrorMeterReadingList xmlns="urn:ieee:std:2030.5:ns"><MirrorMeterReading>'
+        b"<mRID>" + b"AB" * 16 + b"</mRID><description>W</description></MirrorMeterReading>"
+        b"</MirrorMeterReadingList>"
+    )
+    decoded = from_xml(posted)
+    assert decoded.all is None and decoded.results is None
+    assert len(decoded.MirrorMeterReading) == 1
+    with pytest.raises(Sep2XmlError, match="all"):
+        to_xml(r.EndDeviceList(href="/edev", results=0))
+
+
+@pytest.mark.parametrize("status", [0, 15, 100, 251, 255])
+def test_a_reserved_response_status_is_refused(status):
+    """2030.5 ResponseType (Table 27): 1-14 and 252-254 are defined; every other value is reserved."""
+    lfdi, subject = "AB" * 20, "CD" * 16
+    document = (
+        f'<Response xmlns="urn:ieee:std:2030.5:ns"><endDeviceLFDI>{lfdi}</endDeviceLFDI>'
+        f"<status>{status}</status><subject>{subject}</subject></Response>"
+    ).encode()
+    with pytest.raises(Sep2XmlError, match="Response/status"):
+        from_xml(document)
+    for good in (1, 14, 252, 254):
+        fixed = document.replace(f"<status>{status}<".encode(), f"<status>{good}<".encode())
+        assert from_xml(fixed).status == good
 
 
 _MUTATIONS = st.sampled_from(["drop", "swap", "dup", "junk-int", "junk-hex"])

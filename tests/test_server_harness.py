@@ -333,8 +333,8 @@ async def populate(server: RunningServer, clients: dict[str, Client], pki: Pki) 
             )
             if name != "dev-a":
                 assert (
-                    await client.put(f"{edev}/cp", r.ConnectionPoint(connectionPointId=f"NMI{lfdi[:6]}"))
-                ).status == 204
+                    await client.put(f"{edev}/cp", r.ConnectionPoint(connectionPointId=f"Q{lfdi[:9]}"))
+                ).status == 201  # HTTP PUT that creates the ConnectionPoint: 201 + Location
             der = f"{edev}/der/{edev.rsplit('/', 1)[1]}"
             for kind, doc in (("dercap", dercap()), ("derg", derg()), ("ders", ders()), ("dera", dera())):
                 reply = await client.put(f"{der}/{kind}", doc)

@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from aiohttp import web
 
 from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
+from sep2.nmi import NmiError, validate_nmi
 from server.config import ConfigError, ServerConfig
 from server.errors import ApiError
 from server.headend.doe import (
@@ -193,6 +194,17 @@ def _int_query(request: web.Request, name: str, default: int | None, low: int = 
     if not low <= value <= high:
         raise bad(f"{name}: must be in {low}..{high}, got {value}")
     return value
+
+
+def checked_nmi(value: Any, field: str) -> str | None:
+    """An AEMO NMI (10 characters, or 11 with a matching checksum), cleaned; errors name ``field``."""
+    if value is None:
+        return None
+    try:
+        nmi = validate_nmi(value)
+    except NmiError as exc:
+        raise bad(f"{field}: {exc}") from None
+    return nmi.with_checksum if nmi.checksum_given else nmi.nmi
 
 
 def norm_target(target: Any) -> str:
@@ -795,7 +807,7 @@ class HeadEnd:
         site_id = await self.admin.register_site(
             body["lfdi"],
             sfdi=body.get("sfdi"),
-            nmi=body.get("nmi"),
+            nmi=checked_nmi(body.get("nmi"), "nmi"),
             pin=body.get("pin"),
             aggregator=body.get("aggregator"),
             groups_=group_names,
@@ -1727,9 +1739,7 @@ async def bulk_register(
         pin = item.get("pin")
         if pin is not None and (not isinstance(pin, int) or not 0 <= pin <= 999999):
             raise bad(f"{where}.pin: must be 0..999999")
-        nmi = item.get("nmi")
-        if nmi is not None and (not isinstance(nmi, str) or not 1 <= len(nmi) <= 32):
-            raise bad(f"{where}.nmi: must be 1 to 32 characters")
+        nmi = checked_nmi(item.get("nmi"), f"{where}.nmi")
         values.append(
             dict(
                 lfdi=lfdi,
