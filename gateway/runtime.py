@@ -491,6 +491,7 @@ class GatewayRuntime:
                 notifications=st.notifications, post_rate=st.post_rate,
                 outbox_pending=await self.client.outbox.pending(),
                 outbox_rejected=await self.client.outbox.rejected(),
+                refusals=dict(st.refusals),
             )  # fmt: skip
         comms["last_contact_core"] = self.controller.last_contact
         site: dict[str, Any] = {"devices": []}
