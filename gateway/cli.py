@@ -158,6 +158,8 @@ def print_status(status: dict[str, Any]) -> None:
         f"  outbox {comms.get('outbox_pending', '-')} pending"
         + (f"  last error: {comms['last_error']}" if comms.get("last_error") else "")
     )
+    for what, error in (comms.get("refusals") or {}).items():
+        console.print(f"[red]refused by the server[/red]: {what}: {error}")
     console.print(f"next scheduled change: {_when(status.get('next_change'), now)}"
                   f"   next decision: {_when(status.get('next_wake'), now)}")  # fmt: skip
     table = Table(title="effective limits")

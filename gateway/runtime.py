@@ -574,6 +574,7 @@ class GatewayRuntime:
                 notifications=st.notifications, post_rate=st.post_rate,
                 outbox_pending=await self.refresh_outbox_depth(),
                 outbox_rejected=await self.client.outbox.rejected(),
+                refusals=dict(st.refusals),
             )  # fmt: skip
         comms["last_contact_core"] = self.controller.last_contact
         site: dict[str, Any] = {"devices": []}

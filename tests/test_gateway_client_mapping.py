@@ -240,8 +240,14 @@ def test_telemetry_reading_types_roles_and_scaling() -> None:
     assert readings[("site", "Voltage phase C (V)")].ReadingType.phase == 33
     hz = readings[("site", "Frequency (Hz)")]
     assert hz.Reading.value == 4999 and hz.ReadingType.uom == 33 and hz.ReadingType.powerOfTenMultiplier == -2
-    soc = readings[("der:bat-1", "Battery state of charge (%)")]
-    assert soc.Reading.value == 4000 and soc.ReadingType.powerOfTenMultiplier == -2
+    # CSIP-AUS: SoC is DERStatus.stateOfChargeStatus, never a reading; every ReadingType has a real uom
+    assert not any("charge" in (d or "") for _, d in readings)
+    assert all(mmr.ReadingType.uom in (38, 63, 29, 33) for mmr in readings.values())
+    assert m.der_status(BATTERY, 7000).stateOfChargeStatus.value == 4000
+    # the MirrorUsagePoint goes with its first readings (and validates so)
+    first = m.mirror_usage_point(points["site"], LFDI, batches[0][1].MirrorMeterReading)
+    validate(to_xml(first))
+    assert len(first.MirrorMeterReading) == len(batches[0][1].MirrorMeterReading)
     # stable identifiers: the same site gives the same mRIDs on every run
     again = m.site_readings(LFDI, snapshot, 7060, 60)
     assert [p.mrid for p, _ in again] == [p.mrid for p, _ in batches]

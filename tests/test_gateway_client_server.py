@@ -283,9 +283,10 @@ async def test_der_documents_telemetry_and_responses_reach_the_server(lab: Lab) 
     site_w = by_key[("Active power (W)", 1)]
     assert site_w["value"] == -2500 and site_w["reading_type"].uom == 38 and site_w["time_start"] == now
     assert by_key[("Voltage phase A (V)", None)]["value"] == 2401
-    assert by_key[("Battery state of charge (%)", None)]["value"] == 6150
     assert len({row["mup_mrid"] for row in readings}) == 3  # site + PV + battery
-    assert len(readings) == 3 + 1 + 2  # site W/V/Hz, PV W, battery W/SoC: nothing twice
+    # site W/V/Hz, PV W, battery W: nothing twice. SoC is not a reading (uom 0) but DERStatus (below).
+    assert len(readings) == 3 + 1 + 1
+    assert all(row["reading_type"].uom in (38, 29, 33) for row in readings)
 
     # the server lists one DER per site: the client reports the site's DER as one aggregate
     docs = await eventually(lambda: _all_der_docs(lab))
@@ -325,6 +326,9 @@ async def test_every_document_the_client_sends_validates_against_our_schema(
     await client.wait_ready(10)
     await client.queue_telemetry(site(100.0))
     await client.queue_responses(controller.decide(client.now()).responses)
+    await eventually(lambda: _drained(client))
+    # the first readings go inside the new MirrorUsagePoints, the next ones as MirrorMeterReadingLists
+    await client.queue_telemetry(site(120.0), client.now() + client.post_rate)
     await eventually(lambda: _drained(client))
     await eventually(lambda: _all_der_docs(lab))
     kinds = {body.split(b" ", 1)[0].split(b">", 1)[0] for _, _, body in sent}
@@ -396,10 +400,12 @@ async def test_outage_queues_durably_and_delivers_everything_once_after_recovery
         client = lab.client(controller, port=proxy.port)
         await client.start()
         await client.wait_ready(10)
-        assert client.post_rate == 10
-        proxy.cut()
         t0 = client.now()
-        for i in range(4):
+        assert await client.queue_telemetry(site(-1000.0), t0)
+        await eventually(lambda: _drained(client), within=10)
+        assert client.post_rate == 10  # from the MirrorUsagePoints created with the first readings
+        proxy.cut()
+        for i in range(1, 4):
             assert await client.queue_telemetry(site(-1000.0 - i), t0 + 10 * i)
         await client.queue_responses(
             [
@@ -410,7 +416,7 @@ async def test_outage_queues_durably_and_delivers_everything_once_after_recovery
         await asyncio.sleep(1.0)  # several backoff rounds against a dead link
         assert all(not task.done() for task in client._tasks), "the client survived the outage"
         assert not client.status.comms_ok and client.status.last_error
-        assert await client.outbox.pending() == 4 * 3 + 2
+        assert await client.outbox.pending() == 3 * 3 + 2
         contact_during_outage = controller.last_contact
         proxy.restore()
         await eventually(lambda: _drained(client), within=10)
@@ -424,7 +430,7 @@ async def test_outage_queues_durably_and_delivers_everything_once_after_recovery
             if row["description"] == "Active power (W)" and row["reading_type"].flowDirection == 1
         ]
         assert site_w == [-1000, -1001, -1002, -1003]  # all of them, in order, once
-        assert len(readings) == 4 * 6
+        assert len(readings) == 4 * 5  # site W/V/Hz, PV W, battery W (SoC is in DERStatus)
         assert [row["status"] for row in await lab.admin.responses_for_control(doe)] == [1, 2]
     finally:
         await proxy.stop()

@@ -12,24 +12,26 @@ Unit conventions (2030.5 -> core):
 * ``rampTms``: hundredths of a second -> seconds. ``setGradW`` (DefaultDERControl) is passed unchanged.
 * ``randomizeStart``/``randomizeDuration`` absent -> 0. ``responseRequired`` hex -> int bitmap.
 
-Telemetry conventions (our reading of CSIP-AUS; values are integers scaled by the ReadingType's
-``powerOfTenMultiplier``):
+Telemetry conventions (IEEE 2030.5-2018 UomType, KindType, FlowDirectionType and PhaseCode; CSIP-AUS
+v1.2 telemetry, the quantities the public client procedures ALL-06 / ALL-29 / MUL-02 check: site and DER
+active power, reactive power, voltage, frequency). Values are integers scaled by the ReadingType's
+``powerOfTenMultiplier``:
 
-==========  =====  ====  =============  =====================  ==========
-quantity    uom    kind  flowDirection  phase                  multiplier
-==========  =====  ====  =============  =====================  ==========
-W (site)    38     37    1 forward      0                      0
-W (DER)     38     37    19 reverse     0                      0
-VAr         63     37    same as W      0                      0
-V           29     0     0              129 AN / 65 BN / 33 CN  -1
-Hz          33     0     0              0                      -2
-SoC         0      0     0              0                      -2
-==========  =====  ====  =============  =====================  ==========
+==========  ======  ========  ==================  =====================  ==========
+quantity    uom     kind      flowDirection       phase                  multiplier
+==========  ======  ========  ==================  =====================  ==========
+W (site)    38 W    37 power  1 forward           0 (n/a)                0
+W (DER)     38 W    37 power  19 reverse          0 (n/a)                0
+VAr         63 var  37 power  same as W           0 (n/a)                0
+V           29 V    0 (n/a)   0 (n/a)             129 AN / 65 BN / 33 CN  -1
+Hz          33 Hz   0 (n/a)   0 (n/a)             0 (n/a)                -2
+==========  ======  ========  ==================  =====================  ==========
 
 Site power is positive when the site imports (delivered to the customer, flowDirection 1) and negative
 when it exports. DER power is positive when the DER generates or discharges (received from the customer,
-flowDirection 19) and negative when it charges. SoC is in percent; 2030.5 has no percent unit, so it is
-sent as a dimensionless reading (uom 0) in hundredths of a percent, like the Percent type.
+flowDirection 19) and negative when it charges. Every ReadingType carries a real ``uom``: a battery's
+state of charge is not a reading (2030.5 has no percent uom) but DERStatus ``stateOfChargeStatus``
+(hundredths of a percent), where CSIP-AUS puts it (STO-01 / STO-04).
 Site MirrorUsagePoint roleFlags: isMirror | isPremisesAggregationPoint (0x0003); DER MirrorUsagePoint:
 isMirror | isDER | isSubmeter (0x0049). Commodity 1 (electricity, secondary metered), accumulation 12
 (instantaneous), dataQualifier 2 (average over the post interval).
@@ -397,7 +399,7 @@ def der_availability(device: DeviceSnapshot, now: int) -> r.DERAvailability:
 ROLE_SITE = "0003"  # isMirror | isPremisesAggregationPoint
 ROLE_DER = "0049"  # isMirror | isDER | isSubmeter
 _PHASES = {"A": 129, "B": 65, "C": 33}
-UOM_W, UOM_VAR, UOM_V, UOM_HZ, UOM_NONE = 38, 63, 29, 33, 0
+UOM_W, UOM_VAR, UOM_V, UOM_HZ = 38, 63, 29, 33
 KIND_POWER = 37
 FLOW_FORWARD, FLOW_REVERSE = 1, 19
 
@@ -406,7 +408,7 @@ FLOW_FORWARD, FLOW_REVERSE = 1, 19
 class Quantity:
     """One telemetry channel of a MirrorUsagePoint: its MirrorMeterReading and ReadingType."""
 
-    key: str  # "w", "var", "v_A", "hz", "soc"
+    key: str  # "w", "var", "v_A", "hz"
     description: str
     uom: int
     kind: int
@@ -433,8 +435,6 @@ def _quantities(m: Measurements, *, is_site: bool) -> list[tuple[Quantity, float
         )
     if m.hz is not None:
         out.append((Quantity("hz", "Frequency (Hz)", UOM_HZ, 0, 0, 0, -2), m.hz))
-    if m.soc_pct is not None:
-        out.append((Quantity("soc", "Battery state of charge (%)", UOM_NONE, 0, 0, 0, -2), m.soc_pct))
     return out
 
 
@@ -473,8 +473,11 @@ def mirror_point(lfdi: str, key: str, pen: int = 0) -> MirrorPoint:
     )
 
 
-def mirror_usage_point(point: MirrorPoint, lfdi: str) -> r.MirrorUsagePoint:
-    """The MirrorUsagePoint document POSTed to the MirrorUsagePointList (no readings: those follow)."""
+def mirror_usage_point(
+    point: MirrorPoint, lfdi: str, readings: Sequence[r.MirrorMeterReading] = ()
+) -> r.MirrorUsagePoint:
+    """The MirrorUsagePoint document POSTed to the MirrorUsagePointList, with its first
+    MirrorMeterReadings (each with its ReadingType): some servers refuse a MirrorUsagePoint without."""
     return r.MirrorUsagePoint(
         mRID=point.mrid,
         description=point.description,
@@ -482,6 +485,7 @@ def mirror_usage_point(point: MirrorPoint, lfdi: str) -> r.MirrorUsagePoint:
         serviceCategoryKind=0,
         status=1,
         deviceLFDI=lfdi.upper(),
+        MirrorMeterReading=list(readings),
     )
 
 

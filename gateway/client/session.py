@@ -17,11 +17,14 @@ trouble):
 4. DER documents: DERCapability/DERSettings are PUT when they change, DERStatus/DERAvailability every
    ``postRate``;
 5. telemetry and Responses go through the durable :class:`~gateway.client.outbox.Outbox` and are POSTed in
-   order, to the MirrorUsagePoints (created on demand) and to each control's ``replyTo``.
+   order, to the MirrorUsagePoints (each created with its first readings) and to each control's ``replyTo``.
+   A document the server refuses (4xx) is recorded once in ``status.refusals`` with the server's Error and
+   never stalls the rest: a refused batch of readings is split and the accepted ones kept.
 
 Every successful exchange calls ``controller.server_contact(now)``. Network errors and 5xx are retried
 with exponential backoff and jitter; a 4xx on an outbox entry moves it to the dead-letter table (the server
-will never accept it, and it must not block the queue). Times given to the core are server time
+will never accept it, and it must not block the queue). A server that refuses a second POST of our
+EndDevice is fine: the EndDeviceList is read again for our lFDI. Times given to the core are server time
 (local clock + offset from ``/tm``); see :meth:`Sep2Client.now`.
 """
 
@@ -65,11 +68,18 @@ class CommsError(ClientError):
 
 
 class ServerRejected(ClientError):
-    """The server answered 4xx: retrying the same request will not help."""
+    """The server answered 4xx: retrying the same request will not help.
 
-    def __init__(self, method: str, url: str, status: int, detail: str) -> None:
+    ``reason_code`` is the 2030.5 ``Error.reasonCode`` of the answer's body, when it had one.
+    """
+
+    def __init__(
+        self, method: str, url: str, status: int, detail: str, reason_code: int | None = None
+    ) -> None:
         self.status = status
-        super().__init__(f"{method} {url}: HTTP {status} {detail}".strip())
+        self.reason_code = reason_code
+        error = f" (Error reasonCode {reason_code})" if reason_code is not None else ""
+        super().__init__(f"{method} {url}: HTTP {status} {detail}".strip() + error)
 
 
 class RegistrationError(ClientError):
@@ -138,6 +148,8 @@ class ClientStatus:
     subscriptions: int = 0
     notifications: int = 0
     post_rate: int | None = None
+    # documents the server refused for good: what -> the server's answer (logged once each)
+    refusals: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,8 +223,10 @@ class Sep2Client:
         self._mups: dict[str, str] = {}  # MirrorUsagePoint mRID -> href
         self._post_rate: int | None = None
         self._next_post: float | None = None
+        self._last_post: float | None = None
         self._site: mapping.SiteSnapshot | None = None
         self._put_docs: dict[str, bytes] = {}  # DER document href -> last body PUT (cap/settings)
+        self._connected_once = False
         # seconds from a Notification's receipt to the engine updated (the latest 5000)
         self.notification_latencies: deque[float] = deque(maxlen=5000)
         # server time of the receipt of the Notification being handled, while on_schedule_change runs
@@ -305,6 +319,7 @@ class Sep2Client:
         if items:
             await self.outbox.put_many(items)
         self._next_post = now + interval
+        self._last_post = now
         return bool(items)
 
     def update_site(self, snapshot: mapping.SiteSnapshot) -> None:
@@ -383,7 +398,12 @@ class Sep2Client:
             raise CommsError(f"{method} {url}: HTTP {status}")
         self._note_contact()  # any answer below 500 shows the link and the server work
         if status >= 400:
-            raise ServerRejected(method, url, status, resp_headers.get("X-Error-Detail", ""))
+            reason = None
+            if data:
+                with contextlib.suppress(Sep2XmlError, TypeError):
+                    error = from_xml(data, r.Error)
+                    reason = error.reasonCode if isinstance(error, r.Error) else None
+            raise ServerRejected(method, url, status, resp_headers.get("X-Error-Detail", ""), reason)
         return status, data, resp_headers
 
     async def _learn_server_identity(self) -> None:
@@ -468,7 +488,12 @@ class Sep2Client:
             await self._sync_time()
         if self.config.mode == "subscribe" and self._server_lfdi is None:
             await self._learn_server_identity()
+        if not self._connected_once:
+            log.info("connected to %s (DeviceCapability read)", self.config.dcap_url)
+            self._connected_once = True
         self.end_device = await self._find_end_device(dcap)
+        if self.status.end_device != self.end_device.href:
+            log.info("registered: EndDevice %s (lFDI %s)", self.end_device.href, self.config.lfdi)
         self.status.end_device = self.end_device.href
         await self._check_registration(self.end_device)
         if self.end_device.DERListLink is not None:
@@ -482,11 +507,15 @@ class Sep2Client:
                     self._mups[mup.mRID.upper()] = mup.href
                 if mup.postRate:
                     self._set_post_rate(mup.postRate)
-            await self._mup_href("site")  # the site's MirrorUsagePoint always exists; it gives the postRate
+            # MirrorUsagePoints are created with their first readings (_deliver_readings), not here: a
+            # server may refuse one without readings, and a refused one must not stop discovery.
         if self.end_device.postRate:
             self._set_post_rate(self.end_device.postRate)
 
     def _set_post_rate(self, rate: int) -> None:
+        """A (new) postRate from the server: the next sample is due one new interval after the last one."""
+        if rate != self._post_rate and self._next_post is not None and self._last_post is not None:
+            self._next_post = self._last_post + rate
         self._post_rate = rate
         self.status.post_rate = rate
 
@@ -521,9 +550,19 @@ class Sep2Client:
                 f"EndDevice with lFDI {lfdi} is not registered on the server "
                 "(ask the DNSP to register it, or enable in-band registration)"
             )
-        location = await self._post(
-            href, r.EndDevice(sFDI=sfdi_from_lfdi(lfdi), lFDI=lfdi, changedTime=self.now())
-        )
+        try:
+            location = await self._post(
+                href, r.EndDevice(sFDI=sfdi_from_lfdi(lfdi), lFDI=lfdi, changedTime=self.now())
+            )
+        except ServerRejected as exc:
+            # 2030.5 / CSIP-AUS: a server may refuse a second POST of a registered lFDI; the client finds its
+            # EndDevice in the EndDeviceList. Read the list again (it may have been registered meanwhile).
+            _, devices = await self._get_list(href, r.EndDeviceList, "EndDevice")
+            for device in devices:
+                if (device.lFDI or "").upper() == lfdi:
+                    log.info("in-band registration refused (%s); our EndDevice is in the EndDeviceList", exc)
+                    return device
+            raise RegistrationError(f"in-band registration refused by the server: {exc}") from None
         if not location:
             raise CommsError("EndDevice registration: server gave no Location")
         return await self._get(location, r.EndDevice)
@@ -845,8 +884,15 @@ class Sep2Client:
                     key = to_xml(replace(doc, updatedTime=0) if isinstance(doc, r.DERSettings) else doc)
                     if self._put_docs.get(link.href) == key:
                         continue
-                await self._put(link.href, doc)
-                if only_on_change:
+                try:
+                    await self._put(link.href, doc)
+                except ServerRejected as exc:
+                    self._refused(f"{type(doc).__name__} {link.href}", exc)
+                    if not only_on_change:
+                        continue
+                else:
+                    self._forgive(f"{type(doc).__name__} {link.href}")
+                if only_on_change:  # refused or accepted: the same document is not PUT again
                     self._put_docs[link.href] = key
 
     # --------------------------------------------------------------------------------- main loop
@@ -992,7 +1038,7 @@ class Sep2Client:
                 try:
                     await self._deliver(entry)
                 except ServerRejected as exc:
-                    log.error("outbox entry %d (%s) rejected for good: %s", entry.id, entry.kind, exc)
+                    self._refused(f"{entry.kind} {entry.target}", exc, f"outbox entry {entry.id}")
                     await self.outbox.reject(entry, str(exc))
                 except Exception as exc:  # network, 5xx or a bug: keep the entry, back off, retry
                     if isinstance(exc, CommsError):
@@ -1014,17 +1060,111 @@ class Sep2Client:
             target = entry.target or await self._default_response_list()
             await self._request("POST", target, entry.body)
         elif entry.kind == "readings":
-            href = await self._mup_href(entry.target)
-            try:
-                await self._request("POST", href, entry.body)
-            except ServerRejected as exc:
-                if exc.status != 404:
-                    raise
-                # the MirrorUsagePoint vanished on the server: create it again, then post
-                self._mups = {m: h for m, h in self._mups.items() if h != href}
-                await self._request("POST", await self._mup_href(entry.target), entry.body)
+            await self._deliver_readings(entry)
         else:
             raise ServerRejected("POST", entry.target, 0, f"unknown outbox kind {entry.kind!r}")
+
+    async def _deliver_readings(self, entry: OutboxEntry) -> None:
+        """POST one snapshot of a MirrorUsagePoint's readings; a refused batch is split, never dropped whole.
+
+        The MirrorUsagePoint is created (POST to the MirrorUsagePointList) with these, its first readings.
+        When the server refuses a batch, each MirrorMeterReading is tried alone: the accepted ones are
+        kept, each refused one is recorded (once) with the server's Error. Raises ServerRejected only when
+        nothing of the batch was accepted.
+        """
+        try:
+            doc = from_xml(entry.body, r.MirrorMeterReadingList)
+        except Sep2XmlError as exc:
+            raise ServerRejected("POST", entry.target, 0, f"unreadable outbox entry: {exc}") from None
+        assert isinstance(doc, r.MirrorMeterReadingList)
+        items = list(doc.MirrorMeterReading)
+        point = mapping.mirror_point(self.config.lfdi, entry.target, self.config.pen)
+        href = self._mups.get(point.mrid)
+        if href is None:
+            href, items = await self._create_mup(point, items)
+            if not items:
+                return  # every reading went with the new MirrorUsagePoint
+        try:
+            await self._request("POST", href, entry.body if len(items) == len(doc.MirrorMeterReading) else
+                                to_xml(self._reading_list(items)))  # fmt: skip
+            return
+        except ServerRejected as exc:
+            if exc.status == 404:  # the MirrorUsagePoint vanished on the server: create it again
+                self._mups = {m: h for m, h in self._mups.items() if h != href}
+                href, items = await self._create_mup(point, items)
+                if not items:
+                    return
+            elif len(items) == 1:
+                raise
+        accepted = 0
+        last: ServerRejected | None = None
+        for mmr in items:
+            what = f"MirrorMeterReading {mmr.description or mmr.mRID} ({point.key})"
+            try:
+                await self._request("POST", href, to_xml(self._reading_list([mmr])))
+            except ServerRejected as exc:
+                self._refused(what, exc)
+                last = exc
+            else:
+                accepted += 1
+                self._forgive(what)
+        if not accepted and last is not None:
+            raise last
+
+    @staticmethod
+    def _reading_list(items: list[r.MirrorMeterReading]) -> r.MirrorMeterReadingList:
+        return r.MirrorMeterReadingList(all=len(items), results=len(items), MirrorMeterReading=items)
+
+    async def _create_mup(
+        self, point: mapping.MirrorPoint, items: list[r.MirrorMeterReading]
+    ) -> tuple[str, list[r.MirrorMeterReading]]:
+        """POST the MirrorUsagePoint with its first readings; returns (its href, readings still to POST).
+
+        If the server refuses it with all of them, it is tried with each single reading until one is
+        accepted (the others are then POSTed to it). Raises ServerRejected if it is refused with every one.
+        """
+        if self.dcap is None or self.dcap.MirrorUsagePointListLink is None:
+            raise ServerRejected("POST", "-", 0, "the server offers no MirrorUsagePointList")
+        list_href = self.dcap.MirrorUsagePointListLink.href
+        attempts = [(items, [])] + (
+            [([m], [x for x in items if x is not m]) for m in items] if len(items) > 1 else []
+        )
+        error: ServerRejected | None = None
+        for first, rest in attempts:
+            try:
+                location = await self._post(
+                    list_href, mapping.mirror_usage_point(point, self.config.lfdi, first)
+                )
+            except ServerRejected as exc:
+                error = exc
+                if len(first) == 1 and len(items) > 1:
+                    self._refused(
+                        f"MirrorMeterReading {first[0].description or first[0].mRID} ({point.key})", exc
+                    )
+                continue
+            if not location:
+                raise CommsError("MirrorUsagePoint: the server gave no Location")
+            self._forgive(f"MirrorUsagePoint {point.key}")
+            self._mups[point.mrid] = location
+            mup = await self._get_optional(location, r.MirrorUsagePoint)
+            if mup is not None and mup.postRate:
+                self._set_post_rate(mup.postRate)
+            return location, rest
+        assert error is not None
+        self._refused(f"MirrorUsagePoint {point.key}", error)
+        raise error
+
+    def _refused(self, what: str, exc: ServerRejected, where: str = "") -> None:
+        """Record a refusal; logged once per document (until it is accepted again), shown in the status."""
+        text = str(exc)
+        if self.status.refusals.get(what) != text:
+            log.error("server refused %s%s: %s", what, f" ({where})" if where else "", text)
+        self.status.refusals[what] = text
+        while len(self.status.refusals) > 50:
+            self.status.refusals.pop(next(iter(self.status.refusals)))
+
+    def _forgive(self, what: str) -> None:
+        self.status.refusals.pop(what, None)
 
     async def _default_response_list(self) -> str:
         """Where a Response without replyTo goes: the first ResponseSet's ResponseList."""
@@ -1035,21 +1175,3 @@ class Sep2Client:
             if rs.ResponseListLink is not None:
                 return rs.ResponseListLink.href
         raise ServerRejected("POST", "-", 0, "no replyTo and no ResponseSet has a ResponseList")
-
-    async def _mup_href(self, key: str) -> str:
-        point = mapping.mirror_point(self.config.lfdi, key, self.config.pen)
-        href = self._mups.get(point.mrid)
-        if href is not None:
-            return href
-        if self.dcap is None or self.dcap.MirrorUsagePointListLink is None:
-            raise ServerRejected("POST", "-", 0, "the server offers no MirrorUsagePointList")
-        location = await self._post(
-            self.dcap.MirrorUsagePointListLink.href, mapping.mirror_usage_point(point, self.config.lfdi)
-        )
-        if not location:
-            raise CommsError("MirrorUsagePoint: the server gave no Location")
-        self._mups[point.mrid] = location
-        mup = await self._get_optional(location, r.MirrorUsagePoint)
-        if mup is not None and mup.postRate:
-            self._set_post_rate(mup.postRate)
-        return location
