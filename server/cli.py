@@ -110,14 +110,14 @@ def _run(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         running = await start_server(config)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # before the banner: a stop right after it is clean
+            loop.add_signal_handler(sig, stop.set)
         print(
             f"derlink server: 2030.5 on {running.base_url}, admin on http://{config.admin_host}:{running.admin_port}",
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await running.stop()
 
