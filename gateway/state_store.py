@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from derlink.files import write_atomic
+from sep2.files import write_atomic
 from gateway.core.black_start import BlackStartState
 from gateway.core.events import ControlSettings, EventEngine
 from gateway.core.hierarchy import EffectiveLimits

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from derlink.files import write_atomic
+from sep2.files import write_atomic
 from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, iso
 
 
