@@ -17,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from derlink.demo.orchestrator import Demo, Sample
+    from derlink.demo.orchestrator import Demo
+    from derlink.demo.samples import Sample
     from derlink.demo.scenario import Segment
 
 
