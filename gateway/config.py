@@ -98,6 +98,7 @@ DRM_SOURCES = ("modbus", "gpio", "local_api")
 DRM_TABLES = ("discrete_inputs", "coils")
 
 
+SYSFS_GPIO = Path("/sys/class/gpio")  # drm.gpio_pins: each pin's value file below it
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ("N", "E", "O")
 
@@ -554,8 +555,6 @@ def _drm(raw: Any, base_dir: Path) -> DrmSettings:
             table=table, address=d.integer("address", 0, low=0, high=65535 - 8), **common,
         )  # type: ignore[arg-type]  # fmt: skip
     elif source == "gpio":
-        from gateway.drm_input import sysfs_value_files
-
         files, pins = d.get("value_files", list), d.get("gpio_pins", list)
         if (files is None) == (pins is None):
             raise ConfigError("drm.gpio_pins: give gpio_pins or value_files (9 entries, DRM 0..8), not both")
@@ -567,7 +566,7 @@ def _drm(raw: Any, base_dir: Path) -> DrmSettings:
             if isinstance(item, bool) or not isinstance(item, kind):
                 raise ConfigError(f"drm.{key}[{i}]: expected {_kind_name((kind,))}, got {item!r}")
         paths = (tuple(base_dir / Path(f).expanduser() for f in items) if key == "value_files"
-                 else sysfs_value_files(items))  # fmt: skip
+                 else tuple(SYSFS_GPIO / f"gpio{pin}" / "value" for pin in items))  # fmt: skip
         out = DrmSettings(source=source, value_files=paths, **common)  # type: ignore[arg-type]
     d.finish()
     return out

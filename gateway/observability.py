@@ -34,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 if TYPE_CHECKING:
     from gateway.core import Decision
-    from gateway.runtime import GatewayRuntime
+    from gateway.ports import RuntimeView
 
 LOG_FORMATS = ("text", "json")
 _LIMITS = ("export_w", "import_w", "generation_w", "load_w", "max_w_pct", "battery_reserve_pct")
@@ -119,7 +119,7 @@ def log_decision(logger: logging.Logger, reason: str, before: Decision | None, a
 class GatewayCollector:
     """Prometheus collector over one runtime's state (read at scrape time)."""
 
-    def __init__(self, runtime: GatewayRuntime) -> None:
+    def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
@@ -205,7 +205,7 @@ class GatewayCollector:
         )  # fmt: skip
 
 
-def metrics_registry(runtime: GatewayRuntime) -> CollectorRegistry:
+def metrics_registry(runtime: RuntimeView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(runtime))  # type: ignore[arg-type]
     return registry

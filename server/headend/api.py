@@ -1880,7 +1880,7 @@ async def start_headend(store: Store, config: ServerConfig) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, config.headend_host, config.headend_port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     log.info("head-end API listening on http://%s:%d/api", config.headend_host, port)
     return runner, port
 
