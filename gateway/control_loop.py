@@ -114,12 +114,22 @@ class SiteLimits:
 
     @classmethod
     def from_effective(cls, eff: EffectiveLimits, battery_rated_w: float = 0.0) -> SiteLimits:
-        """Translate gateway.core's EffectiveLimits. ``fixed_w_pct`` is taken as % of the battery rating."""
+        """Translate gateway.core's EffectiveLimits. ``fixed_w_pct`` is taken as % of the battery rating.
+
+        The battery setpoint is the one of ``storage_target_w`` (CSIP-AUS v1.3 opModStorageTargetW),
+        ``target_w`` and ``fixed_w_pct`` given by the highest-authority source (a DRM 4/8 beats a utility
+        storage target); on a tie the storage target, which CSIP-AUS defines for storage, wins.
+        """
         battery_target = None
+        candidates = []
+        if eff.storage_target_w is not None:
+            candidates.append((eff.storage_target_w.source, 0, eff.storage_target_w.value))
         if eff.target_w is not None:
-            battery_target = eff.target_w.value
-        elif eff.fixed_w_pct is not None and battery_rated_w > 0:
-            battery_target = eff.fixed_w_pct.value / 100.0 * battery_rated_w
+            candidates.append((eff.target_w.source, 1, eff.target_w.value))
+        if eff.fixed_w_pct is not None and battery_rated_w > 0:
+            candidates.append((eff.fixed_w_pct.source, 2, eff.fixed_w_pct.value / 100.0 * battery_rated_w))
+        if candidates:
+            battery_target = min(candidates)[2]
         return cls(
             export_w=eff.export_w.value,
             import_w=eff.import_w.value,

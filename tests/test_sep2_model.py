@@ -360,3 +360,32 @@ def test_mrid_carries_the_pen_and_is_unique():
     assert len(ids) == 1000
     assert all(len(i) == 32 and set(i) <= set(string.hexdigits) and mrid_pen(i) == 37244 for i in ids)
     assert derived_mrid(1, "site", 7) == derived_mrid(1, "site", 7) != derived_mrid(1, "site", 8)
+
+
+# ------------------------------------------------------------------------------------------ CSIP-AUS v1.3
+
+
+def test_storage_target_is_csipaus_v13_and_a_v12_document_stays_v12():
+    """CSIP-AUS v1.3 (storage extension): opModStorageTargetW ends DERControlBase, vppModesSupported /
+    vppModesEnabled (bit 0 = opModStorageTargetW) follow doeModes* in DERCapability / DERSettings."""
+    from tests.official_xsd import official_schema, official_v13_errors
+
+    base = r.DERControlBase(
+        opModExpLimW=r.ActivePower(value=15, multiplier=2),
+        opModStorageTargetW=r.ActivePower.from_watts(-2500),
+    )
+    document = to_xml(r.DefaultDERControl(mRID="0A" * 16, DERControlBase=base))
+    (target,) = etree.fromstring(document).iter("{https://csipaus.org/ns}opModStorageTargetW")
+    assert etree.QName(target.getprevious()).localname == "opModExpLimW"
+    assert from_xml(document).DERControlBase.opModStorageTargetW.to_watts() == -2500
+    xsd.validate(document)
+    assert official_v13_errors(document) == []
+    assert not official_schema().is_valid(document.decode()), "v1.2 has no opModStorageTargetW"
+    # Out of order (before opModExpLimW) is refused by the official v1.3 schema: the check is real.
+    swapped = document.replace(b"<csipaus:opModExpLimW>", b"<X>").replace(b"</csipaus:opModExpLimW>", b"</X>")
+    assert official_v13_errors(swapped)
+    # Without the v1.3 element the same control is a plain v1.2 document.
+    v12 = to_xml(
+        r.DefaultDERControl(mRID="0A" * 16, DERControlBase=r.DERControlBase(opModExpLimW=base.opModExpLimW))
+    )
+    assert official_schema().is_valid(v12.decode())
