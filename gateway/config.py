@@ -21,7 +21,7 @@ Example::
 
     [[device]]                        # one per SunSpec device
     name = "pv"
-    role = "pv"                       # pv | battery | meter (exactly one meter)
+    role = "pv"                       # pv | battery | meter (exactly one meter) | evse | switched_load
     host = "192.168.1.20"             # Modbus TCP ...
     port = 502
     unit = 1
@@ -92,7 +92,8 @@ class ConfigError(ValueError):
     """site.toml is not usable; the message names the field."""
 
 
-ROLES = ("pv", "battery", "meter")
+ROLES = ("pv", "battery", "meter", "evse", "switched_load")
+LOAD_ROLES = ("evse", "switched_load")  # controllable loads (gateway.devices.load_map), Modbus TCP only
 MODES = ("poll", "subscribe")
 DRM_SOURCES = ("modbus", "gpio", "local_api")
 DRM_TABLES = ("discrete_inputs", "coils")
@@ -105,7 +106,7 @@ PARITIES = ("N", "E", "O")
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
-    role: str  # pv | battery | meter
+    role: str  # pv | battery | meter | evse | switched_load (loads: served in their listed order)
     host: str
     port: int  # Modbus TCP port; 0 for a device on a serial line
     unit: int = 1
@@ -411,6 +412,8 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         if role not in ROLES:
             raise ConfigError(f"device[{i}].role: must be one of {', '.join(ROLES)}, got {role!r}")
         serial_port = d.get("serial_port", str)
+        if serial_port is not None and role in LOAD_ROLES:
+            raise ConfigError(f"{d.name('serial_port')}: a {role} is driven over Modbus TCP (host, port)")
         if serial_port is None:
             devices.append(DeviceSpec(
                 name=name, role=role, host=d.get("host", str, "127.0.0.1"),

@@ -31,6 +31,13 @@ Period, tolerance, behaviour
          that has not started yet), capped by the generation limit (minus discharge) and ``max_w_pct``,
          shared between inverters in proportion to their ratings. Curtailment is released as headroom
          appears, so PV is only curtailed when the battery cannot take the surplus;
+      4b. controllable loads (EV charger, switched load; seed 000 GS17 "controllable load ... as separate
+         levers"): after the battery and PV have done their part, the loads are given what is left of the
+         import limit and the load limit, served in their configured order (the last listed is shed
+         first): an EV charger gets a power allowance (its driver turns it into a current limit; below
+         6 A it pauses), a switched load stays on while it fits and is switched back on only when its
+         rated power fits with twice the margin to spare (no flapping). ``consumption_pct`` (DRM 1-3, a
+         load-side emergency) caps each at that % of its rating (a switched load is off below 100 %);
       5. ramps: with ``set_grad_w`` (2030.5 setGradW, hundredths of a percent of rated W per second) or
          else ``ramp_time_s`` (a full-scale change takes that long) every device setpoint moves at most
          that fast per second of elapsed time; without them setpoints step (devices are written ramp 0).
@@ -52,7 +59,8 @@ Period, tolerance, behaviour
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -173,6 +181,21 @@ class BatteryState:
 
 
 @dataclass(frozen=True)
+class LoadState:
+    """A controllable load: ``output_w`` + consumption; ``min_w`` the least it draws when on."""
+
+    name: str
+    kind: str  # "evse" | "switched_load"
+    rated_w: float
+    output_w: float
+    min_w: float = 0.0
+
+    @property
+    def switched(self) -> bool:
+        return self.kind == "switched_load"
+
+
+@dataclass(frozen=True)
 class Setpoints:
     connect: bool
     pv_limit_w: dict[str, float]
@@ -183,6 +206,7 @@ class Setpoints:
     predicted_grid_w: float | None = None  # + import, if the devices follow
     faults: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    load_allow_w: dict[str, float] = field(default_factory=dict)  # controllable loads: W (inf = on/unlimited)
 
 
 @dataclass
@@ -214,6 +238,7 @@ class SiteControlLoop:
         meter: MeterSample | None,
         pvs: list[PvState],
         batteries: list[BatteryState],
+        loads: Sequence[LoadState] = (),
     ) -> Setpoints:
         problems = limits.errors()
         if problems:
@@ -233,7 +258,11 @@ class SiteControlLoop:
             out = self._safe(limits, pvs, batteries, (*faults, meter_fault))
         else:
             assert meter is not None
-            out = self._normal(now, limits, meter.w, pvs, batteries, tuple(faults))
+            out = self._normal(now, limits, meter.w, pvs, batteries, tuple(faults), loads)
+        if loads and out.mode != "normal":  # no meter to balance against: keep the allowances, within caps
+            prev = self.last.load_allow_w if self.last is not None else {}
+            caps = self._load_caps(limits, loads)
+            out = replace(out, load_allow_w={x.name: min(prev.get(x.name, INF), caps[x.name]) for x in loads})
         for name, w in out.pv_limit_w.items():
             prev = self.last.pv_limit_w.get(name) if self.last is not None else None
             if prev is not None and w > prev + 1.0:
@@ -343,6 +372,7 @@ class SiteControlLoop:
         pvs: list[PvState],
         bats: list[BatteryState],
         faults: tuple[str, ...],
+        loads: Sequence[LoadState] = (),
     ) -> Setpoints:
         notes: list[str] = []
         pv_out = sum(p.output_w for p in pvs)
@@ -376,8 +406,17 @@ class SiteControlLoop:
         # 3. connection-point limits move the battery first
         if load - pv_out - b > g_hi:
             b = min(max(load - pv_out - g_hi, b_lo), b_hi)
-            if load - pv_out - b > g_hi:
-                notes.append("import limit cannot be met by the battery alone")
+        # 4b. controllable loads get what the import and load limits leave
+        allow, shed = self._allow_loads(limits, load, pv_out, b, g_hi, loads)
+        if load - shed - pv_out - b > g_hi:
+            notes.append("import limit cannot be met by the battery" + (" and loads" if loads else " alone"))
+        load -= shed
+        if shed > 0 and limits.battery_target_w is None:  # the battery need not cover what was shed
+            if limits.export_target_w is not None:
+                want = load - pv_out + limits.export_target_w
+            else:
+                want = load - pv_out if self.config.self_consumption else 0.0
+            b = min(b, max(want, load - pv_out - g_hi, b_lo))
         if pv_out + b > load - g_lo:
             b = max(min(load - g_lo - pv_out, b_hi), b_lo)
         # 4. PV takes the headroom left
@@ -403,7 +442,63 @@ class SiteControlLoop:
             predicted_grid_w=predicted,
             faults=faults,
             notes=tuple(notes),
+            load_allow_w=allow,
         )
+
+    def _load_caps(self, limits: SiteLimits, loads: Sequence[LoadState]) -> dict[str, float]:
+        pct = limits.consumption_pct
+        caps = {}
+        for x in loads:
+            if pct is None:
+                caps[x.name] = INF
+            elif x.switched:
+                caps[x.name] = INF if pct >= 100 else 0.0
+            else:
+                cap = x.rated_w * pct / 100.0
+                caps[x.name] = cap if cap >= x.min_w else 0.0
+        return caps
+
+    def _allow_loads(
+        self,
+        limits: SiteLimits,
+        load: float,
+        pv_out: float,
+        b: float,
+        g_hi: float,
+        loads: Sequence[LoadState],
+    ) -> tuple[dict[str, float], float]:
+        """The loads' allowances and the consumption they shed (W; + = less than they draw now)."""
+        if not loads:
+            return {}, 0.0
+        drawn = sum(x.output_w for x in loads)
+        budget = INF
+        if g_hi != INF:  # predicted import = load - pv - b
+            budget = drawn + g_hi - (load - pv_out - b)
+        if limits.load_w is not None:
+            budget = min(budget, drawn + limits.load_w - self.margin(limits.load_w) - (load + max(-b, 0.0)))
+        caps = self._load_caps(limits, loads)
+        prev = self.last.load_allow_w if self.last is not None else {}
+        allow: dict[str, float] = {}
+        remaining = max(budget, 0.0)
+        used = 0.0
+        for x in loads:
+            cap = min(caps[x.name], x.rated_w)
+            if x.switched:
+                on_now = x.output_w > 0
+                need = x.output_w if on_now else x.rated_w + 2 * self.config.margin_w
+                on = cap > 0 and remaining >= need
+                allow[x.name] = INF if on else 0.0
+                use = (x.output_w if on_now else x.rated_w) if on else 0.0
+            else:
+                a = min(remaining, cap)
+                a = a if a >= x.min_w else 0.0
+                allow[x.name] = a
+                # a charger drawing less than it was allowed wants no more; else it may take its allowance
+                satisfied = x.name in prev and x.output_w < prev[x.name] - self.config.margin_w
+                use = min(a, x.output_w) if satisfied else a
+            remaining -= use
+            used += use
+        return allow, drawn - used
 
     def _pv_potential(self, now: float, p: PvState) -> float:
         """What a PV inverter may produce without curtailment: its output, or its rating when unknown."""
@@ -517,6 +612,7 @@ def _pcts(pv_w: dict[str, float], pvs: list[PvState]) -> dict[str, float]:
 
 __all__ = [
     "BatteryState",
+    "LoadState",
     "LoopConfig",
     "MeterSample",
     "PvState",

@@ -50,7 +50,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import GatewaySettings
+from gateway.config import LOAD_ROLES, GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
 from gateway.observability import event, log_decision
@@ -245,6 +245,7 @@ class GatewayRuntime:
             meter=s.device("meter")[0].address,
             pvs={d.name: d.address for d in s.device("pv")},
             batteries={d.name: d.address for d in s.device("battery")},
+            loads={d.name: (d.role, d.host, d.port, d.unit) for d in s.devices if d.role in LOAD_ROLES},
             modbus_timeout_s=s.loop.modbus_timeout_s,
             config=LoopConfig(period_s=s.loop.period_s, self_consumption=s.loop.self_consumption),
         )
