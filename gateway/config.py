@@ -62,6 +62,8 @@ Example::
     delay_min_s = 60                  # held for delay_min_s + a per-device random part of window_s
     window_s = 600
     grid_lost_below_v = 100           # meter voltage below this: grid down
+    cold_start_after_s = 120          # booting this long after the last heartbeat is a black start (the
+                                      # gateway lost power with the site): hold from boot; 0: off
 
     [drm]                             # AS/NZS 4755 DRM inputs from a DRED (gateway/README-drm.md)
     source = "modbus"                 # modbus | gpio | local_api
@@ -522,6 +524,9 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
 
 def _black_start(raw: Any) -> BlackStartConfig:
     b = _Section(raw, "black_start")
+    cold = b.integer("cold_start_after_s", 120)
+    if cold is not None and cold != 0 and not 60 <= cold <= 30 * 86400:
+        raise ConfigError(f"{b.name('cold_start_after_s')}: must be 0 (off) or 60..2592000, got {cold}")
     config = BlackStartConfig(
         enabled=b.get("enabled", bool, True),
         hold_export_limit_w=b.number("hold_export_limit_w", 0.0, minimum=0),  # type: ignore[arg-type]
@@ -529,6 +534,7 @@ def _black_start(raw: Any) -> BlackStartConfig:
         delay_min_s=b.integer("delay_min_s", 60, low=0, high=86400),  # type: ignore[arg-type]
         window_s=b.integer("window_s", 600, low=0, high=86400),  # type: ignore[arg-type]
         grid_lost_below_v=b.number("grid_lost_below_v", 100.0, positive=True),  # type: ignore[arg-type]
+        cold_start_after_s=cold or None,
     )
     b.finish()
     return config

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import LOAD_ROLES, GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
+from gateway.core.black_start import HEARTBEAT_S
 from gateway.observability import event, log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
 
@@ -111,6 +112,7 @@ class GatewayRuntime:
         # the first not-yet-written limit change: kind, trigger time, decided at, limits now pending
         self._trigger: tuple[str, float, float, SiteLimits] | None = None
         self._saved: bytes | None = None
+        self._alive_saved = 0  # when the heartbeat (alive_at) was last persisted
         self._local_api: Any = None
         self._mqtt: Any = None
         self._drm_input: Any = None
@@ -137,6 +139,11 @@ class GatewayRuntime:
         self.state_error = loaded.error
         if loaded.error:
             log.error("%s", loaded.error)
+        if self.controller.booted(int(self.now()), loaded.alive_at):
+            g = self.controller.grid
+            event(log, logging.WARNING, "cold_start",
+                  f"cold start: no heartbeat since {g.dark_since}, generation held back until {g.hold_until}",
+                  dark_since=g.dark_since, hold_until=g.hold_until)  # fmt: skip
         await self.decide("startup")
         self.startup["state_loaded_s"] = time.monotonic() - started
         self.startup["restored"] = loaded.saved_at is not None
@@ -463,6 +470,8 @@ class GatewayRuntime:
                 self._grid_changed = False
                 await self.decide("grid")
                 continue
+            if self.now() - self._alive_saved >= HEARTBEAT_S:
+                self._save()  # the heartbeat
             if self.decision is not decision:
                 continue  # someone decided meanwhile
             now = self.now()
@@ -479,11 +488,15 @@ class GatewayRuntime:
         if decided:  # a decision that only moved the clock is not worth a write
             data["last_decision"] = {k: v for k, v in decided.items() if k != "now"}
         key = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-        if force or key != self._saved:
+        now = int(self.now())
+        heartbeat = now - self._alive_saved >= HEARTBEAT_S
+        if force or key != self._saved or heartbeat:
             data["last_decision"] = decided
+            data["alive_at"] = now  # the heartbeat a cold start is measured from
             payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
             save_state(self.settings.state_path, self.controller, payload)
             self._saved = key
+            self._alive_saved = now
 
     async def _notify(self) -> None:
         async with self.changed:
