@@ -101,7 +101,8 @@ class SiteLimits:
     load_w: float | None = None
     connect: bool = True  # False if either connect or energize is False
     max_w_pct: float | None = None  # max output of each generating device (PV, battery discharge), % of rated
-    consumption_pct: float | None = None  # max battery charging, % of its rating (DRM 1-3)
+    consumption_pct: float | None = None  # max battery charging and loads, % of their rating (DRM 1-3)
+    no_load_increase: bool = False  # controllable loads capped at their draw when it began
     battery_reserve_pct: float | None = None
     battery_target_w: float | None = None  # explicit battery setpoint, + discharge
     export_target_w: float | None = None  # connection-point setpoint, + export
@@ -146,6 +147,7 @@ class SiteLimits:
             connect=eff.connect.value is not False and eff.energize.value is not False,
             max_w_pct=eff.max_w_pct.value,
             consumption_pct=eff.consumption_pct.value,
+            no_load_increase=eff.no_load_increase.value is True,
             battery_reserve_pct=eff.battery_reserve_pct.value,
             battery_target_w=battery_target,
             export_target_w=eff.export_target_w.value if eff.export_target_w else None,
@@ -226,6 +228,7 @@ class SiteControlLoop:
     _meter: _MeterWatch = field(default_factory=_MeterWatch)
     _violating_since: dict[str, float] = field(default_factory=dict)
     _raised_at: dict[str, float] = field(default_factory=dict)  # when each PV limit was last raised
+    _frozen: dict[str, float] | None = None  # no_load_increase: each load's draw when it began
 
     def margin(self, limit: float) -> float:
         return max(self.config.margin_w, self.config.margin_frac * limit)
@@ -243,6 +246,10 @@ class SiteControlLoop:
         problems = limits.errors()
         if problems:
             raise ValueError("; ".join(problems))
+        if not limits.no_load_increase:
+            self._frozen = None
+        elif self._frozen is None:
+            self._frozen = {x.name: max(x.output_w, 0.0) for x in loads}
         faults = list(self._check_devices(now, pvs, batteries))
         meter_fault = self._check_meter(now, meter, pvs, batteries)
         if not limits.connect:
@@ -456,6 +463,9 @@ class SiteControlLoop:
             else:
                 cap = x.rated_w * pct / 100.0
                 caps[x.name] = cap if cap >= x.min_w else 0.0
+            if self._frozen is not None:  # no load increase: what it drew then (a switched load: on or off)
+                then = self._frozen.setdefault(x.name, max(x.output_w, 0.0))
+                caps[x.name] = min(caps[x.name], (INF if then > 0 else 0.0) if x.switched else then)
         return caps
 
     def _allow_loads(

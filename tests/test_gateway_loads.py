@@ -13,11 +13,14 @@ from pathlib import Path
 import pytest
 
 from gateway.control_loop import BatteryState, LoadState, MeterSample, PvState, SiteControlLoop, SiteLimits
+from gateway.core.events import ControlSettings
+from gateway.core.hierarchy import Layer, Source, combine
 from gateway.devices import load_map as lm
 from gateway.devices.loads import LoadConnection
 from sep2 import resources as r
 from simulators.config import ConfigError, DeviceConfig, default_site_config, site_config_from_dict
 from simulators.site import SimulatedSite
+from tests.test_gateway_e2e_hierarchy import api
 from tests.test_gateway_runtime_harness import Pki, make_lab, tolerance, wait_until
 
 pytest_plugins = ["tests.test_gateway_runtime_harness"]
@@ -82,6 +85,26 @@ def test_load_limit_and_drm1_are_load_side_levers() -> None:
     assert drm1.load_allow_w == {"ev": 0, "hot-water": 0}
     drm2 = step(SiteLimits(consumption_pct=50))  # DRM 2: at most 50 % of the rating
     assert drm2.load_allow_w == {"ev": EV_W / 2, "hot-water": 0}
+
+
+def test_no_load_increase_freezes_the_loads_at_their_draw() -> None:
+    """A load-side emergency: "no load increase" caps each load at what it drew when it began."""
+    layers = [Layer(Source.LOCAL_EMERGENCY, ControlSettings(no_load_increase=True), "local emergency input")]
+    eff = combine(layers)
+    assert eff.no_load_increase.value is True and eff.no_load_increase.source is Source.LOCAL_EMERGENCY
+    assert (
+        SiteLimits.from_effective(eff).no_load_increase
+        and not SiteLimits.from_effective(combine([])).no_load_increase
+    )
+    loop = SiteControlLoop()
+    slow_ev = LoadState("ev", "evse", EV_W, 2000, min_w=EV.min_w)
+    off = LoadState("hot-water", "switched_load", 3000, 0)
+    sp = step(SiteLimits(no_load_increase=True), loads=(slow_ev, off), loop=loop)
+    assert sp.load_allow_w == {"ev": 2000, "hot-water": 0}  # no more than then, although nothing limits
+    sp = step(SiteLimits(no_load_increase=True), loads=(EV, HOT_WATER), loop=loop)
+    assert sp.load_allow_w == {"ev": 2000, "hot-water": 0}  # still the level when it began
+    sp = step(SiteLimits(), loads=(slow_ev, off), loop=loop)
+    assert sp.load_allow_w == {"ev": EV_W, "hot-water": math.inf}  # lifted
 
 
 def test_meter_fault_keeps_allowances_within_the_caps() -> None:
@@ -174,3 +197,16 @@ async def test_import_limit_from_the_server_is_met_by_shedding_the_ev_and_the_sw
         await lab.admin.cancel_control(tight)
         await wait_until(lambda: lab.sim.load_power_w("hot-water") == 3000, 10, "switched load back on")
         await wait_until(lambda: lab.sim.load_power_w("ev") > EV_W - 50, 10, "EV back at full current")
+        # A load-side emergency on the local input: shed controllable load (the DRM 1 consumption cap).
+        code, body = await api(lab, gw, "POST", "/emergency", {"max_consumption_pct": 0, "detail": "shed"})
+        assert code == 200, body
+        await wait_until(
+            lambda: lab.sim.load_power_w("ev") + lab.sim.load_power_w("hot-water") == 0, 10, "shed"
+        )
+        assert gw.decision.limits.consumption_pct.source is Source.LOCAL_EMERGENCY
+        code, body = await api(lab, gw, "POST", "/emergency", {"no_load_increase": "yes"})
+        assert code == 400 and body["field"] == "no_load_increase"
+        code, _ = await api(lab, gw, "DELETE", "/emergency")
+        await wait_until(
+            lambda: lab.sim.load_power_w("hot-water") == 3000, 10, "loads back after the emergency"
+        )

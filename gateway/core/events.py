@@ -73,6 +73,9 @@ class ControlSettings:
     # Local only (AS/NZS 4755 DRM 1-3), not a 2030.5 mode: consumption of storage charging and
     # controllable loads, percent of their rating.
     max_consumption_pct: float | None = None
+    # Local only, a load-side emergency (seed 000 GS17): controllable loads may not draw more than they
+    # drew when it began (True), whatever the import and load limits leave.
+    no_load_increase: bool | None = None
 
     @cached_property
     def modes(self) -> frozenset[str]:

@@ -116,6 +116,7 @@ class EffectiveLimits:
     battery_reserve_pct: Limit = UNSET
     connect: Limit = UNSET
     energize: Limit = UNSET
+    no_load_increase: Limit = UNSET  # controllable loads frozen at their draw (any source saying True)
     ramp_time_s: Limit = UNSET
     set_grad_w: Limit = UNSET
     target_w: Setpoint | None = None
@@ -194,6 +195,8 @@ def combine(layers: Iterable[Layer], soc_pct: float | None = None) -> EffectiveL
         off = next(((v, lay) for v, lay in given if v is False), None)
         chosen = off or (given[0] if given else None)
         out[name] = Limit(chosen[0], chosen[1].source, chosen[1].why(name)) if chosen else UNSET
+    freeze = next((lay for lay in ordered if lay.settings.no_load_increase), None)
+    out["no_load_increase"] = Limit(True, freeze.source, freeze.why("no_load_increase")) if freeze else UNSET
     for name in ("ramp_time_s", "set_grad_w"):
         lay = next((lay for lay in ordered if getattr(lay.settings, name) is not None), None)
         out[name] = Limit(getattr(lay.settings, name), lay.source, lay.why(name)) if lay else UNSET
