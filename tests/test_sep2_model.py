@@ -389,3 +389,23 @@ def test_storage_target_is_csipaus_v13_and_a_v12_document_stays_v12():
         r.DefaultDERControl(mRID="0A" * 16, DERControlBase=r.DERControlBase(opModExpLimW=base.opModExpLimW))
     )
     assert official_schema().is_valid(v12.decode())
+
+
+def test_v13_beta_storage_namespace_is_read_as_csipaus():
+    """Peers built on the official v1.3-beta storage schema put the csipaus elements in its namespace."""
+    from tests.official_xsd import official_v13_errors
+
+    beta = (
+        b'<DERControlBase xmlns="urn:ieee:std:2030.5:ns" xmlns:c="https://csipaus.org/ns/v1.3-beta/storage">'
+        b"<c:opModExpLimW><multiplier>0</multiplier><value>1500</value></c:opModExpLimW>"
+        b"<c:opModStorageTargetW><multiplier>1</multiplier><value>-300</value></c:opModStorageTargetW>"
+        b"</DERControlBase>"
+    )
+    document = b'<DefaultDERControl xmlns="urn:ieee:std:2030.5:ns"><mRID>' + b"0A" * 16 + b"</mRID>"
+    document += beta.replace(b' xmlns="urn:ieee:std:2030.5:ns"', b"") + b"</DefaultDERControl>"
+    assert not official_v13_errors(document.replace(b"ns/v1.3-beta/storage", b"ns"))  # valid v1.3-beta
+    base = from_xml(document).DERControlBase
+    assert base.opModStorageTargetW.to_watts() == -3000 and base.opModExpLimW.to_watts() == 1500
+    assert b'"https://csipaus.org/ns"' in to_xml(from_xml(document))  # written in the CSIP-AUS namespace
+    with pytest.raises(Sep2XmlError, match=r"\{https://csipaus.org/ns/other\}opModExpLimW"):
+        from_xml(document.replace(b"ns/v1.3-beta/storage", b"ns/other"))  # any other namespace is refused
