@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import deque
@@ -610,6 +611,12 @@ class GatewayRuntime:
                     "limit_pct": last.limit_pct if last else None,
                     "soc_pct": last.soc_pct if last else None,
                     "connected": last.connected if last else None,
+                })  # fmt: skip
+            allow = report.setpoints.load_allow_w if report is not None else {}
+            for ld in self.runner.loads:
+                site["devices"].append({
+                    "name": ld.name, "role": ld.conn.kind, "w": -ld.last.w if ld.last else None,
+                    "allowance_w": a if (a := allow.get(ld.name)) != math.inf else None,  # None: any
                 })  # fmt: skip
         active = {p: list(m) for p, m in d.schedule.active.items() if m}
         return {

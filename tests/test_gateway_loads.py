@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from gateway.control_loop import BatteryState, LoadState, MeterSample, PvState, SiteControlLoop, SiteLimits
@@ -204,6 +205,21 @@ async def test_import_limit_from_the_server_is_met_by_shedding_the_ev_and_the_sw
             lambda: lab.sim.load_power_w("ev") + lab.sim.load_power_w("hot-water") == 0, 10, "shed"
         )
         assert gw.decision.limits.consumption_pct.source is Source.LOCAL_EMERGENCY
+        # The local API shows the loads; /metrics their draw and allowance.
+        _, status = await api(lab, gw, "GET", "/status")
+        rows = {row["name"]: row for row in status["site"]["devices"]}
+        assert rows["ev"]["role"] == "evse" and rows["ev"]["allowance_w"] == 0
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(
+                f"http://127.0.0.1:{gw.local_api_port}/metrics",
+                headers={"Authorization": f"Bearer {lab.token}"},
+            ) as reply,
+        ):
+            metrics = await reply.text()
+        assert 'derlink_gateway_load_allowance_watts{device="hot-water"} 0.0' in metrics
+        assert 'derlink_gateway_limit{limit="consumption_pct",source="LOCAL_EMERGENCY"} 0.0' in metrics
+        assert 'derlink_gateway_device_power_watts{device="ev",role="evse"}' in metrics
         code, body = await api(lab, gw, "POST", "/emergency", {"no_load_increase": "yes"})
         assert code == 400 and body["field"] == "no_load_increase"
         code, _ = await api(lab, gw, "DELETE", "/emergency")
