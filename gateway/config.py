@@ -21,7 +21,7 @@ Example::
 
     [[device]]                        # one per SunSpec device
     name = "pv"
-    role = "pv"                       # pv | battery | meter (exactly one meter)
+    role = "pv"                       # pv | battery | meter (exactly one meter) | evse | switched_load
     host = "192.168.1.20"             # Modbus TCP ...
     port = 502
     unit = 1
@@ -62,6 +62,8 @@ Example::
     delay_min_s = 60                  # held for delay_min_s + a per-device random part of window_s
     window_s = 600
     grid_lost_below_v = 100           # meter voltage below this: grid down
+    cold_start_after_s = 120          # booting this long after the last heartbeat is a black start (the
+                                      # gateway lost power with the site): hold from boot; 0: off
 
     [drm]                             # AS/NZS 4755 DRM inputs from a DRED (gateway/README-drm.md)
     source = "modbus"                 # modbus | gpio | local_api
@@ -92,7 +94,8 @@ class ConfigError(ValueError):
     """site.toml is not usable; the message names the field."""
 
 
-ROLES = ("pv", "battery", "meter")
+ROLES = ("pv", "battery", "meter", "evse", "switched_load")
+LOAD_ROLES = ("evse", "switched_load")  # controllable loads (gateway.devices.load_map), Modbus TCP only
 MODES = ("poll", "subscribe")
 DRM_SOURCES = ("modbus", "gpio", "local_api")
 DRM_TABLES = ("discrete_inputs", "coils")
@@ -106,7 +109,7 @@ PARITIES = ("N", "E", "O")
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
-    role: str  # pv | battery | meter
+    role: str  # pv | battery | meter | evse | switched_load (loads: served in their listed order)
     host: str
     port: int  # Modbus TCP port; 0 for a device on a serial line
     unit: int = 1
@@ -412,6 +415,8 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         if role not in ROLES:
             raise ConfigError(f"device[{i}].role: must be one of {', '.join(ROLES)}, got {role!r}")
         serial_port = d.get("serial_port", str)
+        if serial_port is not None and role in LOAD_ROLES:
+            raise ConfigError(f"{d.name('serial_port')}: a {role} is driven over Modbus TCP (host, port)")
         if serial_port is None:
             devices.append(DeviceSpec(
                 name=name, role=role, host=d.get("host", str, "127.0.0.1"),
@@ -520,6 +525,9 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
 
 def _black_start(raw: Any) -> BlackStartConfig:
     b = _Section(raw, "black_start")
+    cold = b.integer("cold_start_after_s", 120)
+    if cold is not None and cold != 0 and not 60 <= cold <= 30 * 86400:
+        raise ConfigError(f"{b.name('cold_start_after_s')}: must be 0 (off) or 60..2592000, got {cold}")
     config = BlackStartConfig(
         enabled=b.get("enabled", bool, True),
         hold_export_limit_w=b.number("hold_export_limit_w", 0.0, minimum=0),  # type: ignore[arg-type]
@@ -527,6 +535,7 @@ def _black_start(raw: Any) -> BlackStartConfig:
         delay_min_s=b.integer("delay_min_s", 60, low=0, high=86400),  # type: ignore[arg-type]
         window_s=b.integer("window_s", 600, low=0, high=86400),  # type: ignore[arg-type]
         grid_lost_below_v=b.number("grid_lost_below_v", 100.0, positive=True),  # type: ignore[arg-type]
+        cold_start_after_s=cold or None,
     )
     b.finish()
     return config
