@@ -495,7 +495,8 @@ class Sep2Client:
     # ----------------------------------------------------------------------------------- discovery
 
     async def _discover(self) -> None:
-        self.status.state = "discovering"
+        if self.status.state != "running":  # the periodic re-read of the DeviceCapability is not discovery
+            self.status.state = "discovering"
         dcap = await self._get(self.config.dcap_url, r.DeviceCapability)
         self.dcap = dcap
         self._rates["dcap"] = dcap.pollRate or self.config.default_poll_rate
