@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from certs.tls import server_ssl_context
+from gateway.config import settings_from_dict
+from gateway.runtime import GatewayRuntime
 from server.app import start_server
 from simulators.config import default_site_config
 from simulators.link_proxy import LinkProxy
@@ -34,7 +36,9 @@ from tests.client_procedures import (
     Result,
     load_procedures,
     needs_storage,
+    registers_in_band,
     subscribes,
+    time_limit,
     unsupported,
 )
 from tests.strict_server import StrictFront
@@ -44,6 +48,7 @@ pytest_plugins = ["tests.test_gateway_runtime_harness"]
 
 #: Discovery (PIN accepted), PIN refused, control Responses through the whole life cycle, telemetry,
 #: DER capability/settings, an active and a default export limit, an import limit.
+NMI = "4102345678"
 FAST = ("ALL-01", "ALL-03-REJ", "ALL-18", "GEN-01", "GEN-03", "LOA-01")
 
 
@@ -116,9 +121,16 @@ async def run_procedure(tmp: Path, pki: Pki, name: str) -> tuple[Result, str | N
         run = ProcedureRun(name, spec, lab.admin, front, lab.lfdi)
         await run.start()
         mode = "subscribe" if subscribes(spec) else "poll"
-        gw = await lab.gateway(server={"mode": mode, "pin": CACTUS_PIN})
+        data = lab.site_toml(server={"mode": mode, "pin": CACTUS_PIN})
+        data["server"]["nmi"] = NMI  # the installer's record of the site; ALL-03 checks the server has it
+        if registers_in_band(spec):  # ALL-02: the gateway registers itself; no PIN was given to it
+            data["server"].update(register_inband=True)
+            del data["server"]["pin"]
+        gw = GatewayRuntime(settings_from_dict(data, tmp))
+        lab.runtimes.append(gw)
+        await gw.start()
         await run.begin_when_ready(30)
-        result = await run.finish(limit_s=150)
+        result = await run.finish(limit_s=time_limit(spec))
         assert gw.client is not None
         with contextlib.suppress(AssertionError):  # a procedure may end before discovery does
             await wait_until(lambda: gw.client.status.state in ("running", "registration_failed"), 10)

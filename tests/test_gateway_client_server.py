@@ -493,3 +493,19 @@ async def test_listener_only_accepts_well_formed_notifications_from_the_server(l
             assert resp.status == 204
     assert client.status.notifications == 1
     assert all(not task.done() for task in client._tasks)
+
+
+async def test_configured_nmi_becomes_the_connection_point_at_discovery(lab: Lab) -> None:
+    """CSIP-AUS ConnectionPoint (client procedure ALL-03): the gateway PUTs the site's NMI to its
+    EndDevice's ConnectionPointLink when the server holds another (or none), once."""
+    import sqlalchemy as sa
+
+    from server.store import sites
+
+    client = lab.client(nmi="4103456789")
+    await client.start()
+    await client.wait_ready(10)
+    async with lab.server.store.read() as conn:
+        nmi = (await conn.execute(sa.select(sites.c.nmi).where(sites.c.lfdi == lab.device.lfdi))).scalar_one()
+    assert nmi == "4103456789" and client.status.refusals == {}
+    assert client._cp_synced == "/edev/1/cp"
