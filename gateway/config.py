@@ -129,6 +129,17 @@ class DeviceSpec:
         return ("", 0, self.unit, SerialLine(self.serial_port, self.baudrate, self.parity, self.stopbits))
 
 
+def _nmi(text: str | None) -> str | None:
+    from sep2.nmi import NmiError, validate_nmi
+
+    if text is None:
+        return None
+    try:
+        return validate_nmi(text).nmi
+    except NmiError as exc:
+        raise ConfigError(f"server.nmi: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     dcap_url: str
@@ -144,6 +155,7 @@ class ServerSettings:
     backoff_max_s: float = 300.0
     default_poll_rate_s: int = 900
     default_post_rate_s: int = 300
+    nmi: str | None = None  # the site's NMI: PUT as the EndDevice's csipaus ConnectionPoint at discovery
 
 
 @dataclass(frozen=True)
@@ -381,6 +393,7 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         backoff_max_s=backoff_max,
         default_poll_rate_s=srv.integer("default_poll_rate_s", 900, low=1, high=2**32 - 1),  # type: ignore[arg-type]
         default_post_rate_s=srv.integer("default_post_rate_s", 300, low=1, high=2**32 - 1),  # type: ignore[arg-type]
+        nmi=_nmi(srv.get("nmi", str)),
     )
     srv.finish()
 

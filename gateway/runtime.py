@@ -231,6 +231,7 @@ class GatewayRuntime:
             backoff_max=srv.backoff_max_s,
             default_poll_rate=srv.default_poll_rate_s,
             default_post_rate=srv.default_post_rate_s,
+            nmi=srv.nmi,
         )
         listener = None
         if srv.mode == "subscribe":

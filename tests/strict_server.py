@@ -29,6 +29,7 @@ Every exchange is recorded in ``exchanges`` (method, path, status, the document'
 from __future__ import annotations
 
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +74,11 @@ class StrictFront:
     ssl_context: ssl.SSLContext  # server context requiring client certificates
     refuse_uoms: set[int] = field(default_factory=set)
     hide_end_device_once: bool = False
+    strict: bool = True  # False: a plain recording front (the client procedures' observer)
+    # Hooks (method, path, body): ``before`` runs before the request is forwarded, ``after`` once it was
+    # answered (with the status). The client test procedures act on the gateway's requests through them.
+    before: Callable[[str, str, bytes], Awaitable[None]] | None = None
+    after: Callable[[str, str, bytes, int], Awaitable[None]] | None = None
     exchanges: list[Exchange] = field(default_factory=list)
     port: int = 0
     _mrids: dict[str, set[str]] = field(default_factory=dict)  # MUP path -> declared MMR mRIDs
@@ -108,9 +114,12 @@ class StrictFront:
         cert = quote(ssl.DER_cert_to_PEM_cert(der))
         body = await request.read()
         try:
-            await self._check(request, body, cert)
+            if self.strict:
+                await self._check(request, body, cert)
         except Refused as exc:
             return self._error(request, body, exc)
+        if self.before is not None:
+            await self.before(request.method, request.path, body)
         status, data, headers = await self._forward(request.method, request.path_qs, body, cert)
         hide = self.hide_end_device_once and request.method == "GET" and request.path == "/edev"
         if hide and status == 200:
@@ -131,6 +140,8 @@ class StrictFront:
             )
         root = _root(body) if request.method in ("POST", "PUT") else _root(data)
         self.exchanges.append(Exchange(request.method, request.path, status, root, None))
+        if self.after is not None:
+            await self.after(request.method, request.path, body, status)
         out = {k: v for k, v in headers.items() if k in ("Content-Type", "Location", "Retry-After")}
         return web.Response(status=status, body=data, headers=out)
 

@@ -30,6 +30,7 @@ from certs.pki import DeviceIdentity, PkiPaths, init_pki, issue_device_certifica
 from certs.tls import client_ssl_context, server_ssl_context
 from gateway.client import mapping as m
 from gateway.client.session import ClientConfig, Sep2Client
+from gateway.config import lfdi_from_cert_file
 from gateway.core import ControlSettings, FallbackConfig, GatewayConfig, SiteController
 from sep2 import resources as r
 from sep2.identity import sfdi_from_lfdi
@@ -143,8 +144,9 @@ async def eventually(check: Callable[[], Any], within: float = 10.0) -> Any:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.parametrize("mode", ["poll", "subscribe"])
 async def test_gateway_completes_discovery_applies_a_doe_and_posts_everything_a_strict_server_takes(
-    strict: StrictLab, caplog: pytest.LogCaptureFixture
+    strict: StrictLab, caplog: pytest.LogCaptureFixture, mode: str
 ) -> None:
     caplog.set_level(logging.INFO, logger="derlink.gateway.client")
     lfdi = strict.device.lfdi
@@ -152,7 +154,8 @@ async def test_gateway_completes_discovery_applies_a_doe_and_posts_everything_a_
         "doe", f"site:{lfdi}", duration=600, base=build_control_base(export_limit_w=2000)
     )
     controller = controller_for(lfdi)
-    client = strict.client(controller, register_inband=True)
+    notifier = lfdi_from_cert_file(strict.server.config.notify_files()[0])
+    client = strict.client(controller, register_inband=True, mode=mode, notifier_lfdis=(notifier,))
     await client.start()
     try:
         await client.wait_ready(10)
@@ -168,6 +171,14 @@ async def test_gateway_completes_discovery_applies_a_doe_and_posts_everything_a_
         # The DOE reached the core and is the effective export limit.
         decision = controller.decide(client.now())
         assert decision.limits.export_w.value == 2000 and doe in decision.limits.export_w.detail
+        if mode == "subscribe":  # a change reaches the gateway by Notification, straight from the server
+            assert client.status.subscriptions > 0
+            tighter = await strict.admin.create_control(
+                "emergency", f"site:{lfdi}", duration=60, base=build_control_base(export_limit_w=0)
+            )
+            await eventually(lambda: controller.decide(client.now()).limits.export_w.value == 0)
+            assert tighter in controller.decide(client.now()).limits.export_w.detail
+            assert client.status.notifications > 0
 
         # Three telemetry cycles: every reading but frequency is stored, each refusal logged once.
         now = client.now()
