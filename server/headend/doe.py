@@ -2,16 +2,19 @@
 
 An upload is a CSV or JSON stream of rows ``site (NMI or LFDI) x interval start x duration x import/export
 limits (+ optional generation/load limits)``. It is applied in ONE transaction: every row or none. Rows
-replace an earlier DOE of the same site and interval start. The stream is parsed chunk by chunk and written
-in large ``executemany`` batches while the next batch is parsed, so 100k sites x 48 intervals never sits in
-memory and the database is busy while Python parses.
+replace an earlier DOE of the same site, interval start and duration; a row of another length that overlaps
+an earlier one replaces it only over its own span. The stream is parsed chunk by chunk and written in large
+``executemany`` batches while the next batch is parsed, so 100k sites x 48 intervals never sits in memory
+and the database is busy while Python parses.
 
-Storage is the lean ``doe_intervals`` table (integer columns, clustered on (site, start), no rowid). The
-2030.5 side renders each interval as a DERControl of the ``doe`` program:
+Storage is the lean ``doe_intervals`` table (integer columns, clustered on (site, start, duration), no
+rowid). The 2030.5 side publishes the site's non-overlapping schedule (:func:`published_pieces`: a later
+upload wins over its span, an earlier row is cut around it) as DERControls of the ``doe`` program:
 
-* its id in hrefs is ``DOE_ID_BASE + start`` (unique per site, as the key is (site, start));
-* its mRID is derived, not stored: ``D`` + site (7 hex) + start (9 hex) + upload (7 hex) + PEN (8 hex),
-  so a replaced interval carries a new mRID and clients see a new event.
+* a piece's id in hrefs is ``DOE_ID_BASE + start`` (unique per site, as pieces do not overlap);
+* its mRID is derived, not stored: ``D`` + site (7 hex) + start (9 hex) + version (7 hex) + PEN (8 hex),
+  where the version is the newest upload that shaped the piece, so a replaced or cut interval carries a
+  new mRID and clients see a new event.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import operator
 import re
 import time
+from bisect import bisect_left
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +40,7 @@ from sep2 import resources as r
 from sep2.base import INTEGER_RANGES
 from sep2.power import MULTIPLIER_RANGE
 from server.headend.tables import doe_intervals, doe_uploads
+from server.schedule import Piece, Window, paint
 from server.store import (
     Store,
     _enqueue,
@@ -124,17 +129,46 @@ def _base_json(row: Any) -> str:
     return json.dumps(to_jsonable(base), separators=(",", ":"))
 
 
-def _to_control_row(pen: int, program_id: int, row: Any) -> DoeControlRow:
+def _piece_row(pen: int, program_id: int, piece: Piece[Any], version: int) -> DoeControlRow:
+    row = piece.item
     return DoeControlRow(
-        id=DOE_ID_BASE + row.start,
-        mrid=doe_mrid(pen, row.site_id, row.start, row.upload_id),
+        id=DOE_ID_BASE + piece.start,
+        mrid=doe_mrid(pen, row.site_id, piece.start, version),
         program_id=program_id,
         target=f"s:{row.site_id}",
-        start=row.start,
-        duration=row.duration,
+        start=piece.start,
+        duration=piece.end - piece.start,
         base=_base_json(row),
         creation_time=row.at,
     )
+
+
+def _rank(row: Any) -> tuple[int, int, int]:
+    """A later upload wins; inside one upload the shorter (more specific) row wins."""
+    return (row.upload_id, -row.duration, row.start)
+
+
+def published_pieces(rows: list[Any]) -> list[tuple[Piece[Any], int]]:
+    """The non-overlapping DOE schedule of one site's stored rows, each piece with its mRID version.
+
+    A row is cut where a higher-ranked row overlaps it (:func:`server.schedule.paint`). The version (the
+    upload field of the derived mRID) is the highest upload among the row and the rows that cut it, so a
+    piece gets a new mRID exactly when a later upload reshapes its row, and an uncut row keeps the mRID it
+    had before any split.
+    """
+    windows = [Window(row.start, row.start + row.duration, 0, None, _rank(row), row) for row in rows]
+    by_start = sorted(rows, key=lambda row: row.start)
+    starts = [row.start for row in by_start]
+    version: dict[int, int] = {}
+    for row in rows:
+        end = row.start + row.duration
+        v = row.upload_id
+        # rows overlapping this one start in (row.start - MAX_DURATION, end)
+        for other in by_start[bisect_left(starts, row.start - MAX_DURATION + 1) : bisect_left(starts, end)]:
+            if other.start + other.duration > row.start and _rank(other) > _rank(row):
+                v = max(v, other.upload_id)
+        version[id(row)] = v
+    return [(piece, version[id(piece.item)]) for piece in paint(windows)]
 
 
 def _window(site_id: int, after: int) -> list[Any]:
@@ -143,6 +177,22 @@ def _window(site_id: int, after: int) -> list[Any]:
         doe_intervals.c.start > after - MAX_DURATION,  # keeps the scan an index range
         doe_intervals.c.start + doe_intervals.c.duration > after,
     ]
+
+
+async def _site_rows(conn: AsyncConnection, site_id: int, after: int) -> list[Any]:
+    """Stored rows that can shape the schedule after ``after``: those ending after it, and any row that
+    overlaps one of them (for the mRID version), which all start after ``after - 2 * MAX_DURATION``."""
+    query = (
+        sa.select(doe_intervals, doe_uploads.c.at)
+        .join(doe_uploads, doe_uploads.c.id == doe_intervals.c.upload_id)
+        .where(
+            doe_intervals.c.site_id == site_id,
+            doe_intervals.c.start > after - 2 * MAX_DURATION,
+            doe_intervals.c.start + doe_intervals.c.duration > after - MAX_DURATION,
+        )
+        .order_by(doe_intervals.c.start)
+    )
+    return list((await conn.execute(query)).all())
 
 
 async def doe_controls(
@@ -156,49 +206,38 @@ async def doe_controls(
     active_only: bool,
     limit: int,
 ) -> tuple[int, list[DoeControlRow], int | None]:
-    """(count, first ``limit`` rows by start, next change time) of a site's DOE intervals ending after
-    ``after``."""
-    cond = _window(site_id, after)
-    if active_only:
-        cond.append(doe_intervals.c.start <= now)
-    summary = (
-        await conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.min(
-                    sa.case(
-                        (doe_intervals.c.start > now, doe_intervals.c.start),
-                        else_=doe_intervals.c.start + doe_intervals.c.duration,
-                    )
-                ),
-            ).where(*cond)
-        )
-    ).one()
-    if not summary[0] or limit <= 0:
-        return summary[0], [], summary[1]
-    rows = (
-        await conn.execute(
-            sa.select(doe_intervals, doe_uploads.c.at)
-            .join(doe_uploads, doe_uploads.c.id == doe_intervals.c.upload_id)
-            .where(*cond)
-            .order_by(doe_intervals.c.start)
-            .limit(limit)
-        )
-    ).all()
-    return summary[0], [_to_control_row(pen, program_id, row) for row in rows], summary[1]
+    """(count, first ``limit`` rows by start, next change time) of a site's published DOE pieces ending
+    after ``after``."""
+    # Cheap exit for the common case of a site with no DOE at all.
+    if (
+        await conn.execute(sa.select(doe_intervals.c.start).where(*_window(site_id, after)).limit(1))
+    ).first() is None:
+        return 0, [], None
+    pieces = [
+        (p, v)
+        for p, v in published_pieces(await _site_rows(conn, site_id, after))
+        if p.end > after and (not active_only or p.start <= now)
+    ]
+    next_change = min((p.start if p.start > now else p.end for p, _ in pieces), default=None)
+    shown = [_piece_row(pen, program_id, p, v) for p, v in pieces[: max(limit, 0)]]
+    return len(pieces), shown, next_change
+
+
+async def doe_piece(conn: AsyncConnection, pen: int, site_id: int, start: int) -> DoeControlRow | None:
+    """The published DOE piece of a site that starts at ``start`` (program id left 0)."""
+    for piece, v in published_pieces(await _site_rows(conn, site_id, start)):
+        if piece.start == start:
+            return _piece_row(pen, 0, piece, v)
+    return None
 
 
 async def doe_control(
     conn: AsyncConnection, pen: int, site_id: int, program_id: int, control_id: int
 ) -> DoeControlRow | None:
-    row = (
-        await conn.execute(
-            sa.select(doe_intervals, doe_uploads.c.at)
-            .join(doe_uploads, doe_uploads.c.id == doe_intervals.c.upload_id)
-            .where(doe_intervals.c.site_id == site_id, doe_intervals.c.start == control_id - DOE_ID_BASE)
-        )
-    ).first()
-    return _to_control_row(pen, program_id, row) if row is not None else None
+    found = await doe_piece(conn, pen, site_id, control_id - DOE_ID_BASE)
+    if found is not None:
+        found.program_id = program_id
+    return found
 
 
 def is_doe_program(program_row: Any) -> bool:
@@ -434,8 +473,8 @@ class _Sink:
         else:
             stmt = _insert(self.conn, doe_intervals)
             stmt = stmt.on_conflict_do_update(
-                index_elements=["site_id", "start"],
-                set_={k: stmt.excluded[k] for k in (*_ROW_KEYS[2:], "upload_id")},
+                index_elements=["site_id", "start", "duration"],
+                set_={k: stmt.excluded[k] for k in (*_ROW_KEYS[3:], "upload_id")},
             )
             await self.conn.execute(
                 stmt,
@@ -744,21 +783,23 @@ async def iterate(data: Iterable[bytes]) -> AsyncIterator[bytes]:
 async def site_intervals(
     store: Store, site_id: int, *, since: int | None = None, limit: int = 500
 ) -> list[dict[str, Any]]:
-    query = sa.select(doe_intervals).where(doe_intervals.c.site_id == site_id)
-    if since is not None:
-        query = query.where(doe_intervals.c.start + doe_intervals.c.duration > since)
+    """The site's published DOE schedule: non-overlapping pieces, each with the upload and the uploaded
+    row that set it (provenance)."""
     async with store.read() as conn:
-        rows = (await conn.execute(query.order_by(doe_intervals.c.start).limit(limit))).all()
+        rows = await _site_rows(conn, site_id, since if since is not None else -MAX_DURATION)
+    pieces = [(p, v) for p, v in published_pieces(rows) if since is None or p.end > since][:limit]
     return [
         {
-            "start": row.start,
-            "duration": row.duration,
-            "import_limit_w": row.import_w,
-            "export_limit_w": row.export_w,
-            "generation_limit_w": row.generation_w,
-            "load_limit_w": row.load_w,
-            "mrid": doe_mrid(store.pen, row.site_id, row.start, row.upload_id),
-            "upload": row.upload_id,
+            "start": p.start,
+            "duration": p.end - p.start,
+            "import_limit_w": p.item.import_w,
+            "export_limit_w": p.item.export_w,
+            "generation_limit_w": p.item.generation_w,
+            "load_limit_w": p.item.load_w,
+            "mrid": doe_mrid(store.pen, site_id, p.start, v),
+            "upload": p.item.upload_id,
+            "row_start": p.item.start,
+            "row_duration": p.item.duration,
         }
-        for row in rows
+        for p, v in pieces
     ]
