@@ -20,6 +20,7 @@ all need, so they can never disagree:
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -118,35 +119,59 @@ def paint(
 ) -> list[Piece[T]]:
     """The timeline of which window applied when: non-overlapping pieces, sorted, adjacent pieces of the same
     item merged. An instant where nothing applied has no piece."""
-    live = [w for w in windows if w.applies_from < w.applies_to]
-    if since is not None or until is not None:
-        lo = since if since is not None else -(2**63)
-        hi = until if until is not None else 2**63
-        live = [w for w in live if w.applies_from < hi and w.applies_to > lo]
-    else:
-        lo, hi = -(2**63), 2**63
-    if not live:
-        return []
-    cuts = sorted({t for w in live for t in (w.applies_from, w.applies_to) if lo < t < hi})
-    bounds = [max(lo, min(w.applies_from for w in live)), *cuts, min(hi, max(w.applies_to for w in live))]
-    bounds = sorted(set(bounds))
-    by_start = sorted(live, key=lambda w: w.applies_from)
+    lo = since if since is not None else -(2**63)
+    hi = until if until is not None else 2**63
+    items = []
+    for w in windows:
+        a = w.start if w.start > w.published else w.published
+        b = w.end if w.retired is None or w.retired > w.end else w.retired
+        a, b = (a if a > lo else lo), (b if b < hi else hi)
+        if a < b:
+            items.append((a, b, w.rank, w.item))
+    items.sort(key=lambda x: x[0])
     out: list[Piece[T]] = []
-    active: list[Window[T]] = []
+    # The common case (a day-ahead DOE): nothing overlaps, every window is a piece.
+    if all(items[i][1] <= items[i + 1][0] for i in range(len(items) - 1)):
+        for a, b, _rank, item in items:
+            if out and out[-1].end == a and out[-1].item is item:
+                out[-1] = Piece(out[-1].start, b, item)
+            else:
+                out.append(Piece(a, b, item))
+        return out
+    bounds = sorted({t for a, b, _r, _i in items for t in (a, b)})
+    heap: list[tuple[Any, int]] = []  # (negated rank, index): the top is the highest-ranked live window
     i = 0
     for a, b in itertools.pairwise(bounds):
-        while i < len(by_start) and by_start[i].applies_from <= a:
-            active.append(by_start[i])
+        while i < len(items) and items[i][0] <= a:
+            heapq.heappush(heap, (_Neg(items[i][2]), i))
             i += 1
-        active = [w for w in active if w.applies_to > a]
-        if not active:
+        while heap and items[heap[0][1]][1] <= a:
+            heapq.heappop(heap)
+        if not heap:
             continue
-        top = max(active, key=lambda w: w.rank)
-        if out and out[-1].end == a and out[-1].item is top.item:
-            out[-1] = Piece(out[-1].start, b, top.item)
+        item = items[heap[0][1]][3]
+        if out and out[-1].end == a and out[-1].item is item:
+            out[-1] = Piece(out[-1].start, b, item)
         else:
-            out.append(Piece(a, b, top.item))
+            out.append(Piece(a, b, item))
     return out
+
+
+class _Neg:
+    """Reverses the order of a rank, so heapq (a min-heap) yields the highest rank first."""
+
+    __slots__ = ("rank",)
+
+    def __init__(self, rank: Any) -> None:
+        self.rank = rank
+
+    def __lt__(self, other: _Neg) -> bool:
+        return self.rank > other.rank
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Neg) and self.rank == other.rank
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def value_at(pieces: Sequence[Piece[T]], t: int) -> T | None:

@@ -108,12 +108,16 @@ def _base_modes(text: str) -> tuple[tuple[str, float | bool], ...]:
     return tuple(out)
 
 
-def _doe_modes(row: Any) -> tuple[tuple[str, float | bool], ...]:
-    out: list[tuple[str, float | bool]] = []
-    for mode, value in (("export", row.export_w), ("import", row.import_w), ("generation", row.generation_w)):
-        if value is not None:
-            out.append((mode, float(value)))
-    return tuple(out)
+@lru_cache(maxsize=65536)
+def _doe_setting(
+    export_w: int | None, import_w: int | None, generation_w: int | None, upload_id: int
+) -> Setting:
+    modes = tuple(
+        (mode, float(value))
+        for mode, value in (("export", export_w), ("import", import_w), ("generation", generation_w))
+        if value is not None
+    )
+    return Setting(modes, f"DOE upload {upload_id}", "doe")
 
 
 def connection_limits(get: Any) -> tuple[float | None, float | None, str | None, str | None]:
@@ -155,7 +159,7 @@ class Published:
     programs: list[Any]
     controls_by_target: dict[str, list[Any]]
     defaults: dict[tuple[int, str], Any]
-    does: dict[int, list[Any]]
+    does: dict[int, list[tuple[Any, ...]]]  # (site, start, duration, export, import, generation, upload, at)
 
 
 def site_limits(
@@ -185,16 +189,15 @@ def site_limits(
                     )
                 )
         if program.key == "doe":
-            for d in published.does.get(site_id, ()):
-                setting = Setting(_doe_modes(d), f"DOE upload {d.upload_id}", program.key)
+            for _site, start, duration, exp, imp, gen, upload_id, at in published.does.get(site_id, ()):
                 windows.append(
                     Window(
-                        d.start,
-                        d.start + d.duration,
-                        d.at,
+                        start,
+                        start + duration,
+                        at,
                         None,
-                        (d.at, d.upload_id, -d.duration, d.start),
-                        setting,
+                        (at, upload_id, -duration, start),
+                        _doe_setting(exp, imp, gen, upload_id),
                     )
                 )
         per_program.append((program, paint(windows, since=t0, until=t1)))
@@ -324,6 +327,18 @@ def breach_json(i: SiteInterval) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ reading
 
 
+async def _rows(conn: AsyncConnection, stmt: sa.Select) -> list[tuple[Any, ...]]:
+    """Plain tuples of a SELECT. On SQLite through the driver's ``fetchall`` (one thread hop instead of one
+    per row: the assessment reads millions of readings); elsewhere through SQLAlchemy."""
+    if conn.dialect.name != "sqlite":
+        return [tuple(row) for row in await conn.execute(stmt)]
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = [compiled.params[name] for name in compiled.positiontup or ()]
+    raw = (await conn.get_raw_connection()).driver_connection
+    async with raw.execute(str(compiled), params) as cursor:
+        return list(await cursor.fetchall())
+
+
 @lru_cache(maxsize=1024)
 def _is_site_power(reading_type_xml: str) -> int | None:
     """The power-of-ten multiplier of a site active power ReadingType (W, forward flow), else None."""
@@ -375,17 +390,27 @@ async def _published(conn: AsyncConnection, site_ids: list[int], t0: int, t1: in
     for row in rows:
         by_target[row.target].append(row)
     defaults = {(d.program_id, d.target): d for d in await conn.execute(sa.select(default_controls))}
-    does: dict[int, list[Any]] = defaultdict(list)
-    for d in await conn.execute(
-        sa.select(doe_intervals, doe_uploads.c.at)
+    does: dict[int, list[tuple[Any, ...]]] = defaultdict(list)
+    for d in await _rows(
+        conn,
+        sa.select(
+            doe_intervals.c.site_id,
+            doe_intervals.c.start,
+            doe_intervals.c.duration,
+            doe_intervals.c.export_w,
+            doe_intervals.c.import_w,
+            doe_intervals.c.generation_w,
+            doe_intervals.c.upload_id,
+            doe_uploads.c.at,
+        )
         .join(doe_uploads, doe_uploads.c.id == doe_intervals.c.upload_id)
         .where(
             doe_intervals.c.site_id.in_(site_ids),
             doe_intervals.c.start > t0 - MAX_DURATION,
             doe_intervals.c.start < t1,
-        )
+        ),
     ):
-        does[d.site_id].append(d)
+        does[d[0]].append(d)
     return Published(progs, by_target, defaults, does)
 
 
@@ -405,20 +430,22 @@ async def _site_readings(
     out: dict[int, list[tuple[int, float, int]]] = defaultdict(list)
     if not mmrs:
         return out
-    result = await conn.stream(
-        sa.select(
-            readings.c.meter_reading_id, readings.c.time_start, readings.c.value, readings.c.duration
-        ).where(
+    result = await _rows(
+        conn,
+        sa.select(readings.c.meter_reading_id, readings.c.time_start, readings.c.value, readings.c.duration)
+        .where(
             readings.c.meter_reading_id.in_(list(mmrs)),
             readings.c.time_start >= t0,
             readings.c.time_start < t1,
         )
+        .order_by(readings.c.meter_reading_id, readings.c.time_start),  # the unique index's order
     )
-    async for mmr_id, at, value, duration in result:
+    for mmr_id, at, value, duration in result:
         site_id, multiplier = mmrs[mmr_id]
-        out[site_id].append((at, value * 10.0**multiplier, duration or 0))
-    for series in out.values():
-        series.sort()
+        out[site_id].append((at, value * 10.0**multiplier if multiplier else float(value), duration or 0))
+    if len({site for site, _ in mmrs.values()}) != len(mmrs):  # several site meters: interleave them
+        for series in out.values():
+            series.sort()
     return out
 
 
@@ -564,7 +591,8 @@ def _silences(data: list[tuple[int, float, int]], t0: int, t1: int, gap: int) ->
     for at, _w, _d in data:
         if at - last > gap:
             out.append((last, at))
-        last = max(last, at)
+        if at > last:
+            last = at
     if t1 - last > gap:
         out.append((last, t1))
     return out

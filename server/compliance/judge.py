@@ -13,7 +13,6 @@ server's assessment (seed 000 GS14; seed 001 L695 "assess compliance and conform
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -120,25 +119,59 @@ def tally(
     readings: Iterable[tuple[int, float] | tuple[int, float, int]],
 ) -> Sequence[IntervalResult]:
     """Place each reading ``(unix time, W[, duration s])`` in its interval (sorted, non-overlapping) and
-    judge it there; readings outside every interval or inside a settling allowance are skipped."""
-    starts = [r.start_unix for r in results]
-    for reading in sorted(readings):
-        at, w = reading[0], reading[1]
-        i = bisect_right(starts, at) - 1
-        if i < 0:
-            continue
-        res = results[i]
-        if not (res.start_unix <= at < res.end_unix) or at < res.judged_from_unix:
-            continue
-        excess, which = excess_w(rules, w, res.export_limit_w, res.import_limit_w)
-        export_w, import_w = max(-w, 0.0), max(w, 0.0)
-        res.readings_judged += 1
-        res.readings_within += excess <= 0
-        res.max_export_w = max(res.max_export_w or 0.0, export_w)
-        res.max_import_w = max(res.max_import_w or 0.0, import_w)
-        if excess > 0:
-            span = reading[2] if len(reading) > 2 and reading[2] else 1  # type: ignore[misc]
-            res.breach_s += int(min(span, res.end_unix - at))
-        if excess > res.worst_excess_w:
-            res.worst_excess_w, res.worst_at_unix, res.worst_limit = excess, at, which
+    judge it there; readings outside every interval or inside a settling allowance are skipped.
+
+    The hot loop of a fleet assessment: one merge pass over sorted readings and intervals."""
+    ordered = sorted(readings)
+    n = len(ordered)
+    k = 0
+    for res in results:
+        exp_cap = (
+            None if res.export_limit_w is None else res.export_limit_w + rules.tolerance(res.export_limit_w)
+        )
+        imp_cap = (
+            None if res.import_limit_w is None else res.import_limit_w + rules.tolerance(res.import_limit_w)
+        )
+        start, end, judged_from = res.start_unix, res.end_unix, res.judged_from_unix
+        while k < n and ordered[k][0] < start:
+            k += 1
+        judged = within = breach_s = 0
+        max_exp = max_imp = 0.0
+        worst, worst_at, worst_limit = res.worst_excess_w, res.worst_at_unix, res.worst_limit
+        while k < n and ordered[k][0] < end:
+            reading = ordered[k]
+            k += 1
+            at, w = reading[0], reading[1]
+            if at < judged_from:
+                continue
+            if w < 0:
+                export_w, import_w = -w, 0.0
+            else:
+                export_w, import_w = 0.0, w
+            excess, which = -math.inf, None
+            if exp_cap is not None:
+                excess, which = export_w - exp_cap, "export"
+            if imp_cap is not None and import_w - imp_cap > excess:
+                excess, which = import_w - imp_cap, "import"
+            if which is None:
+                excess = 0.0
+            judged += 1
+            if excess <= 0:
+                within += 1
+            else:
+                span = reading[2] if len(reading) > 2 and reading[2] else 1  # type: ignore[misc]
+                breach_s += min(span, end - at)
+                if excess > worst:
+                    worst, worst_at, worst_limit = excess, at, which
+            if export_w > max_exp:
+                max_exp = export_w
+            if import_w > max_imp:
+                max_imp = import_w
+        if judged:
+            res.readings_judged += judged
+            res.readings_within += within
+            res.breach_s += int(breach_s)
+            res.max_export_w = max(res.max_export_w or 0.0, max_exp)
+            res.max_import_w = max(res.max_import_w or 0.0, max_imp)
+            res.worst_excess_w, res.worst_at_unix, res.worst_limit = worst, worst_at, worst_limit
     return results
