@@ -152,6 +152,7 @@ def print_status(status: dict[str, Any]) -> None:
     link = "LOST" if status["link_lost"] else "up"
     console.print(
         f"[bold]gateway[/bold] {status['lfdi']}  regime [bold]{status['regime']}[/bold]  link {link}"
+        f" (lost after {comms.get('comms_timeout_s', '-')} s of silence)"
     )
     console.print(
         f"comms: {comms.get('state')}  last contact {_when(comms.get('last_contact'), now)}"

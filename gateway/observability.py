@@ -8,6 +8,7 @@ record, so the JSON format (``derlink gateway --log-format json``) gives a machi
     link_lost        the core declared the link to the utility server lost (no contact for comms_timeout_s)
     link_up          first contact with the utility server since start-up (never in contact before)
     link_back        contact again after a declared loss
+    comms_timeout_adjusted  comms_timeout_s raised above the server's pollRate/postRate (or back)
     device_fault     a device fault appeared (Modbus error, device not following, stale/frozen meter)
     device_ok        every device fault cleared
     grid_lost        the meter shows no grid voltage (black start: generation held from now)

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
+from gateway.core.fallback import effective_comms_timeout
 from gateway.observability import event, log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
 
@@ -443,7 +444,28 @@ class GatewayRuntime:
     def _link_lost(self, now: float) -> bool:
         assert self.controller is not None
         last = self.controller.last_contact
-        return last is None or now >= last + self.settings.fallback.comms_timeout_s
+        return last is None or now >= last + self.controller.config.fallback.comms_timeout_s
+
+    def _keep_comms_timeout_above_rates(self) -> None:
+        """Issue 11 item 15: a comms_timeout_s shorter than the server's pollRate/postRate is adjusted
+        (and logged), so the link is never declared lost between two normal exchanges."""
+        assert self.controller is not None
+        configured = self.settings.fallback.comms_timeout_s
+        interval = self.client.contact_interval() if self.client is not None else None
+        needed = effective_comms_timeout(configured, interval)
+        config = self.controller.config
+        if needed == config.fallback.comms_timeout_s:
+            return
+        self.controller.config = replace(config, fallback=replace(config.fallback, comms_timeout_s=needed))
+        if needed > configured:
+            event(log, logging.WARNING, "comms_timeout_adjusted",
+                  f"comms_timeout_s {configured} s is shorter than the server's pollRate/postRate "
+                  f"(an exchange every {interval:g} s): adjusted to {needed} s",
+                  configured=configured, effective=needed, contact_interval=interval)  # fmt: skip
+        else:
+            event(log, logging.INFO, "comms_timeout_adjusted",
+                  f"comms_timeout_s back to the configured {configured} s (an exchange every {interval} s)",
+                  configured=configured, effective=needed, contact_interval=interval)  # fmt: skip
 
     async def _decision_loop(self) -> None:
         """Timer wake-ups (``next_wake``) and link-state flips; everything else calls decide() itself."""
@@ -462,6 +484,7 @@ class GatewayRuntime:
                 self._grid_changed = False
                 await self.decide("grid")
                 continue
+            self._keep_comms_timeout_above_rates()
             if self.decision is not decision:
                 continue  # someone decided meanwhile
             now = self.now()
@@ -562,10 +585,16 @@ class GatewayRuntime:
     async def status(self) -> dict[str, Any]:
         """Everything `derlink gateway status`, the local API and MQTT show."""
         assert self.controller is not None and self.decision is not None
-        d = self.decision
         now = int(self.now())
+        if self._link_lost(now) != self.decision.link_lost:  # the decision loop ticks each second: now
+            await self.decide("comms")
+        d = self.decision
         engine = self.controller.engine
-        comms: dict[str, Any] = {"state": "not started", "link_lost": self._link_lost(now)}
+        comms: dict[str, Any] = {
+            "state": "not started",
+            "link_lost": self._link_lost(now),
+            "comms_timeout_s": self.controller.config.fallback.comms_timeout_s,
+        }
         if self.client is not None:
             st = self.client.status
             comms.update(

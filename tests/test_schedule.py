@@ -1,6 +1,6 @@
 """Schedule semantics: a new control or DOE replaces earlier ones only over its own span (mission: "an
 operator's 90-second step never removes the hour around it"); statuses computed in one place
-(server.schedule; IEEE 2030.5-2018 Table 26 EventStatus)."""
+(server.store.timeline; IEEE 2030.5-2018 Table 26 EventStatus)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 from server.headend.doe import doe_mrid, ingest, iterate, site_intervals
-from server.schedule import Window, event_status, operator_status, paint, remainders, value_at
 from server.store import Page, RequestScope, Store
+from server.store.timeline import Window, event_status, operator_status, paint, remainders, value_at
 
 T0 = 1_800_000_000  # a half-hour boundary
 

@@ -334,6 +334,21 @@ class Sep2Client:
     def post_rate(self) -> int:
         return self._post_rate or self.config.default_post_rate
 
+    def contact_interval(self) -> float | None:
+        """Seconds between two exchanges with a healthy server: the period of the client's most frequent
+        request (polls at the server's pollRates, DER documents and readings at its postRate). None before
+        discovery has finished. The runtime keeps ``comms_timeout_s`` above it (see
+        :func:`gateway.core.fallback.effective_comms_timeout`)."""
+        if not self._ready.is_set() or self._failed is not None or self.dcap is None:
+            return None
+        jobs = [j for j in self._due if j in ("dcap", "walk") or j.startswith("derp:")]
+        if self.dcap.TimeLink is not None:
+            jobs.append("time")
+        rates = [self._job_rate(j) for j in jobs]
+        if self._der_targets() or (self._site is not None and self.dcap.MirrorUsagePointListLink):
+            rates.append(self.post_rate)  # DERStatus PUTs / readings at every postRate
+        return min(rates, default=None)
+
     async def put_connection_point(self, nmi: str) -> str:
         """PUT our EndDevice's csipaus ConnectionPoint (the site's NMI); returns its href.
 

@@ -10,7 +10,7 @@ the status codes). Over the sites its target covers (now), the summary counts:
 * ``non_responders``: sites with no Response ``within`` seconds after the control was published. Before that
   time has passed they are ``awaiting``, not non-responders.
 
-A control that a later one split (server.schedule) is answered through its pieces too: their Responses
+A control that a later one split (server.store.timeline) is answered through its pieces too: their Responses
 count for the original.
 """
 

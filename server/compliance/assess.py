@@ -7,11 +7,11 @@ range, per site:
 * **the limits that applied**, rebuilt from what the server published and when (:func:`site_limits`):
   DERControls of every program the site sees, each over [start, end) from its publication until it was
   cancelled or superseded (so a control that a later one split stops where its pieces take over), and the
-  bulk DOE intervals from their upload. Within a program the newest wins (:func:`server.schedule.paint`);
-  across programs, per mode, the lowest primacy wins (IEEE 2030.5-2018 §12.1.3.2); a mode no event sets
-  takes the program's DefaultDERControl (current value: defaults keep no history). At the connection point
-  the export limit is the tightest of opModExpLimW, opModGenLimW, and 0 while opModConnect or
-  opModEnergize is false;
+  bulk DOE intervals from their upload. Within a program the newest wins
+  (:func:`server.store.timeline.paint`); across programs, per mode, the lowest primacy wins (IEEE
+  2030.5-2018 §12.1.3.2); a mode no event sets takes the program's DefaultDERControl (current value:
+  defaults keep no history). At the connection point the export limit is the tightest of opModExpLimW,
+  opModGenLimW, and 0 while opModConnect or opModEnergize is false;
 * **compliant intervals and breaches** by :mod:`server.compliance.judge` (the demo's rules);
 * **silence**: gaps in the site readings longer than ``silent_posts`` x the site's postRate;
 * **non-responders**: controls asking for Responses that got none within ``ack_within_s``;
@@ -42,14 +42,13 @@ from sep2 import resources as r
 from sep2.xml import from_xml
 from server.compliance.judge import IntervalResult, Rules, settle_from, tally
 from server.compliance.targets import target_sites_query
-from server.headend.doe import MAX_DURATION
-from server.headend.tables import doe_intervals, doe_uploads
-from server.schedule import Piece, Window, paint
 from server.store import (
     controls,
     default_controls,
     der_documents,
     ders,
+    doe_intervals,
+    doe_uploads,
     groups,
     memberships,
     meter_readings,
@@ -60,6 +59,8 @@ from server.store import (
     responses,
     sites,
 )
+from server.store.doe import MAX_DURATION
+from server.store.timeline import Piece, Window, paint
 
 CHUNK_SITES = 250
 UOM_W, FLOW_FORWARD = 38, 1
