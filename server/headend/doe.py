@@ -2,16 +2,14 @@
 
 An upload is a CSV or JSON stream of rows ``site (NMI or LFDI) x interval start x duration x import/export
 limits (+ optional generation/load limits)``. It is applied in ONE transaction: every row or none. Rows
-replace an earlier DOE of the same site and interval start. The stream is parsed chunk by chunk and written
-in large ``executemany`` batches while the next batch is parsed, so 100k sites x 48 intervals never sits in
-memory and the database is busy while Python parses.
+replace an earlier DOE of the same site, interval start and duration; a row of another length that overlaps
+an earlier one replaces it only over its own span. The stream is parsed chunk by chunk and written in large
+``executemany`` batches while the next batch is parsed, so 100k sites x 48 intervals never sits in memory
+and the database is busy while Python parses.
 
-Storage is the lean ``doe_intervals`` table (integer columns, clustered on (site, start), no rowid). The
-2030.5 side renders each interval as a DERControl of the ``doe`` program:
-
-* its id in hrefs is ``DOE_ID_BASE + start`` (unique per site, as the key is (site, start));
-* its mRID is derived, not stored: ``D`` + site (7 hex) + start (9 hex) + upload (7 hex) + PEN (8 hex),
-  so a replaced interval carries a new mRID and clients see a new event.
+Storage is the lean ``doe_intervals`` table (integer columns, clustered on (site, start, duration), no
+rowid). The 2030.5 side (``server.store.doe``) publishes each site's non-overlapping schedule as
+DERControls of the ``doe`` program, with derived ids and mRIDs.
 """
 
 from __future__ import annotations
@@ -36,7 +34,15 @@ from sep2 import resources as r
 from sep2.base import INTEGER_RANGES
 from sep2.power import MULTIPLIER_RANGE
 from server.store import Store, _enqueue, _insert, doe_intervals, doe_uploads, programs, sites
-from server.store.doe import DOE_ID_BASE, DOE_PROGRAM, MAX_DURATION, doe_mrid, parse_doe_mrid
+from server.store.doe import (
+    DOE_ID_BASE,
+    DOE_PROGRAM,
+    MAX_DURATION,
+    doe_mrid,
+    parse_doe_mrid,
+    published_pieces,
+    site_rows,
+)
 
 # The read side lives in server.store.doe; re-exported for the head-end API.
 __all__ = ["DOE_ID_BASE", "DOE_PROGRAM", "MAX_DURATION", "doe_mrid", "parse_doe_mrid"]
@@ -294,8 +300,8 @@ class _Sink:
         else:
             stmt = _insert(self.conn, doe_intervals)
             stmt = stmt.on_conflict_do_update(
-                index_elements=["site_id", "start"],
-                set_={k: stmt.excluded[k] for k in (*_ROW_KEYS[2:], "upload_id")},
+                index_elements=["site_id", "start", "duration"],
+                set_={k: stmt.excluded[k] for k in (*_ROW_KEYS[3:], "upload_id")},
             )
             await self.conn.execute(
                 stmt,
@@ -604,21 +610,23 @@ async def iterate(data: Iterable[bytes]) -> AsyncIterator[bytes]:
 async def site_intervals(
     store: Store, site_id: int, *, since: int | None = None, limit: int = 500
 ) -> list[dict[str, Any]]:
-    query = sa.select(doe_intervals).where(doe_intervals.c.site_id == site_id)
-    if since is not None:
-        query = query.where(doe_intervals.c.start + doe_intervals.c.duration > since)
+    """The site's published DOE schedule: non-overlapping pieces, each with the upload and the uploaded
+    row that set it (provenance)."""
     async with store.read() as conn:
-        rows = (await conn.execute(query.order_by(doe_intervals.c.start).limit(limit))).all()
+        rows = await site_rows(conn, site_id, since if since is not None else -MAX_DURATION)
+    pieces = [(p, v) for p, v in published_pieces(rows) if since is None or p.end > since][:limit]
     return [
         {
-            "start": row.start,
-            "duration": row.duration,
-            "import_limit_w": row.import_w,
-            "export_limit_w": row.export_w,
-            "generation_limit_w": row.generation_w,
-            "load_limit_w": row.load_w,
-            "mrid": doe_mrid(store.pen, row.site_id, row.start, row.upload_id),
-            "upload": row.upload_id,
+            "start": p.start,
+            "duration": p.end - p.start,
+            "import_limit_w": p.item.import_w,
+            "export_limit_w": p.item.export_w,
+            "generation_limit_w": p.item.generation_w,
+            "load_limit_w": p.item.load_w,
+            "mrid": doe_mrid(store.pen, site_id, p.start, v),
+            "upload": p.item.upload_id,
+            "row_start": p.item.start,
+            "row_duration": p.item.duration,
         }
-        for row in rows
+        for p, v in pieces
     ]

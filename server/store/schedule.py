@@ -3,8 +3,6 @@ defaults and poll/post rates."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
 
 from server.errors import NotFound
@@ -17,18 +15,9 @@ from server.store.schema import (
 )
 from server.store.scope import Page, RequestScope, SiteView
 from server.store.targets import _site_targets, _visible_programs
+from server.store.timeline import event_status
 
-
-def event_status(row: Any, now: int) -> tuple[int, int]:
-    """(currentStatus, dateTime) of a control row at ``now``: 0 scheduled, 1 active, 2 cancelled,
-    4 superseded."""
-    if row.cancelled_at is not None:
-        return (3 if row.randomize_start or row.randomize_duration else 2), row.cancelled_at
-    if row.superseded_at is not None:
-        return 4, row.superseded_at
-    if row.start <= now < row.start + row.duration:
-        return 1, row.start
-    return 0, row.creation_time
+__all__ = ["ControlsStore", "event_status"]
 
 
 class ControlsStore(StoreBase):

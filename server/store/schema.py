@@ -287,7 +287,7 @@ doe_intervals = sa.Table(
     metadata,
     sa.Column("site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("start", sa.BigInteger, primary_key=True),
-    sa.Column("duration", sa.Integer, nullable=False),
+    sa.Column("duration", sa.Integer, primary_key=True),  # key (site, start, duration): migration o0103
     sa.Column("import_w", sa.BigInteger),
     sa.Column("export_w", sa.BigInteger),
     sa.Column("generation_w", sa.BigInteger),
