@@ -54,8 +54,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.config import LOAD_ROLES, GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
-from gateway.core.fallback import effective_comms_timeout
 from gateway.core.black_start import HEARTBEAT_S
+from gateway.core.fallback import effective_comms_timeout
 from gateway.observability import event, log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
 
