@@ -17,17 +17,21 @@ from server.store.schema import (
     sites,
 )
 from server.store.scope import RequestScope
+from server.store.versions import Token, Versions
 
 
 class StoreBase:
-    """Scoped data access for the 2030.5 API. ``generation`` increases on every committed write; caches
-    key on it. ``admin`` is the operator API over the same engine."""
+    """The engine, transactions and the scope gate. ``versions`` says what each committed write changed
+    (see ``server.store.versions``); ``generation`` counts committed writes."""
 
     def __init__(self, engine: AsyncEngine, *, pen: int = 0, clock: Any = sep2time.now) -> None:
         self.engine = engine
         self.pen = pen
         self.clock = clock
         self.generation = 0
+        self.versions = Versions()
+        self.depends = self.versions.depends
+        self.touch = self.versions.touch
         self.outbox_event = asyncio.Event()
         self._pending_contacts: dict[str, int] = {}
 
@@ -44,16 +48,31 @@ class StoreBase:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction; commits on exit, then bumps the cache generation."""
+        """A write transaction; commits on exit. It does not say what it changes, so every cached document
+        is invalidated (writers outside the store package; the store's own use :meth:`changing`)."""
         async with self.engine.begin() as conn:
             yield conn
         self.generation += 1
+        self.versions.bump(None)
+        self.outbox_event.set()
+
+    @asynccontextmanager
+    async def changing(self, *touched: Token) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that names what it changes, here or with ``touch`` inside; after the commit
+        only documents built from those tokens are invalid (all of them if it named nothing)."""
+        with self.versions.writing(touched) as changes:
+            async with self.engine.begin() as conn:
+                yield conn
+        self.generation += 1
+        self.versions.bump(changes or None)
         self.outbox_event.set()
 
     def read(self) -> Any:
         return self.engine.connect()
 
     async def _site(self, conn: AsyncConnection, scope: RequestScope, site_id: int) -> sa.Row:
+        """The only way to a site on the 2030.5 side: filtered by the scope."""
+        self.depends(("site", site_id))
         row = (
             await conn.execute(sa.select(sites).where(sites.c.id == site_id, scope.site_condition()))
         ).first()
