@@ -69,7 +69,9 @@ class DersStore(StoreBase):
         doc = dataclasses.replace(doc, href=None)
         xml = to_xml(doc).decode()
         now = self.clock()
-        async with self.changing(("der", site_id)) as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
+            self.touch(("der", site_id))
             await self._der(conn, scope, site_id, der_id)
             stmt = _insert(conn, der_documents).values(der_id=der_id, kind=kind, xml=xml, updated_at=now)
             await conn.execute(
@@ -77,5 +79,7 @@ class DersStore(StoreBase):
                     index_elements=["der_id", "kind"], set_={"xml": xml, "updated_at": now}
                 )
             )
+
+        await self.grouped(work)
 
     # --------------------------------------------------------------------------------- telemetry

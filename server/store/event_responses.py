@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
 from server.errors import BadRequest, NotFound
@@ -26,7 +29,8 @@ class ResponsesStore(StoreBase):
         if response.status is None or response.status not in VALID_RESPONSE_STATUSES:
             raise BadRequest(f"Response.status: {response.status!r} is not a valid DER response status")
         now = self.clock()
-        async with self.changing() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             site = await _own_site(conn, scope, response.endDeviceLFDI, "Response.endDeviceLFDI")
             self.touch(*(("rsp", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             keys = [k for k, _ in await _site_targets(conn, site.id)]
@@ -52,6 +56,8 @@ class ResponsesStore(StoreBase):
                     )
                 )
             ).inserted_primary_key[0]
+
+        return await self.grouped(work)
 
     def _response_query(self, scope: RequestScope) -> sa.Select:
         return (

@@ -72,7 +72,8 @@ class MeteringStore(StoreBase):
     async def upsert_mup(self, scope: RequestScope, mup: r.MirrorUsagePoint) -> tuple[int, bool]:
         """POST MirrorUsagePoint: the same mRID for the same device updates it. Returns (id, created)."""
         now = self.clock()
-        async with self.changing() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             site = await _own_site(conn, scope, mup.deviceLFDI, "MirrorUsagePoint.deviceLFDI")
             self.touch(*(("mup", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             values = dict(
@@ -98,13 +99,16 @@ class MeteringStore(StoreBase):
                 await conn.execute(mups.update().where(mups.c.id == mup_id).values(**values))
             for mmr in mup.MirrorMeterReading:
                 await self._store_meter_reading(conn, mup_id, mmr, now)
-        return mup_id, existing is None
+            return mup_id, existing is None
+
+        return await self.grouped(work)
 
     async def post_meter_readings(
         self, scope: RequestScope, mup_id: int, items: list[r.MirrorMeterReading]
     ) -> list[tuple[int, bool]]:
         now = self.clock()
-        async with self.changing() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             found = (
                 await conn.execute(
                     sa.select(sites.c.lfdi, sites.c.aggregator_id)
@@ -116,6 +120,8 @@ class MeteringStore(StoreBase):
                 raise NotFound(f"no MirrorUsagePoint {mup_id} for this client")
             self.touch(*(("mup", owner) for owner in owners(found.lfdi, found.aggregator_id)))
             return [await self._store_meter_reading(conn, mup_id, mmr, now) for mmr in items]
+
+        return await self.grouped(work)
 
     async def _store_meter_reading(
         self, conn: AsyncConnection, mup_id: int, mmr: r.MirrorMeterReading, now: int
