@@ -42,6 +42,7 @@ from server.store.schema import (
     responses,
     sites,
 )
+from server.store.versions import owners
 
 
 class Admin:
@@ -124,7 +125,7 @@ class Admin:
         if not name or len(name) > 64:
             raise AdminError("name: must be 1 to 64 characters")
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing(("aggregators", 0)) as conn:  # cached only via its clients' scopes
             if (await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == name))).first():
                 raise AdminError(f"name: aggregator {name!r} already exists")
             agg_id = (
@@ -140,6 +141,7 @@ class Admin:
             lfdi = normalise_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
+        self.store.touch(("client", lfdi))
         stmt = _insert(conn, clients).values(
             lfdi=lfdi, kind="aggregator", aggregator_id=aggregator_id, revoked=False
         )
@@ -153,7 +155,7 @@ class Admin:
         self, aggregator: str, lfdi: str, *, actor: str = "system", reason: str | None = None
     ) -> None:
         """Attach another certificate to an aggregator (rotation: add new, later revoke/remove old)."""
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             row = (
                 await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == aggregator))
             ).first()
@@ -181,7 +183,7 @@ class Admin:
             lfdi = normalise_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
-        async with self.store.write() as conn:
+        async with self.store.changing(("client", lfdi)) as conn:
             stmt = _insert(conn, clients).values(lfdi=lfdi, kind="device", revoked=revoked)
             await conn.execute(stmt.on_conflict_do_update(index_elements=["lfdi"], set_={"revoked": revoked}))
             await self._audit(conn, actor, "client.revoke" if revoked else "client.restore", lfdi, reason)
@@ -217,7 +219,7 @@ class Admin:
         if device_category is not None and len(device_category) > 8:
             raise AdminError("device_category: at most 8 hex digits")
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             if (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == lfdi))).first():
                 raise AdminError(f"lfdi: site {lfdi} is already registered")
             agg_id = None
@@ -245,6 +247,7 @@ class Admin:
                 )
             ).inserted_primary_key[0]
             await conn.execute(ders.insert().values(site_id=site_id))
+            self.store.touch(("site", site_id), *(("edev", owner) for owner in owners(lfdi, agg_id)))
             for name in groups_:
                 await conn.execute(
                     memberships.insert().values(site_id=site_id, group_id=await self._group_id(conn, name))
@@ -254,9 +257,22 @@ class Admin:
 
     async def deregister_site(self, lfdi: str, *, actor: str = "system", reason: str | None = None) -> None:
         """Decommission: the EndDevice and everything under it leave the 2030.5 side (audit keeps history)."""
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             key = await self._resolve_target(conn, f"site:{lfdi}")
             site_id = int(key[2:])
+            site = (await conn.execute(sa.select(sites).where(sites.c.id == site_id))).one()
+            self.store.touch(
+                ("site", site_id),
+                ("target", key),
+                ("rate", key),
+                ("der", site_id),
+                ("sub", site_id),
+                *(
+                    (kind, owner)
+                    for owner in owners(site.lfdi, site.aggregator_id)
+                    for kind in ("edev", "mup", "rsp")
+                ),
+            )
             await conn.execute(controls.delete().where(controls.c.target == key))
             await conn.execute(default_controls.delete().where(default_controls.c.target == key))
             await conn.execute(rate_settings.delete().where(rate_settings.c.target == key))
@@ -282,10 +298,11 @@ class Admin:
             raise AdminError("name: must be 1 to 64 characters without ':'")
         if description is not None and len(description) > 128:
             raise AdminError("description: at most 128 characters")
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             if (await conn.execute(sa.select(groups.c.id).where(groups.c.name == name))).first():
                 raise AdminError(f"name: group {name!r} already exists")
             parent_id = await self._group_id(conn, parent) if parent else None
+            self.store.touch(("groups", 0))
             gid = (
                 await conn.execute(
                     groups.insert().values(name=name, parent_id=parent_id, description=description)
@@ -299,8 +316,9 @@ class Admin:
     ) -> None:
         """Add (or remove) a site to a group; its FSAs, programs and controls follow at once."""
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             site_id = int((await self._resolve_target(conn, f"site:{lfdi}"))[2:])
+            self.store.touch(("site", site_id))  # its targets, hence programs and controls, change
             gid = await self._group_id(conn, group)
             if member:
                 stmt = _insert(conn, memberships).values(site_id=site_id, group_id=gid)
@@ -337,10 +355,11 @@ class Admin:
         if len(description) > 32:
             raise AdminError("description: at most 32 characters")
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             if (await conn.execute(sa.select(programs.c.id).where(programs.c.key == key))).first():
                 raise AdminError(f"key: program {key!r} already exists")
             group_id = await self._group_id(conn, group) if group else None
+            self.store.touch(("target", f"g:{group_id}" if group_id else "all"))
             pid = (
                 await conn.execute(
                     programs.insert().values(
@@ -415,9 +434,10 @@ class Admin:
         if not isinstance(base, r.DERControlBase):
             raise AdminError("base: must be a sep2 DERControlBase (see build_control_base)")
         mrid = new_mrid(self.store.pen)
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             program_id = await self._program_id(conn, program)
             key = await self._resolve_target(conn, target)
+            self.store.touch(("target", key))
             if supersede:
                 await conn.execute(
                     controls.update()
@@ -464,10 +484,11 @@ class Admin:
 
     async def cancel_control(self, mrid: str, *, actor: str = "system", reason: str | None = None) -> None:
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             row = (await conn.execute(sa.select(controls).where(controls.c.mrid == mrid.upper()))).first()
             if row is None:
                 raise AdminError(f"mrid: no control {mrid}")
+            self.store.touch(("target", row.target))
             if row.cancelled_at is None:
                 await conn.execute(
                     controls.update()
@@ -497,9 +518,10 @@ class Admin:
             raise AdminError("base: must be a sep2 DERControlBase (see build_control_base)")
         now = self.store.clock()
         body = json.dumps(to_jsonable(base), separators=(",", ":"))
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             program_id = await self._program_id(conn, program)
             key = await self._resolve_target(conn, target)
+            self.store.touch(("target", key))
             row = (
                 await conn.execute(
                     sa.select(default_controls).where(
@@ -554,8 +576,9 @@ class Admin:
             raise AdminError(f"resource: {resource!r} is not one of {', '.join(RATE_RESOURCES)}")
         if not isinstance(value, int) or not 1 <= value < 2**32:
             raise AdminError(f"value: a rate is a positive number of seconds, got {value!r}")
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             key = await self._resolve_target(conn, target)
+            self.store.touch(("rate", key))
             stmt = _insert(conn, rate_settings).values(resource=resource, target=key, value=value)
             await conn.execute(
                 stmt.on_conflict_do_update(index_elements=["resource", "target"], set_={"value": value})

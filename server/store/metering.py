@@ -20,6 +20,7 @@ from server.store.schema import (
     sites,
 )
 from server.store.scope import Page, RequestScope, _own_site
+from server.store.versions import owners
 
 
 class MeteringStore(StoreBase):
@@ -30,6 +31,7 @@ class MeteringStore(StoreBase):
 
     async def list_mups(self, scope: RequestScope, page: Page) -> tuple[int, list[sa.Row]]:
         cond = self._mup_condition(scope)
+        self.depends(("mup", scope.owner))
         async with self.read() as conn:
             total = (
                 await conn.execute(sa.select(sa.func.count()).select_from(mups).where(cond))
@@ -47,6 +49,7 @@ class MeteringStore(StoreBase):
         return total, list(rows)
 
     async def mup(self, scope: RequestScope, mup_id: int) -> tuple[sa.Row, list[sa.Row]]:
+        self.depends(("mup", scope.owner))
         async with self.read() as conn:
             row = (
                 await conn.execute(
@@ -69,8 +72,10 @@ class MeteringStore(StoreBase):
     async def upsert_mup(self, scope: RequestScope, mup: r.MirrorUsagePoint) -> tuple[int, bool]:
         """POST MirrorUsagePoint: the same mRID for the same device updates it. Returns (id, created)."""
         now = self.clock()
-        async with self.write() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             site = await _own_site(conn, scope, mup.deviceLFDI, "MirrorUsagePoint.deviceLFDI")
+            self.touch(*(("mup", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             values = dict(
                 description=mup.description,
                 role_flags=mup.roleFlags,
@@ -94,21 +99,29 @@ class MeteringStore(StoreBase):
                 await conn.execute(mups.update().where(mups.c.id == mup_id).values(**values))
             for mmr in mup.MirrorMeterReading:
                 await self._store_meter_reading(conn, mup_id, mmr, now)
-        return mup_id, existing is None
+            return mup_id, existing is None
+
+        return await self.grouped(work)
 
     async def post_meter_readings(
         self, scope: RequestScope, mup_id: int, items: list[r.MirrorMeterReading]
     ) -> list[tuple[int, bool]]:
         now = self.clock()
-        async with self.write() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             found = (
                 await conn.execute(
-                    sa.select(mups.c.id).where(mups.c.id == mup_id, self._mup_condition(scope))
+                    sa.select(sites.c.lfdi, sites.c.aggregator_id)
+                    .join(mups, mups.c.site_id == sites.c.id)
+                    .where(mups.c.id == mup_id, self._mup_condition(scope))
                 )
             ).first()
             if found is None:
                 raise NotFound(f"no MirrorUsagePoint {mup_id} for this client")
+            self.touch(*(("mup", owner) for owner in owners(found.lfdi, found.aggregator_id)))
             return [await self._store_meter_reading(conn, mup_id, mmr, now) for mmr in items]
+
+        return await self.grouped(work)
 
     async def _store_meter_reading(
         self, conn: AsyncConnection, mup_id: int, mmr: r.MirrorMeterReading, now: int
@@ -174,7 +187,13 @@ class MeteringStore(StoreBase):
         return mmr_id, existing is None
 
     async def delete_mup(self, scope: RequestScope, mup_id: int) -> None:
-        async with self.write() as conn:
+        async with self.changing() as conn:
+            for site in await conn.execute(
+                sa.select(sites.c.lfdi, sites.c.aggregator_id)
+                .join(mups, mups.c.site_id == sites.c.id)
+                .where(mups.c.id == mup_id)
+            ):
+                self.touch(*(("mup", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             result = await conn.execute(mups.delete().where(mups.c.id == mup_id, self._mup_condition(scope)))
             if result.rowcount == 0:
                 raise NotFound(f"no MirrorUsagePoint {mup_id} for this client")

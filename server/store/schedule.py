@@ -30,12 +30,19 @@ class ControlsStore(StoreBase):
             targets = await _site_targets(conn, site_id)
             keys = [k for k, _ in targets]
             progs = await _visible_programs(conn, keys)
-        return SiteView(site=site, targets=targets, programs=progs)
+        view = SiteView(site=site, targets=targets, programs=progs)
+        self._depends_on_view(view)
+        return view
+
+    def _depends_on_view(self, view: SiteView) -> None:
+        """A site's programs, controls and defaults come from its targets (itself, its groups, all)."""
+        self.depends(("site", view.site.id), *(("target", key) for key, _ in view.targets))
 
     async def program_controls(
         self, view: SiteView, program_id: int, page: Page, *, active_only: bool = False
     ) -> tuple[int, list[sa.Row], int | None]:
         """(total, rows, next change time) for the DERControls of a program that the site sees."""
+        self._depends_on_view(view)
         self.program_row(view, program_id)
         now = self.clock()
         keys = [k for k, _ in view.targets]
@@ -107,6 +114,7 @@ class ControlsStore(StoreBase):
         raise NotFound(f"no DERProgram {program_id} for EndDevice {view.site.id}")
 
     async def control(self, view: SiteView, program_id: int, control_id: int) -> sa.Row:
+        self._depends_on_view(view)
         program = self.program_row(view, program_id)
         keys = [k for k, _ in view.targets]
         async with self.read() as conn:
@@ -130,6 +138,7 @@ class ControlsStore(StoreBase):
 
     async def default_control(self, view: SiteView, program_id: int) -> sa.Row | None:
         """The most specific DefaultDERControl of the program for the site: site, nearest group, all."""
+        self._depends_on_view(view)
         self.program_row(view, program_id)
         rank = dict(view.targets)
         async with self.read() as conn:
@@ -146,6 +155,7 @@ class ControlsStore(StoreBase):
 
     async def programs_with_default(self, view: SiteView) -> set[int]:
         """Programs that have a DefaultDERControl this site sees (so only those link to one)."""
+        self._depends_on_view(view)
         async with self.read() as conn:
             rows = (
                 await conn.execute(
@@ -164,6 +174,7 @@ class ControlsStore(StoreBase):
             view_or_targets.targets if isinstance(view_or_targets, SiteView) else (view_or_targets or [])
         )
         rank = dict(targets) if targets else {"all": 0}
+        self.depends(*(("rate", key) for key in rank))
         async with self.read() as conn:
             rows = (
                 await conn.execute(
