@@ -345,6 +345,20 @@ ROUTES: list[Route] = [
             "reason": "string",
         },
     ),
+    Route(
+        "PATCH",
+        "/api/programs/{name}",
+        "program_update",
+        True,
+        'Rename, re-rank, move (group; "" = every site) or switch off a DERProgram, built-ins included',
+        {
+            "description": "string",
+            "primacy": "integer",
+            "group": "string",
+            "enabled": "boolean",
+            "reason": "string",
+        },
+    ),
     Route("GET", "/api/defaults", "defaults_list", False, "DefaultDERControls"),
     Route(
         "PUT",
@@ -1092,11 +1106,23 @@ class HeadEnd:
                         "primacy": row.primacy,
                         "description": row.description,
                         "group": row.group,
+                        "enabled": row.enabled,
                     }
                     for row in rows
                 ]
             }
         )
+
+    async def program_update(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        _check_fields(body, {"description", "primacy", "group", "enabled", "reason"}, ())
+        kinds = {"description": "string", "primacy": "integer", "group": "string", "enabled": "boolean"}
+        values = {name: _typed(body, name, kind) for name, kind in kinds.items()}
+        key = request.match_info["name"]
+        await self.admin.update_program(
+            key, **values, actor=self.actor(request), reason=self.reason(request, body)
+        )
+        return ok({"key": key})
 
     async def program_create(self, request: web.Request) -> web.Response:
         body = await self.body(request)

@@ -247,7 +247,11 @@ class Admin:
                 )
             ).inserted_primary_key[0]
             await conn.execute(ders.insert().values(site_id=site_id))
-            self.store.touch(("site", site_id), *(("edev", owner) for owner in owners(lfdi, agg_id)))
+            self.store.touch(
+                ("site", site_id), ("client", lfdi), *(("edev", owner) for owner in owners(lfdi, agg_id))
+            )
+            # Registering is the operator granting this LFDI access (again, after a deregistration).
+            await conn.execute(clients.update().where(clients.c.lfdi == lfdi).values(revoked=False))
             for name in groups_:
                 await conn.execute(
                     memberships.insert().values(site_id=site_id, group_id=await self._group_id(conn, name))
@@ -277,6 +281,16 @@ class Admin:
             await conn.execute(default_controls.delete().where(default_controls.c.target == key))
             await conn.execute(rate_settings.delete().where(rate_settings.c.target == key))
             await conn.execute(sites.delete().where(sites.c.id == site_id))
+            # Deregistration ends that certificate's access (issue 11 item 4): it cannot re-enrol in-band;
+            # register_site grants it again. An aggregator's own certificate is not the site's to revoke.
+            lfdi = normalise_lfdi(lfdi)
+            holder = (await conn.execute(sa.select(clients.c.kind).where(clients.c.lfdi == lfdi))).first()
+            if holder is None or holder.kind != "aggregator":
+                self.store.touch(("client", lfdi))
+                stmt = _insert(conn, clients).values(lfdi=lfdi, kind="device", revoked=True)
+                await conn.execute(
+                    stmt.on_conflict_do_update(index_elements=["lfdi"], set_={"revoked": True})
+                )
             await self._audit(conn, actor, "site.deregister", lfdi, reason)
 
     async def site_id(self, lfdi: str) -> int:
@@ -375,6 +389,52 @@ class Admin:
             await _enqueue(conn, now, kinds=("fsa", "derp"), target=f"g:{group_id}" if group_id else "all")
             await self._audit(conn, actor, "program.create", key, reason, primacy=primacy, group=group)
         return pid
+
+    async def update_program(
+        self,
+        key: str,
+        *,
+        description: str | None = None,
+        primacy: int | None = None,
+        group: str | None = None,
+        enabled: bool | None = None,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> None:
+        """Rename, re-rank, move or switch off a program, the built-in ones included (issue 11 item 9).
+
+        ``group``: a group name moves the program to that group's FSA; ``""`` to every site's (FSA 0).
+        A switched-off program is seen by no site; its controls and defaults are kept for when it is
+        switched on again. The sites that saw it, or now see it, are notified."""
+        values: dict[str, Any] = {}
+        if description is not None:
+            if not 1 <= len(description) <= 32:
+                raise AdminError("description: must be 1 to 32 characters")
+            values["description"] = description
+        if primacy is not None:
+            if isinstance(primacy, bool) or not isinstance(primacy, int) or not 0 <= primacy <= 255:
+                raise AdminError(f"primacy: must be an integer 0..255, got {primacy!r}")
+            values["primacy"] = primacy
+        if enabled is not None:
+            values["enabled"] = bool(enabled)
+        now = self.store.clock()
+        async with self.store.write() as conn:
+            row = (await conn.execute(sa.select(programs).where(programs.c.key == key))).first()
+            if row is None:
+                raise AdminError(f"key: no program {key!r}")
+            if group is not None:
+                values["group_id"] = await self._group_id(conn, group) if group else None
+            if not values:
+                raise AdminError("program: nothing to change (description, primacy, group or enabled)")
+            await conn.execute(
+                programs.update()
+                .where(programs.c.id == row.id)
+                .values(**values, version=(row.version + 1) % 65536)
+            )
+            for gid in {row.group_id, values.get("group_id", row.group_id)}:
+                await _enqueue(conn, now, kinds=SUBSCRIPTION_KINDS[1:], target=f"g:{gid}" if gid else "all")
+            changed = {k: v for k, v in values.items() if k != "group_id"}
+            await self._audit(conn, actor, "program.update", key, reason, group=group, **changed)
 
     async def ensure_standard_programs(self) -> None:
         """The three programs the head-end uses: emergency (primacy 1) > doe (10) > default (20)."""
@@ -556,7 +616,9 @@ class Admin:
                         changed_time=now,
                     )
                 )
-            await _enqueue(conn, now, kinds=("dderc",), program_id=program_id, target=key)
+            # Higher-primacy programs inherit the modes it sets (ControlsStore.effective_default): every
+            # DefaultDERControl subscription of the target's sites is notified, not only this program's.
+            await _enqueue(conn, now, kinds=("dderc",), target=key)
             await self._audit(
                 conn, actor, "default.set", target, reason, program=program, base=to_jsonable(base)
             )

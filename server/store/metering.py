@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
 from sep2.xml import to_xml
-from server.errors import BadRequest, NotFound
+from server.errors import BadRequest, Conflict, NotFound
 from server.store.base import StoreBase
 from server.store.engine import _insert
 from server.store.schema import (
@@ -89,6 +89,14 @@ class MeteringStore(StoreBase):
                 )
             ).first()
             if existing is None:
+                # mRIDs are globally unique (2030.5 clause 8.2.4.1 / CSIP-AUS): not another site's MUP.
+                taken = (
+                    await conn.execute(sa.select(mups.c.id).where(mups.c.mrid == mup.mRID.upper()))
+                ).first()
+                if taken is not None:
+                    raise Conflict(
+                        f"MirrorUsagePoint.mRID: {mup.mRID.upper()} is already used by another resource"
+                    )
                 mup_id = (
                     await conn.execute(
                         mups.insert().values(site_id=site.id, mrid=mup.mRID.upper(), created_at=now, **values)
@@ -137,6 +145,11 @@ class MeteringStore(StoreBase):
         if existing is None:
             if mmr.ReadingType is None:
                 raise BadRequest(f"MirrorMeterReading.ReadingType: required for a new reading (mRID {mrid})")
+            taken = (
+                await conn.execute(sa.select(meter_readings.c.id).where(meter_readings.c.mrid == mrid))
+            ).first()
+            if taken is not None:  # globally unique, as for the MirrorUsagePoint
+                raise Conflict(f"MirrorMeterReading.mRID: {mrid} is already used by another resource")
             mmr_id = (
                 await conn.execute(
                     meter_readings.insert().values(

@@ -118,8 +118,12 @@ class SitesStore(StoreBase):
         device_category: str | None,
         inband_allowed: bool,
     ) -> tuple[int, bool]:
-        """In-band registration (POST EndDevice). Returns (site id, created). A repeat of an LFDI this
-        client already owns returns the existing site."""
+        """In-band registration (POST EndDevice). Returns (site id, created).
+
+        An LFDI that is already registered is refused, whoever holds it: a client finds its EndDevice
+        through the EndDeviceList (2030.5 clause 6.4.2 / CSIP-AUS registration). A deregistered
+        certificate (or an LFDI the operator revoked) cannot enrol again in-band: only the operator
+        registers it again."""
         if lfdi is None:
             if scope.kind == "aggregator":
                 raise BadRequest("EndDevice.lFDI: required when an aggregator registers a device")
@@ -134,17 +138,18 @@ class SitesStore(StoreBase):
         if sfdi is not None and sfdi != expected_sfdi:
             raise BadRequest(f"EndDevice.sFDI: {sfdi} is not the SFDI of lFDI {lfdi} ({expected_sfdi})")
         async with self.read() as conn:
-            existing = (await conn.execute(sa.select(sites).where(sites.c.lfdi == lfdi))).first()
+            existing = (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == lfdi))).first()
+            holder = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
         if existing is not None:
-            async with self.read() as conn:
-                mine = (
-                    await conn.execute(
-                        sa.select(sites.c.id).where(sites.c.id == existing.id, scope.site_condition())
-                    )
-                ).first()
-            if mine is None:
-                raise Conflict(f"EndDevice.lFDI: {lfdi} is registered to another client")
-            return existing.id, False
+            raise Conflict(
+                f"EndDevice.lFDI: {lfdi} is already registered; find its EndDevice in the EndDeviceList"
+            )
+        if holder is not None and holder.revoked:
+            raise Forbidden(
+                f"EndDevice.lFDI: {lfdi} was deregistered; only the operator can register it again"
+            )
+        if scope.kind == "aggregator" and holder is not None and lfdi != scope.lfdi:
+            raise Conflict(f"EndDevice.lFDI: {lfdi} is another client's certificate")
         if not inband_allowed:
             raise Forbidden("in-band registration is disabled; ask the operator to register this device")
         now = self.clock()
@@ -211,8 +216,13 @@ class SitesStore(StoreBase):
         self.depends(("groups", 0))
         async with self.read() as conn:
             rows = (
-                await conn.execute(sa.select(groups.c.id, groups.c.name).where(groups.c.id.in_(group_ids)))
+                await conn.execute(
+                    sa.select(groups.c.id, groups.c.name, groups.c.description).where(
+                        groups.c.id.in_(group_ids)
+                    )
+                )
             ).all()
-        return {row.id: row.name for row in rows}
+        # The FSA's description: the one the operator gave the group, else its name.
+        return {row.id: row.description or row.name for row in rows}
 
     # --------------------------------------------------------------------------------- programs & controls

@@ -78,6 +78,8 @@ programs = sa.Table(
     # None: every site sees the program (FSA 0); otherwise members of this group (FSA = group id).
     sa.Column("group_id", sa.Integer, sa.ForeignKey("groups.id", ondelete="CASCADE")),
     sa.Column("version", sa.Integer, nullable=False, default=0),
+    # Switched off by the operator: no site sees it (its controls and defaults are kept).
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True, server_default=sa.true()),
 )
 
 controls = sa.Table(
@@ -263,8 +265,8 @@ DER_DOCUMENT_TYPES: dict[str, type] = {
     "ders": r.DERStatus,
     "dera": r.DERAvailability,
 }
-# Response status codes accepted from clients (2030.5 Table 27 for DER, plus the rejection codes).
-VALID_RESPONSE_STATUSES = frozenset(range(1, 16)) | frozenset(range(251, 255))
+# Response status codes accepted from clients: the one definition the decoder also checks (2030.5 Table 27).
+VALID_RESPONSE_STATUSES = r.RESPONSE_TYPES
 SUBSCRIPTION_KINDS = ("edev", "fsa", "derp", "derc", "actderc", "dderc")
 
 # ---------------------------------------------------------------------- head-end: bulk DOE (migration h0101)
