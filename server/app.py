@@ -28,6 +28,8 @@ from sep2.xml import to_xml
 from server.api import CACHE_UNTIL, SCOPE, SEP_XML, Handlers
 from server.config import ServerConfig
 from server.errors import INVALID_FORMAT, INVALID_VALUES, RESOURCE_LIMIT, ApiError, Unauthenticated
+from server.limits import paging_cache_key
+from server.netpolicy import TargetPolicy
 from server.store import RequestScope, Store
 
 access_log = logging.getLogger("derlink.server.access")
@@ -159,7 +161,7 @@ class Gateway:
             request[SCOPE] = scope
             self.store.note_contact(lfdi)
             if self.cache is not None and request.method in ("GET", "HEAD"):
-                key = (lfdi, request.path_qs)
+                key = (lfdi, paging_cache_key(request.path, request.query))  # junk queries: one entry
                 hit = self.cache.get(key)
                 if hit is not None and hit[0] == self.store.generation and self.store.clock() < hit[1]:
                     cache_hit = True
@@ -220,14 +222,22 @@ class Gateway:
         return response
 
 
-def create_app(store: Store, config: ServerConfig, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    store: Store,
+    config: ServerConfig,
+    metrics: Metrics | None = None,
+    target_policy: TargetPolicy | None = None,
+) -> web.Application:
     metrics = metrics or Metrics()
     gateway = Gateway(store, config, metrics)
     app = web.Application(middlewares=[gateway.middleware], client_max_size=config.max_body_bytes)
     app[STORE_KEY] = store
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
-    Handlers(store, config).add_routes(app)
+    handlers = Handlers(store, config)
+    if target_policy is not None:
+        handlers.target_policy = target_policy
+    handlers.add_routes(app)
     return app
 
 
@@ -266,6 +276,7 @@ class RunningServer:
     metrics: Metrics | None = None
     headend_port: int | None = None
     advertiser: Advertiser | None = None  # when config.dnssd
+    target_policy: TargetPolicy | None = None  # where notifications may go (server.netpolicy)
 
     @property
     def base_url(self) -> str:
@@ -301,7 +312,8 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         store = await Store.open(config.resolved_database_url, pen=config.iana_pen)
         await store.admin.ensure_standard_programs()
     metrics = Metrics()
-    app = create_app(store, config, metrics)
+    target_policy = TargetPolicy.from_config(config)
+    app = create_app(store, config, metrics, target_policy)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     context = server_ssl(config) if config.tls else None
@@ -318,14 +330,21 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         runners.append(admin_runner)
     running = RunningServer(
-        store=store, config=config, port=port, admin_port=admin_port, runners=runners, metrics=metrics
+        store=store,
+        config=config,
+        port=port,
+        admin_port=admin_port,
+        runners=runners,
+        metrics=metrics,
+        target_policy=target_policy,
     )
     if config.headend_enabled:  # the operators' JSON API on its own listener (server.headend)
         from server.headend.api import start_headend
 
         headend_runner, running.headend_port = await start_headend(store, config)
         runners.append(headend_runner)
-    sender = NotificationSender(store, config, metrics)
+    target_policy.own_ports.update(p for p in (port, admin_port, running.headend_port) if p)
+    sender = NotificationSender(store, config, metrics, target_policy)
     running.tasks.append(asyncio.create_task(sender.run(), name="derlink-notifications"))
     running.tasks.append(asyncio.create_task(_flush_contacts_forever(store, 10.0), name="derlink-contacts"))
     if config.dnssd:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,10 @@ class ServerConfig:
     notify_retry_initial: float = 1.0
     notify_retry_max: float = 300.0
     notify_timeout: float = 10.0
+    # Notification target policy (server.netpolicy): non-public addresses are refused unless covered by a
+    # CIDR or host name ("gw.example", "*.example") here, or in the per-client list keyed by certificate LFDI.
+    notify_allow: list[str] = field(default_factory=list)
+    notify_allow_by_client: dict[str, list[str]] = field(default_factory=dict)
     log_level: str = "INFO"
     # Head-end operator API (JSON, its own listener, loopback by default; port 0 picks a free port).
     # Bearer tokens: [{name, token, role = "operator" | "viewer"}]. With none configured, an operator token
@@ -136,6 +141,8 @@ def _coerce(name: str, value: Any) -> Any:
             except ValueError as exc:
                 raise ConfigError(f"{name}: {v!r} is not an IP address or network") from exc
         return list(value)
+    if name in ("notify_allow", "notify_allow_by_client"):
+        return _allow_lists(name, value)
     if name == "headend_tokens":
         from server.headend.api import check_tokens
 
@@ -163,6 +170,29 @@ def _coerce(name: str, value: Any) -> Any:
     if not isinstance(value, str) and value is not None:
         raise ConfigError(f"{name}: expected a string, got {value!r}")
     return value
+
+
+def _allow_lists(name: str, value: Any) -> Any:
+    from server.netpolicy import parse_allow_entry
+
+    def entries(where: str, items: Any) -> list[str]:
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{where}: expected a list of host names or CIDRs, got {items!r}")
+        for item in items:
+            try:
+                parse_allow_entry(item)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        return list(items)
+
+    if name == "notify_allow":
+        return entries(name, value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table of client LFDI = [hosts or CIDRs], got {value!r}")
+    for lfdi in value:
+        if not re.fullmatch(r"[0-9a-fA-F]{40}", lfdi):
+            raise ConfigError(f"{name}: key {lfdi!r} is not a 40-hex-digit LFDI")
+    return {lfdi.lower(): entries(f"{name}.{lfdi}", items) for lfdi, items in value.items()}
 
 
 def config_from_mapping(values: dict[str, Any], base: ServerConfig | None = None) -> ServerConfig:

@@ -41,6 +41,7 @@ from server.headend.doe import (
     parse_doe_mrid,
     site_intervals,
 )
+from server.limits import NOT_XML_CHAR, InputError, load_json
 from server.store import (
     AdminError,
     Page,
@@ -94,6 +95,16 @@ EMERGENCY_ACTIONS = {
     "deenergise": {"energize": False},
 }
 EMERGENCY_PROGRAM = "emergency"
+
+
+MAX_JSON_BYTES = 16 * 1024 * 1024  # JSON bodies; DOE uploads are streamed and bounded by their handler
+
+
+def check_request_text(request: web.Request) -> None:
+    """Path and query values must be text that a 2030.5 document can carry; the error names the field."""
+    for name, value in (*request.match_info.items(), *request.query.items()):
+        if NOT_XML_CHAR.search(value) or any(c in value for c in "\r\n\t"):
+            raise HeadEndError(400, f"{name}: control characters are not allowed", name)
 
 
 class HeadEndError(ApiError):
@@ -636,7 +647,8 @@ class HeadEnd:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HeadEndError(401, "Authorization: a bearer token is required", "Authorization")
-        given = token.strip().encode()
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: still just an unknown token.
+        given = token.strip().encode("utf-8", "surrogateescape")
         found = None
         for known, operator in self.tokens:
             if hmac.compare_digest(known, given):
@@ -648,6 +660,7 @@ class HeadEnd:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
+            check_request_text(request)
             if request.path.startswith("/api/") and request.path != "/api/openapi.json":
                 operator = self.authenticate(request)
                 request[OPERATOR] = operator
@@ -681,9 +694,9 @@ class HeadEnd:
         if not request.can_read_body:
             return {}
         try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad(f"body: not valid JSON ({exc})") from None
+            data = load_json(await request.read(), max_bytes=MAX_JSON_BYTES)
+        except InputError as exc:
+            raise HeadEndError(400, exc.detail, exc.field) from None
         if not isinstance(data, dict):
             raise bad("body: expected a JSON object")
         return data
