@@ -93,7 +93,8 @@ class Gateway:
         self.config = config
         self.metrics = metrics
         self.proxy_networks = config.proxy_networks()
-        self._identities: dict[bytes | str, tuple[str, str]] = {}
+        self._identities: dict[bytes | str, tuple[str, str] | str] = {}  # a str: why it is refused
+        self._cert_policy: Any = None  # server.certpolicy.ClientCertPolicy, made on first use
         self._scopes: dict[str, tuple[int, RequestScope]] = {}
         self.cache: dict[tuple[str, str], tuple[int, float, bytes]] | None = (
             {} if config.cache_active else None
@@ -114,13 +115,28 @@ class Gateway:
             raise Unauthenticated("a client certificate is required")
         known = self._identities.get(der)
         if known is None:
-            from certs.pki import certificate_role
+            from cryptography import x509
 
-            known = (lfdi_from_cert_der(der), certificate_role(der))
+            known = self._admit(x509.load_der_x509_certificate(der), der, check_chain=False)
             if len(self._identities) > 10000:
                 self._identities.clear()
             self._identities[der] = known
+        if isinstance(known, str):
+            raise Unauthenticated(known)
         return known
+
+    def _admit(self, cert: Any, der: bytes, *, check_chain: bool) -> tuple[str, str] | str:
+        """(LFDI, role) of an acceptable client certificate, or why it is refused (server.certpolicy)."""
+        from certs.pki import certificate_role
+        from server.certpolicy import ClientCertPolicy
+
+        if self._cert_policy is None:
+            self._cert_policy = ClientCertPolicy.from_config(self.config)
+        problem = self._cert_policy.problem(cert, check_chain=check_chain)
+        if problem is not None:
+            log.warning("client certificate refused (lfdi=%s): %s", lfdi_from_cert_der(der), problem)
+            return problem
+        return lfdi_from_cert_der(der), certificate_role(der)
 
     def _identity_from_pem(self, header: str) -> tuple[str, str]:
         known = self._identities.get(header)
@@ -128,15 +144,16 @@ class Gateway:
             from cryptography import x509
             from cryptography.hazmat.primitives.serialization import Encoding
 
-            from certs.pki import certificate_role
-
             try:
                 cert = x509.load_pem_x509_certificate(unquote(header).encode())
             except ValueError:
                 raise Unauthenticated(f"{self.config.proxy_cert_header}: not a PEM certificate") from None
-            der = cert.public_bytes(Encoding.DER)
-            known = (lfdi_from_cert_der(der), certificate_role(der))
+            known = self._admit(cert, cert.public_bytes(Encoding.DER), check_chain=True)
+            if len(self._identities) > 10000:
+                self._identities.clear()
             self._identities[header] = known
+        if isinstance(known, str):
+            raise Unauthenticated(known)
         return known
 
     async def scope(self, lfdi: str, role: str) -> RequestScope:
