@@ -27,7 +27,15 @@ from sep2.identity import lfdi_from_cert_der
 from sep2.xml import to_xml
 from server.api import CACHE_UNTIL, SCOPE, SEP_XML, Handlers
 from server.config import ServerConfig
-from server.errors import INVALID_FORMAT, INVALID_VALUES, RESOURCE_LIMIT, ApiError, Unauthenticated
+from server.connlimits import ConnectionGuard, GuardedSite, quiet_accept_errors, watch_fds
+from server.errors import (
+    INVALID_FORMAT,
+    INVALID_VALUES,
+    RESOURCE_LIMIT,
+    ApiError,
+    RequestTimeout,
+    Unauthenticated,
+)
 from server.limits import paging_cache_key
 from server.netpolicy import TargetPolicy
 from server.store import RequestScope, Store
@@ -176,6 +184,14 @@ class Gateway:
             lfdi, role = self.identify(request)
             scope = await self.scope(lfdi, role)
             request[SCOPE] = scope
+            if request.body_exists:  # a slow body holds nothing for longer than body_timeout
+                try:
+                    async with asyncio.timeout(self.config.body_timeout):
+                        await request.read()
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"request body not received within {self.config.body_timeout:g} s"
+                    ) from None
             self.store.note_contact(lfdi)
             if self.cache is not None and request.method in ("GET", "HEAD"):
                 key = (lfdi, paging_cache_key(request.path, request.query))  # junk queries: one entry
@@ -195,6 +211,8 @@ class Gateway:
                 response = await handler(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.reason_code, exc.detail)
+            if exc.status == 408:
+                response.force_close()
         except web.HTTPException as exc:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             detail = exc.text or exc.reason
@@ -294,6 +312,7 @@ class RunningServer:
     headend_port: int | None = None
     advertiser: Advertiser | None = None  # when config.dnssd
     target_policy: TargetPolicy | None = None  # where notifications may go (server.netpolicy)
+    connection_guard: ConnectionGuard | None = None  # connection counts and limits (server.connlimits)
 
     @property
     def base_url(self) -> str:
@@ -331,10 +350,24 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     metrics = Metrics()
     target_policy = TargetPolicy.from_config(config)
     app = create_app(store, config, metrics, target_policy)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # keepalive_timeout is armed from the start of a connection and while a header is incomplete, so it is
+    # also the header timeout; lingering (draining an unread body after an error) is bounded to 1 s.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=config.idle_timeout, lingering_time=1.0
+    )
     await runner.setup()
     context = server_ssl(config) if config.tls else None
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=context, backlog=512)
+    quiet_accept_errors(asyncio.get_running_loop())
+    guard = ConnectionGuard(config.max_connections, config.max_connections_per_client)
+    site = GuardedSite(
+        runner,
+        config.host,
+        config.port,
+        guard=guard,
+        handshake_timeout=config.handshake_timeout,
+        ssl_context=context,
+        backlog=512,
+    )
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     runners = [runner]
@@ -364,6 +397,8 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     sender = NotificationSender(store, config, metrics, target_policy)
     running.tasks.append(asyncio.create_task(sender.run(), name="derlink-notifications"))
     running.tasks.append(asyncio.create_task(_flush_contacts_forever(store, 10.0), name="derlink-contacts"))
+    running.tasks.append(asyncio.create_task(watch_fds(), name="derlink-fd-watch"))
+    running.connection_guard = guard
     if config.dnssd:
         running.advertiser = Advertiser(config.dnssd_instance, config.dnssd_address or config.host, port)
         try:

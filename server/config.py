@@ -46,6 +46,12 @@ class ServerConfig:
     inband_registration: bool = True
     iana_pen: int = 0  # private enterprise number placed in the low 32 bits of generated mRIDs
     max_body_bytes: int = 64 * 1024
+    # Connection limits on the 2030.5 listener (server.connlimits).
+    handshake_timeout: float = 10.0  # s for a TLS handshake
+    idle_timeout: float = 15.0  # s without a complete request header (fresh, slow or keep-alive idle)
+    body_timeout: float = 30.0  # s for a request body to arrive
+    max_connections: int = 1000  # in total (capped below the file descriptor limit)
+    max_connections_per_client: int = 64  # per client certificate (an aggregator may need many)
     max_list_limit: int = 500
     cache_enabled: bool | None = None  # None: on for SQLite (single process), off for PostgreSQL
     # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
