@@ -38,7 +38,7 @@ from server.errors import (
 )
 from server.limits import paging_cache_key
 from server.netpolicy import TargetPolicy
-from server.store import RequestScope, Store
+from server.store import RequestScope, Store, make_engine, migrate
 
 access_log = logging.getLogger("derlink.server.access")
 log = logging.getLogger("derlink.server")
@@ -230,6 +230,9 @@ class Gateway:
             else:  # another writer (e.g. a bulk DOE upload) holds the database: nothing changed, retry later
                 log.warning("database busy on %s %s", request.method, request.path)
                 response = busy_response()
+        except ConnectionResetError:  # the client went away mid-request: its business, not a server fault
+            log.info("client disconnected during %s %s (lfdi=%s)", request.method, request.path, lfdi)
+            response = error_response(400, INVALID_FORMAT, "client disconnected")
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(500, INVALID_VALUES, "internal server error")
@@ -341,12 +344,33 @@ async def _flush_contacts_forever(store: Store, every: float) -> None:
 
 
 async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
-    """Migrate, open the store, start the listeners and the notification sender. Port 0 picks a free port."""
+    """Migrate, open the store, start the listeners and the notification sender. Port 0 picks a free port.
+
+    A failure part-way (database, certificates, a port in use) releases what was already opened, so the
+    caller can report it in one line (server.faults) and nothing is left running.
+    """
+    if store is None:
+        engine = make_engine(config.resolved_database_url)
+        try:
+            await migrate(engine)
+            store = Store(engine, pen=config.iana_pen)
+            await store.admin.ensure_standard_programs()
+        except BaseException:
+            await engine.dispose()
+            raise
+    opened: list[web.AppRunner] = []
+    try:
+        return await _start_listeners(config, store, opened)
+    except BaseException:
+        for runner in opened:
+            await runner.cleanup()
+        await store.close()
+        raise
+
+
+async def _start_listeners(config: ServerConfig, store: Store, opened: list[web.AppRunner]) -> RunningServer:
     from server.notifications import NotificationSender
 
-    if store is None:
-        store = await Store.open(config.resolved_database_url, pen=config.iana_pen)
-        await store.admin.ensure_standard_programs()
     metrics = Metrics()
     target_policy = TargetPolicy.from_config(config)
     app = create_app(store, config, metrics, target_policy)
@@ -356,6 +380,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         app, access_log=None, handle_signals=False, keepalive_timeout=config.idle_timeout, lingering_time=1.0
     )
     await runner.setup()
+    opened.append(runner)
     context = server_ssl(config) if config.tls else None
     quiet_accept_errors(asyncio.get_running_loop())
     guard = ConnectionGuard(config.max_connections, config.max_connections_per_client)
@@ -375,6 +400,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     if config.admin_enabled:
         admin_runner = web.AppRunner(create_admin_app(metrics), access_log=None, handle_signals=False)
         await admin_runner.setup()
+        opened.append(admin_runner)
         admin_site = web.TCPSite(admin_runner, config.admin_host, config.admin_port)
         await admin_site.start()
         admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -393,6 +419,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
 
         headend_runner, running.headend_port = await start_headend(store, config)
         runners.append(headend_runner)
+        opened.append(headend_runner)
     target_policy.own_ports.update(p for p in (port, admin_port, running.headend_port) if p)
     sender = NotificationSender(store, config, metrics, target_policy)
     running.tasks.append(asyncio.create_task(sender.run(), name="derlink-notifications"))
@@ -404,7 +431,9 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         try:
             await running.advertiser.start()
         except Exception:
-            await running.stop()
+            for task in running.tasks:  # start_server releases the listeners and the store
+                task.cancel()
+            await asyncio.gather(*running.tasks, return_exceptions=True)
             raise
     log.info("2030.5 server listening on %s:%d (admin %s)", config.host, port, admin_port)
     return running

@@ -86,10 +86,15 @@ def _migrate(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         engine = make_engine(config.resolved_database_url)
-        await migrate(engine)
-        await engine.dispose()
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+    except Exception as exc:
+        return _startup_failure(exc, config)
     print(f"database at {config.resolved_database_url} is at the newest schema")
     return 0
 
@@ -107,7 +112,11 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(config.log_level)
 
     async def go() -> None:
-        running = await start_server(config)
+        try:
+            running = await start_server(config)
+        except Exception:
+            await asyncio.sleep(0.2)  # aiosqlite's worker threads finish before the loop closes
+            raise
         print(
             f"derlink server: 2030.5 on {running.base_url}, admin on http://{config.admin_host}:{running.admin_port}",
             flush=True,
@@ -121,9 +130,19 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(go())
-    except Exception as exc:  # configuration problems found at start (missing certificates ...)
-        if isinstance(exc, ValueError | FileNotFoundError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except Exception as exc:
+        return _startup_failure(exc, config)
     return 0
+
+
+def _startup_failure(exc: Exception, config: ServerConfig) -> int:
+    """One line for what an operator can fix (server.faults); a traceback only for a real bug."""
+    from server.faults import describe_startup_error
+
+    message = describe_startup_error(exc, config)
+    if message is None and isinstance(exc, ValueError | FileNotFoundError):
+        message = str(exc)  # configuration problems found at start (missing certificates ...)
+    if message is None:
+        raise exc
+    print(f"error: {message}", file=sys.stderr)
+    return 2
