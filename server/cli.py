@@ -52,6 +52,42 @@ def register(subparsers: Any) -> None:
     common(migrate)
     migrate.set_defaults(handler=_migrate)
 
+    token = commands.add_parser(
+        "token", help="head-end bearer tokens: add, revoke, list (takes effect without a restart)"
+    )
+    token_actions = token.add_subparsers(dest="token_action", metavar="ACTION", required=True)
+    for action in ("add", "revoke", "list"):
+        p = token_actions.add_parser(action)
+        common(p)
+        if action != "list":
+            p.add_argument("name", help="the token's name (shown in the audit log)")
+        if action == "add":
+            p.add_argument("--role", choices=("operator", "viewer"), default="operator")
+        p.set_defaults(handler=_token)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from server.headend.tokens import add_token, list_tokens, revoke_token
+
+    try:
+        config = _config(args)
+        if args.token_action == "add":
+            print(add_token(config.data_dir, args.name, args.role))
+            print(f"token {args.name!r} ({args.role}) added; it is shown only this once", file=sys.stderr)
+        elif args.token_action == "revoke":
+            revoke_token(config.data_dir, args.name)
+            print(f"token {args.name!r} revoked", file=sys.stderr)
+        else:
+            document = list_tokens(config.data_dir)
+            for entry in document["tokens"]:
+                print(f"{entry['name']}\t{entry['role']}")
+            for name in document["revoked"]:
+                print(f"{name}\trevoked")
+    except (ConfigError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
 
 def _config(args: argparse.Namespace) -> ServerConfig:
     overrides = {

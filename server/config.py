@@ -74,6 +74,10 @@ class ServerConfig:
     headend_host: str = "127.0.0.1"
     headend_port: int = 8445
     headend_tokens: list[dict[str, str]] = field(default_factory=list)
+    # TLS on the head-end listener (the server's certificate from the PKI; no client certificate). Plain
+    # HTTP is refused on a non-loopback headend_host unless headend_insecure_http forces it.
+    headend_tls: bool = False
+    headend_insecure_http: bool = False
     # DNS-SD (2030.5 clause 7): advertise _smartenergy._tcp on mDNS so local clients find /dcap. The address
     # is the one clients connect to and the interface mDNS runs on; it defaults to ``host`` unless that is a
     # wildcard.
@@ -253,7 +257,31 @@ def check_config(config: ServerConfig) -> None:
             raise ConfigError(f"dnssd_address: host is {config.host}; name the address clients connect to")
         if not config.dnssd_instance or "." in config.dnssd_instance or len(config.dnssd_instance) > 63:
             raise ConfigError("dnssd_instance: 1 to 63 characters without dots")
+    if config.headend_enabled:
+        check_headend_transport(config)
     if config.database_url and not config.database_url.startswith(
         ("sqlite+aiosqlite://", "postgresql+asyncpg://")
     ):
         raise ConfigError("database_url: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_headend_transport(config: ServerConfig) -> None:
+    """Operator tokens never cross a network in clear text unless the operator insists."""
+    if (
+        not config.headend_tls
+        and not config.headend_insecure_http
+        and not is_loopback_host(config.headend_host)
+    ):
+        raise ConfigError(
+            f"headend_host: {config.headend_host} is not a loopback address and headend_tls is off; set "
+            "headend_tls = true (or headend_insecure_http = true to force plain HTTP)"
+        )

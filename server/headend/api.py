@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hmac
 import importlib
 import json
 import logging
@@ -41,6 +40,7 @@ from server.headend.doe import (
     parse_doe_mrid,
     site_intervals,
 )
+from server.headend.tokens import TokenStore
 from server.limits import NOT_XML_CHAR, InputError, load_json
 from server.store import (
     AdminError,
@@ -631,7 +631,8 @@ class HeadEnd:
         self.store = store
         self.admin = store.admin
         self.config = config
-        self.tokens = [(t["token"].encode(), Operator(t["name"], t["role"])) for t in load_tokens(config)]
+        # Digests only, plus the run-time token file (server.headend.tokens): revocation needs no restart.
+        self.tokens = TokenStore(load_tokens(config), config.data_dir, Operator)
         self.writes = {(r.method, r.path) for r in ROUTES if r.write}
         self.session_auth: Callable[[web.Request], Operator | None] | None = None  # set by server.console
         data_dir = Path(config.data_dir)
@@ -648,11 +649,7 @@ class HeadEnd:
         if scheme.lower() != "bearer" or not token.strip():
             raise HeadEndError(401, "Authorization: a bearer token is required", "Authorization")
         # Header bytes that are not UTF-8 arrive as surrogate escapes: still just an unknown token.
-        given = token.strip().encode("utf-8", "surrogateescape")
-        found = None
-        for known, operator in self.tokens:
-            if hmac.compare_digest(known, given):
-                found = operator
+        found = self.tokens.lookup(token.strip())
         if found is None:
             raise HeadEndError(401, "Authorization: unknown token", "Authorization")
         return found
@@ -1940,13 +1937,34 @@ def create_headend_app(store: Store, config: ServerConfig) -> web.Application:
 
 
 async def start_headend(store: Store, config: ServerConfig) -> tuple[web.AppRunner, int]:
+    from server.config import check_headend_transport
+
+    check_headend_transport(config)  # also for configs built without load_config
+    context = headend_ssl(config) if config.headend_tls else None
     runner = web.AppRunner(create_headend_app(store, config), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.headend_host, config.headend_port)
-    await site.start()
+    try:
+        site = web.TCPSite(runner, config.headend_host, config.headend_port, ssl_context=context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    log.info("head-end API listening on http://%s:%d/api", config.headend_host, port)
+    scheme = "https" if context else "http"
+    log.info("head-end API listening on %s://%s:%d/api", scheme, config.headend_host, port)
     return runner, port
+
+
+def headend_ssl(config: ServerConfig) -> Any:
+    """TLS with the server's own certificate; operators authenticate with bearer tokens, not certificates."""
+    import ssl
+
+    from certs.tls import server_ssl_context
+
+    chain, key, ca = config.tls_files()
+    context = server_ssl_context(chain, key, ca, require_client_cert=False)
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 __all__ = ["ROUTES", "HeadEnd", "bulk_register", "create_headend_app", "doe_mrid", "start_headend"]
