@@ -394,7 +394,7 @@ async def _start_listeners(config: ServerConfig, store: Store, opened: list[web.
         backlog=512,
     )
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     runners = [runner]
     admin_port = None
     if config.admin_enabled:
@@ -403,7 +403,7 @@ async def _start_listeners(config: ServerConfig, store: Store, opened: list[web.
         opened.append(admin_runner)
         admin_site = web.TCPSite(admin_runner, config.admin_host, config.admin_port)
         await admin_site.start()
-        admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        admin_port = admin_runner.addresses[0][1]
         runners.append(admin_runner)
     running = RunningServer(
         store=store,

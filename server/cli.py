@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from sep2.files import os_error_text, write_atomic
 from server.config import ConfigError, ServerConfig, load_config
 
 
@@ -28,6 +31,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--host", help="listen address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="listen port (default 8443; 0 picks a free port)")
     run.add_argument("--admin-port", type=int, help="admin/metrics port (default 8444)")
+    run.add_argument("--headend-host", help="head-end API and console address (default 127.0.0.1)")
+    run.add_argument("--headend-port", type=int, help="head-end API and console port (default 8445)")
     run.add_argument("--cert-dir", type=Path, help="PKI directory from `derlink certs init`")
     run.add_argument("--poll-rate", type=int, help="default pollRate in seconds")
     run.add_argument("--post-rate", type=int, help="default MirrorUsagePoint postRate in seconds")
@@ -98,6 +103,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
             "host",
             "port",
             "admin_port",
+            "headend_host",
+            "headend_port",
             "cert_dir",
             "poll_rate",
             "post_rate",
@@ -153,14 +160,16 @@ def _run(args: argparse.Namespace) -> int:
         except Exception:
             await asyncio.sleep(0.2)  # aiosqlite's worker threads finish before the loop closes
             raise
+        if running.headend_port is not None:
+            write_headend_address(config, running.headend_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # before the banner: a stop right after it is clean
+            loop.add_signal_handler(sig, stop.set)
         print(
             f"derlink server: 2030.5 on {running.base_url}, admin on http://{config.admin_host}:{running.admin_port}",
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await running.stop()
 
@@ -176,9 +185,26 @@ def _startup_failure(exc: Exception, config: ServerConfig) -> int:
     from server.faults import describe_startup_error
 
     message = describe_startup_error(exc, config)
-    if message is None and isinstance(exc, ValueError | FileNotFoundError):
+    if message is None and isinstance(exc, OSError):  # a file that cannot be read ...
+        message = os_error_text(exc, "--port, --admin-port or --headend-port")
+    if message is None and isinstance(exc, ValueError):
         message = str(exc)  # configuration problems found at start (missing certificates ...)
     if message is None:
         raise exc
     print(f"error: {message}", file=sys.stderr)
     return 2
+
+
+HEADEND_FILE = "headend.json"
+
+
+def write_headend_address(config: ServerConfig, port: int) -> None:
+    """Record the head-end's URL in data_dir, so that `derlink ctl --data-dir` finds it (even with port 0)."""
+    host = config.headend_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if config.headend_tls else "http"
+    document = {"url": f"{scheme}://{host}:{port}", "pid": os.getpid()}
+    write_atomic(Path(config.data_dir) / HEADEND_FILE, (json.dumps(document) + "\n").encode())
