@@ -358,6 +358,9 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         except BaseException:
             await engine.dispose()
             raise
+    from server.store.quotas import Quotas
+
+    store.quotas = Quotas.from_config(config)
     opened: list[web.AppRunner] = []
     try:
         return await _start_listeners(config, store, opened)

@@ -52,6 +52,11 @@ class ServerConfig:
     body_timeout: float = 30.0  # s for a request body to arrive
     max_connections: int = 1000  # in total (capped below the file descriptor limit)
     max_connections_per_client: int = 64  # per client certificate (an aggregator may need many)
+    # Per-client quotas (server.store.quotas): over one, 409 with a 2030.5 Error and nothing stored.
+    max_mups_per_site: int = 16
+    max_readings_per_request: int = 1000
+    max_subscriptions_per_site: int = 32
+    max_responses_per_event: int = 16  # per site and event; a repeated Response (same status) counts once
     max_list_limit: int = 500
     cache_enabled: bool | None = None  # None: on for SQLite (single process), off for PostgreSQL
     # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
