@@ -57,6 +57,15 @@ def register(subparsers: Any) -> None:
     common(migrate)
     migrate.set_defaults(handler=_migrate)
 
+    saving = commands.add_parser("backup", help="copy the SQLite store to a file (safe while serving)")
+    common(saving)
+    saving.add_argument("--to", type=Path, required=True, help="backup file to write")
+    saving.set_defaults(handler=_backup)
+    loading = commands.add_parser("restore", help="replace the SQLite store with a backup (server stopped)")
+    common(loading)
+    loading.add_argument("--from", dest="source", type=Path, required=True, help="backup file to restore")
+    loading.set_defaults(handler=_restore)
+
     token = commands.add_parser(
         "token", help="head-end bearer tokens: add, revoke, list (takes effect without a restart)"
     )
@@ -69,6 +78,38 @@ def register(subparsers: Any) -> None:
         if action == "add":
             p.add_argument("--role", choices=("operator", "viewer"), default="operator")
         p.set_defaults(handler=_token)
+
+
+def _sqlite_path(config: ServerConfig) -> Path:
+    if not config.is_sqlite:
+        raise ConfigError("database_url: backup and restore are for SQLite; use pg_dump for PostgreSQL")
+    return Path(config.resolved_database_url.split("///", 1)[-1])
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from server.backup import BackupError, backup
+
+    try:
+        config = _config(args)
+        size = backup(_sqlite_path(config), args.to)
+    except (ConfigError, BackupError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"backup written to {args.to} ({size} bytes)")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from server.backup import BackupError, restore
+
+    try:
+        config = _config(args)
+        restore(args.source, _sqlite_path(config), Path(config.data_dir))
+    except (ConfigError, BackupError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"restored {args.source} into {config.resolved_database_url}")
+    return 0
 
 
 def _token(args: argparse.Namespace) -> int:
