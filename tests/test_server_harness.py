@@ -86,6 +86,8 @@ def server_config(pki: Pki, data_dir: Path, **overrides: Any) -> ServerConfig:
         notify_retry_initial=0.2,
         notify_retry_max=1.0,
         notify_timeout=2.0,
+        # Test subscribers listen on loopback, which the notification policy refuses unless allowed.
+        notify_allow=["127.0.0.0/8"],
     )
     values.update(overrides)
     return ServerConfig(**values)

@@ -204,6 +204,7 @@ class Demo:
             notify_retry_initial=0.2,
             notify_retry_max=1.0,
             notify_timeout=2.0,
+            notify_allow=["127.0.0.0/8"],  # the demo gateway listens on loopback
         )
         self.server = await start_server(config)
         self._stack.push_async_callback(self.server.stop)

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hmac
 import importlib
 import json
 import logging
@@ -42,6 +41,8 @@ from server.headend.doe import (
     site_intervals,
 )
 from server.headend.errors import HeadEndError, Operator, bad
+from server.headend.tokens import TokenStore
+from server.limits import NOT_XML_CHAR, InputError, load_json
 from server.store import (
     AdminError,
     Page,
@@ -94,6 +95,16 @@ EMERGENCY_ACTIONS = {
     "deenergise": {"energize": False},
 }
 EMERGENCY_PROGRAM = "emergency"
+
+
+MAX_JSON_BYTES = 16 * 1024 * 1024  # JSON bodies; DOE uploads are streamed and bounded by their handler
+
+
+def check_request_text(request: web.Request) -> None:
+    """Path and query values must be text that a 2030.5 document can carry; the error names the field."""
+    for name, value in (*request.match_info.items(), *request.query.items()):
+        if NOT_XML_CHAR.search(value) or any(c in value for c in "\r\n\t"):
+            raise HeadEndError(400, f"{name}: control characters are not allowed", name)
 
 
 # ------------------------------------------------------------------------------------------- tokens
@@ -583,7 +594,8 @@ class HeadEnd:
         self.store = store
         self.admin = store.admin
         self.config = config
-        self.tokens = [(t["token"].encode(), Operator(t["name"], t["role"])) for t in load_tokens(config)]
+        # Digests only, plus the run-time token file (server.headend.tokens): revocation needs no restart.
+        self.tokens = TokenStore(load_tokens(config), config.data_dir, Operator)
         self.writes = {(r.method, r.path) for r in ROUTES if r.write}
         self.session_auth: Callable[[web.Request], Operator | None] | None = None  # set by server.console
         data_dir = Path(config.data_dir)
@@ -599,11 +611,8 @@ class HeadEnd:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HeadEndError(401, "Authorization: a bearer token is required", "Authorization")
-        given = token.strip().encode()
-        found = None
-        for known, operator in self.tokens:
-            if hmac.compare_digest(known, given):
-                found = operator
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: still just an unknown token.
+        found = self.tokens.lookup(token.strip())
         if found is None:
             raise HeadEndError(401, "Authorization: unknown token", "Authorization")
         return found
@@ -611,6 +620,7 @@ class HeadEnd:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
+            check_request_text(request)
             if request.path.startswith("/api/") and request.path != "/api/openapi.json":
                 operator = self.authenticate(request)
                 request[OPERATOR] = operator
@@ -644,9 +654,9 @@ class HeadEnd:
         if not request.can_read_body:
             return {}
         try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad(f"body: not valid JSON ({exc})") from None
+            data = load_json(await request.read(), max_bytes=MAX_JSON_BYTES)
+        except InputError as exc:
+            raise HeadEndError(400, exc.detail, exc.field) from None
         if not isinstance(data, dict):
             raise bad("body: expected a JSON object")
         return data
@@ -1902,13 +1912,34 @@ def create_headend_app(store: Store, config: ServerConfig) -> web.Application:
 
 
 async def start_headend(store: Store, config: ServerConfig) -> tuple[web.AppRunner, int]:
+    from server.config import check_headend_transport
+
+    check_headend_transport(config)  # also for configs built without load_config
+    context = headend_ssl(config) if config.headend_tls else None
     runner = web.AppRunner(create_headend_app(store, config), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.headend_host, config.headend_port)
-    await site.start()
+    try:
+        site = web.TCPSite(runner, config.headend_host, config.headend_port, ssl_context=context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     port = runner.addresses[0][1]
-    log.info("head-end API listening on http://%s:%d/api", config.headend_host, port)
+    scheme = "https" if context else "http"
+    log.info("head-end API listening on %s://%s:%d/api", scheme, config.headend_host, port)
     return runner, port
+
+
+def headend_ssl(config: ServerConfig) -> Any:
+    """TLS with the server's own certificate; operators authenticate with bearer tokens, not certificates."""
+    import ssl
+
+    from certs.tls import server_ssl_context
+
+    chain, key, ca = config.tls_files()
+    context = server_ssl_context(chain, key, ca, require_client_cert=False)
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 __all__ = ["ROUTES", "HeadEnd", "bulk_register", "create_headend_app", "doe_mrid", "start_headend"]

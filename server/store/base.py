@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sep2 import time as sep2time
 from server.errors import NotFound
 from server.store.engine import make_engine, migrate
+from server.store.quotas import Quotas
 from server.store.schema import (
     sites,
 )
@@ -30,6 +31,7 @@ class StoreBase:
 
     def __init__(self, engine: AsyncEngine, *, pen: int = 0, clock: Any = sep2time.now) -> None:
         self.engine = engine
+        self.quotas = Quotas()  # per-client caps (server.store.quotas); start_server sets them from config
         self.pen = pen
         self.clock = clock
         self.generation = 0

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sep2 import resources as r
 from server.errors import BadRequest, NotFound
 from server.store.base import StoreBase
+from server.store.quotas import QuotaExceeded
 from server.store.schema import (
     VALID_RESPONSE_STATUSES,
     controls,
@@ -44,6 +45,21 @@ class ResponsesStore(StoreBase):
             if control is None:
                 raise BadRequest(
                     f"Response.subject: {response.subject} is not a DERControl of this EndDevice"
+                )
+            mine = (responses.c.site_id == site.id) & (responses.c.control_id == control.id)
+            same = (
+                await conn.execute(
+                    sa.select(responses.c.id).where(mine, responses.c.status == response.status)
+                )
+            ).first()
+            if same is not None:  # the same Response again (a retry): idempotent, nothing new stored
+                return same.id
+            held = (
+                await conn.execute(sa.select(sa.func.count()).select_from(responses).where(mine))
+            ).scalar_one()
+            if held >= self.quotas.responses_per_event:
+                raise QuotaExceeded(
+                    f"Response: this EndDevice already sent its maximum of {held} Responses to this event"
                 )
             return (
                 await conn.execute(

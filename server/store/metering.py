@@ -13,6 +13,7 @@ from sep2.xml import to_xml
 from server.errors import BadRequest, Conflict, NotFound
 from server.store.base import StoreBase
 from server.store.engine import _insert
+from server.store.quotas import QuotaExceeded, check_readings
 from server.store.schema import (
     meter_readings,
     mups,
@@ -71,6 +72,7 @@ class MeteringStore(StoreBase):
 
     async def upsert_mup(self, scope: RequestScope, mup: r.MirrorUsagePoint) -> tuple[int, bool]:
         """POST MirrorUsagePoint: the same mRID for the same device updates it. Returns (id, created)."""
+        check_readings(self.quotas, mup.MirrorMeterReading, "MirrorUsagePoint")
         now = self.clock()
 
         async def work(conn: AsyncConnection) -> Any:
@@ -97,6 +99,15 @@ class MeteringStore(StoreBase):
                     raise Conflict(
                         f"MirrorUsagePoint.mRID: {mup.mRID.upper()} is already used by another resource"
                     )
+                held = (
+                    await conn.execute(
+                        sa.select(sa.func.count()).select_from(mups).where(mups.c.site_id == site.id)
+                    )
+                ).scalar_one()
+                if held >= self.quotas.mups_per_site:
+                    raise QuotaExceeded(
+                        f"MirrorUsagePoint: this EndDevice has its maximum of {held} MirrorUsagePoints"
+                    )
                 mup_id = (
                     await conn.execute(
                         mups.insert().values(site_id=site.id, mrid=mup.mRID.upper(), created_at=now, **values)
@@ -114,6 +125,7 @@ class MeteringStore(StoreBase):
     async def post_meter_readings(
         self, scope: RequestScope, mup_id: int, items: list[r.MirrorMeterReading]
     ) -> list[tuple[int, bool]]:
+        check_readings(self.quotas, items, "MirrorMeterReading")
         now = self.clock()
 
         async def work(conn: AsyncConnection) -> Any:

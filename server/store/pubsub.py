@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.errors import BadRequest, NotFound
 from server.store.base import StoreBase
 from server.store.engine import _insert
+from server.store.quotas import QuotaExceeded
 from server.store.schema import (
     SUBSCRIPTION_KINDS,
     clients,
@@ -84,6 +85,17 @@ class SubscriptionsStore(StoreBase):
         now = self.clock()
         async with self.changing(("sub", site_id)) as conn:
             await self._site(conn, scope, site_id)
+            held = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(subscriptions)
+                    .where(subscriptions.c.site_id == site_id)
+                )
+            ).scalar_one()
+            if held >= self.quotas.subscriptions_per_site:
+                raise QuotaExceeded(
+                    f"Subscription: this EndDevice already holds its maximum of {held} subscriptions"
+                )
             return (
                 await conn.execute(
                     subscriptions.insert().values(
