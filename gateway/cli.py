@@ -75,7 +75,14 @@ def run_command(args: argparse.Namespace) -> int:
     configure_logging(level, args.log_format)
     from gateway.runtime import GatewayRuntime
 
-    asyncio.run(GatewayRuntime(settings).run_forever())
+    try:
+        asyncio.run(GatewayRuntime(settings).run_forever())
+    except OSError as exc:  # a port in use, a file that cannot be read: one line, no traceback
+        from sep2.files import os_error_text
+
+        print(f"derlink gateway: {os_error_text(exc, '[local_api].port or [server].listener_port')}",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -152,6 +159,7 @@ def print_status(status: dict[str, Any]) -> None:
     link = "LOST" if status["link_lost"] else "up"
     console.print(
         f"[bold]gateway[/bold] {status['lfdi']}  regime [bold]{status['regime']}[/bold]  link {link}"
+        f" (lost after {comms.get('comms_timeout_s', '-')} s of silence)"
     )
     console.print(
         f"comms: {comms.get('state')}  last contact {_when(comms.get('last_contact'), now)}"

@@ -103,6 +103,7 @@ DRM_SOURCES = ("modbus", "gpio", "local_api")
 DRM_TABLES = ("discrete_inputs", "coils")
 
 
+SYSFS_GPIO = Path("/sys/class/gpio")  # drm.gpio_pins: each pin's value file below it
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ("N", "E", "O")
 
@@ -130,6 +131,17 @@ class DeviceSpec:
         return ("", 0, self.unit, SerialLine(self.serial_port, self.baudrate, self.parity, self.stopbits))
 
 
+def _nmi(text: str | None) -> str | None:
+    from sep2.nmi import NmiError, validate_nmi
+
+    if text is None:
+        return None
+    try:
+        return validate_nmi(text).nmi
+    except NmiError as exc:
+        raise ConfigError(f"server.nmi: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     dcap_url: str
@@ -146,6 +158,7 @@ class ServerSettings:
     default_poll_rate_s: int = 900
     default_post_rate_s: int = 300
     storage_extension: bool = True  # CSIP-AUS v1.3: advertise opModStorageTargetW (vppModesSupported)
+    nmi: str | None = None  # the site's NMI: PUT as the EndDevice's csipaus ConnectionPoint at discovery
 
 
 @dataclass(frozen=True)
@@ -384,6 +397,7 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         default_poll_rate_s=srv.integer("default_poll_rate_s", 900, low=1, high=2**32 - 1),  # type: ignore[arg-type]
         default_post_rate_s=srv.integer("default_post_rate_s", 300, low=1, high=2**32 - 1),  # type: ignore[arg-type]
         storage_extension=srv.get("storage_extension", bool, True),
+        nmi=_nmi(srv.get("nmi", str)),
     )
     srv.finish()
 
@@ -567,8 +581,6 @@ def _drm(raw: Any, base_dir: Path) -> DrmSettings:
             table=table, address=d.integer("address", 0, low=0, high=65535 - 8), **common,
         )  # type: ignore[arg-type]  # fmt: skip
     elif source == "gpio":
-        from gateway.drm_input import sysfs_value_files
-
         files, pins = d.get("value_files", list), d.get("gpio_pins", list)
         if (files is None) == (pins is None):
             raise ConfigError("drm.gpio_pins: give gpio_pins or value_files (9 entries, DRM 0..8), not both")
@@ -580,7 +592,7 @@ def _drm(raw: Any, base_dir: Path) -> DrmSettings:
             if isinstance(item, bool) or not isinstance(item, kind):
                 raise ConfigError(f"drm.{key}[{i}]: expected {_kind_name((kind,))}, got {item!r}")
         paths = (tuple(base_dir / Path(f).expanduser() for f in items) if key == "value_files"
-                 else sysfs_value_files(items))  # fmt: skip
+                 else tuple(SYSFS_GPIO / f"gpio{pin}" / "value" for pin in items))  # fmt: skip
         out = DrmSettings(source=source, value_files=paths, **common)  # type: ignore[arg-type]
     d.finish()
     return out

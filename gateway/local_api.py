@@ -31,7 +31,7 @@ from gateway.core.drm import mode_errors
 from gateway.observability import metrics_registry, render
 
 if TYPE_CHECKING:
-    from gateway.runtime import GatewayRuntime
+    from gateway.ports import RuntimeView
 
 RUNTIME_KEY: web.AppKey[Any] = web.AppKey("runtime", object)
 
@@ -149,7 +149,7 @@ def explain(status: dict[str, Any]) -> dict[str, Any]:
     return {"regime": status["regime"], "limits": status["limits"], "lines": status["explain"]}
 
 
-def create_app(runtime: GatewayRuntime) -> web.Application:
+def create_app(runtime: RuntimeView) -> web.Application:
     token = runtime.settings.local_api.token or ""
 
     @web.middleware
@@ -242,13 +242,13 @@ def create_app(runtime: GatewayRuntime) -> web.Application:
     return app
 
 
-async def start_local_api(runtime: GatewayRuntime) -> web.AppRunner:
+async def start_local_api(runtime: RuntimeView) -> web.AppRunner:
     """Bind the API on the configured loopback address; the bound port goes to ``local_api.json``."""
     cfg = runtime.settings.local_api
     runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     runtime.write_local_api_file(port)
     return runner

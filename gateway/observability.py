@@ -8,6 +8,7 @@ record, so the JSON format (``derlink gateway --log-format json``) gives a machi
     link_lost        the core declared the link to the utility server lost (no contact for comms_timeout_s)
     link_up          first contact with the utility server since start-up (never in contact before)
     link_back        contact again after a declared loss
+    comms_timeout_adjusted  comms_timeout_s raised above the server's pollRate/postRate (or back)
     device_fault     a device fault appeared (Modbus error, device not following, stale/frozen meter)
     device_ok        every device fault cleared
     grid_lost        the meter shows no grid voltage (black start: generation held from now)
@@ -33,7 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 if TYPE_CHECKING:
     from gateway.core import Decision
-    from gateway.runtime import GatewayRuntime
+    from gateway.ports import RuntimeView
 
 LOG_FORMATS = ("text", "json")
 _LIMITS = ("export_w", "import_w", "generation_w", "load_w", "max_w_pct", "consumption_pct",
@@ -119,7 +120,7 @@ def log_decision(logger: logging.Logger, reason: str, before: Decision | None, a
 class GatewayCollector:
     """Prometheus collector over one runtime's state (read at scrape time)."""
 
-    def __init__(self, runtime: GatewayRuntime) -> None:
+    def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
@@ -217,7 +218,7 @@ class GatewayCollector:
         )  # fmt: skip
 
 
-def metrics_registry(runtime: GatewayRuntime) -> CollectorRegistry:
+def metrics_registry(runtime: RuntimeView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(runtime))  # type: ignore[arg-type]
     return registry

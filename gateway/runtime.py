@@ -55,6 +55,7 @@ from gateway.config import LOAD_ROLES, GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
 from gateway.core.black_start import HEARTBEAT_S
+from gateway.core.fallback import effective_comms_timeout
 from gateway.observability import event, log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
 
@@ -230,6 +231,7 @@ class GatewayRuntime:
             backoff_max=srv.backoff_max_s,
             default_poll_rate=srv.default_poll_rate_s,
             default_post_rate=srv.default_post_rate_s,
+            nmi=srv.nmi,
         )
         listener = None
         if srv.mode == "subscribe":
@@ -452,7 +454,28 @@ class GatewayRuntime:
     def _link_lost(self, now: float) -> bool:
         assert self.controller is not None
         last = self.controller.last_contact
-        return last is None or now >= last + self.settings.fallback.comms_timeout_s
+        return last is None or now >= last + self.controller.config.fallback.comms_timeout_s
+
+    def _keep_comms_timeout_above_rates(self) -> None:
+        """Issue 11 item 15: a comms_timeout_s shorter than the server's pollRate/postRate is adjusted
+        (and logged), so the link is never declared lost between two normal exchanges."""
+        assert self.controller is not None
+        configured = self.settings.fallback.comms_timeout_s
+        interval = self.client.contact_interval() if self.client is not None else None
+        needed = effective_comms_timeout(configured, interval)
+        config = self.controller.config
+        if needed == config.fallback.comms_timeout_s:
+            return
+        self.controller.config = replace(config, fallback=replace(config.fallback, comms_timeout_s=needed))
+        if needed > configured:
+            event(log, logging.WARNING, "comms_timeout_adjusted",
+                  f"comms_timeout_s {configured} s is shorter than the server's pollRate/postRate "
+                  f"(an exchange every {interval:g} s): adjusted to {needed} s",
+                  configured=configured, effective=needed, contact_interval=interval)  # fmt: skip
+        else:
+            event(log, logging.INFO, "comms_timeout_adjusted",
+                  f"comms_timeout_s back to the configured {configured} s (an exchange every {interval} s)",
+                  configured=configured, effective=needed, contact_interval=interval)  # fmt: skip
 
     async def _decision_loop(self) -> None:
         """Timer wake-ups (``next_wake``) and link-state flips; everything else calls decide() itself."""
@@ -471,6 +494,7 @@ class GatewayRuntime:
                 self._grid_changed = False
                 await self.decide("grid")
                 continue
+            self._keep_comms_timeout_above_rates()
             if self.now() - self._alive_saved >= HEARTBEAT_S:
                 self._save()  # the heartbeat
             if self.decision is not decision:
@@ -579,10 +603,16 @@ class GatewayRuntime:
     async def status(self) -> dict[str, Any]:
         """Everything `derlink gateway status`, the local API and MQTT show."""
         assert self.controller is not None and self.decision is not None
-        d = self.decision
         now = int(self.now())
+        if self._link_lost(now) != self.decision.link_lost:  # the decision loop ticks each second: now
+            await self.decide("comms")
+        d = self.decision
         engine = self.controller.engine
-        comms: dict[str, Any] = {"state": "not started", "link_lost": self._link_lost(now)}
+        comms: dict[str, Any] = {
+            "state": "not started",
+            "link_lost": self._link_lost(now),
+            "comms_timeout_s": self.controller.config.fallback.comms_timeout_s,
+        }
         if self.client is not None:
             st = self.client.status
             comms.update(

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from derlink.files import write_atomic
 from gateway.core.black_start import BlackStartState
 from gateway.core.events import ControlSettings, EventEngine
 from gateway.core.hierarchy import EffectiveLimits
@@ -26,6 +25,7 @@ from gateway.core.site_controller import (
     SiteController,
     SiteInputs,
 )
+from sep2.files import write_atomic
 
 STATE_VERSION = 1
 

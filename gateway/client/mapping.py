@@ -26,13 +26,15 @@ W (DER)     38 W    37 power  19 reverse          0 (n/a)                0
 VAr         63 var  37 power  same as W           0 (n/a)                0
 V           29 V    0 (n/a)   0 (n/a)             129 AN / 65 BN / 33 CN  -1
 Hz          33 Hz   0 (n/a)   0 (n/a)             0 (n/a)                -2
+Wh (DER)    72 Wh   12 energy 0 (n/a)             0 (n/a)                0
 ==========  ======  ========  ==================  =====================  ==========
 
 Site power is positive when the site imports (delivered to the customer, flowDirection 1) and negative
 when it exports. DER power is positive when the DER generates or discharges (received from the customer,
 flowDirection 19) and negative when it charges. Every ReadingType carries a real ``uom``: a battery's
 state of charge is not a reading (2030.5 has no percent uom) but DERStatus ``stateOfChargeStatus``
-(hundredths of a percent), where CSIP-AUS puts it (STO-01 / STO-04).
+(hundredths of a percent), where CSIP-AUS puts it; the energy it holds (SoC x rtgMaxWh) is a DER
+reading in Wh, which the storage procedures STO-01 / STO-04 count.
 Site MirrorUsagePoint roleFlags: isMirror | isPremisesAggregationPoint (0x0003); DER MirrorUsagePoint:
 isMirror | isDER | isSubmeter (0x0049). Commodity 1 (electricity, secondary metered), accumulation 12
 (instantaneous), dataQualifier 2 (average over the post interval).
@@ -415,8 +417,8 @@ def der_availability(device: DeviceSnapshot, now: int) -> r.DERAvailability:
 ROLE_SITE = "0003"  # isMirror | isPremisesAggregationPoint
 ROLE_DER = "0049"  # isMirror | isDER | isSubmeter
 _PHASES = {"A": 129, "B": 65, "C": 33}
-UOM_W, UOM_VAR, UOM_V, UOM_HZ = 38, 63, 29, 33
-KIND_POWER = 37
+UOM_W, UOM_VAR, UOM_V, UOM_HZ, UOM_WH = 38, 63, 29, 33, 72
+KIND_POWER, KIND_ENERGY = 37, 12
 FLOW_FORWARD, FLOW_REVERSE = 1, 19
 
 
@@ -433,7 +435,9 @@ class Quantity:
     multiplier: int
 
 
-def _quantities(m: Measurements, *, is_site: bool) -> list[tuple[Quantity, float]]:
+def _quantities(
+    m: Measurements, *, is_site: bool, stored_wh: float | None = None
+) -> list[tuple[Quantity, float]]:
     flow = FLOW_FORWARD if is_site else FLOW_REVERSE
     out: list[tuple[Quantity, float]] = []
     if m.w is not None:
@@ -451,6 +455,8 @@ def _quantities(m: Measurements, *, is_site: bool) -> list[tuple[Quantity, float
         )
     if m.hz is not None:
         out.append((Quantity("hz", "Frequency (Hz)", UOM_HZ, 0, 0, 0, -2), m.hz))
+    if stored_wh is not None:
+        out.append((Quantity("wh", "Stored energy (Wh)", UOM_WH, KIND_ENERGY, 0, 0, 0), stored_wh))
     return out
 
 
@@ -506,7 +512,12 @@ def mirror_usage_point(
 
 
 def meter_readings(
-    point: MirrorPoint, measurements: Measurements, now: int, interval_s: int, pen: int = 0
+    point: MirrorPoint,
+    measurements: Measurements,
+    now: int,
+    interval_s: int,
+    pen: int = 0,
+    stored_wh: float | None = None,
 ) -> r.MirrorMeterReadingList | None:
     """One MirrorMeterReading per measured quantity, each with its ReadingType and one Reading.
 
@@ -514,7 +525,7 @@ def meter_readings(
     and a server can match readings to its stored MirrorMeterReadings. None if nothing was measured.
     """
     items = []
-    for q, value in _quantities(measurements, is_site=point.key == "site"):
+    for q, value in _quantities(measurements, is_site=point.key == "site", stored_wh=stored_wh):
         scaled = round(value / 10.0**q.multiplier)
         items.append(
             r.MirrorMeterReading(
@@ -538,11 +549,17 @@ def site_readings(
 ) -> list[tuple[MirrorPoint, r.MirrorMeterReadingList]]:
     """(MirrorUsagePoint, readings) for the site meter and each DER of a snapshot."""
     out = []
-    points = [(mirror_point(lfdi, "site", pen), snapshot.site)] + [
-        (mirror_point(lfdi, f"der:{d.device_id}", pen), d.measurements) for d in snapshot.ders
+    points = [(mirror_point(lfdi, "site", pen), snapshot.site, None)] + [
+        (mirror_point(lfdi, f"der:{d.device_id}", pen), d.measurements, _stored_wh(d)) for d in snapshot.ders
     ]
-    for point, measurements in points:
-        doc = meter_readings(point, measurements, now, interval_s, pen)
+    for point, measurements, stored_wh in points:
+        doc = meter_readings(point, measurements, now, interval_s, pen, stored_wh)
         if doc is not None:
             out.append((point, doc))
     return out
+
+
+def _stored_wh(device: DeviceSnapshot) -> float | None:
+    """A battery's stored energy: state of charge x usable capacity (rtgMaxWh)."""
+    soc, capacity = device.measurements.soc_pct, device.rtg_max_wh
+    return None if soc is None or not capacity else soc / 100.0 * capacity
