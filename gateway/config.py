@@ -13,6 +13,8 @@ Example::
     dcap_url = "https://dnsp.example:8443/dcap"
     pin = 123455                      # Registration PIN to check (optional)
     mode = "subscribe"                # or "poll"
+    storage_extension = true          # CSIP-AUS v1.3: batteries advertise opModStorageTargetW
+                                      # (vppModesSupported); false for a server taking only v1.2
 
     [tls]
     cert = "pki/devices/gw-chain.pem" # our chain (leaf + intermediate)
@@ -155,6 +157,7 @@ class ServerSettings:
     backoff_max_s: float = 300.0
     default_poll_rate_s: int = 900
     default_post_rate_s: int = 300
+    storage_extension: bool = True  # CSIP-AUS v1.3: advertise opModStorageTargetW (vppModesSupported)
     nmi: str | None = None  # the site's NMI: PUT as the EndDevice's csipaus ConnectionPoint at discovery
 
 
@@ -393,6 +396,7 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         backoff_max_s=backoff_max,
         default_poll_rate_s=srv.integer("default_poll_rate_s", 900, low=1, high=2**32 - 1),  # type: ignore[arg-type]
         default_post_rate_s=srv.integer("default_post_rate_s", 300, low=1, high=2**32 - 1),  # type: ignore[arg-type]
+        storage_extension=srv.get("storage_extension", bool, True),
         nmi=_nmi(srv.get("nmi", str)),
     )
     srv.finish()
