@@ -424,7 +424,8 @@ def _config_error(exc: ValidationError) -> ConfigError:
     if template is None:  # a validator's own ValueError, or a message pydantic words well enough
         message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
     else:
-        message = template.format(input=error.get("input"), **error.get("ctx", {}))
+        ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+        message = template.format(input=error.get("input"), **ctx)
     return ConfigError(f"{where}: {message}" if where else message)
 
 
