@@ -21,7 +21,7 @@ Example::
 
     [[device]]                        # one per SunSpec device
     name = "pv"
-    role = "pv"                       # pv | battery | meter (exactly one meter)
+    role = "pv"                       # pv | battery | meter (exactly one meter) | evse | switched_load
     host = "192.168.1.20"             # Modbus TCP ...
     port = 502
     unit = 1
@@ -62,6 +62,8 @@ Example::
     delay_min_s = 60                  # held for delay_min_s + a per-device random part of window_s
     window_s = 600
     grid_lost_below_v = 100           # meter voltage below this: grid down
+    cold_start_after_s = 120          # booting this long after the last heartbeat is a black start (the
+                                      # gateway lost power with the site): hold from boot; 0: off
 
     [drm]                             # AS/NZS 4755 DRM inputs from a DRED (gateway/README-drm.md)
     source = "modbus"                 # modbus | gpio | local_api
@@ -102,7 +104,8 @@ class ConfigError(ValueError):
     """site.toml is not usable; the message names the field."""
 
 
-ROLES = ("pv", "battery", "meter")
+ROLES = ("pv", "battery", "meter", "evse", "switched_load")
+LOAD_ROLES = ("evse", "switched_load")  # controllable loads (fieldbus.load_map), Modbus TCP only
 MODES = ("poll", "subscribe")
 DRM_SOURCES = ("modbus", "gpio", "local_api")
 DRM_TABLES = ("discrete_inputs", "coils")
@@ -116,7 +119,7 @@ PARITIES = ("N", "E", "O")
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
-    role: str  # pv | battery | meter
+    role: str  # pv | battery | meter | evse | switched_load (loads: served in their listed order)
     host: str
     port: int  # Modbus TCP port; 0 for a device on a serial line
     unit: int = 1
@@ -151,6 +154,7 @@ class ServerSettings:
     backoff_max_s: float = 300.0
     default_poll_rate_s: int = 900
     default_post_rate_s: int = 300
+    nmi: str | None = None  # the site's NMI: PUT as the EndDevice's csipaus ConnectionPoint at discovery
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,12 @@ def _lfdi(value: str) -> str:
     return normalise_lfdi(value)
 
 
+def _nmi(value: str) -> str:
+    from sep2.nmi import validate_nmi
+
+    return validate_nmi(value).nmi
+
+
 class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -272,6 +282,7 @@ class _ServerTable(_Table):
     backoff_max_s: _Positive = 300.0
     default_poll_rate_s: Annotated[int, Field(ge=1, le=2**32 - 1)] = 900
     default_post_rate_s: Annotated[int, Field(ge=1, le=2**32 - 1)] = 300
+    nmi: Annotated[str, AfterValidator(_nmi)] | None = None
 
     @field_validator("dcap_url")
     @classmethod
@@ -297,7 +308,7 @@ class _TlsTable(_Table):
 
 class _DeviceTable(_Table):
     name: Annotated[str, Field(min_length=1)]
-    role: Literal["pv", "battery", "meter"]
+    role: Literal["pv", "battery", "meter", "evse", "switched_load"]
     host: str | None = None  # Modbus TCP (default 127.0.0.1) ...
     port: _Port | None = None
     unit: Annotated[int, Field(ge=0, le=255)] = 1
@@ -366,6 +377,14 @@ class _BlackStartTable(_Table):
     delay_min_s: Annotated[int, Field(ge=0, le=86400)] = 60
     window_s: Annotated[int, Field(ge=0, le=86400)] = 600
     grid_lost_below_v: _Positive = 100.0
+    cold_start_after_s: Annotated[int, Field(ge=0, le=30 * 86400)] = 120
+
+    @field_validator("cold_start_after_s")
+    @classmethod
+    def _cold(cls, value: int) -> int:
+        if 0 < value < 60:
+            raise ValueError(f"must be 0 (off) or 60..2592000, got {value}")
+        return value
 
 
 class _DrmTable(_Table):
@@ -509,7 +528,8 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         local_api=LocalApiSettings(la.enabled, la.host, la.port, token),
         mqtt=MqttSettings(**site.mqtt.model_dump()),
         drm=_drm(site.drm, resolve) if site.drm is not None else DrmSettings(),
-        black_start=BlackStartConfig(**site.black_start.model_dump()),
+        black_start=BlackStartConfig(**{**site.black_start.model_dump(),
+                                        "cold_start_after_s": site.black_start.cold_start_after_s or None}),
     )  # fmt: skip
 
 
@@ -524,6 +544,8 @@ def _devices(tables: list[_DeviceTable]) -> tuple[DeviceSpec, ...]:
                 raise ConfigError(f"device[{i}].port: required")
             devices.append(DeviceSpec(d.name, d.role, d.host or "127.0.0.1", d.port, d.unit))
             continue
+        if d.role in LOAD_ROLES:
+            raise ConfigError(f"device[{i}].serial_port: a {d.role} is driven over Modbus TCP (host, port)")
         for tcp_key in ("host", "port"):
             if getattr(d, tcp_key) is not None:
                 raise ConfigError(f"device[{i}].{tcp_key}: not used with serial_port (Modbus RTU)")

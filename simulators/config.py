@@ -26,6 +26,7 @@ _Ramp = Annotated[float, Strict(), Field(ge=0, le=65534)]
 _Fraction = Annotated[float, Strict(), Field(gt=0, le=1)]
 _Pct = Annotated[float, Strict(), Field(ge=0, le=100)]
 _TABLE = ConfigDict(extra="forbid")
+LOAD_KINDS = ("evse", "switched_load")
 
 
 class ConfigError(ValueError):
@@ -49,7 +50,7 @@ class ProfileConfig:
 @dataclass(config=_TABLE)
 class DeviceConfig:
     name: Annotated[str, Strict(), Field(min_length=1)]
-    kind: Literal["pv", "battery", "meter"]
+    kind: Literal["pv", "battery", "meter", "evse", "switched_load"]
     family: Literal["legacy", "der"] = "legacy"  # legacy (1xx/12x) or der (70x); meters always use 201-204
     wiring: Literal["single", "split", "wye", "delta"] = "single"  # inverters: wye/delta -> 103
     phase: Literal["A", "B", "C"] = "A"  # single-phase inverters: which site phase
@@ -70,6 +71,9 @@ class DeviceConfig:
     charge_efficiency: _Fraction = 0.95
     discharge_efficiency: _Fraction = 0.95
     serial: _Str | None = None
+    # evse / switched_load: what the EV or appliance draws when allowed (None: rated_w); an EV charger's
+    # rated_w is its maximum charging power (single-phase, 230 V)
+    demand_w: _NonNeg | None = None
     # SunSpec accumulators (acc32/acc64) read 0 as "not implemented", so energy counters start here
     energy_start_wh: Annotated[float, Strict(), Field(ge=1)] = 100000.0
 

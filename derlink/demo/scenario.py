@@ -29,6 +29,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, ConfigDict, Field, Strict, ValidationError
 from pydantic.dataclasses import dataclass
 
+from server.compliance.judge import Rules
+
 BUILTIN = {"default": "default.toml", "stuck-inverter": "stuck_inverter.toml"}
 
 
@@ -189,8 +191,8 @@ class Scenario:
         return replace(self, speed=speed)
 
     def tolerance(self, limit_w: float) -> float:
-        """Allowed excess over a limit: max(tolerance_pct % of it, tolerance_w)."""
-        return max(self.tolerance_pct / 100.0 * limit_w, self.tolerance_w)
+        """Allowed excess over a limit: max(tolerance_pct % of it, tolerance_w) (the server's rule)."""
+        return Rules(tolerance_w=self.tolerance_w, tolerance_pct=self.tolerance_pct).tolerance(limit_w)
 
 
 # ------------------------------------------------------------------------------------------- parsing
