@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fieldbus import load_map as lm
 from gateway.control_loop import BatteryState, LoadState, MeterSample, PvState, SiteControlLoop, SiteLimits
 from gateway.core.events import ControlSettings
 from gateway.core.hierarchy import Layer, Source, combine
-from gateway.devices import load_map as lm
 from gateway.devices.loads import LoadConnection
 from sep2 import resources as r
 from simulators.config import ConfigError, DeviceConfig, default_site_config, site_config_from_dict
