@@ -42,6 +42,7 @@ from server.store.schema import (
     responses,
     sites,
 )
+from server.store.timeline import remainders
 from server.store.versions import owners
 
 
@@ -471,8 +472,13 @@ class Admin:
     ) -> str:
         """Publish a DERControl on ``program`` for ``target``; returns its mRID.
 
-        With ``supersede`` an earlier overlapping control of the same program and target is marked
-        superseded (2030.5 event status 4).
+        With ``supersede`` the new control replaces earlier live controls of the same program and target
+        only over its own span: each overlapping one is marked superseded (2030.5 EventStatus 4, so clients
+        answer 7) and what is left of it before and after the new span is published again as pieces: new
+        DERControls with the same settings whose ``split_from`` is the operator's original
+        (:func:`server.store.timeline.remainders`). A piece never starts before ``now``: the original
+        covered the time up to now while it was published. The published controls of a program and target
+        therefore never overlap.
         """
         now = self.store.clock()
         start = now if start is None else start
@@ -498,19 +504,9 @@ class Admin:
             program_id = await self._program_id(conn, program)
             key = await self._resolve_target(conn, target)
             self.store.touch(("target", key))
+            pieces: list[str] = []
             if supersede:
-                await conn.execute(
-                    controls.update()
-                    .where(
-                        controls.c.program_id == program_id,
-                        controls.c.target == key,
-                        controls.c.cancelled_at.is_(None),
-                        controls.c.superseded_at.is_(None),
-                        controls.c.start < start + duration,
-                        controls.c.start + controls.c.duration > start,
-                    )
-                    .values(superseded_at=now, version=controls.c.version + 1)
-                )
+                pieces = await self._split_around(conn, program_id, key, start, start + duration, now)
             await conn.execute(
                 controls.insert().values(
                     mrid=mrid,
@@ -539,8 +535,58 @@ class Admin:
                 start=start,
                 duration=duration,
                 base=to_jsonable(base),
+                pieces=pieces or None,
             )
         return mrid
+
+    async def _split_around(
+        self, conn: AsyncConnection, program_id: int, key: str, start: int, end: int, now: int
+    ) -> list[str]:
+        """Supersede the live controls of (program, target) overlapping [start, end) and publish what is
+        left of each as pieces; returns the pieces' mRIDs."""
+        overlapping = (
+            await conn.execute(
+                sa.select(controls).where(
+                    controls.c.program_id == program_id,
+                    controls.c.target == key,
+                    controls.c.cancelled_at.is_(None),
+                    controls.c.superseded_at.is_(None),
+                    controls.c.start < end,
+                    controls.c.start + controls.c.duration > start,
+                )
+            )
+        ).all()
+        created = []
+        for row in overlapping:
+            await conn.execute(
+                controls.update()
+                .where(controls.c.id == row.id)
+                .values(superseded_at=now, version=controls.c.version + 1)
+            )
+            for a, b in remainders(row.start, row.start + row.duration, start, end, now=now):
+                a = max(a, now)
+                piece = new_mrid(self.store.pen)
+                await conn.execute(
+                    controls.insert().values(
+                        mrid=piece,
+                        program_id=program_id,
+                        target=key,
+                        start=a,
+                        duration=b - a,
+                        # Randomisation only at the original's own edges: a cut edge meets the new
+                        # control exactly, so spreading it would open a gap or an overlap.
+                        randomize_start=row.randomize_start if a == row.start else None,
+                        randomize_duration=row.randomize_duration if b == row.start + row.duration else None,
+                        response_required=row.response_required,
+                        base=row.base,
+                        description=row.description,
+                        creation_time=now,
+                        version=0,
+                        split_from=row.split_from or row.id,
+                    )
+                )
+                created.append(piece)
+        return created
 
     async def cancel_control(self, mrid: str, *, actor: str = "system", reason: str | None = None) -> None:
         now = self.store.clock()
@@ -549,10 +595,25 @@ class Admin:
             if row is None:
                 raise AdminError(f"mrid: no control {mrid}")
             self.store.touch(("target", row.target))
-            if row.cancelled_at is None:
+            # The control and, for an operator's original that was split, its live pieces. A control
+            # already superseded stays superseded (its clients answered 7); its pieces are cancelled.
+            live = (
+                (
+                    await conn.execute(
+                        sa.select(controls.c.id).where(
+                            sa.or_(controls.c.id == row.id, controls.c.split_from == row.id),
+                            controls.c.cancelled_at.is_(None),
+                            controls.c.superseded_at.is_(None),
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if live:
                 await conn.execute(
                     controls.update()
-                    .where(controls.c.id == row.id)
+                    .where(controls.c.id.in_(live))
                     .values(cancelled_at=now, version=controls.c.version + 1)
                 )
                 await _enqueue(

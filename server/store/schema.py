@@ -100,6 +100,9 @@ controls = sa.Table(
     sa.Column("version", sa.Integer, nullable=False, default=0),
     sa.Column("cancelled_at", sa.BigInteger),
     sa.Column("superseded_at", sa.BigInteger),
+    # A piece: what is left of the control ``split_from`` (the operator's original) after a later control
+    # replaced part of its span (server.store.timeline). Migration o0104.
+    sa.Column("split_from", sa.Integer, sa.ForeignKey("controls.id"), index=True),
     sa.Index("ix_controls_program_target_start", "program_id", "target", "start"),
 )
 
