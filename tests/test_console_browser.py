@@ -8,45 +8,21 @@ main pages go to docs/screenshots/.
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
+from tests.browser import SHOTS, assert_no_sideways_scroll, chromium, needs_chromium
 from tests.test_gateway_runtime_harness import Pki, make_lab, wait_until
 
 pytest_plugins = ["tests.test_gateway_runtime_harness"]
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 OPERATOR = "operator-token-0123456789"
 VIEWER = "viewer-token-0123456789ab"
 EVIL = "<script>window.__pwned = 1</script>"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("chromium") is None, reason="Debian chromium (.ci/run installs it)"
-)
-
-
-async def _browser():  # type: ignore[no-untyped-def]
-    from playwright.async_api import async_playwright
-
-    pw = await async_playwright().start()
-    browser = await pw.chromium.launch(
-        executable_path=CHROMIUM,
-        args=[
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ],
-    )
-    return pw, browser
+pytestmark = needs_chromium
 
 
 def _rose(locator, first: int):  # type: ignore[no-untyped-def]
@@ -85,8 +61,7 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             async with http.post(f"{base}/api/controls", json={"program": "doe"}) as resp:
                 assert resp.status == 401
 
-        pw, browser = await _browser()
-        try:
+        async with chromium() as browser:
             ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
             page = await ctx.new_page()
             dialogs: list[str] = []
@@ -221,8 +196,7 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             phone = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
             ppage = await phone.new_page()
             await _login(ppage, base, OPERATOR)
-            width = await ppage.evaluate("document.documentElement.scrollWidth")
-            assert width <= 400, f"the overview scrolls sideways on a phone ({width} px)"
+            await assert_no_sideways_scroll(ppage)
             await ppage.screenshot(path=str(SHOTS / "overview-phone.png"), full_page=True)
             await phone.close()
 
@@ -244,6 +218,3 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             )
             assert status == 403 and body["field"] == "role"
             assert not dialogs
-        finally:
-            await browser.close()
-            await pw.stop()
