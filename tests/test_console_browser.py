@@ -192,6 +192,55 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             assert "emergency.lift" in await page.inner_text("main")
             await page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
 
+            # Incidents (seed 002): raise one for the site, acknowledge it, see a refused step named next to
+            # its field, then ready to verify and resolve; every transition is in the audit log.
+            await page.goto(f"{base}/console/incidents")
+            await page.fill("#f-subject", f"site:{lab.lfdi}")
+            await page.select_option("#f-kind", "non_responder")
+            await page.select_option("#f-severity", "high")
+            await page.fill("#f-text", f"no response to the zone-a control {EVIL}")
+            await page.click("#incident-form button[type=submit]")
+            await page.wait_for_url("**/console/incidents/INC-*")
+            incident = page.url.rsplit("/", 1)[1]
+            assert await page.inner_text("#incident-state") == "open"
+            assert EVIL in await page.inner_text("#timeline")
+            assert await page.evaluate("window.__pwned") is None
+
+            async def act(action: str, reason: str, state: str | None, **extra: str) -> None:
+                await page.select_option("#f-action", action)
+                await page.fill("#f-reason", reason)
+                for name, value in extra.items():
+                    await page.fill(f"#f-{name}", value)
+                await page.click("#action-form button[type=submit]")
+                if state is not None:
+                    await page.locator("#incident-state", has_text=state).wait_for()
+
+            await act("triage", "seen; checking the gateway", "triaged")
+            await act("ready", "gateway was offline", None)
+            err = page.locator('[data-error-for="root_cause"]')
+            await wait_until(lambda: err.inner_text(), 5, "the root cause error")
+            assert "root_cause: required before ready to verify" in await err.inner_text()
+            assert await page.inner_text("#incident-state") == "triaged"  # refused: nothing changed
+            await act("ready", "gateway back online", "ready to verify", root_cause="site router rebooted")
+            await act("resolve", "responses seen again", "resolved")
+            assert await page.locator("#action-form").count() == 0  # nothing more to do
+            status, body = await page.evaluate(
+                """async (id) => { const r = await fetch(`/api/incidents/${id}/actions`, {method: 'POST',
+                headers: {'Content-Type': 'application/json', 'X-CSRF-Token': document.querySelector(
+                'meta[name=csrf-token]').content}, body: JSON.stringify({action: 'refer', reason: 'x',
+                referred_to: 'gw vendor'})}); return [r.status, await r.json()]; }""",
+                incident,
+            )
+            assert status == 409 and body["field"] == "action"
+            assert "not allowed from resolved" in body["error"]
+            await page.screenshot(path=str(SHOTS / "incident.png"), full_page=True)
+            await page.goto(f"{base}/console/audit?target={incident}")
+            audit_text = await page.inner_text("main")
+            for action in ("incident.raise", "incident.triage", "incident.ready", "incident.resolve"):
+                assert action in audit_text
+            await page.goto(f"{base}/console/incidents?open=0")
+            assert incident in await page.inner_text("#incidents")
+
             # Readable on a phone.
             phone = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
             ppage = await phone.new_page()
@@ -204,7 +253,7 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             vctx = await browser.new_context()
             vpage = await vctx.new_page()
             await _login(vpage, base, VIEWER)
-            for where in ("/console/controls", "/console/emergency", "/console/does"):
+            for where in ("/console/controls", "/console/emergency", "/console/does", "/console/incidents"):
                 await vpage.goto(f"{base}{where}")
                 buttons = vpage.locator("[data-write]")
                 assert await buttons.count() >= 1
