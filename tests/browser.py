@@ -46,3 +46,17 @@ async def assert_no_sideways_scroll(page: Any, width: int = 400) -> None:
         width,
     )
     assert scroll <= width, f"{page.url} is {scroll} px wide on a phone: {wide}"
+
+
+async def tab_to(page: Any, selector: str, limit: int = 60) -> None:
+    """Press Tab until the focused element matches ``selector``: it is reachable from the keyboard."""
+    for _ in range(limit):
+        await page.keyboard.press("Tab")
+        if await page.evaluate("(s) => document.activeElement?.matches(s) ?? false", selector):
+            return
+    raise AssertionError(f"{selector} is not reachable with Tab within {limit} presses")
+
+
+async def focus_outline(page: Any) -> str:
+    """The focused element's outline style: keyboard users must see where they are."""
+    return str(await page.evaluate("getComputedStyle(document.activeElement).outlineStyle"))

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.browser import SHOTS, assert_no_sideways_scroll, chromium, needs_chromium
+from tests.browser import (
+    SHOTS,
+    assert_no_sideways_scroll,
+    chromium,
+    focus_outline,
+    needs_chromium,
+    tab_to,
+)
 from tests.test_gateway_runtime_harness import Pki, make_lab, wait_until
 
 pytest_plugins = ["tests.test_gateway_runtime_harness"]
@@ -241,13 +248,56 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             await page.goto(f"{base}/console/incidents?open=0")
             assert incident in await page.inner_text("#incidents")
 
-            # Readable on a phone.
+            # Readable on a phone: no page scrolls sideways (wide tables scroll inside their own box).
             phone = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
             ppage = await phone.new_page()
             await _login(ppage, base, OPERATOR)
-            await assert_no_sideways_scroll(ppage)
             await ppage.screenshot(path=str(SHOTS / "overview-phone.png"), full_page=True)
+            pages = ["/console/", "/console/sites", f"/console/sites/{lab.lfdi}", "/console/groups",
+                     "/console/controls", "/console/emergency", "/console/does", "/console/compliance",
+                     "/console/incidents", f"/console/incidents/{incident}", "/console/audit"]  # fmt: skip
+            for where in pages:
+                await ppage.goto(f"{base}{where}")
+                await assert_no_sideways_scroll(ppage)
             await phone.close()
+
+            # Keyboard only: log in, skip to the content, open the raise form and raise an incident, then
+            # acknowledge it, with no pointer at all; focus is visible all the way.
+            kctx = await browser.new_context()
+            kpage = await kctx.new_page()
+            await kpage.goto(f"{base}/console/login")
+            await tab_to(kpage, "#token")
+            await kpage.keyboard.type(OPERATOR)
+            await kpage.keyboard.press("Enter")
+            await kpage.wait_for_url(f"{base}/console/")
+            await kpage.goto(f"{base}/console/incidents")
+            await kpage.keyboard.press("Tab")
+            assert await kpage.evaluate("document.activeElement.className") == "skip"
+            assert await kpage.evaluate("document.activeElement.getBoundingClientRect().left") >= 0  # shown
+            await kpage.keyboard.press("Enter")
+            await tab_to(kpage, "details summary")
+            assert await focus_outline(kpage) == "solid"
+            is_open = "document.activeElement.parentElement.open"
+            if await kpage.evaluate(is_open):  # open when no incident is open: close it first
+                await kpage.keyboard.press("Enter")
+            await kpage.keyboard.press("Enter")
+            assert await kpage.evaluate(is_open)  # the raise form opened from the keyboard
+            await tab_to(kpage, "#f-subject")
+            assert await focus_outline(kpage) == "solid"
+            await kpage.keyboard.type("group:zone-a")
+            await tab_to(kpage, "#f-text")
+            await kpage.keyboard.type("export above the envelope on feeder A")
+            async with kpage.expect_navigation(url="**/console/incidents/INC-*"):
+                await kpage.keyboard.press("Enter")
+            assert "breach" in await kpage.inner_text("h1")
+            await tab_to(kpage, "#f-action")
+            await kpage.keyboard.press("ArrowDown")  # note -> acknowledge (triage)
+            assert await kpage.evaluate("document.activeElement.value") == "triage"
+            await tab_to(kpage, "#f-reason")
+            await kpage.keyboard.type("looking at it")
+            await kpage.keyboard.press("Enter")
+            await kpage.locator("#incident-state", has_text="triaged").wait_for()
+            await kctx.close()
 
             # Viewer: sees everything, every write control disabled, and the API refuses its writes.
             vctx = await browser.new_context()
