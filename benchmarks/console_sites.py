@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import re
 import statistics
 import sys
@@ -32,6 +33,11 @@ sys.path.insert(0, str(ROOT))
 QUICK_ARGS = ["--sites", "10000", "--repeat", "5"]  # benchmarks/run_all.py --quick
 TOKEN = "benchmark-token-0123456789"
 GOAL_MS = 300.0
+
+
+def lfdi(i: int) -> str:
+    """Spread like real LFDIs (a hash), so that a prefix search is as selective as in the field."""
+    return hashlib.sha256(f"site {i}".encode()).hexdigest()[:40].upper()
 
 
 async def populate(store: Any, n: int) -> None:
@@ -63,10 +69,10 @@ def pages(n: int) -> dict[str, str]:
         "sites_first_page": "/console/sites",
         "sites_last_page": f"/console/sites?offset={n - 25}",
         "sites_by_nmi": f"/console/sites?q=N{middle:09d}",
-        "sites_by_lfdi_prefix": f"/console/sites?q={f'{middle + 1:040X}'[:36]}",
+        "sites_by_lfdi_prefix": f"/console/sites?q={lfdi(middle)[:12]}",
         "sites_by_label": "/console/sites?q=st%20976",
         "sites_by_group": "/console/sites?group=zone-3",
-        "site_detail": f"/console/sites/{middle + 1:040X}",
+        "site_detail": f"/console/sites/{lfdi(middle)}",
     }
 
 
