@@ -4,8 +4,8 @@ overview and a site's detail, over real HTTP from the head-end listener, with a 
 Run: ``python benchmarks/console_sites.py [--sites 100000] [--baseline-sites 1000] [--repeat 15]``
 
 1. Two fresh SQLite stores (alembic migrations, what ``derlink server`` uses), one with N sites and one
-   with the baseline's 1,000, each registered in one bulk call; every site has a label and an NMI, and a
-   tenth of them are in each of ten groups (not timed).
+   with the baseline's 1,000, each registered in one bulk call; every site has a label and an NMI, a
+   tenth of them are in each of ten groups, and nine in ten have a last contact (not timed).
 2. Timed: the median of ``--repeat`` sequential GETs of each page, the whole round trip (render included).
 3. Baseline, in the same run: the same pages on the 1,000-site store. The ratio N/baseline says whether a
    page's cost grows with the fleet: server-side paging keeps the list pages near 1; a search by label
@@ -44,12 +44,12 @@ async def populate(store: Any, n: int) -> None:
     import sqlalchemy as sa
 
     from server.headend.api import bulk_register
-    from server.store import groups, memberships, sites
+    from server.store import clients, groups, memberships, sites
 
     await store.admin.ensure_standard_programs()
     await bulk_register(
         store,
-        [{"lfdi": f"{i + 1:040X}", "nmi": f"N{i:09d}", "label": f"house {i} st {i % 977}"} for i in range(n)],
+        [{"lfdi": lfdi(i), "nmi": f"N{i:09d}", "label": f"house {i} st {i % 977}"} for i in range(n)],
         actor="bench",
     )
     for g in range(10):
@@ -60,6 +60,15 @@ async def populate(store: Any, n: int) -> None:
         rows = [{"site_id": sid, "group_id": gids[f"zone-{k % 10}"]} for k, sid in enumerate(ids)]
         for i in range(0, len(rows), 20_000):
             await conn.execute(memberships.insert(), rows[i : i + 20_000])
+        # Nine sites in ten have been heard from, one in twenty of those not lately (silent).
+        now = store.clock()
+        seen = [
+            {"lfdi": lfdi(i), "kind": "device", "revoked": False, "first_seen": now - 86400,
+             "last_seen": now - (3600 if i % 20 == 0 else i % 60)}
+            for i in range(n) if i % 10
+        ]  # fmt: skip
+        for i in range(0, len(seen), 20_000):
+            await conn.execute(clients.insert(), seen[i : i + 20_000])
 
 
 def pages(n: int) -> dict[str, str]:
