@@ -74,16 +74,30 @@ def _live(now: int) -> list[Any]:
 
 
 async def site_counts(store: Any, now: int, threshold: int, site_cond: Any = None) -> dict[str, int]:
-    seen = _last_contact().label("seen")
-    inner = sa.select(seen).select_from(sites)
-    if site_cond is not None:
-        inner = inner.where(site_cond)
-    sub = inner.subquery()
+    """Sites total, online, silent and never heard from, in one pass of joins.
+
+    The same last contact as :func:`_last_contact` (own certificate, else its aggregator's), but joined
+    rather than correlated: under ``count() FILTER`` a correlated subquery is evaluated once per filter
+    per site, which made the overview take 1.5 s at 100k sites.
+    """
+    own = clients.alias("own")
+    agg = (
+        sa.select(clients.c.aggregator_id, sa.func.max(clients.c.last_seen).label("seen"))
+        .where(clients.c.aggregator_id.is_not(None))
+        .group_by(clients.c.aggregator_id)
+        .subquery("agg")
+    )
+    seen = sa.func.coalesce(own.c.last_seen, agg.c.seen)
+    joined = sites.outerjoin(own, own.c.lfdi == sites.c.lfdi).outerjoin(
+        agg, agg.c.aggregator_id == sites.c.aggregator_id
+    )
     query = sa.select(
         sa.func.count(),
-        sa.func.count().filter(sub.c.seen >= now - threshold),
-        sa.func.count().filter(sub.c.seen < now - threshold),
-    ).select_from(sub)
+        sa.func.count().filter(seen >= now - threshold),
+        sa.func.count().filter(seen < now - threshold),
+    ).select_from(joined)
+    if site_cond is not None:
+        query = query.where(site_cond)
     async with store.read() as conn:
         total, online, silent = (await conn.execute(query)).one()
     return {"total": total, "online": online, "silent": silent, "never": total - online - silent}
