@@ -64,7 +64,7 @@ async def populate(store: Any, n: int) -> None:
         now = store.clock()
         seen = [
             {"lfdi": lfdi(i), "kind": "device", "revoked": False, "first_seen": now - 86400,
-             "last_seen": now - (3600 if i % 20 == 0 else i % 60)}
+             "last_seen": now - (3600 if i % 20 == 1 else i % 60)}
             for i in range(n) if i % 10
         ]  # fmt: skip
         for i in range(0, len(seen), 20_000):

@@ -343,7 +343,7 @@ class Installer:
 
     async def submit(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["step"]
-        if name not in FORM and name not in ("verify", "continue"):
+        if name not in FORM and name != "verify":
             raise web.HTTPNotFound()
         if self.job is not None and self.job.running:
             return await self.page(request, {"_": "a step is running: wait for it to finish"}, status=409)
