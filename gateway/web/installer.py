@@ -29,8 +29,8 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-
 from derlink.files import write_atomic
+
 from gateway.commissioning.flow import Options, Outcome, parse_scan_targets, parse_units, run_commissioning
 from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, StateError
 from gateway.web.auth import (
