@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -73,6 +74,11 @@ class ServerConfig:
     notify_allow: list[str] = field(default_factory=list)
     notify_allow_by_client: dict[str, list[str]] = field(default_factory=dict)
     log_level: str = "INFO"
+    # Incidents (seed 002): each raise, note and transition is POSTed as JSON to this http(s) URL, signed
+    # with HMAC-SHA256 over the body when a secret is set (server.incidents.webhook). Operator-chosen, so
+    # the notification target policy does not apply; delivery never blocks the workflow.
+    incident_webhook_url: str | None = None
+    incident_webhook_secret: str | None = None
     # Head-end operator API (JSON, its own listener, loopback by default; port 0 picks a free port).
     # Bearer tokens: [{name, token, role = "operator" | "viewer"}]. With none configured, an operator token
     # is generated into data_dir/headend-token on first start (see server.headend.api).
@@ -161,6 +167,11 @@ def _coerce(name: str, value: Any) -> Any:
         return _allow_lists(name, value)
     if name == "headend_tokens":
         return check_tokens(value)
+    if name == "incident_webhook_url" and value is not None:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{name}: expected an http:// or https:// URL, got {value!r}")
+        return value
     if name == "cache_enabled":
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{name}: expected true or false, got {value!r}")
