@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,7 @@ async def world(tmp_path: Path):
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     async with aiohttp.ClientSession(base, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
-        yield store, http, got
+        yield store, http, got, base
     await runner.cleanup()
     await hook_runner.cleanup()
     await store.close()
@@ -85,7 +86,7 @@ async def _wait_for(got: Received, count: int) -> None:
 
 
 async def test_assessment_findings_raise_incidents_once_and_reach_the_webhook(world: Any) -> None:
-    store, http, got = world
+    store, http, got, base = world
     # B's inverter is stuck at 3 kW against a 2 kW envelope; C stops posting after 25 minutes; A and D
     # comply. The emergency asks for Responses and only A answers.
     store.now = T0 - 60
@@ -134,9 +135,15 @@ async def test_assessment_findings_raise_incidents_once_and_reach_the_webhook(wo
     assert all(signed for _, signed in got)
     assert {(p["subject"], p["kind"]) for p, _ in got} == raised
 
-    # The same assessment again: every finding notes its open incident; nothing new is raised.
-    async with http.post("/api/incidents/from-compliance", json=window) as resp:
-        second = await resp.json()
+    # The same assessment again, from the CLI: every finding notes its open incident; nothing new is raised.
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "derlink", "ctl", "--url", base, "--token", TOKEN, "--json",
+        "incidents", "from-compliance", "--since", str(T0), "--until", str(T0 + 3600),
+        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parent.parent,
+    )  # fmt: skip
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0, out
+    second = json.loads(out)
     assert second["created"] == [] and sorted(second["noted"]) == sorted(first["created"])
     async with http.get("/api/incidents", params={"open": "1"}) as resp:
         assert (await resp.json())["total"] == 5
@@ -145,7 +152,7 @@ async def test_assessment_findings_raise_incidents_once_and_reach_the_webhook(wo
 
 
 async def test_bad_requests_name_the_field_and_raise_nothing(world: Any) -> None:
-    _store, http, got = world
+    _store, http, got, _base = world
     for body, field in (
         ({"site": "00" * 20}, "site"),
         ({"from": "yesterday"}, "from"),

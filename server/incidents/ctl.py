@@ -19,6 +19,11 @@ def add_parsers(verbs: Any) -> None:
     p.add_argument("text")
     p.add_argument("--severity", choices=SEVERITIES, default="medium")
     p.add_argument("--holder", help="the party that triages it (default: the token's name)")
+    p = v.add_parser("from-compliance", help="assess compliance; raise an incident per site and kind found")
+    p.add_argument("--site", help="one site (LFDI)")
+    p.add_argument("--group", help="a group and its nested groups (default: all sites)")
+    p.add_argument("--since", type=int, help="Unix seconds (default: a day before --until)")
+    p.add_argument("--until", type=int, help="Unix seconds (default: now)")
     for action in (*ACTIONS, "note"):
         p = v.add_parser(action, help=f"{action} an incident" if action != "note" else "add a note")
         p.add_argument("id")
@@ -42,6 +47,9 @@ def commands(call: Any) -> dict[tuple[str, str], Any]:
         ("incidents", "raise"): lambda a: call(a, "POST", "/api/incidents", body={
             "subject": a.subject, "kind": a.kind, "severity": a.severity, "text": a.text,
             "holder": a.holder}),
+        ("incidents", "from-compliance"): lambda a: call(a, "POST", "/api/incidents/from-compliance", body={
+            k: v for k, v in (("site", a.site), ("group", a.group), ("from", a.since), ("to", a.until))
+            if v is not None}),
     }  # fmt: skip
     for action in (*ACTIONS, "note"):
         out[("incidents", action)] = act(action)
