@@ -125,6 +125,7 @@ def _second_server_process(pki, tmp_path: Path, url: str) -> tuple[list[str], Pa
         "port = 0\nadmin_port = 0\nheadend_port = 0\n"
         "notify_retry_initial = 0.2\nnotify_retry_max = 1.0\nnotify_timeout = 2.0\n"
         'log_level = "WARNING"\n'
+        'notify_allow = ["127.0.0.0/8"]\n'  # its subscribers listen on loopback
     )
     return [
         sys.executable,
