@@ -2,11 +2,16 @@
 
 Run: ``python benchmarks/server_throughput.py [--seconds 5] [--concurrency 32]``
 
-Each server runs in its own process (the derlink server on a fresh SQLite store in a temp dir, and a
-baseline aiohttp app returning a fixed body of the DERControlList's size with the same TLS context); the
-load generator is a third process using keep-alive aiohttp connections with a device certificate. It
-measures GET /dcap, GET a 50-item DERControlList, POST a reading, and the baseline, then prints each as a
-ratio of the baseline. Goal: the DERControlList GET at >= 0.5 of the baseline.
+Each server runs in its own process: the derlink server on a fresh SQLite store in a temp dir (twice: cache
+on, and cache off for the uncached figures), and a baseline aiohttp app returning a fixed body of the
+DERControlList's size with the same TLS context. The load generator is one more process (Python aiohttp,
+keep-alive, a device certificate); its own CPU is printed so that a generator-bound figure is visible.
+
+Scenarios: cached GET /dcap and 50-item DERControlList; the same uncached; POST a reading (durable, group
+commit) at ``--concurrency`` and at 64; mixed: DERControlList GETs while half the workers POST readings
+(the cache must survive the writes). Each is printed with its ratio to the baseline's req/s measured in
+the same run, the server's CPU per request (utime+stime from /proc/<pid>/stat), p50/p99 latency and the
+generator's CPU. Goal: the cached DERControlList GET at >= 0.5 of the baseline.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -28,13 +36,19 @@ sys.path.insert(0, str(ROOT))
 QUICK_ARGS = ["--seconds", "2"]  # benchmarks/run_all.py --quick
 
 
-async def serve_derlink(pki_dir: str, data_dir: str, device_lfdi: str) -> None:
+async def serve_derlink(pki_dir: str, data_dir: str, device_lfdi: str, cache: str = "on") -> None:
     from server.app import start_server
     from server.config import ServerConfig
     from server.store import build_control_base
 
     config = ServerConfig(
-        data_dir=Path(data_dir), port=0, admin_port=0, headend_port=0, cert_dir=Path(pki_dir)
+        data_dir=Path(data_dir),
+        port=0,
+        admin_port=0,
+        headend_port=0,
+        cert_dir=Path(pki_dir),
+        cache_enabled=cache == "on",
+        log_level="WARNING",
     )
     running = await start_server(config)
     admin = running.store.admin
@@ -80,6 +94,12 @@ async def serve_baseline(pki_dir: str, body_size: int) -> None:
     await asyncio.Event().wait()
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """utime + stime of a process, from /proc (what the kernel charged it, all threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def spawn(*args: str) -> tuple[subprocess.Popen[str], int]:
     proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     line = proc.stdout.readline() if proc.stdout else ""
@@ -89,31 +109,75 @@ def spawn(*args: str) -> tuple[subprocess.Popen[str], int]:
     return proc, json.loads(line)["port"]
 
 
-async def measure(session, method: str, url: str, seconds: float, concurrency: int, body_fn=None) -> float:
-    """Completed requests per second over ``seconds`` with ``concurrency`` keep-alive workers."""
-    deadline = time.perf_counter() + seconds
-    done = 0
+@dataclass
+class Figure:
+    rate: float  # completed requests/s
+    p50_ms: float
+    p99_ms: float
+    server_cpu_ms: float  # server CPU per request
+    generator_cpu: float  # the load generator's CPU, fraction of one core
 
-    async def worker(n: int) -> None:
-        nonlocal done
+
+def _pick(sorted_seconds: list[float], q: float) -> float:
+    if not sorted_seconds:
+        return float("nan")
+    return sorted_seconds[min(len(sorted_seconds) - 1, int(q * len(sorted_seconds)))] * 1000
+
+
+async def measure(
+    session, streams: list[tuple[str, str, int, Any]], seconds: float, server_pid: int
+) -> list[Figure]:
+    """Run the streams ``(method, url, workers, body_fn)`` together for ``seconds`` over keep-alive
+    connections; one Figure per stream (server CPU is shared out by request count)."""
+    deadline = time.perf_counter() + seconds
+    latencies: list[list[float]] = [[] for _ in streams]
+
+    async def worker(k: int, method: str, url: str, body_fn: Any, n: int) -> None:
         i = 0
         while time.perf_counter() < deadline:
             data = body_fn(n, i) if body_fn else None
             headers = {"Content-Type": "application/sep+xml"} if data else None
+            sent = time.perf_counter()
             async with session.request(method, url, data=data, headers=headers) as response:
                 await response.read()
                 if response.status >= 300:
                     raise RuntimeError(f"{method} {url}: HTTP {response.status}")
-            done += 1
+            latencies[k].append(time.perf_counter() - sent)
             i += 1
 
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    server_cpu, own_cpu, started = cpu_seconds(server_pid), cpu_seconds(), time.perf_counter()
+    await asyncio.gather(
+        *(
+            worker(k, method, url, body_fn, n)
+            for k, (method, url, workers, body_fn) in enumerate(streams)
+            for n in range(workers)
+        )
+    )
+    wall = time.perf_counter() - started
+    server_cpu, own_cpu = cpu_seconds(server_pid) - server_cpu, cpu_seconds() - own_cpu
+    total = sum(len(x) for x in latencies) or 1
+    figures = []
+    for done in latencies:
+        done.sort()
+        figures.append(
+            Figure(
+                len(done) / wall,
+                _pick(done, 0.5),
+                _pick(done, 0.99),
+                server_cpu * 1000 / total,
+                own_cpu / wall,
+            )
+        )
+    return figures
 
 
 async def run_load(
-    pki_dir: str, device: str, port: int, base_port: int, seconds: float, concurrency: int
+    pki_dir: str,
+    device: str,
+    ports: dict[str, int],
+    pids: dict[str, int],
+    seconds: float,
+    concurrency: int,
 ) -> None:
     import aiohttp
 
@@ -126,9 +190,10 @@ async def run_load(
     paths = load_pki(pki_dir)
     identity = json.loads(device)
     context = client_ssl_context(identity["chain"], identity["key"], paths.ca_chain)
-    base = f"https://127.0.0.1:{port}"
+    base = f"https://127.0.0.1:{ports['derlink']}"
+    uncached_port, base_port = ports["uncached"], ports["baseline"]
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context, limit=concurrency)
+        connector=aiohttp.TCPConnector(ssl=context, limit=max(concurrency, 64))
     ) as session:
         async with session.get(f"{base}/edev?l=1") as response:
             edev = (await response.text()).split('href="', 2)[2].split('"', 1)[0]
@@ -140,31 +205,56 @@ async def run_load(
             f"{base}/mup", data=to_xml(mup(identity["lfdi"])), headers={"Content-Type": "application/sep+xml"}
         ) as response:
             mup_url = base + response.headers["Location"]
-        reading_body = to_xml(meter_reading(1500, 0))
         assert isinstance(r.Reading, type)
-        # Warm up both servers.
-        await measure(session, "GET", derc_url, 0.5, concurrency)
-        await measure(session, "GET", f"https://127.0.0.1:{base_port}/fixed", 0.5, concurrency)
-        results = {
-            "baseline (fixed body)": await measure(
-                session, "GET", f"https://127.0.0.1:{base_port}/fixed", seconds, concurrency
-            ),
-            "GET /dcap": await measure(session, "GET", f"{base}/dcap", seconds, concurrency),
-            "GET DERControlList (50)": await measure(session, "GET", derc_url, seconds, concurrency),
-            "POST reading": await measure(
-                session, "POST", mup_url, seconds, concurrency, body_fn=lambda n, i: reading_body
-            ),
+        uncached = f"https://127.0.0.1:{uncached_port}"
+        fixed = f"https://127.0.0.1:{base_port}/fixed"
+        for url in (derc_url, fixed, uncached + edev + "/derp/2/derc?l=50"):  # warm up
+            await measure(session, [("GET", url, concurrency, None)], 0.5, pids["derlink"])
+        counter = iter(range(10**9))
+
+        def reading(_n: int, _i: int) -> bytes:  # a new interval each time: every POST inserts a row
+            return to_xml(meter_reading(1500, 1_700_000_000 + 300 * next(counter)))
+
+        get = lambda url: ("GET", url, concurrency, None)  # noqa: E731
+        plan: dict[str, tuple[str, list[tuple[str, str, int, Any]]]] = {
+            "baseline (fixed body)": ("baseline", [get(fixed)]),
+            "GET /dcap cached": ("derlink", [get(f"{base}/dcap")]),
+            "GET DERControlList (50) cached": ("derlink", [get(derc_url)]),
+            "GET /dcap uncached": ("uncached", [get(f"{uncached}/dcap")]),
+            "GET DERControlList (50) uncached": ("uncached", [get(uncached + edev + "/derp/2/derc?l=50")]),
+            "POST reading": ("derlink", [("POST", mup_url, concurrency, reading)]),
+            "POST reading c64": ("derlink", [("POST", mup_url, 64, reading)]),
         }
-    baseline = results["baseline (fixed body)"]
+        results: dict[str, Figure] = {}
+        for name, (server, streams) in plan.items():
+            (results[name],) = await measure(session, streams, seconds, pids[server])
+        half = max(1, concurrency // 2)
+        mixed = await measure(
+            session,
+            [("GET", derc_url, half, None), ("POST", mup_url, half, reading)],
+            seconds,
+            pids["derlink"],
+        )
+        results["mixed: GET DERControlList cached"], results["mixed: POST reading"] = mixed
+    baseline = results["baseline (fixed body)"].rate
     print(f"body size {len(list_body)} bytes, {concurrency} connections, {seconds:.0f} s each")
-    print(f"{'scenario':28} {'req/s':>10} {'ratio':>8}")
-    for name, rate in results.items():
-        print(f"{name:28} {rate:10.0f} {rate / baseline:8.2f}")
-    for name, rate in results.items():  # benchmarks/run_all.py convention (benchmarks/README.md)
+    print(
+        "load generator: one Python aiohttp process (its CPU is the gen column; near 1.0 = generator-bound)"
+    )
+    print(
+        f"{'scenario':34} {'req/s':>8} {'ratio':>6} {'srv ms/req':>10} {'p50 ms':>7} {'p99 ms':>7} {'gen':>5}"
+    )
+    for name, f in results.items():
+        print(
+            f"{name:34} {f.rate:8.0f} {f.rate / baseline:6.2f} {f.server_cpu_ms:10.3f} "
+            f"{f.p50_ms:7.1f} {f.p99_ms:7.1f} {f.generator_cpu:5.2f}"
+        )
+    for name, f in results.items():  # benchmarks/run_all.py convention (benchmarks/README.md)
         key = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-        goal = " goal=ratio>=0.5" if name.startswith("GET DERControlList") else ""
-        print(f"RESULT {key}_req_per_s {rate:.0f} req/s ratio={rate / baseline:.2f}{goal}")
-    ratio = results["GET DERControlList (50)"] / baseline
+        goal = " goal=ratio>=0.5" if name == "GET DERControlList (50) cached" else ""
+        print(f"RESULT {key}_req_per_s {f.rate:.0f} req/s ratio={f.rate / baseline:.2f}{goal}")
+        print(f"RESULT {key}_server_cpu_ms {f.server_cpu_ms:.3f} ms")
+    ratio = results["GET DERControlList (50) cached"].rate / baseline
     print(
         f"DERControlList GET / baseline = {ratio:.2f} (goal >= 0.5: {'met' if ratio >= 0.5 else 'NOT met'})"
     )
@@ -174,7 +264,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     parser.add_argument("--baseline", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -193,14 +283,19 @@ def main() -> int:
         device = json.dumps(
             {"chain": str(identity.chain_path), "key": str(identity.key_path), "lfdi": identity.lfdi}
         )
-        server, port = spawn("--serve", str(pki_dir), str(Path(tmp) / "data"), identity.lfdi)
+        server, port = spawn("--serve", str(pki_dir), str(Path(tmp) / "data"), identity.lfdi, "on")
+        uncached, uncached_port = spawn(
+            "--serve", str(pki_dir), str(Path(tmp) / "data2"), identity.lfdi, "off"
+        )
         # Size the baseline body like the DERControlList the server returns (measured in a probe).
         body_size = asyncio.run(_probe_size(str(pki_dir), device, port))
         baseline, base_port = spawn("--baseline", str(pki_dir), str(body_size))
+        ports = {"derlink": port, "uncached": uncached_port, "baseline": base_port}
+        pids = {"derlink": server.pid, "uncached": uncached.pid, "baseline": baseline.pid}
         try:
-            asyncio.run(run_load(str(pki_dir), device, port, base_port, args.seconds, args.concurrency))
+            asyncio.run(run_load(str(pki_dir), device, ports, pids, args.seconds, args.concurrency))
         finally:
-            for proc in (server, baseline):
+            for proc in (server, uncached, baseline):
                 proc.terminate()
                 proc.wait(10)
     return 0

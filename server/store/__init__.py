@@ -7,7 +7,9 @@
   sites, registration), ``schedule`` (programs, controls, defaults, rates; ``doe`` for bulk DOE intervals),
   ``der_docs``, ``metering`` (MUPs), ``event_responses``, ``pubsub`` (subscriptions and the outbox).
   Modules are not named after tables: a submodule would shadow the table of that name on the package.
-* ``admin`` — :class:`Admin`, the operator's audited writes and queries.
+* ``admin``: :class:`Admin`, the operator's audited writes and queries.
+* ``versions``: what each cached document depends on and what each write changed (the response cache is
+  invalidated per site, target, rate and client, never wholesale); ``StoreBase.grouped``: group commit.
 
 Every public :class:`Store` method takes a :class:`RequestScope` first; a site (EndDevice) is reachable only
 through ``StoreBase._site``, which applies the scope filter. Targets of controls are one string key:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -42,7 +43,10 @@ def from_jsonable(cls: type, data: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+@functools.lru_cache(maxsize=8192)
 def control_base_from_json(text: str) -> r.DERControlBase:
+    """The stored control base as a sep2 object. Memoised by its text (a fleet shares few distinct bases,
+    and decoding was a quarter of an uncached DERControlList): the result is shared, never mutate it."""
     return from_jsonable(r.DERControlBase, json.loads(text))
 
 
