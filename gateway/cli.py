@@ -79,7 +79,14 @@ def run_command(args: argparse.Namespace) -> int:
     configure_logging(level, args.log_format)
     from gateway.runtime import GatewayRuntime
 
-    asyncio.run(GatewayRuntime(settings).run_forever())
+    try:
+        asyncio.run(GatewayRuntime(settings).run_forever())
+    except OSError as exc:  # a port in use, a file that cannot be read: one line, no traceback
+        from sep2.files import os_error_text
+
+        print(f"derlink gateway: {os_error_text(exc, '[local_api].port or [server].listener_port')}",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -143,7 +150,7 @@ def _when(t: float | None, now: float) -> str:
 
 _UNITS = {"export_w": "W", "import_w": "W", "generation_w": "W", "load_w": "W", "max_w_pct": "%",
           "battery_reserve_pct": "%", "ramp_time_s": "s", "set_grad_w": "", "target_w": "W",
-          "fixed_w_pct": "%", "export_target_w": "W"}  # fmt: skip
+          "storage_target_w": "W", "fixed_w_pct": "%", "export_target_w": "W"}  # fmt: skip
 
 
 def print_status(status: dict[str, Any]) -> None:
@@ -156,6 +163,7 @@ def print_status(status: dict[str, Any]) -> None:
     link = "LOST" if status["link_lost"] else "up"
     console.print(
         f"[bold]gateway[/bold] {status['lfdi']}  regime [bold]{status['regime']}[/bold]  link {link}"
+        f" (lost after {comms.get('comms_timeout_s', '-')} s of silence)"
     )
     console.print(
         f"comms: {comms.get('state')}  last contact {_when(comms.get('last_contact'), now)}"

@@ -21,7 +21,7 @@ Example::
 
     [[device]]                        # one per SunSpec device
     name = "pv"
-    role = "pv"                       # pv | battery | meter (exactly one meter)
+    role = "pv"                       # pv | battery | meter (exactly one meter) | evse | switched_load
     host = "192.168.1.20"             # Modbus TCP ...
     port = 502
     unit = 1
@@ -62,6 +62,8 @@ Example::
     delay_min_s = 60                  # held for delay_min_s + a per-device random part of window_s
     window_s = 600
     grid_lost_below_v = 100           # meter voltage below this: grid down
+    cold_start_after_s = 120          # booting this long after the last heartbeat is a black start (the
+                                      # gateway lost power with the site): hold from boot; 0: off
 
     [drm]                             # AS/NZS 4755 DRM inputs from a DRED (gateway/README-drm.md)
     source = "modbus"                 # modbus | gpio | local_api
@@ -92,12 +94,14 @@ class ConfigError(ValueError):
     """site.toml is not usable; the message names the field."""
 
 
-ROLES = ("pv", "battery", "meter")
+ROLES = ("pv", "battery", "meter", "evse", "switched_load")
+LOAD_ROLES = ("evse", "switched_load")  # controllable loads (gateway.devices.load_map), Modbus TCP only
 MODES = ("poll", "subscribe")
 DRM_SOURCES = ("modbus", "gpio", "local_api")
 DRM_TABLES = ("discrete_inputs", "coils")
 
 
+SYSFS_GPIO = Path("/sys/class/gpio")  # drm.gpio_pins: each pin's value file below it
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ("N", "E", "O")
 
@@ -105,7 +109,7 @@ PARITIES = ("N", "E", "O")
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
-    role: str  # pv | battery | meter
+    role: str  # pv | battery | meter | evse | switched_load (loads: served in their listed order)
     host: str
     port: int  # Modbus TCP port; 0 for a device on a serial line
     unit: int = 1
@@ -125,6 +129,17 @@ class DeviceSpec:
         return ("", 0, self.unit, SerialLine(self.serial_port, self.baudrate, self.parity, self.stopbits))
 
 
+def _nmi(text: str | None) -> str | None:
+    from sep2.nmi import NmiError, validate_nmi
+
+    if text is None:
+        return None
+    try:
+        return validate_nmi(text).nmi
+    except NmiError as exc:
+        raise ConfigError(f"server.nmi: {exc}") from None
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     dcap_url: str
@@ -140,6 +155,7 @@ class ServerSettings:
     backoff_max_s: float = 300.0
     default_poll_rate_s: int = 900
     default_post_rate_s: int = 300
+    nmi: str | None = None  # the site's NMI: PUT as the EndDevice's csipaus ConnectionPoint at discovery
 
 
 @dataclass(frozen=True)
@@ -377,6 +393,7 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         backoff_max_s=backoff_max,
         default_poll_rate_s=srv.integer("default_poll_rate_s", 900, low=1, high=2**32 - 1),  # type: ignore[arg-type]
         default_post_rate_s=srv.integer("default_post_rate_s", 300, low=1, high=2**32 - 1),  # type: ignore[arg-type]
+        nmi=_nmi(srv.get("nmi", str)),
     )
     srv.finish()
 
@@ -411,6 +428,8 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
         if role not in ROLES:
             raise ConfigError(f"device[{i}].role: must be one of {', '.join(ROLES)}, got {role!r}")
         serial_port = d.get("serial_port", str)
+        if serial_port is not None and role in LOAD_ROLES:
+            raise ConfigError(f"{d.name('serial_port')}: a {role} is driven over Modbus TCP (host, port)")
         if serial_port is None:
             devices.append(DeviceSpec(
                 name=name, role=role, host=d.get("host", str, "127.0.0.1"),
@@ -519,6 +538,9 @@ def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None =
 
 def _black_start(raw: Any) -> BlackStartConfig:
     b = _Section(raw, "black_start")
+    cold = b.integer("cold_start_after_s", 120)
+    if cold is not None and cold != 0 and not 60 <= cold <= 30 * 86400:
+        raise ConfigError(f"{b.name('cold_start_after_s')}: must be 0 (off) or 60..2592000, got {cold}")
     config = BlackStartConfig(
         enabled=b.get("enabled", bool, True),
         hold_export_limit_w=b.number("hold_export_limit_w", 0.0, minimum=0),  # type: ignore[arg-type]
@@ -526,6 +548,7 @@ def _black_start(raw: Any) -> BlackStartConfig:
         delay_min_s=b.integer("delay_min_s", 60, low=0, high=86400),  # type: ignore[arg-type]
         window_s=b.integer("window_s", 600, low=0, high=86400),  # type: ignore[arg-type]
         grid_lost_below_v=b.number("grid_lost_below_v", 100.0, positive=True),  # type: ignore[arg-type]
+        cold_start_after_s=cold or None,
     )
     b.finish()
     return config
@@ -554,8 +577,6 @@ def _drm(raw: Any, base_dir: Path) -> DrmSettings:
             table=table, address=d.integer("address", 0, low=0, high=65535 - 8), **common,
         )  # type: ignore[arg-type]  # fmt: skip
     elif source == "gpio":
-        from gateway.drm_input import sysfs_value_files
-
         files, pins = d.get("value_files", list), d.get("gpio_pins", list)
         if (files is None) == (pins is None):
             raise ConfigError("drm.gpio_pins: give gpio_pins or value_files (9 entries, DRM 0..8), not both")
@@ -567,7 +588,7 @@ def _drm(raw: Any, base_dir: Path) -> DrmSettings:
             if isinstance(item, bool) or not isinstance(item, kind):
                 raise ConfigError(f"drm.{key}[{i}]: expected {_kind_name((kind,))}, got {item!r}")
         paths = (tuple(base_dir / Path(f).expanduser() for f in items) if key == "value_files"
-                 else sysfs_value_files(items))  # fmt: skip
+                 else tuple(SYSFS_GPIO / f"gpio{pin}" / "value" for pin in items))  # fmt: skip
         out = DrmSettings(source=source, value_files=paths, **common)  # type: ignore[arg-type]
     d.finish()
     return out

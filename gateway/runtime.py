@@ -44,15 +44,18 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import GatewaySettings
+from gateway.config import LOAD_ROLES, GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
+from gateway.core.black_start import HEARTBEAT_S
+from gateway.core.fallback import effective_comms_timeout
 from gateway.observability import event, log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
 
@@ -111,6 +114,7 @@ class GatewayRuntime:
         # the first not-yet-written limit change: kind, trigger time, decided at, limits now pending
         self._trigger: tuple[str, float, float, SiteLimits] | None = None
         self._saved: bytes | None = None
+        self._alive_saved = 0  # when the heartbeat (alive_at) was last persisted
         self._local_api: Any = None
         self._mqtt: Any = None
         self._drm_input: Any = None
@@ -137,6 +141,11 @@ class GatewayRuntime:
         self.state_error = loaded.error
         if loaded.error:
             log.error("%s", loaded.error)
+        if self.controller.booted(int(self.now()), loaded.alive_at):
+            g = self.controller.grid
+            event(log, logging.WARNING, "cold_start",
+                  f"cold start: no heartbeat since {g.dark_since}, generation held back until {g.hold_until}",
+                  dark_since=g.dark_since, hold_until=g.hold_until)  # fmt: skip
         await self.decide("startup")
         self.startup["state_loaded_s"] = time.monotonic() - started
         self.startup["restored"] = loaded.saved_at is not None
@@ -222,6 +231,7 @@ class GatewayRuntime:
             backoff_max=srv.backoff_max_s,
             default_poll_rate=srv.default_poll_rate_s,
             default_post_rate=srv.default_post_rate_s,
+            nmi=srv.nmi,
         )
         listener = None
         if srv.mode == "subscribe":
@@ -245,6 +255,7 @@ class GatewayRuntime:
             meter=s.device("meter")[0].address,
             pvs={d.name: d.address for d in s.device("pv")},
             batteries={d.name: d.address for d in s.device("battery")},
+            loads={d.name: (d.role, d.host, d.port, d.unit) for d in s.devices if d.role in LOAD_ROLES},
             modbus_timeout_s=s.loop.modbus_timeout_s,
             config=LoopConfig(period_s=s.loop.period_s, self_consumption=s.loop.self_consumption),
         )
@@ -443,7 +454,28 @@ class GatewayRuntime:
     def _link_lost(self, now: float) -> bool:
         assert self.controller is not None
         last = self.controller.last_contact
-        return last is None or now >= last + self.settings.fallback.comms_timeout_s
+        return last is None or now >= last + self.controller.config.fallback.comms_timeout_s
+
+    def _keep_comms_timeout_above_rates(self) -> None:
+        """Issue 11 item 15: a comms_timeout_s shorter than the server's pollRate/postRate is adjusted
+        (and logged), so the link is never declared lost between two normal exchanges."""
+        assert self.controller is not None
+        configured = self.settings.fallback.comms_timeout_s
+        interval = self.client.contact_interval() if self.client is not None else None
+        needed = effective_comms_timeout(configured, interval)
+        config = self.controller.config
+        if needed == config.fallback.comms_timeout_s:
+            return
+        self.controller.config = replace(config, fallback=replace(config.fallback, comms_timeout_s=needed))
+        if needed > configured:
+            event(log, logging.WARNING, "comms_timeout_adjusted",
+                  f"comms_timeout_s {configured} s is shorter than the server's pollRate/postRate "
+                  f"(an exchange every {interval:g} s): adjusted to {needed} s",
+                  configured=configured, effective=needed, contact_interval=interval)  # fmt: skip
+        else:
+            event(log, logging.INFO, "comms_timeout_adjusted",
+                  f"comms_timeout_s back to the configured {configured} s (an exchange every {interval} s)",
+                  configured=configured, effective=needed, contact_interval=interval)  # fmt: skip
 
     async def _decision_loop(self) -> None:
         """Timer wake-ups (``next_wake``) and link-state flips; everything else calls decide() itself."""
@@ -462,6 +494,9 @@ class GatewayRuntime:
                 self._grid_changed = False
                 await self.decide("grid")
                 continue
+            self._keep_comms_timeout_above_rates()
+            if self.now() - self._alive_saved >= HEARTBEAT_S:
+                self._save()  # the heartbeat
             if self.decision is not decision:
                 continue  # someone decided meanwhile
             now = self.now()
@@ -478,11 +513,15 @@ class GatewayRuntime:
         if decided:  # a decision that only moved the clock is not worth a write
             data["last_decision"] = {k: v for k, v in decided.items() if k != "now"}
         key = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-        if force or key != self._saved:
+        now = int(self.now())
+        heartbeat = now - self._alive_saved >= HEARTBEAT_S
+        if force or key != self._saved or heartbeat:
             data["last_decision"] = decided
+            data["alive_at"] = now  # the heartbeat a cold start is measured from
             payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
             save_state(self.settings.state_path, self.controller, payload)
             self._saved = key
+            self._alive_saved = now
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -535,6 +574,7 @@ class GatewayRuntime:
                     der_type=m.DER_TYPE_STORAGE if is_battery else m.DER_TYPE_PV,
                     rtg_max_w=rated,
                     modes_supported=modes,
+                    vpp_modes_supported=m.VPP_STORAGE_TARGET_W if is_battery else 0,  # CSIP-AUS v1.3
                     rtg_max_va=info.rated_va,
                     rtg_max_wh=info.capacity_wh if is_battery else None,
                     rtg_max_charge_w=info.max_charge_w if is_battery else None,
@@ -562,10 +602,16 @@ class GatewayRuntime:
     async def status(self) -> dict[str, Any]:
         """Everything `derlink gateway status`, the local API and MQTT show."""
         assert self.controller is not None and self.decision is not None
-        d = self.decision
         now = int(self.now())
+        if self._link_lost(now) != self.decision.link_lost:  # the decision loop ticks each second: now
+            await self.decide("comms")
+        d = self.decision
         engine = self.controller.engine
-        comms: dict[str, Any] = {"state": "not started", "link_lost": self._link_lost(now)}
+        comms: dict[str, Any] = {
+            "state": "not started",
+            "link_lost": self._link_lost(now),
+            "comms_timeout_s": self.controller.config.fallback.comms_timeout_s,
+        }
         if self.client is not None:
             st = self.client.status
             comms.update(
@@ -595,6 +641,12 @@ class GatewayRuntime:
                     "limit_pct": last.limit_pct if last else None,
                     "soc_pct": last.soc_pct if last else None,
                     "connected": last.connected if last else None,
+                })  # fmt: skip
+            allow = report.setpoints.load_allow_w if report is not None else {}
+            for ld in self.runner.loads:
+                site["devices"].append({
+                    "name": ld.name, "role": ld.conn.kind, "w": -ld.last.w if ld.last else None,
+                    "allowance_w": a if (a := allow.get(ld.name)) != math.inf else None,  # None: any
                 })  # fmt: skip
         active = {p: list(m) for p, m in d.schedule.active.items() if m}
         return {

@@ -307,7 +307,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
     context = server_ssl(config) if config.tls else None
     site = web.TCPSite(runner, config.host, config.port, ssl_context=context, backlog=512)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     runners = [runner]
     admin_port = None
     if config.admin_enabled:
@@ -315,7 +315,7 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
         await admin_runner.setup()
         admin_site = web.TCPSite(admin_runner, config.admin_host, config.admin_port)
         await admin_site.start()
-        admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        admin_port = admin_runner.addresses[0][1]
         runners.append(admin_runner)
     running = RunningServer(
         store=store, config=config, port=port, admin_port=admin_port, runners=runners, metrics=metrics

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from sep2.files import os_error_text, write_atomic
 from server.config import ConfigError, ServerConfig, load_config
 
 
@@ -29,6 +32,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("--host", help="listen address (default 127.0.0.1)")
     run.add_argument("--port", type=int, help="listen port (default 8443; 0 picks a free port)")
     run.add_argument("--admin-port", type=int, help="admin/metrics port (default 8444)")
+    run.add_argument("--headend-host", help="head-end API and console address (default 127.0.0.1)")
+    run.add_argument("--headend-port", type=int, help="head-end API and console port (default 8445)")
     run.add_argument("--cert-dir", type=Path, help="PKI directory from `derlink certs init`")
     run.add_argument("--poll-rate", type=int, help="default pollRate in seconds")
     run.add_argument("--post-rate", type=int, help="default MirrorUsagePoint postRate in seconds")
@@ -63,6 +68,8 @@ def _config(args: argparse.Namespace) -> ServerConfig:
             "host",
             "port",
             "admin_port",
+            "headend_host",
+            "headend_port",
             "cert_dir",
             "poll_rate",
             "post_rate",
@@ -110,22 +117,39 @@ def _run(args: argparse.Namespace) -> int:
 
     async def go() -> None:
         running = await start_server(config)
+        if running.headend_port is not None:
+            write_headend_address(config, running.headend_port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # before the banner: a stop right after it is clean
+            loop.add_signal_handler(sig, stop.set)
         print(
             f"derlink server: 2030.5 on {running.base_url}, admin on http://{config.admin_host}:{running.admin_port}",
             flush=True,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await running.stop()
 
     try:
         asyncio.run(go())
-    except Exception as exc:  # configuration problems found at start (missing certificates ...)
-        if isinstance(exc, ValueError | FileNotFoundError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except OSError as exc:  # a port in use, a file that cannot be read: one line, no traceback
+        print(f"error: {os_error_text(exc, '--port, --admin-port or --headend-port')}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # configuration problems found at start (missing certificates ...)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+HEADEND_FILE = "headend.json"
+
+
+def write_headend_address(config: ServerConfig, port: int) -> None:
+    """Record the head-end's URL in data_dir, so that `derlink ctl --data-dir` finds it (even with port 0)."""
+    host = config.headend_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    document = {"url": f"http://{host}:{port}", "pid": os.getpid()}
+    write_atomic(Path(config.data_dir) / HEADEND_FILE, (json.dumps(document) + "\n").encode())

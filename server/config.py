@@ -137,8 +137,6 @@ def _coerce(name: str, value: Any) -> Any:
                 raise ConfigError(f"{name}: {v!r} is not an IP address or network") from exc
         return list(value)
     if name == "headend_tokens":
-        from server.headend.api import check_tokens
-
         return check_tokens(value)
     if name == "cache_enabled":
         if value is not None and not isinstance(value, bool):
@@ -221,3 +219,33 @@ def check_config(config: ServerConfig) -> None:
         ("sqlite+aiosqlite://", "postgresql+asyncpg://")
     ):
         raise ConfigError("database_url: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+ROLES = ("operator", "viewer")  # head-end token roles
+
+
+def check_tokens(value: Any) -> list[dict[str, str]]:
+    """Validate ``headend_tokens`` from the config; errors name the entry and key."""
+    if not isinstance(value, list):
+        raise ConfigError(f"headend_tokens: expected a list of {{name, token, role}} tables, got {value!r}")
+    out = []
+    names = set()
+    for i, entry in enumerate(value):
+        where = f"headend_tokens[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table with name, token and role")
+        unknown = set(entry) - {"name", "token", "role"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (expected name, token, role)")
+        for key in ("name", "token", "role"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ConfigError(f"{where}.{key}: required string")
+        if entry["role"] not in ROLES:
+            raise ConfigError(f"{where}.role: must be operator or viewer, got {entry['role']!r}")
+        if len(entry["token"]) < 16:
+            raise ConfigError(f"{where}.token: must be at least 16 characters")
+        if entry["name"] in names:
+            raise ConfigError(f"{where}.name: duplicate name {entry['name']!r}")
+        names.add(entry["name"])
+        out.append(dict(entry))
+    return out

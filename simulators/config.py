@@ -11,7 +11,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-DEVICE_KINDS = ("pv", "battery", "meter")
+DEVICE_KINDS = ("pv", "battery", "meter", "evse", "switched_load")
+LOAD_KINDS = ("evse", "switched_load")
 FAMILIES = ("legacy", "der")
 WIRINGS = ("single", "split", "wye", "delta")
 PROFILE_KINDS = ("clear_sky", "household", "constant", "csv")
@@ -38,7 +39,7 @@ class ProfileConfig:
 @dataclass
 class DeviceConfig:
     name: str
-    kind: str  # pv | battery | meter
+    kind: str  # pv | battery | meter | evse | switched_load
     family: str = "legacy"  # legacy (1xx/12x) or der (70x); meters always use 201-204
     wiring: str = "single"  # single | split | wye | delta (inverters: wye/delta -> 103)
     phase: str = "A"  # single-phase inverters: which site phase
@@ -58,6 +59,9 @@ class DeviceConfig:
     charge_efficiency: float = 0.95
     discharge_efficiency: float = 0.95
     serial: str | None = None
+    # evse / switched_load: what the EV or appliance draws when allowed (None: rated_w); an EV charger's
+    # rated_w is its maximum charging power (single-phase, 230 V)
+    demand_w: float | None = None
     # SunSpec accumulators (acc32/acc64) read 0 as "not implemented", so energy counters start here
     energy_start_wh: float = 100000.0
 
@@ -165,6 +169,8 @@ def _validate_site(cfg: SiteConfig) -> None:
         _check(0 <= d.grid_reconnect_s <= 3600, f"{w}.grid_reconnect_s", "must be 0..3600")
         if d.kind == "pv":
             _validate_profile(d.pv_profile, f"{w}.pv_profile", cfg.base_dir)
+        if d.kind in LOAD_KINDS:
+            _check(d.demand_w is None or d.demand_w >= 0, f"{w}.demand_w", "must be >= 0")
         if d.kind == "battery":
             _check(d.capacity_wh > 0, f"{w}.capacity_wh", "must be > 0")
             _check(d.max_charge_w > 0, f"{w}.max_charge_w", "must be > 0")

@@ -242,8 +242,12 @@ def test_telemetry_reading_types_roles_and_scaling() -> None:
     assert hz.Reading.value == 4999 and hz.ReadingType.uom == 33 and hz.ReadingType.powerOfTenMultiplier == -2
     # CSIP-AUS: SoC is DERStatus.stateOfChargeStatus, never a reading; every ReadingType has a real uom
     assert not any("charge" in (d or "") for _, d in readings)
-    assert all(mmr.ReadingType.uom in (38, 63, 29, 33) for mmr in readings.values())
+    assert all(mmr.ReadingType.uom in (38, 63, 29, 33, 72) for mmr in readings.values())
     assert m.der_status(BATTERY, 7000).stateOfChargeStatus.value == 4000
+    # ... and the energy it holds is a DER reading in Wh (kind energy): 40 % of 13.5 kWh
+    wh = readings[("der:bat-1", "Stored energy (Wh)")]
+    assert wh.Reading.value == 5400 and (wh.ReadingType.uom, wh.ReadingType.kind) == (72, 12)
+    assert ("der:pv-1", "Stored energy (Wh)") not in readings
     # the MirrorUsagePoint goes with its first readings (and validates so)
     first = m.mirror_usage_point(points["site"], LFDI, batches[0][1].MirrorMeterReading)
     validate(to_xml(first))

@@ -284,9 +284,12 @@ async def test_der_documents_telemetry_and_responses_reach_the_server(lab: Lab) 
     assert site_w["value"] == -2500 and site_w["reading_type"].uom == 38 and site_w["time_start"] == now
     assert by_key[("Voltage phase A (V)", None)]["value"] == 2401
     assert len({row["mup_mrid"] for row in readings}) == 3  # site + PV + battery
-    # site W/V/Hz, PV W, battery W: nothing twice. SoC is not a reading (uom 0) but DERStatus (below).
-    assert len(readings) == 3 + 1 + 1
-    assert all(row["reading_type"].uom in (38, 29, 33) for row in readings)
+    # site W/V/Hz, PV W, battery W and stored energy (61.5 % of 13.5 kWh): nothing twice. SoC itself is
+    # not a reading (no uom for it) but DERStatus (below).
+    assert len(readings) == 3 + 1 + 2
+    assert all(row["reading_type"].uom in (38, 29, 33, 72) for row in readings)
+    stored = by_key[("Stored energy (Wh)", None)]
+    assert stored["value"] == round(0.615 * 13500) and stored["reading_type"].kind == 12
 
     # the server lists one DER per site: the client reports the site's DER as one aggregate
     docs = await eventually(lambda: _all_der_docs(lab))
@@ -430,7 +433,7 @@ async def test_outage_queues_durably_and_delivers_everything_once_after_recovery
             if row["description"] == "Active power (W)" and row["reading_type"].flowDirection == 1
         ]
         assert site_w == [-1000, -1001, -1002, -1003]  # all of them, in order, once
-        assert len(readings) == 4 * 5  # site W/V/Hz, PV W, battery W (SoC is in DERStatus)
+        assert len(readings) == 4 * 6  # site W/V/Hz, PV W, battery W and Wh (SoC is in DERStatus)
         assert [row["status"] for row in await lab.admin.responses_for_control(doe)] == [1, 2]
     finally:
         await proxy.stop()
@@ -490,3 +493,19 @@ async def test_listener_only_accepts_well_formed_notifications_from_the_server(l
             assert resp.status == 204
     assert client.status.notifications == 1
     assert all(not task.done() for task in client._tasks)
+
+
+async def test_configured_nmi_becomes_the_connection_point_at_discovery(lab: Lab) -> None:
+    """CSIP-AUS ConnectionPoint (client procedure ALL-03): the gateway PUTs the site's NMI to its
+    EndDevice's ConnectionPointLink when the server holds another (or none), once."""
+    import sqlalchemy as sa
+
+    from server.store import sites
+
+    client = lab.client(nmi="4103456789")
+    await client.start()
+    await client.wait_ready(10)
+    async with lab.server.store.read() as conn:
+        nmi = (await conn.execute(sa.select(sites.c.nmi).where(sites.c.lfdi == lab.device.lfdi))).scalar_one()
+    assert nmi == "4103456789" and client.status.refusals == {}
+    assert client._cp_synced == "/edev/1/cp"

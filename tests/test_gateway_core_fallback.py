@@ -224,3 +224,17 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
         save_state(path, sc)
     assert path.read_bytes() == good  # the old state is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+@pytest.mark.parametrize(
+    ("configured", "interval", "effective"),
+    [(300, None, 300), (300, 60, 300), (60, 300, 301), (1, 2.5, 4), (2, 1, 2), (5, 5, 6)],
+)
+def test_comms_timeout_is_kept_above_the_contact_interval(
+    configured: int, interval: float | None, effective: int
+) -> None:
+    """Issue 11 item 15: a timeout shorter than the time between two exchanges would call a healthy link
+    lost; it is raised to the interval plus one second (never lowered below the configured value)."""
+    from gateway.core.fallback import effective_comms_timeout
+
+    assert effective_comms_timeout(configured, interval) == effective

@@ -94,6 +94,7 @@ def test_settings_derive_lfdi_from_certificate_and_resolve_paths(gw_pki: Pki, tm
         ),
         (lambda d: d["comms_loss"].pop("export_limit_w"), "comms_loss: comms_loss_limits must set"),
         (lambda d: d["comms_loss"].update(comms_timeout_s=0), "comms_loss.comms_timeout_s"),
+        (lambda d: d["server"].update(nmi="41023"), "server.nmi"),
         (lambda d: d["local_api"].update(host="0.0.0.0"), "local_api.host: must be a loopback"),
         (lambda d: d["local_api"].update(token="short"), "local_api.token"),
         (lambda d: d["control_loop"].update(period_s=0), "control_loop.period_s: must be > 0"),

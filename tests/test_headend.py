@@ -87,7 +87,7 @@ class Receiver:
             ssl_context=server_ssl_context(paths.server_chain, paths.server_key, paths.ca_chain),
         )
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = self.runner.addresses[0][1]
 
     def uri(self, who: str) -> str:
         return f"https://127.0.0.1:{self.port}/notify/{who}"

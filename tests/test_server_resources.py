@@ -263,11 +263,11 @@ async def test_a_write_blocked_by_another_writer_is_a_503_and_changes_nothing(pk
     """A long write transaction (e.g. a bulk DOE upload) holds SQLite: others get 503 + Retry-After."""
     import sqlite3
 
-    import server.store
+    import server.store.engine
     from server.app import start_server
     from tests.test_server_harness import Client, server_config
 
-    monkeypatch.setattr(server.store, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(server.store.engine, "SQLITE_BUSY_TIMEOUT_MS", 200)
     running = await start_server(server_config(pki, tmp_path / "d"))
     client = Client(running.base_url, pki.ssl("dev-a"), pki.identities["dev-a"].lfdi)
     try:

@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 
 from derlink.demo.compliance import Verdict, check_responses, judge, required_statuses
+from derlink.demo.samples import Sample
 from derlink.demo.scenario import Scenario, Segment, applicable_segments, emergency_end
 from simulators.link_proxy import LinkProxy
 
@@ -87,23 +88,6 @@ def _profile_csv(s: Scenario, points: tuple[tuple[float, float], ...]) -> str:
         seen.add(sec)
         out.write(f"{sec:.0f},{w:.1f}\n")
     return out.getvalue()
-
-
-@dataclass
-class Sample:
-    """What the demo sees at one moment (for the live view and the plot)."""
-
-    t: float  # unix
-    site_w: float | None  # + import / - export (the simulator's meter)
-    pv_w: float | None
-    battery_w: float | None
-    soc_pct: float | None
-    gw_export_w: float | None
-    gw_import_w: float | None
-    gw_source: str
-    regime: str
-    link: str  # up | cut
-    gw_link_lost: bool
 
 
 @dataclass
@@ -636,7 +620,7 @@ class Demo:
             summary["files"]["data_dir"] = str(self.tmp.resolve())
             summary["files"]["database"] = str((self.tmp / "server" / "derlink.sqlite3").resolve())
         try:
-            plot_demo(self, verdict, readings, png_path)
+            plot_demo(self.s, self.t0, self.segments, self.samples, verdict, readings, png_path)
         except Exception as exc:  # the verdict stands without a picture
             log.exception("plot failed")
             summary["files"]["png"] = None

@@ -25,6 +25,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from server.compliance.judge import Rules
+
 EMERGENCY_ACTIONS = ("zero_export", "zero_generation", "disconnect")  # all mean: export 0 at the site
 FAULTS = ("stuck", "offline", "slow", "frozen", "exception")
 FAULT_DEVICES = ("pv", "battery", "meter")
@@ -167,8 +169,8 @@ class Scenario:
         return replace(self, speed=speed)
 
     def tolerance(self, limit_w: float) -> float:
-        """Allowed excess over a limit: max(tolerance_pct % of it, tolerance_w)."""
-        return max(self.tolerance_pct / 100.0 * limit_w, self.tolerance_w)
+        """Allowed excess over a limit: max(tolerance_pct % of it, tolerance_w) (the server's rule)."""
+        return Rules(tolerance_w=self.tolerance_w, tolerance_pct=self.tolerance_pct).tolerance(limit_w)
 
 
 # ------------------------------------------------------------------------------------------- parsing

@@ -7,7 +7,8 @@ with their MirrorMeterReadings. No I/O here; every builder takes ``now``.
 
 Unit conventions (2030.5 -> core):
 
-* ``ActivePower`` limits (``opModExpLimW`` ...) and ``opModTargetW``: value x 10^multiplier -> watts.
+* ``ActivePower`` limits (``opModExpLimW`` ...), ``opModTargetW`` and the CSIP-AUS v1.3
+  ``opModStorageTargetW``: value x 10^multiplier -> watts.
 * ``opModFixedW`` (signed) and ``opModMaxLimW``: hundredths of a percent of setMaxW -> percent.
 * ``rampTms``: hundredths of a second -> seconds. ``setGradW`` (DefaultDERControl) is passed unchanged.
 * ``randomizeStart``/``randomizeDuration`` absent -> 0. ``responseRequired`` hex -> int bitmap.
@@ -25,13 +26,15 @@ W (DER)     38 W    37 power  19 reverse          0 (n/a)                0
 VAr         63 var  37 power  same as W           0 (n/a)                0
 V           29 V    0 (n/a)   0 (n/a)             129 AN / 65 BN / 33 CN  -1
 Hz          33 Hz   0 (n/a)   0 (n/a)             0 (n/a)                -2
+Wh (DER)    72 Wh   12 energy 0 (n/a)             0 (n/a)                0
 ==========  ======  ========  ==================  =====================  ==========
 
 Site power is positive when the site imports (delivered to the customer, flowDirection 1) and negative
 when it exports. DER power is positive when the DER generates or discharges (received from the customer,
 flowDirection 19) and negative when it charges. Every ReadingType carries a real ``uom``: a battery's
 state of charge is not a reading (2030.5 has no percent uom) but DERStatus ``stateOfChargeStatus``
-(hundredths of a percent), where CSIP-AUS puts it (STO-01 / STO-04).
+(hundredths of a percent), where CSIP-AUS puts it; the energy it holds (SoC x rtgMaxWh) is a DER
+reading in Wh, which the storage procedures STO-01 / STO-04 count.
 Site MirrorUsagePoint roleFlags: isMirror | isPremisesAggregationPoint (0x0003); DER MirrorUsagePoint:
 isMirror | isDER | isSubmeter (0x0049). Commodity 1 (electricity, secondary metered), accumulation 12
 (instantaneous), dataQualifier 2 (average over the post interval).
@@ -78,6 +81,7 @@ def control_settings(
         fixed_w_pct=base.opModFixedW / 100.0 if base.opModFixedW is not None else None,
         max_lim_w_pct=base.opModMaxLimW / 100.0 if base.opModMaxLimW is not None else None,
         target_w=_watts(base.opModTargetW, f"{where}.opModTargetW"),
+        storage_target_w=_watts(base.opModStorageTargetW, f"{where}.opModStorageTargetW"),
         ramp_time_s=base.rampTms / 100.0 if base.rampTms is not None else None,
         set_grad_w=float(set_grad_w) if set_grad_w is not None else None,
     )
@@ -164,6 +168,8 @@ DOE_EXP_LIM_W = 1 << 0
 DOE_IMP_LIM_W = 1 << 1
 DOE_GEN_LIM_W = 1 << 2
 DOE_LOAD_LIM_W = 1 << 3
+# csipaus VPPControlType bits (CSIP-AUS v1.3 storage extension)
+VPP_STORAGE_TARGET_W = 1 << 0
 # ConnectStatusType bits
 CONNECT_CONNECTED = 1 << 0
 CONNECT_AVAILABLE = 1 << 1
@@ -193,7 +199,9 @@ class DeviceSnapshot:
     ``device_id`` must be stable across restarts (e.g. SunSpec manufacturer + serial): it names the DER's
     MirrorUsagePoint. Nameplate (rtg_*), settings (set_*), status and measurements are in SI units.
     ``modes_supported``/``modes_enabled`` are DERControlType bitmaps; ``doe_modes_*`` csipaus
-    DOEControlType bitmaps. Storage fields (``rtg_max_wh``, charge/discharge rates) only for batteries.
+    DOEControlType bitmaps, ``vpp_modes_supported`` the v1.3 VPPControlType bitmap (0: not sent, so a
+    PV inverter's documents stay v1.2). Storage fields (``rtg_max_wh``, charge/discharge rates) only for
+    batteries.
     """
 
     device_id: str
@@ -201,6 +209,7 @@ class DeviceSnapshot:
     rtg_max_w: float
     modes_supported: int
     doe_modes_supported: int = DOE_EXP_LIM_W | DOE_IMP_LIM_W | DOE_GEN_LIM_W | DOE_LOAD_LIM_W
+    vpp_modes_supported: int = 0
     rtg_max_va: float | None = None
     rtg_max_var: float | None = None
     rtg_max_wh: float | None = None
@@ -278,11 +287,13 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
     hz = [d.measurements.hz for d in devices if d.measurements.hz is not None]
     modes = 0
     doe = 0
+    vpp = 0
     enabled = 0
     doe_enabled = 0
     for d in devices:
         modes |= d.modes_supported
         doe |= d.doe_modes_supported
+        vpp |= d.vpp_modes_supported
         enabled |= d.modes_enabled if d.modes_enabled is not None else d.modes_supported
         doe_enabled |= d.doe_modes_enabled if d.doe_modes_enabled is not None else d.doe_modes_supported
     grads = [d.set_grad_w for d in devices if d.set_grad_w]
@@ -292,6 +303,7 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
         rtg_max_w=sum(d.rtg_max_w for d in devices),
         modes_supported=modes,
         doe_modes_supported=doe,
+        vpp_modes_supported=vpp,
         rtg_max_va=_sum([d.rtg_max_va for d in devices]),
         rtg_max_var=_sum([d.rtg_max_var for d in devices]),
         rtg_max_wh=_sum([d.rtg_max_wh for d in devices]),
@@ -334,6 +346,7 @@ def der_capability(device: DeviceSnapshot) -> r.DERCapability:
         else None,
         type=device.der_type,
         doeModesSupported=f"{device.doe_modes_supported:02X}",
+        vppModesSupported=_vpp(device),
     )
 
 
@@ -354,7 +367,12 @@ def der_settings(device: DeviceSnapshot, now: int) -> r.DERSettings:
         else None,
         updatedTime=now,
         doeModesEnabled=f"{doe:02X}",
+        vppModesEnabled=_vpp(device),
     )
+
+
+def _vpp(device: DeviceSnapshot) -> str | None:
+    return f"{device.vpp_modes_supported:02X}" if device.vpp_modes_supported else None
 
 
 def _connect_bits(device: DeviceSnapshot) -> str:
@@ -399,8 +417,8 @@ def der_availability(device: DeviceSnapshot, now: int) -> r.DERAvailability:
 ROLE_SITE = "0003"  # isMirror | isPremisesAggregationPoint
 ROLE_DER = "0049"  # isMirror | isDER | isSubmeter
 _PHASES = {"A": 129, "B": 65, "C": 33}
-UOM_W, UOM_VAR, UOM_V, UOM_HZ = 38, 63, 29, 33
-KIND_POWER = 37
+UOM_W, UOM_VAR, UOM_V, UOM_HZ, UOM_WH = 38, 63, 29, 33, 72
+KIND_POWER, KIND_ENERGY = 37, 12
 FLOW_FORWARD, FLOW_REVERSE = 1, 19
 
 
@@ -417,7 +435,9 @@ class Quantity:
     multiplier: int
 
 
-def _quantities(m: Measurements, *, is_site: bool) -> list[tuple[Quantity, float]]:
+def _quantities(
+    m: Measurements, *, is_site: bool, stored_wh: float | None = None
+) -> list[tuple[Quantity, float]]:
     flow = FLOW_FORWARD if is_site else FLOW_REVERSE
     out: list[tuple[Quantity, float]] = []
     if m.w is not None:
@@ -435,6 +455,8 @@ def _quantities(m: Measurements, *, is_site: bool) -> list[tuple[Quantity, float
         )
     if m.hz is not None:
         out.append((Quantity("hz", "Frequency (Hz)", UOM_HZ, 0, 0, 0, -2), m.hz))
+    if stored_wh is not None:
+        out.append((Quantity("wh", "Stored energy (Wh)", UOM_WH, KIND_ENERGY, 0, 0, 0), stored_wh))
     return out
 
 
@@ -490,7 +512,12 @@ def mirror_usage_point(
 
 
 def meter_readings(
-    point: MirrorPoint, measurements: Measurements, now: int, interval_s: int, pen: int = 0
+    point: MirrorPoint,
+    measurements: Measurements,
+    now: int,
+    interval_s: int,
+    pen: int = 0,
+    stored_wh: float | None = None,
 ) -> r.MirrorMeterReadingList | None:
     """One MirrorMeterReading per measured quantity, each with its ReadingType and one Reading.
 
@@ -498,7 +525,7 @@ def meter_readings(
     and a server can match readings to its stored MirrorMeterReadings. None if nothing was measured.
     """
     items = []
-    for q, value in _quantities(measurements, is_site=point.key == "site"):
+    for q, value in _quantities(measurements, is_site=point.key == "site", stored_wh=stored_wh):
         scaled = round(value / 10.0**q.multiplier)
         items.append(
             r.MirrorMeterReading(
@@ -522,11 +549,17 @@ def site_readings(
 ) -> list[tuple[MirrorPoint, r.MirrorMeterReadingList]]:
     """(MirrorUsagePoint, readings) for the site meter and each DER of a snapshot."""
     out = []
-    points = [(mirror_point(lfdi, "site", pen), snapshot.site)] + [
-        (mirror_point(lfdi, f"der:{d.device_id}", pen), d.measurements) for d in snapshot.ders
+    points = [(mirror_point(lfdi, "site", pen), snapshot.site, None)] + [
+        (mirror_point(lfdi, f"der:{d.device_id}", pen), d.measurements, _stored_wh(d)) for d in snapshot.ders
     ]
-    for point, measurements in points:
-        doc = meter_readings(point, measurements, now, interval_s, pen)
+    for point, measurements, stored_wh in points:
+        doc = meter_readings(point, measurements, now, interval_s, pen, stored_wh)
         if doc is not None:
             out.append((point, doc))
     return out
+
+
+def _stored_wh(device: DeviceSnapshot) -> float | None:
+    """A battery's stored energy: state of charge x usable capacity (rtgMaxWh)."""
+    soc, capacity = device.measurements.soc_pct, device.rtg_max_wh
+    return None if soc is None or not capacity else soc / 100.0 * capacity

@@ -114,6 +114,7 @@ class ClientConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 300.0
     pen: int = 0
+    nmi: str | None = None  # PUT as the EndDevice's ConnectionPoint at discovery when the server differs
 
     def __post_init__(self) -> None:
         problems = []
@@ -227,6 +228,7 @@ class Sep2Client:
         self._site: mapping.SiteSnapshot | None = None
         self._put_docs: dict[str, bytes] = {}  # DER document href -> last body PUT (cap/settings)
         self._connected_once = False
+        self._cp_synced: str | None = None  # ConnectionPoint href known to hold the configured NMI
         # seconds from a Notification's receipt to the engine updated (the latest 5000)
         self.notification_latencies: deque[float] = deque(maxlen=5000)
         # server time of the receipt of the Notification being handled, while on_schedule_change runs
@@ -333,6 +335,21 @@ class Sep2Client:
     @property
     def post_rate(self) -> int:
         return self._post_rate or self.config.default_post_rate
+
+    def contact_interval(self) -> float | None:
+        """Seconds between two exchanges with a healthy server: the period of the client's most frequent
+        request (polls at the server's pollRates, DER documents and readings at its postRate). None before
+        discovery has finished. The runtime keeps ``comms_timeout_s`` above it (see
+        :func:`gateway.core.fallback.effective_comms_timeout`)."""
+        if not self._ready.is_set() or self._failed is not None or self.dcap is None:
+            return None
+        jobs = [j for j in self._due if j in ("dcap", "walk") or j.startswith("derp:")]
+        if self.dcap.TimeLink is not None:
+            jobs.append("time")
+        rates = [self._job_rate(j) for j in jobs]
+        if self._der_targets() or (self._site is not None and self.dcap.MirrorUsagePointListLink):
+            rates.append(self.post_rate)  # DERStatus PUTs / readings at every postRate
+        return min(rates, default=None)
 
     async def put_connection_point(self, nmi: str) -> str:
         """PUT our EndDevice's csipaus ConnectionPoint (the site's NMI); returns its href.
@@ -480,7 +497,8 @@ class Sep2Client:
     # ----------------------------------------------------------------------------------- discovery
 
     async def _discover(self) -> None:
-        self.status.state = "discovering"
+        if self.status.state != "running":  # the periodic re-read of the DeviceCapability is not discovery
+            self.status.state = "discovering"
         dcap = await self._get(self.config.dcap_url, r.DeviceCapability)
         self.dcap = dcap
         self._rates["dcap"] = dcap.pollRate or self.config.default_poll_rate
@@ -496,6 +514,7 @@ class Sep2Client:
             log.info("registered: EndDevice %s (lFDI %s)", self.end_device.href, self.config.lfdi)
         self.status.end_device = self.end_device.href
         await self._check_registration(self.end_device)
+        await self._sync_connection_point(self.end_device)
         if self.end_device.DERListLink is not None:
             _, self._der_hrefs = await self._get_list(self.end_device.DERListLink.href, r.DERList, "DER")
         if dcap.MirrorUsagePointListLink is not None:
@@ -566,6 +585,26 @@ class Sep2Client:
         if not location:
             raise CommsError("EndDevice registration: server gave no Location")
         return await self._get(location, r.EndDevice)
+
+    async def _sync_connection_point(self, device: r.EndDevice) -> None:
+        """CSIP-AUS ConnectionPoint: PUT the configured NMI unless the server already holds it. A refusal
+        is recorded (status.refusals) and discovery goes on: the NMI is the operator's to fix."""
+        link = device.ConnectionPointLink
+        if self.config.nmi is None or link is None or self._cp_synced == link.href:
+            return
+        held = await self._get_optional(link.href, r.ConnectionPoint)
+        if held is not None and held.connectionPointId == self.config.nmi:
+            self._cp_synced = link.href
+            return
+        what = f"ConnectionPoint {link.href} (NMI {self.config.nmi})"
+        try:
+            await self._put(link.href, r.ConnectionPoint(connectionPointId=self.config.nmi))
+        except ServerRejected as exc:
+            self._refused(what, exc)
+        else:
+            self._forgive(what)
+            self._cp_synced = link.href
+            log.info("NMI %s recorded as the ConnectionPoint of %s", self.config.nmi, device.href)
 
     async def _check_registration(self, device: r.EndDevice) -> None:
         if self.config.pin is None:
@@ -749,7 +788,7 @@ class Sep2Client:
             ssl_context=self.listener_ssl_context,
         )
         await site.start()
-        self.listener_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.listener_port = self._runner.addresses[0][1]
 
     async def _handle_notification(self, request: web.Request) -> web.Response:
         received = time.perf_counter()

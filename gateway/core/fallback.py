@@ -21,6 +21,7 @@ automatic: the next successful contact makes the regime NORMAL again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -53,6 +54,24 @@ class FallbackConfig:
             problems.append(f"persistent_loss_s must be >= 0, got {self.persistent_loss_s}")
         if problems:
             raise ValueError("; ".join(problems))
+
+
+#: Seconds added to the client's contact interval: the exchange itself takes a moment, and contact times
+#: have a resolution of one second.
+CONTACT_GRACE_S = 1
+
+
+def effective_comms_timeout(configured_s: int, contact_interval_s: float | None) -> int:
+    """The comms timeout to apply, given the longest the client goes without an exchange with a healthy
+    server (its most frequent periodic request, which follows the server's pollRate/postRate).
+
+    A ``comms_timeout_s`` shorter than that would declare the link lost between two normal exchanges (and
+    back at the next one), so it is raised to the interval plus :data:`CONTACT_GRACE_S`; the shell logs
+    the adjustment. ``None`` (rates not known yet): the configured value.
+    """
+    if contact_interval_s is None:
+        return configured_s
+    return max(configured_s, math.ceil(contact_interval_s) + CONTACT_GRACE_S)
 
 
 @dataclass(frozen=True)

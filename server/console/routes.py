@@ -26,7 +26,7 @@ from server.console.auth import (
     set_session_cookie,
 )
 from server.console.plot import site_svg
-from server.headend.api import HeadEndError, Operator
+from server.headend.errors import HeadEndError, Operator
 from server.incidents import ACTIONS, KINDS, SEVERITIES, TRANSITIONS
 from server.incidents.repo import IncidentNotFound, Incidents
 

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
 from sep2.nmi import NmiError, validate_nmi
-from server.config import ConfigError, ServerConfig
+from server.config import ServerConfig
 from server.errors import ApiError
 from server.headend.doe import (
     CHUNK_BYTES,
@@ -41,6 +41,7 @@ from server.headend.doe import (
     parse_doe_mrid,
     site_intervals,
 )
+from server.headend.errors import HeadEndError, Operator, bad
 from server.store import (
     AdminError,
     Page,
@@ -72,7 +73,6 @@ from server.store import (
 
 log = logging.getLogger("derlink.headend")
 
-ROLES = ("operator", "viewer")
 TOKEN_FILE = "headend-token"
 BASE_FIELDS = {
     "import_limit_w": "number",
@@ -96,58 +96,7 @@ EMERGENCY_ACTIONS = {
 EMERGENCY_PROGRAM = "emergency"
 
 
-class HeadEndError(ApiError):
-    """A head-end request error; ``field`` names what was wrong."""
-
-    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.field = field
-
-
-def bad(detail: str) -> HeadEndError:
-    field = detail.split(":", 1)[0] if ":" in detail else None
-    return HeadEndError(400, detail, field if field and " " not in field else None)
-
-
 # ------------------------------------------------------------------------------------------- tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Operator:
-    name: str
-    role: str
-
-    @property
-    def can_write(self) -> bool:
-        return self.role == "operator"
-
-
-def check_tokens(value: Any) -> list[dict[str, str]]:
-    """Validate ``headend_tokens`` from the config; errors name the entry and key."""
-    if not isinstance(value, list):
-        raise ConfigError(f"headend_tokens: expected a list of {{name, token, role}} tables, got {value!r}")
-    out = []
-    names = set()
-    for i, entry in enumerate(value):
-        where = f"headend_tokens[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a table with name, token and role")
-        unknown = set(entry) - {"name", "token", "role"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (expected name, token, role)")
-        for key in ("name", "token", "role"):
-            if not isinstance(entry.get(key), str) or not entry[key]:
-                raise ConfigError(f"{where}.{key}: required string")
-        if entry["role"] not in ROLES:
-            raise ConfigError(f"{where}.role: must be operator or viewer, got {entry['role']!r}")
-        if len(entry["token"]) < 16:
-            raise ConfigError(f"{where}.token: must be at least 16 characters")
-        if entry["name"] in names:
-            raise ConfigError(f"{where}.name: duplicate name {entry['name']!r}")
-        names.add(entry["name"])
-        out.append(dict(entry))
-    return out
 
 
 def load_tokens(config: ServerConfig) -> list[dict[str, str]]:
@@ -1931,7 +1880,7 @@ async def start_headend(store: Store, config: ServerConfig) -> tuple[web.AppRunn
     await runner.setup()
     site = web.TCPSite(runner, config.headend_host, config.headend_port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     log.info("head-end API listening on http://%s:%d/api", config.headend_host, port)
     return runner, port
 
