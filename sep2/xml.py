@@ -247,7 +247,10 @@ def _parse_simple(xsd_type: str, raw: str, path: str) -> Any:
     text = raw.strip()
     if xsd_type in INTEGER_RANGES:
         if not _INTEGER.match(text):
-            raise Sep2XmlError(f"expected an integer ({xsd_type}), got {raw!r}", path)
+            raise Sep2XmlError(f"expected an integer ({xsd_type}), got {raw[:40]!r}", path)
+        if len(text.lstrip("+-").lstrip("0")) > 20:  # no 2030.5 integer type has more digits than this
+            low, high = INTEGER_RANGES[xsd_type]
+            raise Sep2XmlError(f"{text[:20]}... is outside the {xsd_type} range {low}..{high}", path)
         value: Any = int(text)
     elif xsd_type == "boolean":
         if text in ("true", "1"):

@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sep2 import resources as r
 from sep2.base import INTEGER_RANGES
 from sep2.power import MULTIPLIER_RANGE
+from server.limits import InputError, check_json_tree, json_decoder
 from server.store import Store, _enqueue, _insert, doe_intervals, doe_uploads, programs, sites
 from server.store.doe import (
     DOE_ID_BASE,
@@ -218,7 +219,7 @@ class RowParser:
         if number > MAX_WATTS:
             try:
                 r.ActivePower.from_watts(float(number))
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 raise _RowError(
                     f"{column}: {value} W cannot be expressed as a 2030.5 ActivePower ({exc})"
                 ) from None
@@ -420,7 +421,7 @@ async def _parse_csv(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Sin
 
 async def _parse_json(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Sink) -> None:
     """A JSON array of objects, or JSON Lines; parsed record by record with ``raw_decode``."""
-    decoder = json.JSONDecoder()
+    decoder = json_decoder()  # bounded numbers (server.limits)
     parser.site_column = ""
     buffer = ""
     record = 0
@@ -466,11 +467,20 @@ async def _parse_json(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Si
                 raise IngestError(
                     [(record + 1, f"body: invalid JSON ({exc.msg})")], sink.more_errors, unit="record"
                 ) from None
+            except (ValueError, RecursionError) as exc:  # a number over the limits, or absurd nesting
+                problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+                raise IngestError(
+                    [(record + 1, f"body: invalid JSON ({problem})")], sink.more_errors, unit="record"
+                ) from None
             pos = end
             record += 1
             try:
                 if not isinstance(obj, dict):
                     raise _RowError("record: must be a JSON object")
+                try:
+                    check_json_tree(obj, 2, "record")
+                except InputError as exc:
+                    raise _RowError(exc.detail) from None
                 unknown = [k for k in obj if k not in ALL_COLUMNS]
                 if unknown:
                     raise _RowError(f"{unknown[0]}: unknown field (expected {', '.join(ALL_COLUMNS)})")

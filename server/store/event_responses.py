@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
 from server.errors import BadRequest, NotFound
 from server.store.base import StoreBase
+from server.store.quotas import QuotaExceeded
 from server.store.schema import (
     VALID_RESPONSE_STATUSES,
     controls,
@@ -15,6 +19,7 @@ from server.store.schema import (
 )
 from server.store.scope import Page, RequestScope, _own_site
 from server.store.targets import _site_targets
+from server.store.versions import owners
 
 
 class ResponsesStore(StoreBase):
@@ -25,8 +30,10 @@ class ResponsesStore(StoreBase):
         if response.status is None or response.status not in VALID_RESPONSE_STATUSES:
             raise BadRequest(f"Response.status: {response.status!r} is not a valid DER response status")
         now = self.clock()
-        async with self.write() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             site = await _own_site(conn, scope, response.endDeviceLFDI, "Response.endDeviceLFDI")
+            self.touch(*(("rsp", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             keys = [k for k, _ in await _site_targets(conn, site.id)]
             control = (
                 await conn.execute(
@@ -38,6 +45,21 @@ class ResponsesStore(StoreBase):
             if control is None:
                 raise BadRequest(
                     f"Response.subject: {response.subject} is not a DERControl of this EndDevice"
+                )
+            mine = (responses.c.site_id == site.id) & (responses.c.control_id == control.id)
+            same = (
+                await conn.execute(
+                    sa.select(responses.c.id).where(mine, responses.c.status == response.status)
+                )
+            ).first()
+            if same is not None:  # the same Response again (a retry): idempotent, nothing new stored
+                return same.id
+            held = (
+                await conn.execute(sa.select(sa.func.count()).select_from(responses).where(mine))
+            ).scalar_one()
+            if held >= self.quotas.responses_per_event:
+                raise QuotaExceeded(
+                    f"Response: this EndDevice already sent its maximum of {held} Responses to this event"
                 )
             return (
                 await conn.execute(
@@ -51,6 +73,8 @@ class ResponsesStore(StoreBase):
                 )
             ).inserted_primary_key[0]
 
+        return await self.grouped(work)
+
     def _response_query(self, scope: RequestScope) -> sa.Select:
         return (
             sa.select(responses, sites.c.lfdi, controls.c.mrid.label("subject"))
@@ -63,6 +87,7 @@ class ResponsesStore(StoreBase):
         query = self._response_query(scope)
         if page.after is not None:
             query = query.where(responses.c.received_at >= page.after)
+        self.depends(("rsp", scope.owner))
         async with self.read() as conn:
             total = (
                 await conn.execute(sa.select(sa.func.count()).select_from(query.subquery()))
@@ -73,6 +98,7 @@ class ResponsesStore(StoreBase):
         return total, list(rows)
 
     async def response(self, scope: RequestScope, response_id: int) -> sa.Row:
+        self.depends(("rsp", scope.owner))
         async with self.read() as conn:
             row = (
                 await conn.execute(self._response_query(scope).where(responses.c.id == response_id))

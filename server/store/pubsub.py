@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server.errors import BadRequest, NotFound
 from server.store.base import StoreBase
 from server.store.engine import _insert
+from server.store.quotas import QuotaExceeded
 from server.store.schema import (
     SUBSCRIPTION_KINDS,
     clients,
@@ -82,8 +83,19 @@ class SubscriptionsStore(StoreBase):
         if len(notification_uri) > 512:
             raise BadRequest("Subscription.notificationURI: at most 512 characters")
         now = self.clock()
-        async with self.write() as conn:
+        async with self.changing(("sub", site_id)) as conn:
             await self._site(conn, scope, site_id)
+            held = (
+                await conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(subscriptions)
+                    .where(subscriptions.c.site_id == site_id)
+                )
+            ).scalar_one()
+            if held >= self.quotas.subscriptions_per_site:
+                raise QuotaExceeded(
+                    f"Subscription: this EndDevice already holds its maximum of {held} subscriptions"
+                )
             return (
                 await conn.execute(
                     subscriptions.insert().values(
@@ -104,6 +116,7 @@ class SubscriptionsStore(StoreBase):
     async def list_subscriptions(
         self, scope: RequestScope, site_id: int, page: Page
     ) -> tuple[int, list[sa.Row]]:
+        self.depends(("sub", site_id))
         async with self.read() as conn:
             await self._site(conn, scope, site_id)
             cond = subscriptions.c.site_id == site_id
@@ -122,6 +135,7 @@ class SubscriptionsStore(StoreBase):
         return total, list(rows)
 
     async def subscription(self, scope: RequestScope, site_id: int, sub_id: int) -> sa.Row:
+        self.depends(("sub", site_id))
         async with self.read() as conn:
             await self._site(conn, scope, site_id)
             row = (
@@ -136,7 +150,7 @@ class SubscriptionsStore(StoreBase):
         return row
 
     async def delete_subscription(self, scope: RequestScope, site_id: int, sub_id: int) -> None:
-        async with self.write() as conn:
+        async with self.changing(("sub", site_id)) as conn:
             await self._site(conn, scope, site_id)
             result = await conn.execute(
                 subscriptions.delete().where(subscriptions.c.id == sub_id, subscriptions.c.site_id == site_id)
