@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_ONLY = ("sqlalchemy", "asyncpg", "aiosqlite", "alembic", "jinja2")
-GATEWAY_ONLY = ("pymodbus", "sunspec2", "aiomqtt", "zeroconf")
+SERVER_ONLY = ("sqlalchemy", "asyncpg", "aiosqlite", "alembic")  # Jinja2 is shared: both serve pages
+GATEWAY_ONLY = ("pymodbus", "sunspec2", "aiomqtt", "zeroconf", "segno")
 
 
 @pytest.fixture(scope="module")

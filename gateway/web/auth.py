@@ -10,8 +10,13 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import jinja2
 from aiohttp import web
+
+HERE = Path(__file__).parent
+ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
 
 COOKIE = "derlink_gw_session"
 CSRF_FIELD = "csrf"
@@ -72,6 +77,10 @@ class Sessions:
 
     def end(self, request: web.Request) -> None:
         self._live.pop(request.cookies.get(COOKIE, ""), None)
+
+
+def token_ok(token: str, given: str) -> bool:
+    return hmac.compare_digest(token.encode(), given.strip().encode())
 
 
 def csrf_ok(session: Session, given: object) -> bool:

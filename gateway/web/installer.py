@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hmac
 import json
 import math
 import re
@@ -29,23 +28,24 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-from derlink.files import write_atomic
 
 from gateway.commissioning.flow import Options, Outcome, parse_scan_targets, parse_units, run_commissioning
 from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, StateError
 from gateway.web.auth import (
     COOKIE,
     CSRF_FIELD,
+    ENV,
+    HERE,
     SAFE_METHODS,
     OneTimePin,
     Sessions,
     csrf_ok,
     html_response,
     set_cookie,
+    token_ok,
 )
+from sep2.files import write_atomic
 
-HERE = Path(__file__).parent
-ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
 MAX_UPLOAD = 64 * 1024
 ROLES = ("pv", "battery", "meter", "ignore")
 
@@ -476,10 +476,6 @@ class Installer:
         for conn in self.live_conns.values():
             with contextlib.suppress(Exception):
                 await conn.close()
-
-
-def token_ok(token: str, given: str) -> bool:
-    return hmac.compare_digest(token.encode(), given.strip().encode())
 
 
 def create_installer_app(installer: Installer) -> web.Application:

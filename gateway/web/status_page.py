@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from gateway.web.auth import COOKIE, Sessions, csrf_ok, html_response, set_cookie
-from gateway.web.installer import ENV, token_ok
+from gateway.web.auth import COOKIE, ENV, HERE, Sessions, csrf_ok, html_response, set_cookie, token_ok
 
 if TYPE_CHECKING:
-    from gateway.runtime import GatewayRuntime
+    from gateway.ports import RuntimeView
 
 LIMIT_NAMES = {
     "export_w": "Export at the connection point", "import_w": "Import at the connection point",
@@ -60,7 +59,7 @@ def limit_rows(limits: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def mount_status_page(app: web.Application, runtime: GatewayRuntime, token: str) -> None:
+def mount_status_page(app: web.Application, runtime: RuntimeView, token: str) -> None:
     sessions = Sessions()
 
     def render(request: web.Request, template: str, status: int = 200, **ctx: Any) -> web.Response:
@@ -111,6 +110,4 @@ def mount_status_page(app: web.Application, runtime: GatewayRuntime, token: str)
     app.router.add_post("/ui/login", login)
     app.router.add_post("/ui/logout", logout)
     app.router.add_get("/ui/", page)
-    from gateway.web.installer import HERE
-
     app.router.add_static("/ui/static/", HERE / "static")
