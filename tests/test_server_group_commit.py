@@ -147,3 +147,18 @@ async def test_kill_9_during_a_stream_of_grouped_writes_loses_nothing_acknowledg
             proc.kill()
             await proc.wait()
         await client.close()
+
+
+async def test_the_same_new_mup_posted_twice_at_once_creates_it_once(tmp_path):
+    """A gateway that retries POST /mup after a timeout can race its own first attempt (found with group
+    commit under load: a UNIQUE violation answered 500). One creates the MUP, the other updates it."""
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'd.sqlite3'}")
+    try:
+        await store.admin.register_site(LFDI)
+        scope = RequestScope(lfdi=LFDI, kind="device")
+        doc = mup(LFDI)
+        results = await asyncio.gather(*(store.upsert_mup(scope, doc) for _ in range(4)))
+        assert len({mup_id for mup_id, _ in results}) == 1
+        assert sorted(created for _, created in results) == [False, False, False, True]
+    finally:
+        await store.close()

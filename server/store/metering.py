@@ -120,7 +120,12 @@ class MeteringStore(StoreBase):
                 await self._store_meter_reading(conn, mup_id, mmr, now)
             return mup_id, existing is None
 
-        return await self.grouped(work)
+        try:
+            return await self.grouped(work)
+        except sa.exc.IntegrityError:
+            # The same new mRID POSTed twice at once (a client retrying after a timeout): the other one
+            # created it, so this one is an update of it now.
+            return await self.grouped(work)
 
     async def post_meter_readings(
         self, scope: RequestScope, mup_id: int, items: list[r.MirrorMeterReading]
