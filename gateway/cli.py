@@ -4,6 +4,7 @@
     derlink gateway status --config site.toml      effective limits + sources, comms, next change
     derlink gateway status --config site.toml --json
     derlink gateway commission --dir DIR ...       installer commissioning (see gateway.commissioning)
+    derlink gateway installer --dir DIR            the same in a browser (see gateway.web.installer)
 
 Exit codes: 0 ok, 2 bad configuration or arguments, 3 the gateway's local API cannot be reached.
 """
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from gateway.commissioning.cli import add_commission_parser
 
     add_commission_parser(sub)
+    from gateway.web.installer import add_installer_parser
+
+    add_installer_parser(sub)
 
 
 def _settings(args: argparse.Namespace) -> Any:

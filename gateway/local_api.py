@@ -2,6 +2,7 @@
 
     GET    /status       effective limits with their sources, regime, comms, next change, site, inputs
     GET    /explain      per limit: value, source, detail (+ requested / clipped_by for setpoints)
+    GET    /ui/          the status page for a browser (gateway.web.status_page; log in with the token)
     GET    /metrics      Prometheus text format (gateway.observability); scrape with the bearer token
     PUT    /drm          AS/NZS 4755 modes, {"modes": [0, 5]} (only with [drm] source = "local_api")
     DELETE /drm          no DRM asserted
@@ -154,6 +155,8 @@ def create_app(runtime: RuntimeView) -> web.Application:
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/ui/"):  # the status page: a session cookie for the same token
+            return await handler(request)
         given = request.headers.get("Authorization", "")
         if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
             return web.json_response(
@@ -239,6 +242,9 @@ def create_app(runtime: RuntimeView) -> web.Application:
     app.router.add_delete("/aggregator", delete_aggregator)
     app.router.add_put("/customer", put_customer)
     app.router.add_delete("/customer", delete_customer)
+    from gateway.web.status_page import mount_status_page
+
+    mount_status_page(app, runtime, token)
     return app
 
 

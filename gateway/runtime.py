@@ -557,6 +557,7 @@ class GatewayRuntime:
                 w=meter.w, var=meter.var, v={"A": meter.v} if meter.v is not None else {}, hz=meter.hz
             )
         ders = []
+        v13 = self.settings.server.storage_extension
         for dev, is_battery in [(d, False) for d in self.runner.pvs] + [
             (d, True) for d in self.runner.batteries
         ]:
@@ -574,7 +575,7 @@ class GatewayRuntime:
                     der_type=m.DER_TYPE_STORAGE if is_battery else m.DER_TYPE_PV,
                     rtg_max_w=rated,
                     modes_supported=modes,
-                    vpp_modes_supported=m.VPP_STORAGE_TARGET_W if is_battery else 0,  # CSIP-AUS v1.3
+                    vpp_modes_supported=m.VPP_STORAGE_TARGET_W if is_battery and v13 else 0,  # CSIP-AUS v1.3
                     rtg_max_va=info.rated_va,
                     rtg_max_wh=info.capacity_wh if is_battery else None,
                     rtg_max_charge_w=info.max_charge_w if is_battery else None,

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fieldbus import load_map
 from gateway.control_loop import (
     BatteryState,
     LoadState,
@@ -39,7 +40,7 @@ from gateway.control_loop import (
     SiteControlLoop,
     SiteLimits,
 )
-from gateway.devices import DeviceConnection, DeviceError, Measurements, load_map
+from gateway.devices import DeviceConnection, DeviceError, Measurements
 from gateway.devices.device import SerialLine
 from gateway.devices.loads import LoadConnection, LoadReading
 from gateway.observability import event

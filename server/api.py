@@ -140,9 +140,7 @@ class Renderer:
         return doc, float(next_change) if next_change is not None else float("inf")
 
     async def default_control(self, view: SiteView, program_id: int) -> r.DefaultDERControl:
-        row = await self.store.default_control(view, program_id)
-        if row is None:
-            raise NotFound(f"DERProgram {program_id} has no DefaultDERControl for this EndDevice")
+        row = await self.store.effective_default(view, program_id)
         return r.DefaultDERControl(
             href=f"/edev/{view.site.id}/derp/{program_id}/dderc",
             subscribable=1,
@@ -153,7 +151,7 @@ class Renderer:
             setGradW=row.set_grad_w,
         )
 
-    def program(self, view: SiteView, row: Any, with_default: set[int]) -> r.DERProgram:
+    def program(self, view: SiteView, row: Any) -> r.DERProgram:
         base = f"/edev/{view.site.id}/derp/{row.id}"
         return r.DERProgram(
             href=base,
@@ -162,7 +160,7 @@ class Renderer:
             description=row.description,
             version=row.version % 65536,
             ActiveDERControlListLink=r.ListLink(href=f"{base}/actderc"),
-            DefaultDERControlLink=r.Link(href=f"{base}/dderc") if row.id in with_default else None,
+            DefaultDERControlLink=r.Link(href=f"{base}/dderc"),  # every program has one (issue 11 item 8)
             DERControlListLink=r.ListLink(href=f"{base}/derc"),
             primacy=row.primacy,
         )
@@ -172,14 +170,13 @@ class Renderer:
             raise NotFound(f"no FunctionSetAssignments {fsa_key} for EndDevice {view.site.id}")
         progs = [p for p in view.programs if (p.group_id or 0) == fsa_key]
         chosen = progs[page.start : page.start + page.limit]
-        with_default = await self.store.programs_with_default(view)
         return r.DERProgramList(
             href=f"/edev/{view.site.id}/fsa/{fsa_key}/derp",
             subscribable=1,
             all=len(progs),
             results=len(chosen),
             pollRate=await self.store.rate(view, "derp", self.config.poll_rate),
-            DERProgram=[self.program(view, p, with_default) for p in chosen],
+            DERProgram=[self.program(view, p) for p in chosen],
         )
 
     def fsa(self, view: SiteView, fsa_key: int, names: dict[int, str]) -> r.FunctionSetAssignments:
@@ -395,7 +392,7 @@ class Handlers:
         view = await self.view(request)
         program_id = _int(request, "p")
         row = self.store.program_row(view, program_id)
-        return xml_response(self.render.program(view, row, await self.store.programs_with_default(view)))
+        return xml_response(self.render.program(view, row))
 
     async def derc_list(self, request: web.Request) -> web.Response:
         view = await self.view(request)

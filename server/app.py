@@ -39,6 +39,7 @@ from server.errors import (
 from server.limits import paging_cache_key
 from server.netpolicy import TargetPolicy
 from server.store import RequestScope, Store, make_engine, migrate
+from server.store.versions import DocumentCache
 
 access_log = logging.getLogger("derlink.server.access")
 log = logging.getLogger("derlink.server")
@@ -104,10 +105,7 @@ class Gateway:
         self._identities: dict[bytes | str, tuple[str, str] | str] = {}  # a str: why it is refused
         self._cert_policy: Any = None  # server.certpolicy.ClientCertPolicy, made on first use
         self._scopes: dict[str, tuple[int, RequestScope]] = {}
-        self.cache: dict[tuple[str, str], tuple[int, float, bytes]] | None = (
-            {} if config.cache_active else None
-        )
-        self.cache_max_entries = 20000
+        self.cache = DocumentCache(store.versions, config.cache_max_bytes) if config.cache_active else None
 
     def identify(self, request: web.Request) -> tuple[str, str]:
         """(LFDI, role) of the client certificate: from TLS, or from the proxy header of a trusted peer."""
@@ -167,12 +165,12 @@ class Gateway:
     async def scope(self, lfdi: str, role: str) -> RequestScope:
         if self.cache is None:  # other processes may share the database (revocation): ask it each time
             return await self.store.scope_for(lfdi, role)
+        stamp = self.store.versions.stamp(("client", lfdi))  # revocation, aggregator attachment
         cached = self._scopes.get(lfdi)
-        if cached is not None and cached[0] == self.store.generation:
+        if cached is not None and cached[0] == stamp:
             return cached[1]
-        generation = self.store.generation
         scope = await self.store.scope_for(lfdi, role)
-        self._scopes[lfdi] = (generation, scope)
+        self._scopes[lfdi] = (stamp, scope)
         return scope
 
     @web.middleware
@@ -194,19 +192,17 @@ class Gateway:
                     ) from None
             self.store.note_contact(lfdi)
             if self.cache is not None and request.method in ("GET", "HEAD"):
-                key = (lfdi, paging_cache_key(request.path, request.query))  # junk queries: one entry
-                hit = self.cache.get(key)
-                if hit is not None and hit[0] == self.store.generation and self.store.clock() < hit[1]:
+                key = (lfdi, paging_cache_key(request.path, request.query))  # other parameters: one entry
+                body = self.cache.get(key, self.store.clock())
+                if body is not None:
                     cache_hit = True
-                    response = web.Response(body=hit[2], content_type=SEP_XML)
+                    response = web.Response(body=body, content_type=SEP_XML)
                 else:
-                    generation = self.store.generation
-                    response = await handler(request)
+                    with self.store.versions.reading() as deps:
+                        response = await handler(request)
                     until = response.get(CACHE_UNTIL, 0.0)
                     if response.status == 200 and until > self.store.clock():
-                        if len(self.cache) >= self.cache_max_entries:
-                            self.cache.clear()
-                        self.cache[key] = (generation, until, response.body)
+                        self.cache.put(key, deps, until, response.body)
             else:
                 response = await handler(request)
         except ApiError as exc:

@@ -59,6 +59,7 @@ class ServerConfig:
     max_responses_per_event: int = 16  # per site and event; a repeated Response (same status) counts once
     max_list_limit: int = 500
     cache_enabled: bool | None = None  # None: on for SQLite (single process), off for PostgreSQL
+    cache_max_bytes: int = 64 * 1024 * 1024  # rendered documents kept, least recently used evicted
     # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
     # proxy_cert_header and is trusted only from these peer addresses/networks.
     proxy_cert_header: str = "X-Client-Cert"

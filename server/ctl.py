@@ -111,6 +111,7 @@ async def _call(
     query: dict[str, Any] | None = None,
     upload: Path | None = None,
     content_type: str | None = None,
+    raw: bool = False,
 ) -> Any:
     import aiohttp
 
@@ -133,6 +134,8 @@ async def _call(
     finally:
         if progress is not None:
             progress.stop()
+    if raw and response.status < 400:
+        return text  # CSV: printed as it came
     try:
         payload = json.loads(text) if text else {}
     except json.JSONDecodeError:
@@ -248,6 +251,9 @@ def _nested(value: Any, key: str = "", depth: int = 0) -> Any:
 
 
 def _show(args: argparse.Namespace, payload: Any, title: str | None = None) -> None:
+    if isinstance(payload, str):  # CSV
+        sys.stdout.write(payload)
+        return
     if args.json:
         print(json.dumps(payload, indent=2))
         return
@@ -394,6 +400,27 @@ def _commands() -> dict[str, Any]:
         ),
         ("controls", "cancel"): lambda a: _call(
             a, "POST", f"/api/controls/{a.mrid}/cancel", body={"reason": a.reason}
+        ),
+        ("controls", "acks"): lambda a: _call(
+            a,
+            "GET",
+            f"/api/controls/{a.mrid}/acks",
+            query={"within": a.within, "format": "csv" if a.csv else None},
+            raw=a.csv,
+        ),
+        ("compliance", None): lambda a: _call(
+            a,
+            "GET",
+            "/api/compliance",
+            query={
+                "site": a.site,
+                "group": a.group,
+                "from": a.since,
+                "to": a.until,
+                **q(a, "tolerance_w", "tolerance_pct", "settle_s", "silent_posts", "ack_within_s"),
+                "format": "csv" if a.csv else None,
+            },
+            raw=a.csv,
         ),
         ("emergency", "issue"): lambda a: _call(
             a,
@@ -625,6 +652,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--description")
     limits(p)
     reason(v.add_parser("cancel", help="cancel a control (subscribers are notified)")).add_argument("mrid")
+    p = v.add_parser("acks", help="who acknowledged a control, by Response status, and who did not")
+    p.add_argument("mrid")
+    p.add_argument("--within", type=int, help="seconds allowed to answer (default 300)")
+    p.add_argument("--csv", action="store_true", help="one line per targeted site")
+
+    p = nouns.add_parser("compliance", help="judge stored telemetry against the limits that were published")
+    p.add_argument("--site", help="one site (LFDI)")
+    p.add_argument("--group", help="a group and its nested groups (default: all sites)")
+    p.add_argument("--since", type=int, help="Unix seconds (default: a day before --until)")
+    p.add_argument("--until", type=int, help="Unix seconds (default: now)")
+    p.add_argument("--tolerance-w", type=float, help="allowed excess, W (default 100)")
+    p.add_argument("--tolerance-pct", type=float, help="allowed excess, %% of the limit (default 2)")
+    p.add_argument("--settle-s", type=float, help="seconds not judged after a limit tightens (default 5)")
+    p.add_argument("--silent-posts", type=int, help="silent after this many postRates without data (3)")
+    p.add_argument("--ack-within-s", type=int, help="non-responder after this long (default 300)")
+    p.add_argument("--csv", action="store_true", help="one line per site")
 
     v = verbs("emergency", "emergency commands (top-primacy program, start now)")
     p = reason(v.add_parser("issue", help="issue an emergency command to a site, a group or all"))

@@ -71,7 +71,8 @@ def describe_startup_error(exc: BaseException, config: Any) -> str | None:
             )
         if "file is not a database" in lowered or "malformed" in lowered:
             return (
-                f"the database {database} is corrupt ({text.splitlines()[0]}); restore a backup (derlink "
-                "server restore --from BACKUP) or move the file aside to start with an empty database"
+                f"the database {database} is corrupt ({text.splitlines()[0]}); restore a backup "
+                "(derlink server restore --from BACKUP) or move the file aside to start with an empty "
+                "database"
             )
     return None

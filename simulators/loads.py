@@ -1,5 +1,5 @@
 """Simulated controllable loads on Modbus TCP: an EV charger and a switched load (register map:
-:mod:`gateway.devices.load_map`, declared once for the simulator and the gateway).
+:mod:`fieldbus.load_map`, declared once for the simulator and the gateway).
 
 The physics lives in :class:`simulators.physics.ControllableLoad` (it counts at the site meter); this
 is its Modbus face. A write of the control register becomes an ``allow`` command that takes effect after
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pymodbus.constants import ExcCodes
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from gateway.devices import load_map as lm
+from fieldbus import load_map as lm
 
 from .config import DeviceConfig
 from .physics import ControllableLoad, SitePhysics

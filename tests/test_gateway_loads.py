@@ -12,11 +12,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from fieldbus import load_map as lm
 from gateway.control_loop import BatteryState, LoadState, MeterSample, PvState, SiteControlLoop, SiteLimits
 from gateway.core.events import ControlSettings
 from gateway.core.hierarchy import Layer, Source, combine
-from gateway.devices import load_map as lm
 from gateway.devices.loads import LoadConnection
 from sep2 import resources as r
 from simulators.config import ConfigError, DeviceConfig, default_site_config, site_config_from_dict
@@ -226,3 +228,40 @@ async def test_import_limit_from_the_server_is_met_by_shedding_the_ev_and_the_sw
         await wait_until(
             lambda: lab.sim.load_power_w("hot-water") == 3000, 10, "loads back after the emergency"
         )
+
+
+# ------------------------------------------------------------------------------------------ properties
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    base=st.floats(0, 5000),
+    pv_w=st.floats(0, 5000),
+    soc=st.floats(0, 100),
+    ev_w=st.floats(0, EV_W),
+    hw_on=st.booleans(),
+    import_w=st.one_of(st.none(), st.floats(0, 12000)),
+    load_w=st.one_of(st.none(), st.floats(0, 15000)),
+    pct=st.one_of(st.none(), st.sampled_from([0.0, 50.0, 75.0, 100.0])),
+)
+def test_property_loads_never_exceed_their_caps_and_meet_a_feasible_import_limit(
+    base, pv_w, soc, ev_w, hw_on, import_w, load_w, pct
+) -> None:
+    pv = PvState("pv", 5000, pv_w)
+    bat = BatteryState("bat", 5000, 5000, output_w=0, soc_pct=soc)
+    ev = LoadState("ev", "evse", EV_W, ev_w, min_w=EV.min_w)
+    hw = LoadState("hot-water", "switched_load", 3000, 3000 if hw_on else 0)
+    limits = SiteLimits(import_w=import_w, load_w=load_w, consumption_pct=pct)
+    meter = MeterSample(base + ev_w + hw.output_w - pv_w, 0)
+    sp = SiteControlLoop().step(0, limits, meter, [pv], [bat], [ev, hw])
+    allow = sp.load_allow_w
+    assert 0 <= allow["ev"] <= EV_W and allow["hot-water"] in (0, math.inf)
+    assert allow["ev"] == 0 or allow["ev"] >= EV.min_w  # never asks a charger for less than 6 A
+    if pct is not None:
+        assert allow["ev"] <= EV_W * pct / 100 + 1e-6
+        assert pct == 100 or allow["hot-water"] == 0
+    # With every load shed the site imports base - pv - battery at most; if that meets the limit, the
+    # loop's prediction does too (the loads are only given what the limit leaves).
+    best = base - pv_w - (5000 if soc > 0 else 0)
+    if import_w is not None and load_w is None and best <= import_w - max(50, 0.01 * import_w):
+        assert sp.predicted_grid_w <= import_w + 1e-6

@@ -145,3 +145,16 @@ async def _advertised(lab: Lab) -> bool:
     docs = await lab.admin.site_der_documents(lab.lfdi)
     cap, settings = docs.get("dercap"), docs.get("derg")
     return cap is not None and cap.vppModesSupported == "01" and settings.vppModesEnabled == "01"
+
+
+def test_storage_extension_can_be_turned_off_for_a_v12_server(tmp_path: Path, gw_pki: Pki) -> None:
+    from gateway.config import ConfigError, settings_from_dict
+    from tests.test_gateway_runtime import site_dict
+
+    data = site_dict(gw_pki, tmp_path)
+    assert settings_from_dict(data, tmp_path).server.storage_extension is True
+    data["server"] = {**data["server"], "storage_extension": False}
+    assert settings_from_dict(data, tmp_path).server.storage_extension is False
+    data["server"]["storage_extension"] = "no"
+    with pytest.raises(ConfigError, match=r"^server\.storage_extension"):
+        settings_from_dict(data, tmp_path)

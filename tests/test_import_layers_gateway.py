@@ -1,10 +1,11 @@
 """The import graph outside the server shows the architecture: no circles, and nothing imports upwards.
 
-Layers, lowest first: ``sep2`` and ``xsd`` (the shared 2030.5 model, file helpers), ``certs`` (PKI), then
-the parts, ``gateway``, ``simulators`` and ``aggregator``, which import none of each other nor ``server``,
-and at the top ``derlink`` (the command and the demo, which drives all parts). Every import counts: at module
-level, inside functions and under TYPE_CHECKING, because each is a dependency of the design even where
-Python would tolerate the circle. The server package has its own test (tests/test_import_layers.py).
+Layers, lowest first: ``sep2`` and ``xsd`` (the shared 2030.5 model, file helpers) and ``fieldbus``
+(device register maps the gateway drives and the simulators serve), ``certs`` (PKI), then the parts,
+``gateway``, ``simulators`` and ``aggregator``, which import none of each other nor ``server``, and at the
+top ``derlink`` (the command and the demo, which drives all parts). Every import counts: at module level,
+inside functions and under TYPE_CHECKING, because each is a dependency of the design even where Python
+would tolerate the circle. The server package has its own test (tests/test_import_layers.py).
 """
 
 from __future__ import annotations
@@ -15,14 +16,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("sep2", "xsd", "certs", "gateway", "simulators", "aggregator", "server", "derlink")
+PACKAGES = ("sep2", "xsd", "fieldbus", "certs", "gateway", "simulators", "aggregator", "server", "derlink")
 # What each package may import from the project, besides itself.
 ALLOWED: dict[str, set[str]] = {
     "sep2": set(),
     "xsd": {"sep2"},
+    "fieldbus": set(),
     "certs": {"sep2"},
-    "gateway": {"sep2", "xsd", "certs"},
-    "simulators": {"sep2", "xsd"},
+    "gateway": {"sep2", "xsd", "fieldbus", "certs"},
+    "simulators": {"sep2", "xsd", "fieldbus"},
     "aggregator": {"sep2", "xsd", "certs"},
     "server": {"sep2", "xsd", "certs"},
     "derlink": set(PACKAGES),

@@ -132,3 +132,35 @@ async def test_a_shorter_row_at_the_same_start_keeps_the_rest(store: Store) -> N
 async def test_shorter_row_in_the_same_upload_wins(store: Store) -> None:
     await _upload(store, [(T0, 1800, 3000), (T0 + 300, 300, 500)])
     assert await _published(store) == [(0, 300, "3000"), (300, 300, "500"), (600, 1200, "3000")]
+
+
+async def test_a_90_second_step_splits_the_hour_around_it(store: Store) -> None:
+    from server.store import build_control_base, controls
+
+    admin = store.admin
+    store.clock = lambda: T0 - 60
+    hour = await admin.create_control(
+        "doe", f"site:{'A' * 40}", start=T0, duration=3600, base=build_control_base(export_limit_w=2000)
+    )
+    store.clock = lambda: T0 - 30
+    step = await admin.create_control(
+        "doe", f"site:{'A' * 40}", start=T0 + 900, duration=90, base=build_control_base(export_limit_w=800)
+    )
+    scope = RequestScope(lfdi="A" * 40, kind="device")
+    view = await store.site_view(scope, 1)
+    doe = next(p for p in view.programs if p.key == "doe")
+    _, rows, _ = await store.program_controls(view, doe.id, Page(0, 10))
+    live = [(r.start - T0, r.duration, r.mrid) for r in rows if event_status(r, T0 - 30)[0] in (0, 1)]
+    assert [(a, d) for a, d, _ in live] == [(0, 900), (900, 90), (990, 2610)]
+    assert live[1][2] == step and hour not in {m for _, _, m in live}
+    original = next(r for r in rows if r.mrid == hour)
+    assert event_status(original, T0 - 30) == (4, T0 - 30)  # superseded: clients answer 7
+    async with store.read() as conn:
+        pieces = (await conn.execute(controls.select().where(controls.c.split_from == original.id))).all()
+    assert sorted(p.start - T0 for p in pieces) == [0, 990]
+    assert operator_status(original, T0, live_pieces=len(pieces)) == "partly superseded"
+    # Cancelling the original cancels its pieces too; the step stays.
+    await admin.cancel_control(hour)
+    _, rows, _ = await store.program_controls(view, doe.id, Page(0, 10))
+    assert [r.mrid for r in rows if event_status(r, T0)[0] in (0, 1)] == [step]
+    assert event_status(next(r for r in rows if r.mrid == hour), T0)[0] == 4  # stays superseded

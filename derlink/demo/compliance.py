@@ -43,6 +43,8 @@ class IntervalResult(judge_rules.IntervalResult):
 class Verdict:
     intervals: list[IntervalResult]
     responses: list[dict[str, Any]] = field(default_factory=list)
+    # The head-end's assessment of the same site and range (server.compliance.assess), for comparison.
+    server: dict[str, Any] | None = None
 
     @property
     def breached(self) -> list[IntervalResult]:

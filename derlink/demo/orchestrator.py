@@ -38,7 +38,7 @@ from typing import Any
 
 import aiohttp
 
-from derlink.demo.compliance import Verdict, check_responses, judge, required_statuses
+from derlink.demo.compliance import Verdict, check_responses, judge, required_statuses, rules_of
 from derlink.demo.samples import Sample
 from derlink.demo.scenario import Scenario, Segment, applicable_segments, emergency_end
 from simulators.link_proxy import LinkProxy
@@ -572,6 +572,29 @@ class Demo:
                 )
         return out
 
+    async def server_assessment(self) -> dict[str, Any]:
+        """The head-end's own judgement of this site (server.compliance.assess): the same stored telemetry
+        and rules, against the limits the server published rather than the scenario's expectations."""
+        from server.compliance.assess import assess
+
+        async with self.server.store.read() as conn:
+            result = await assess(
+                conn,
+                f"s:{await self.server.store.admin.site_id(self.lfdi)}",
+                self.t0,
+                self.t0 + self.s.wall_duration_s,
+                now=self.server.store.clock(),
+                rules=rules_of(self.s),
+                default_post_rate=self.server.config.post_rate,
+            )
+        (site,) = result.site_results
+        return {
+            "breaches": site["breaches"],
+            "intervals_judged": site["intervals_judged"],
+            "intervals_compliant": site["intervals_compliant"],
+            "readings_judged": site["readings_judged"],
+        }
+
     async def _responses(self, within_s: float) -> list[dict[str, Any]]:
         """Each emergency's required Responses, polled from the head-end until complete or ``within_s``."""
         deadline = time.monotonic() + within_s
@@ -600,6 +623,7 @@ class Demo:
                 responses = await self._responses(10.0)
                 readings = await self.site_readings()
                 verdict = Verdict(judge(self.s, self.segments, self.t0, readings), responses)
+                verdict.server = await self.server_assessment()
                 outbox = {"pending_at_end": pending, "rejected": await self.gateway.client.outbox.rejected()}
                 return self._write(verdict, readings, outbox)
         finally:
@@ -658,6 +682,7 @@ class Demo:
             "compliance": compliance,
             "intervals": [i.as_json() for i in verdict.intervals],
             "responses": verdict.responses,
+            "server_assessment": verdict.server,
             "telemetry": {"site_readings": len(readings), "outbox": outbox, "source": "server store"},
             "gateway": {"lfdi": self.lfdi, "mode": self.mode, "regimes_seen": regimes},
             "events": [

@@ -1,6 +1,6 @@
 """The gateway's driver of controllable loads (EV charger, switched load) over Modbus TCP.
 
-Register map: :mod:`gateway.devices.load_map`. :meth:`LoadConnection.read` returns the power drawn and
+Register map: :mod:`fieldbus.load_map`. :meth:`LoadConnection.read` returns the power drawn and
 the allowance in force; :meth:`LoadConnection.allow` sets the allowance in watts (an EV charger: the
 current limit for it, rounded down, 0 below 6 A; a switched load: on if the allowance covers its rated
 power, else off) and reads the control register back.
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from gateway.devices import load_map as lm
+from fieldbus import load_map as lm
 from gateway.devices.device import DeviceError, DeviceExceptionResponse, DeviceUnreachable, DeviceVerifyError
 
 LOAD_KINDS = tuple(lm.KINDS)

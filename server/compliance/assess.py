@@ -27,6 +27,8 @@ Sites are assessed in chunks (:data:`CHUNK_SITES`), so memory stays bounded by t
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
 from collections import defaultdict
@@ -810,6 +812,49 @@ def _curtail_json(entry: dict[str, Any]) -> dict[str, Any]:
         "to": e["end"],
         "groups": groups_out,
     }
+
+
+CSV_COLUMNS = (
+    "lfdi",
+    "nmi",
+    "intervals_judged",
+    "intervals_compliant",
+    "compliance_pct",
+    "breaches",
+    "breach_s",
+    "worst_excess_w",
+    "readings",
+    "last_reading",
+    "silent",
+    "non_responded",
+    "capability_mismatches",
+)
+
+
+def assessment_csv(result: Assessment) -> str:
+    """One line per site of an assessment (kept with ``keep_sites``)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for site in result.site_results:
+        writer.writerow(
+            [
+                site["lfdi"],
+                site["nmi"] or "",
+                site["intervals_judged"],
+                site["intervals_compliant"],
+                "" if site["compliance_pct"] is None else site["compliance_pct"],
+                len(site["breaches"]),
+                site["breach_s"],
+                max((b["worst_excess_w"] for b in site["breaches"]), default=""),
+                site["readings"],
+                site["last_reading"] or "",
+                str(site["silent"]).lower(),
+                " ".join(site["non_responded"]),
+                " ".join(str(m["mode"]) for m in site["capability_mismatches"]),
+            ]
+        )
+    return out.getvalue()
 
 
 async def act_on_finding(

@@ -27,6 +27,10 @@ from aiohttp import web
 
 from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
 from sep2.nmi import NmiError, validate_nmi
+from server.compliance.acks import DEFAULT_WITHIN_S, UnknownControl, ack_csv, ack_summary
+from server.compliance.assess import assess, assessment_csv
+from server.compliance.judge import Rules
+from server.compliance.targets import resolve_scope
 from server.config import ServerConfig
 from server.errors import ApiError
 from server.headend.doe import (
@@ -71,6 +75,7 @@ from server.store import (
     sites,
     to_jsonable,
 )
+from server.store.timeline import operator_status
 
 log = logging.getLogger("derlink.headend")
 
@@ -234,9 +239,6 @@ def base_summary(text: str) -> dict[str, Any]:
     return out
 
 
-_STATUS_NAMES = {0: "scheduled", 1: "active", 2: "cancelled", 3: "cancelled_randomized", 4: "superseded"}
-
-
 # ------------------------------------------------------------------------------------------- the API
 
 
@@ -356,6 +358,20 @@ ROUTES: list[Route] = [
             "reason": "string",
         },
     ),
+    Route(
+        "PATCH",
+        "/api/programs/{name}",
+        "program_update",
+        True,
+        'Rename, re-rank, move (group; "" = every site) or switch off a DERProgram, built-ins included',
+        {
+            "description": "string",
+            "primacy": "integer",
+            "group": "string",
+            "enabled": "boolean",
+            "reason": "string",
+        },
+    ),
     Route("GET", "/api/defaults", "defaults_list", False, "DefaultDERControls"),
     Route(
         "PUT",
@@ -400,6 +416,35 @@ ROUTES: list[Route] = [
         },
     ),
     Route("GET", "/api/controls/{mrid}", "control_detail", False, "A DERControl, its status and responses"),
+    Route(
+        "GET",
+        "/api/controls/{mrid}/acks",
+        "control_acks",
+        False,
+        "Acknowledgements of a control: counts by Response status, non-responders (CSV with format=csv)",
+        query=("within", "format"),
+    ),
+    Route(
+        "GET",
+        "/api/compliance",
+        "compliance",
+        False,
+        "Compliance of a site, a group or all sites over a time range (CSV with format=csv)",
+        query=(
+            "site",
+            "group",
+            "from",
+            "to",
+            "tolerance_w",
+            "tolerance_pct",
+            "settle_s",
+            "silent_posts",
+            "ack_within_s",
+            "persistent_breach_s",
+            "detail",
+            "format",
+        ),
+    ),
     Route(
         "POST",
         "/api/controls/{mrid}/cancel",
@@ -910,16 +955,19 @@ class HeadEnd:
 
     @staticmethod
     def _control_json(
-        row: Any, program: str, now: int, names: dict[str, str] | None = None
+        row: Any,
+        program: str,
+        now: int,
+        names: dict[str, str] | None = None,
+        pieces: dict[int, int] | None = None,
     ) -> dict[str, Any]:
-        status, _ = event_status(row, now)
         return {
             "mrid": row.mrid,
             "program": program,
             "target": (names or {}).get(row.target, row.target),
             "start": row.start,
             "duration": row.duration,
-            "status": _STATUS_NAMES.get(status, status),
+            "status": operator_status(row, now, live_pieces=pieces.get(row.id, 0) if pieces else 0),
             "limits": base_summary(row.base),
             "randomize_start": row.randomize_start,
             "randomize_duration": row.randomize_duration,
@@ -1102,11 +1150,23 @@ class HeadEnd:
                         "primacy": row.primacy,
                         "description": row.description,
                         "group": row.group,
+                        "enabled": row.enabled,
                     }
                     for row in rows
                 ]
             }
         )
+
+    async def program_update(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        _check_fields(body, {"description", "primacy", "group", "enabled", "reason"}, ())
+        kinds = {"description": "string", "primacy": "integer", "group": "string", "enabled": "boolean"}
+        values = {name: _typed(body, name, kind) for name, kind in kinds.items()}
+        key = request.match_info["name"]
+        await self.admin.update_program(
+            key, **values, actor=self.actor(request), reason=self.reason(request, body)
+        )
+        return ok({"key": key})
 
     async def program_create(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -1181,7 +1241,8 @@ class HeadEnd:
         offset = _int_query(request, "offset", 0)
         limit = _int_query(request, "limit", 100, 1, 1000)
         now = self.store.clock()
-        cond: list[Any] = []
+        # The operator's own controls; the pieces a split republished show in their original's detail.
+        cond: list[Any] = [controls.c.split_from.is_(None)]
         async with self.store.read() as conn:
             if request.query.get("program"):
                 cond.append(programs.c.key == request.query["program"])
@@ -1206,9 +1267,10 @@ class HeadEnd:
                 await conn.execute(query.order_by(controls.c.id.desc()).offset(offset).limit(limit))
             ).all()
             targets = await _target_names(conn, [row.target for row in rows])
+            pieces = await _live_pieces(conn, [row.id for row in rows])
         items = []
         for row in rows:
-            item = self._control_json(row, row.program, now)
+            item = self._control_json(row, row.program, now, pieces=pieces)
             item["target"] = targets[row.target]
             items.append(item)
         return ok({"total": total, "offset": offset, "items": items})
@@ -1298,10 +1360,74 @@ class HeadEnd:
                         )
                 raise HeadEndError(404, f"mrid: no control {mrid}", "mrid")
             targets = await _target_names(conn, [row.target])
-        item = self._control_json(row, row.program, now)
+            piece_rows = (
+                await conn.execute(
+                    sa.select(controls, programs.c.key.label("program"))
+                    .join(programs, programs.c.id == controls.c.program_id)
+                    .where(controls.c.split_from == row.id)
+                    .order_by(controls.c.start)
+                )
+            ).all()
+            acks = await ack_summary(conn, mrid, now=now)
+        live = sum(1 for p in piece_rows if p.cancelled_at is None and p.superseded_at is None)
+        item = self._control_json(row, row.program, now, pieces={row.id: live})
         item["target"] = targets[row.target]
+        item["split_from"] = row.split_from
+        item["pieces"] = [self._control_json(p, p.program, now, targets) for p in piece_rows]
+        item["acknowledgements"] = {k: acks[k] for k in ("sites_targeted", "acknowledged", "latest", "none")}
         item["responses"] = await self.admin.responses_for_control(mrid)
         return ok(item)
+
+    async def control_acks(self, request: web.Request) -> web.Response:
+        mrid = request.match_info["mrid"].upper()
+        within = _int_query(request, "within", DEFAULT_WITHIN_S, 0, 10**7)
+        async with self.store.read() as conn:
+            try:
+                if request.query.get("format") == "csv":
+                    return web.Response(
+                        text=await ack_csv(conn, mrid, within_s=within), content_type="text/csv"
+                    )
+                return ok(await ack_summary(conn, mrid, now=self.store.clock(), within_s=within))
+            except UnknownControl as exc:
+                raise HeadEndError(404, str(exc), "mrid") from None
+
+    async def compliance(self, request: web.Request) -> web.Response:
+        """The compliance service (server.compliance.assess) over HTTP; rules default to the demo's."""
+        now = self.store.clock()
+        to = _int_query(request, "to", now)
+        since = _int_query(request, "from", to - 86400)
+        rules: dict[str, Any] = {}
+        for name in ("tolerance_w", "tolerance_pct", "settle_s"):
+            if request.query.get(name):
+                try:
+                    rules[name] = float(request.query[name])
+                except ValueError:
+                    raise bad(f"{name}: expected a number, got {request.query[name]!r}") from None
+        for name in ("silent_posts", "ack_within_s", "persistent_breach_s"):
+            value = _int_query(request, name, None)
+            if value is not None:
+                rules[name] = value
+        try:
+            parsed = Rules.from_mapping(rules)
+            async with self.store.read() as conn:
+                scope = await resolve_scope(
+                    conn, lfdi=request.query.get("site"), group=request.query.get("group")
+                )
+                result = await assess(
+                    conn,
+                    scope,
+                    since,
+                    to,
+                    now=now,
+                    rules=parsed,
+                    default_post_rate=self.config.post_rate,
+                    detail=request.query.get("detail") in ("1", "true", "yes"),
+                )
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if request.query.get("format") == "csv":
+            return web.Response(text=assessment_csv(result), content_type="text/csv")
+        return ok(result.as_json())
 
     async def control_cancel(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -1650,6 +1776,22 @@ class HeadEnd:
         for route in ROUTES:
             handler: Callable[[web.Request], Awaitable[web.StreamResponse]] = getattr(self, route.handler)
             app.router.add_route(route.method, route.path, handler)
+
+
+async def _live_pieces(conn: Any, ids: list[int]) -> dict[int, int]:
+    """For each control id, how many of its pieces (after a split) are still published."""
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        sa.select(controls.c.split_from, sa.func.count())
+        .where(
+            controls.c.split_from.in_(ids),
+            controls.c.cancelled_at.is_(None),
+            controls.c.superseded_at.is_(None),
+        )
+        .group_by(controls.c.split_from)
+    )
+    return dict(rows.all())
 
 
 async def _target_names(conn: Any, keys: list[str]) -> dict[str, str]:

@@ -42,6 +42,8 @@ from server.store.schema import (
     responses,
     sites,
 )
+from server.store.timeline import remainders
+from server.store.versions import owners
 
 
 class Admin:
@@ -124,7 +126,7 @@ class Admin:
         if not name or len(name) > 64:
             raise AdminError("name: must be 1 to 64 characters")
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing(("aggregators", 0)) as conn:  # cached only via its clients' scopes
             if (await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == name))).first():
                 raise AdminError(f"name: aggregator {name!r} already exists")
             agg_id = (
@@ -140,6 +142,7 @@ class Admin:
             lfdi = normalise_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
+        self.store.touch(("client", lfdi))
         stmt = _insert(conn, clients).values(
             lfdi=lfdi, kind="aggregator", aggregator_id=aggregator_id, revoked=False
         )
@@ -153,7 +156,7 @@ class Admin:
         self, aggregator: str, lfdi: str, *, actor: str = "system", reason: str | None = None
     ) -> None:
         """Attach another certificate to an aggregator (rotation: add new, later revoke/remove old)."""
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             row = (
                 await conn.execute(sa.select(aggregators.c.id).where(aggregators.c.name == aggregator))
             ).first()
@@ -181,7 +184,7 @@ class Admin:
             lfdi = normalise_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
-        async with self.store.write() as conn:
+        async with self.store.changing(("client", lfdi)) as conn:
             stmt = _insert(conn, clients).values(lfdi=lfdi, kind="device", revoked=revoked)
             await conn.execute(stmt.on_conflict_do_update(index_elements=["lfdi"], set_={"revoked": revoked}))
             await self._audit(conn, actor, "client.revoke" if revoked else "client.restore", lfdi, reason)
@@ -217,7 +220,7 @@ class Admin:
         if device_category is not None and len(device_category) > 8:
             raise AdminError("device_category: at most 8 hex digits")
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             if (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == lfdi))).first():
                 raise AdminError(f"lfdi: site {lfdi} is already registered")
             agg_id = None
@@ -245,6 +248,11 @@ class Admin:
                 )
             ).inserted_primary_key[0]
             await conn.execute(ders.insert().values(site_id=site_id))
+            self.store.touch(
+                ("site", site_id), ("client", lfdi), *(("edev", owner) for owner in owners(lfdi, agg_id))
+            )
+            # Registering is the operator granting this LFDI access (again, after a deregistration).
+            await conn.execute(clients.update().where(clients.c.lfdi == lfdi).values(revoked=False))
             for name in groups_:
                 await conn.execute(
                     memberships.insert().values(site_id=site_id, group_id=await self._group_id(conn, name))
@@ -254,13 +262,36 @@ class Admin:
 
     async def deregister_site(self, lfdi: str, *, actor: str = "system", reason: str | None = None) -> None:
         """Decommission: the EndDevice and everything under it leave the 2030.5 side (audit keeps history)."""
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             key = await self._resolve_target(conn, f"site:{lfdi}")
             site_id = int(key[2:])
+            site = (await conn.execute(sa.select(sites).where(sites.c.id == site_id))).one()
+            self.store.touch(
+                ("site", site_id),
+                ("target", key),
+                ("rate", key),
+                ("der", site_id),
+                ("sub", site_id),
+                *(
+                    (kind, owner)
+                    for owner in owners(site.lfdi, site.aggregator_id)
+                    for kind in ("edev", "mup", "rsp")
+                ),
+            )
             await conn.execute(controls.delete().where(controls.c.target == key))
             await conn.execute(default_controls.delete().where(default_controls.c.target == key))
             await conn.execute(rate_settings.delete().where(rate_settings.c.target == key))
             await conn.execute(sites.delete().where(sites.c.id == site_id))
+            # Deregistration ends that certificate's access (issue 11 item 4): it cannot re-enrol in-band;
+            # register_site grants it again. An aggregator's own certificate is not the site's to revoke.
+            lfdi = normalise_lfdi(lfdi)
+            holder = (await conn.execute(sa.select(clients.c.kind).where(clients.c.lfdi == lfdi))).first()
+            if holder is None or holder.kind != "aggregator":
+                self.store.touch(("client", lfdi))
+                stmt = _insert(conn, clients).values(lfdi=lfdi, kind="device", revoked=True)
+                await conn.execute(
+                    stmt.on_conflict_do_update(index_elements=["lfdi"], set_={"revoked": True})
+                )
             await self._audit(conn, actor, "site.deregister", lfdi, reason)
 
     async def site_id(self, lfdi: str) -> int:
@@ -282,10 +313,11 @@ class Admin:
             raise AdminError("name: must be 1 to 64 characters without ':'")
         if description is not None and len(description) > 128:
             raise AdminError("description: at most 128 characters")
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             if (await conn.execute(sa.select(groups.c.id).where(groups.c.name == name))).first():
                 raise AdminError(f"name: group {name!r} already exists")
             parent_id = await self._group_id(conn, parent) if parent else None
+            self.store.touch(("groups", 0))
             gid = (
                 await conn.execute(
                     groups.insert().values(name=name, parent_id=parent_id, description=description)
@@ -299,8 +331,9 @@ class Admin:
     ) -> None:
         """Add (or remove) a site to a group; its FSAs, programs and controls follow at once."""
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             site_id = int((await self._resolve_target(conn, f"site:{lfdi}"))[2:])
+            self.store.touch(("site", site_id))  # its targets, hence programs and controls, change
             gid = await self._group_id(conn, group)
             if member:
                 stmt = _insert(conn, memberships).values(site_id=site_id, group_id=gid)
@@ -337,10 +370,11 @@ class Admin:
         if len(description) > 32:
             raise AdminError("description: at most 32 characters")
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             if (await conn.execute(sa.select(programs.c.id).where(programs.c.key == key))).first():
                 raise AdminError(f"key: program {key!r} already exists")
             group_id = await self._group_id(conn, group) if group else None
+            self.store.touch(("target", f"g:{group_id}" if group_id else "all"))
             pid = (
                 await conn.execute(
                     programs.insert().values(
@@ -356,6 +390,52 @@ class Admin:
             await _enqueue(conn, now, kinds=("fsa", "derp"), target=f"g:{group_id}" if group_id else "all")
             await self._audit(conn, actor, "program.create", key, reason, primacy=primacy, group=group)
         return pid
+
+    async def update_program(
+        self,
+        key: str,
+        *,
+        description: str | None = None,
+        primacy: int | None = None,
+        group: str | None = None,
+        enabled: bool | None = None,
+        actor: str = "system",
+        reason: str | None = None,
+    ) -> None:
+        """Rename, re-rank, move or switch off a program, the built-in ones included (issue 11 item 9).
+
+        ``group``: a group name moves the program to that group's FSA; ``""`` to every site's (FSA 0).
+        A switched-off program is seen by no site; its controls and defaults are kept for when it is
+        switched on again. The sites that saw it, or now see it, are notified."""
+        values: dict[str, Any] = {}
+        if description is not None:
+            if not 1 <= len(description) <= 32:
+                raise AdminError("description: must be 1 to 32 characters")
+            values["description"] = description
+        if primacy is not None:
+            if isinstance(primacy, bool) or not isinstance(primacy, int) or not 0 <= primacy <= 255:
+                raise AdminError(f"primacy: must be an integer 0..255, got {primacy!r}")
+            values["primacy"] = primacy
+        if enabled is not None:
+            values["enabled"] = bool(enabled)
+        now = self.store.clock()
+        async with self.store.write() as conn:
+            row = (await conn.execute(sa.select(programs).where(programs.c.key == key))).first()
+            if row is None:
+                raise AdminError(f"key: no program {key!r}")
+            if group is not None:
+                values["group_id"] = await self._group_id(conn, group) if group else None
+            if not values:
+                raise AdminError("program: nothing to change (description, primacy, group or enabled)")
+            await conn.execute(
+                programs.update()
+                .where(programs.c.id == row.id)
+                .values(**values, version=(row.version + 1) % 65536)
+            )
+            for gid in {row.group_id, values.get("group_id", row.group_id)}:
+                await _enqueue(conn, now, kinds=SUBSCRIPTION_KINDS[1:], target=f"g:{gid}" if gid else "all")
+            changed = {k: v for k, v in values.items() if k != "group_id"}
+            await self._audit(conn, actor, "program.update", key, reason, group=group, **changed)
 
     async def ensure_standard_programs(self) -> None:
         """The three programs the head-end uses: emergency (primacy 1) > doe (10) > default (20)."""
@@ -392,8 +472,13 @@ class Admin:
     ) -> str:
         """Publish a DERControl on ``program`` for ``target``; returns its mRID.
 
-        With ``supersede`` an earlier overlapping control of the same program and target is marked
-        superseded (2030.5 event status 4).
+        With ``supersede`` the new control replaces earlier live controls of the same program and target
+        only over its own span: each overlapping one is marked superseded (2030.5 EventStatus 4, so clients
+        answer 7) and what is left of it before and after the new span is published again as pieces: new
+        DERControls with the same settings whose ``split_from`` is the operator's original
+        (:func:`server.store.timeline.remainders`). A piece never starts before ``now``: the original
+        covered the time up to now while it was published. The published controls of a program and target
+        therefore never overlap.
         """
         now = self.store.clock()
         start = now if start is None else start
@@ -415,22 +500,13 @@ class Admin:
         if not isinstance(base, r.DERControlBase):
             raise AdminError("base: must be a sep2 DERControlBase (see build_control_base)")
         mrid = new_mrid(self.store.pen)
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             program_id = await self._program_id(conn, program)
             key = await self._resolve_target(conn, target)
+            self.store.touch(("target", key))
+            pieces: list[str] = []
             if supersede:
-                await conn.execute(
-                    controls.update()
-                    .where(
-                        controls.c.program_id == program_id,
-                        controls.c.target == key,
-                        controls.c.cancelled_at.is_(None),
-                        controls.c.superseded_at.is_(None),
-                        controls.c.start < start + duration,
-                        controls.c.start + controls.c.duration > start,
-                    )
-                    .values(superseded_at=now, version=controls.c.version + 1)
-                )
+                pieces = await self._split_around(conn, program_id, key, start, start + duration, now)
             await conn.execute(
                 controls.insert().values(
                     mrid=mrid,
@@ -459,19 +535,85 @@ class Admin:
                 start=start,
                 duration=duration,
                 base=to_jsonable(base),
+                pieces=pieces or None,
             )
         return mrid
 
+    async def _split_around(
+        self, conn: AsyncConnection, program_id: int, key: str, start: int, end: int, now: int
+    ) -> list[str]:
+        """Supersede the live controls of (program, target) overlapping [start, end) and publish what is
+        left of each as pieces; returns the pieces' mRIDs."""
+        overlapping = (
+            await conn.execute(
+                sa.select(controls).where(
+                    controls.c.program_id == program_id,
+                    controls.c.target == key,
+                    controls.c.cancelled_at.is_(None),
+                    controls.c.superseded_at.is_(None),
+                    controls.c.start < end,
+                    controls.c.start + controls.c.duration > start,
+                )
+            )
+        ).all()
+        created = []
+        for row in overlapping:
+            await conn.execute(
+                controls.update()
+                .where(controls.c.id == row.id)
+                .values(superseded_at=now, version=controls.c.version + 1)
+            )
+            for a, b in remainders(row.start, row.start + row.duration, start, end, now=now):
+                a = max(a, now)
+                piece = new_mrid(self.store.pen)
+                await conn.execute(
+                    controls.insert().values(
+                        mrid=piece,
+                        program_id=program_id,
+                        target=key,
+                        start=a,
+                        duration=b - a,
+                        # Randomisation only at the original's own edges: a cut edge meets the new
+                        # control exactly, so spreading it would open a gap or an overlap.
+                        randomize_start=row.randomize_start if a == row.start else None,
+                        randomize_duration=row.randomize_duration if b == row.start + row.duration else None,
+                        response_required=row.response_required,
+                        base=row.base,
+                        description=row.description,
+                        creation_time=now,
+                        version=0,
+                        split_from=row.split_from or row.id,
+                    )
+                )
+                created.append(piece)
+        return created
+
     async def cancel_control(self, mrid: str, *, actor: str = "system", reason: str | None = None) -> None:
         now = self.store.clock()
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             row = (await conn.execute(sa.select(controls).where(controls.c.mrid == mrid.upper()))).first()
             if row is None:
                 raise AdminError(f"mrid: no control {mrid}")
-            if row.cancelled_at is None:
+            self.store.touch(("target", row.target))
+            # The control and, for an operator's original that was split, its live pieces. A control
+            # already superseded stays superseded (its clients answered 7); its pieces are cancelled.
+            live = (
+                (
+                    await conn.execute(
+                        sa.select(controls.c.id).where(
+                            sa.or_(controls.c.id == row.id, controls.c.split_from == row.id),
+                            controls.c.cancelled_at.is_(None),
+                            controls.c.superseded_at.is_(None),
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if live:
                 await conn.execute(
                     controls.update()
-                    .where(controls.c.id == row.id)
+                    .where(controls.c.id.in_(live))
                     .values(cancelled_at=now, version=controls.c.version + 1)
                 )
                 await _enqueue(
@@ -497,9 +639,10 @@ class Admin:
             raise AdminError("base: must be a sep2 DERControlBase (see build_control_base)")
         now = self.store.clock()
         body = json.dumps(to_jsonable(base), separators=(",", ":"))
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             program_id = await self._program_id(conn, program)
             key = await self._resolve_target(conn, target)
+            self.store.touch(("target", key))
             row = (
                 await conn.execute(
                     sa.select(default_controls).where(
@@ -534,7 +677,9 @@ class Admin:
                         changed_time=now,
                     )
                 )
-            await _enqueue(conn, now, kinds=("dderc",), program_id=program_id, target=key)
+            # Higher-primacy programs inherit the modes it sets (ControlsStore.effective_default): every
+            # DefaultDERControl subscription of the target's sites is notified, not only this program's.
+            await _enqueue(conn, now, kinds=("dderc",), target=key)
             await self._audit(
                 conn, actor, "default.set", target, reason, program=program, base=to_jsonable(base)
             )
@@ -554,8 +699,9 @@ class Admin:
             raise AdminError(f"resource: {resource!r} is not one of {', '.join(RATE_RESOURCES)}")
         if not isinstance(value, int) or not 1 <= value < 2**32:
             raise AdminError(f"value: a rate is a positive number of seconds, got {value!r}")
-        async with self.store.write() as conn:
+        async with self.store.changing() as conn:
             key = await self._resolve_target(conn, target)
+            self.store.touch(("rate", key))
             stmt = _insert(conn, rate_settings).values(resource=resource, target=key, value=value)
             await conn.execute(
                 stmt.on_conflict_do_update(index_elements=["resource", "target"], set_={"value": value})

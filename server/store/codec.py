@@ -72,7 +72,10 @@ def build_control_base(
     max_lim_w_percent: int | None = None,
     ramp_tms: int | None = None,
 ) -> r.DERControlBase:
-    """A DERControlBase from operator units (watts, percent, 1/100 s). Errors name the argument."""
+    """A DERControlBase from operator units (watts, percent, 1/100 s). Errors name the argument.
+
+    Every field is optional: an empty DERControlBase is valid 2030.5 (e.g. a DefaultDERControl that only
+    sets ``setGradW``, or a control that only sets ``rampTms``)."""
     kwargs: dict[str, Any] = {}
     given = dict(
         import_limit_w=import_limit_w,
@@ -107,8 +110,6 @@ def build_control_base(
         if not isinstance(value, int) or not low <= value <= high:
             raise AdminError(f"{arg}: must be an integer in [{low}, {high}], got {value!r}")
         kwargs[field_name] = value
-    if not kwargs:
-        raise AdminError("control: at least one limit or mode must be given")
     return r.DERControlBase(**kwargs)
 
 

@@ -49,6 +49,7 @@ class DersStore(StoreBase):
             await self._der(conn, scope, site_id, der_id)
 
     async def der_document(self, scope: RequestScope, site_id: int, der_id: int, kind: str) -> Any | None:
+        self.depends(("der", site_id))
         async with self.read() as conn:
             await self._der(conn, scope, site_id, der_id)
             row = (
@@ -68,7 +69,9 @@ class DersStore(StoreBase):
         doc = dataclasses.replace(doc, href=None)
         xml = to_xml(doc).decode()
         now = self.clock()
-        async with self.write() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
+            self.touch(("der", site_id))
             await self._der(conn, scope, site_id, der_id)
             stmt = _insert(conn, der_documents).values(der_id=der_id, kind=kind, xml=xml, updated_at=now)
             await conn.execute(
@@ -76,5 +79,7 @@ class DersStore(StoreBase):
                     index_elements=["der_id", "kind"], set_={"xml": xml, "updated_at": now}
                 )
             )
+
+        await self.grouped(work)
 
     # --------------------------------------------------------------------------------- telemetry

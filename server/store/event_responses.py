@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
 from server.errors import BadRequest, NotFound
@@ -16,6 +19,7 @@ from server.store.schema import (
 )
 from server.store.scope import Page, RequestScope, _own_site
 from server.store.targets import _site_targets
+from server.store.versions import owners
 
 
 class ResponsesStore(StoreBase):
@@ -26,8 +30,10 @@ class ResponsesStore(StoreBase):
         if response.status is None or response.status not in VALID_RESPONSE_STATUSES:
             raise BadRequest(f"Response.status: {response.status!r} is not a valid DER response status")
         now = self.clock()
-        async with self.write() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             site = await _own_site(conn, scope, response.endDeviceLFDI, "Response.endDeviceLFDI")
+            self.touch(*(("rsp", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             keys = [k for k, _ in await _site_targets(conn, site.id)]
             control = (
                 await conn.execute(
@@ -67,6 +73,8 @@ class ResponsesStore(StoreBase):
                 )
             ).inserted_primary_key[0]
 
+        return await self.grouped(work)
+
     def _response_query(self, scope: RequestScope) -> sa.Select:
         return (
             sa.select(responses, sites.c.lfdi, controls.c.mrid.label("subject"))
@@ -79,6 +87,7 @@ class ResponsesStore(StoreBase):
         query = self._response_query(scope)
         if page.after is not None:
             query = query.where(responses.c.received_at >= page.after)
+        self.depends(("rsp", scope.owner))
         async with self.read() as conn:
             total = (
                 await conn.execute(sa.select(sa.func.count()).select_from(query.subquery()))
@@ -89,6 +98,7 @@ class ResponsesStore(StoreBase):
         return total, list(rows)
 
     async def response(self, scope: RequestScope, response_id: int) -> sa.Row:
+        self.depends(("rsp", scope.owner))
         async with self.read() as conn:
             row = (
                 await conn.execute(self._response_query(scope).where(responses.c.id == response_id))

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
 from sep2.xml import to_xml
-from server.errors import BadRequest, NotFound
+from server.errors import BadRequest, Conflict, NotFound
 from server.store.base import StoreBase
 from server.store.engine import _insert
 from server.store.quotas import QuotaExceeded, check_readings
@@ -21,6 +21,7 @@ from server.store.schema import (
     sites,
 )
 from server.store.scope import Page, RequestScope, _own_site
+from server.store.versions import owners
 
 
 class MeteringStore(StoreBase):
@@ -31,6 +32,7 @@ class MeteringStore(StoreBase):
 
     async def list_mups(self, scope: RequestScope, page: Page) -> tuple[int, list[sa.Row]]:
         cond = self._mup_condition(scope)
+        self.depends(("mup", scope.owner))
         async with self.read() as conn:
             total = (
                 await conn.execute(sa.select(sa.func.count()).select_from(mups).where(cond))
@@ -48,6 +50,7 @@ class MeteringStore(StoreBase):
         return total, list(rows)
 
     async def mup(self, scope: RequestScope, mup_id: int) -> tuple[sa.Row, list[sa.Row]]:
+        self.depends(("mup", scope.owner))
         async with self.read() as conn:
             row = (
                 await conn.execute(
@@ -71,8 +74,10 @@ class MeteringStore(StoreBase):
         """POST MirrorUsagePoint: the same mRID for the same device updates it. Returns (id, created)."""
         check_readings(self.quotas, mup.MirrorMeterReading, "MirrorUsagePoint")
         now = self.clock()
-        async with self.write() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             site = await _own_site(conn, scope, mup.deviceLFDI, "MirrorUsagePoint.deviceLFDI")
+            self.touch(*(("mup", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             values = dict(
                 description=mup.description,
                 role_flags=mup.roleFlags,
@@ -86,6 +91,14 @@ class MeteringStore(StoreBase):
                 )
             ).first()
             if existing is None:
+                # mRIDs are globally unique (2030.5 clause 8.2.4.1 / CSIP-AUS): not another site's MUP.
+                taken = (
+                    await conn.execute(sa.select(mups.c.id).where(mups.c.mrid == mup.mRID.upper()))
+                ).first()
+                if taken is not None:
+                    raise Conflict(
+                        f"MirrorUsagePoint.mRID: {mup.mRID.upper()} is already used by another resource"
+                    )
                 held = (
                     await conn.execute(
                         sa.select(sa.func.count()).select_from(mups).where(mups.c.site_id == site.id)
@@ -105,22 +118,30 @@ class MeteringStore(StoreBase):
                 await conn.execute(mups.update().where(mups.c.id == mup_id).values(**values))
             for mmr in mup.MirrorMeterReading:
                 await self._store_meter_reading(conn, mup_id, mmr, now)
-        return mup_id, existing is None
+            return mup_id, existing is None
+
+        return await self.grouped(work)
 
     async def post_meter_readings(
         self, scope: RequestScope, mup_id: int, items: list[r.MirrorMeterReading]
     ) -> list[tuple[int, bool]]:
         check_readings(self.quotas, items, "MirrorMeterReading")
         now = self.clock()
-        async with self.write() as conn:
+
+        async def work(conn: AsyncConnection) -> Any:
             found = (
                 await conn.execute(
-                    sa.select(mups.c.id).where(mups.c.id == mup_id, self._mup_condition(scope))
+                    sa.select(sites.c.lfdi, sites.c.aggregator_id)
+                    .join(mups, mups.c.site_id == sites.c.id)
+                    .where(mups.c.id == mup_id, self._mup_condition(scope))
                 )
             ).first()
             if found is None:
                 raise NotFound(f"no MirrorUsagePoint {mup_id} for this client")
+            self.touch(*(("mup", owner) for owner in owners(found.lfdi, found.aggregator_id)))
             return [await self._store_meter_reading(conn, mup_id, mmr, now) for mmr in items]
+
+        return await self.grouped(work)
 
     async def _store_meter_reading(
         self, conn: AsyncConnection, mup_id: int, mmr: r.MirrorMeterReading, now: int
@@ -136,6 +157,11 @@ class MeteringStore(StoreBase):
         if existing is None:
             if mmr.ReadingType is None:
                 raise BadRequest(f"MirrorMeterReading.ReadingType: required for a new reading (mRID {mrid})")
+            taken = (
+                await conn.execute(sa.select(meter_readings.c.id).where(meter_readings.c.mrid == mrid))
+            ).first()
+            if taken is not None:  # globally unique, as for the MirrorUsagePoint
+                raise Conflict(f"MirrorMeterReading.mRID: {mrid} is already used by another resource")
             mmr_id = (
                 await conn.execute(
                     meter_readings.insert().values(
@@ -186,7 +212,13 @@ class MeteringStore(StoreBase):
         return mmr_id, existing is None
 
     async def delete_mup(self, scope: RequestScope, mup_id: int) -> None:
-        async with self.write() as conn:
+        async with self.changing() as conn:
+            for site in await conn.execute(
+                sa.select(sites.c.lfdi, sites.c.aggregator_id)
+                .join(mups, mups.c.site_id == sites.c.id)
+                .where(mups.c.id == mup_id)
+            ):
+                self.touch(*(("mup", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             result = await conn.execute(mups.delete().where(mups.c.id == mup_id, self._mup_condition(scope)))
             if result.rowcount == 0:
                 raise NotFound(f"no MirrorUsagePoint {mup_id} for this client")

@@ -83,7 +83,7 @@ class SubscriptionsStore(StoreBase):
         if len(notification_uri) > 512:
             raise BadRequest("Subscription.notificationURI: at most 512 characters")
         now = self.clock()
-        async with self.write() as conn:
+        async with self.changing(("sub", site_id)) as conn:
             await self._site(conn, scope, site_id)
             held = (
                 await conn.execute(
@@ -116,6 +116,7 @@ class SubscriptionsStore(StoreBase):
     async def list_subscriptions(
         self, scope: RequestScope, site_id: int, page: Page
     ) -> tuple[int, list[sa.Row]]:
+        self.depends(("sub", site_id))
         async with self.read() as conn:
             await self._site(conn, scope, site_id)
             cond = subscriptions.c.site_id == site_id
@@ -134,6 +135,7 @@ class SubscriptionsStore(StoreBase):
         return total, list(rows)
 
     async def subscription(self, scope: RequestScope, site_id: int, sub_id: int) -> sa.Row:
+        self.depends(("sub", site_id))
         async with self.read() as conn:
             await self._site(conn, scope, site_id)
             row = (
@@ -148,7 +150,7 @@ class SubscriptionsStore(StoreBase):
         return row
 
     async def delete_subscription(self, scope: RequestScope, site_id: int, sub_id: int) -> None:
-        async with self.write() as conn:
+        async with self.changing(("sub", site_id)) as conn:
             await self._site(conn, scope, site_id)
             result = await conn.execute(
                 subscriptions.delete().where(subscriptions.c.id == sub_id, subscriptions.c.site_id == site_id)

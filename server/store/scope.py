@@ -32,6 +32,11 @@ class RequestScope:
             return sites.c.aggregator_id == self.aggregator_id
         return sites.c.lfdi == self.lfdi
 
+    @property
+    def owner(self) -> str:
+        """The key of this client's lists (``server.store.versions.owners``)."""
+        return f"a:{self.aggregator_id}" if self.kind == "aggregator" else f"d:{self.lfdi}"
+
 
 @dataclass(frozen=True, slots=True)
 class Page:
@@ -40,9 +45,6 @@ class Page:
     start: int = 0
     limit: int = 1
     after: int | None = None
-
-
-# ------------------------------------------------------------------------------- sep2 object <-> JSON
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +58,17 @@ class SiteView:
 
 
 async def _own_site(conn: AsyncConnection, scope: RequestScope, lfdi: str | None, field: str) -> Any:
-    """This client's EndDevice row for ``lfdi``; otherwise a 400 naming ``field``."""
+    """This client's EndDevice (id, lfdi, aggregator_id) for ``lfdi``; otherwise a 400 naming ``field``."""
     try:
         device_lfdi = normalise_lfdi(lfdi or "")
     except IdentityError as exc:
         raise BadRequest(f"{field}: {exc}") from None
     site = (
-        await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == device_lfdi, scope.site_condition()))
+        await conn.execute(
+            sa.select(sites.c.id, sites.c.lfdi, sites.c.aggregator_id).where(
+                sites.c.lfdi == device_lfdi, scope.site_condition()
+            )
+        )
     ).first()
     if site is None:
         raise BadRequest(f"{field}: {device_lfdi} is not an EndDevice of this client")

@@ -35,7 +35,10 @@ async def _visible_programs(conn: AsyncConnection, group_keys: Iterable[str]) ->
     group_ids = [int(k[2:]) for k in group_keys if k.startswith("g:")]
     query = (
         sa.select(programs)
-        .where(sa.or_(programs.c.group_id.is_(None), programs.c.group_id.in_(group_ids)))
+        .where(
+            programs.c.enabled == sa.true(),
+            sa.or_(programs.c.group_id.is_(None), programs.c.group_id.in_(group_ids)),
+        )
         .order_by(programs.c.primacy, programs.c.id)
     )
     return list((await conn.execute(query)).all())
