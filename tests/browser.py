@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,13 @@ from typing import Any
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+# The README's screenshots are refreshed only on request (DERLINK_SCREENSHOTS=1 pytest ...), so that a test
+# run leaves the working tree as it was; otherwise the pages are still captured, to a temporary directory.
+SHOTS = (
+    Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+    if os.environ.get("DERLINK_SCREENSHOTS") == "1"
+    else Path(tempfile.gettempdir()) / "derlink-screenshots"
+)
 
 needs_chromium = pytest.mark.skipif(
     shutil.which("chromium") is None, reason="Debian chromium (.ci/run installs it)"

@@ -3,7 +3,7 @@ over mutual TLS with a simulated site and its gateway (tests.test_gateway_runtim
 
 One walk through the console, as an operator and then as a viewer, with the security checks on the way:
 the session cookie's attributes, CSRF on every write, a ``<script>`` label escaped. Screenshots of the
-main pages go to docs/screenshots/.
+main pages go to docs/screenshots/ with DERLINK_SCREENSHOTS=1 (see tests/browser.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """programs.enabled: the operator can switch a DERProgram off (issue 11 item 9)
 
 Revision ID: p0103
-Revises: o0103
+Revises: o0104
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "p0103"
-down_revision = "o0103"
+down_revision = "o0104"
 branch_labels = None
 depends_on = None
 
