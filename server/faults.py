@@ -1,8 +1,9 @@
 """Start-up faults as one clear line: which path or address, what is wrong, what to do next.
 
 ``derlink server run`` and ``migrate`` print :func:`describe_startup_error` instead of a traceback for the
-faults an operator can fix (read-only or missing directory, full disk, corrupt database, port in use);
-anything else is a real bug and keeps its traceback.
+faults an operator can fix (read-only or missing directory, full disk, corrupt database); other OS
+errors (a port in use) get ``sep2.files.os_error_text``'s line; anything else is a real bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -74,9 +75,4 @@ def describe_startup_error(exc: BaseException, config: Any) -> str | None:
                 "(derlink server restore --from BACKUP) or move the file aside to start with an empty "
                 "database"
             )
-        if getattr(item, "errno", None) == errno.EADDRINUSE:
-            where = text.split("] ", 1)[-1]
-            return f"cannot listen: {where} (another process holds the port: stop it or choose another)"
-        if getattr(item, "errno", None) == errno.EADDRNOTAVAIL:
-            return f"cannot listen: {text.split('] ', 1)[-1]} (that address is not on this machine)"
     return None

@@ -26,6 +26,13 @@ QUOTAS = dict(
 )
 
 
+def _mup(lfdi: str, mrid: str) -> r.MirrorUsagePoint:
+    """A MirrorUsagePoint whose MirrorMeterReading mRID is its own too (mRIDs are unique server-wide)."""
+    doc = mup(lfdi, mrid)
+    doc.MirrorMeterReading[0].mRID = "E" + mrid[1:]
+    return doc
+
+
 def _refused(reply, field: str) -> None:
     assert reply.status == 409, (reply.status, reply.headers.get("X-Error-Detail"))
     assert from_xml(reply.body, r.Error).reasonCode == 2
@@ -44,11 +51,11 @@ async def test_quotas_refuse_over_the_cap_change_nothing_and_spare_other_sites(p
         )
         # MirrorUsagePoints: two per site; the same mRID again is an update, not a new one.
         for n in (1, 2, 2):
-            assert (await a.post("/mup", mup(a.lfdi, f"{n:032X}"))).status in (201, 204)
+            assert (await a.post("/mup", _mup(a.lfdi, f"{n:032X}"))).status in (201, 204)
         before = await running.store.admin.table_dump()
-        _refused(await a.post("/mup", mup(a.lfdi, "3" * 32)), "MirrorUsagePoint")
+        _refused(await a.post("/mup", _mup(a.lfdi, "3" * 32)), "MirrorUsagePoint")
         # Readings per request.
-        many = mup(a.lfdi, f"{1:032X}")
+        many = _mup(a.lfdi, f"{1:032X}")
         many.MirrorMeterReading = [
             meter_reading(10, 1_700_000_000 + 300 * i, mrid=f"{i:032X}") for i in range(6)
         ]
@@ -79,7 +86,7 @@ async def test_quotas_refuse_over_the_cap_change_nothing_and_spare_other_sites(p
         assert len((await running.store.admin.table_dump())["responses"]) == 3
         assert (await running.store.admin.table_dump())["mups"] == before["mups"]
         # Site B's quotas are its own.
-        assert (await b.post("/mup", mup(b.lfdi, "B" * 32))).status == 201
+        assert (await b.post("/mup", _mup(b.lfdi, "B" * 32))).status == 201
         assert (
             await b.post("/edev/2/sub", subscription("/edev/2/fsa", "https://127.0.0.1:9/n"))
         ).status == 201

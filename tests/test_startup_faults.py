@@ -104,7 +104,7 @@ async def test_read_only_dir_corrupt_db_and_port_in_use_print_one_line(pki, tmp_
     expected = [
         [str(read_only), "Read-only file system"],
         [str(corrupt / "derlink.sqlite3"), "corrupt", "file is not a database", "move the file aside"],
-        [f"127.0.0.1', {busy_port}", "address already in use"],
+        [f"127.0.0.1:{busy_port}", "already in use"],
     ]
     for (code, err), needles in zip(results, expected, strict=True):
         errors = [line for line in err.splitlines() if line.startswith("error:")]
