@@ -221,6 +221,15 @@ class Admin:
         async with self.store.write() as conn:
             if (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == lfdi))).first():
                 raise AdminError(f"lfdi: site {lfdi} is already registered")
+            if (
+                nmi is not None
+                and (
+                    await conn.execute(
+                        sa.select(sites.c.id).where(sa.func.substr(sites.c.nmi, 1, 10) == nmi[:10])
+                    )
+                ).first()
+            ):
+                raise AdminError(f"nmi: {nmi} belongs to another site")
             agg_id = None
             if aggregator is not None:
                 row = (
