@@ -269,7 +269,10 @@ class DerlinkAdminPlugin:
         await self._rate(cfg, "post", int(p["rate_seconds"]))
 
     async def _rate(self, cfg: Any, resource: str, value: int) -> None:
-        target = f"site:{cfg.lfdi}" if await self._site(cfg) is not None else "all"
+        # An aggregator's client-level lists (EndDeviceList, ...) are not any one site's: rate for all.
+        client_level = resource in ("dcap", "edev", "mup", "rsps", "tm")
+        per_site = not (client_level and str(cfg.type) == "aggregator")
+        target = f"site:{cfg.lfdi}" if per_site and await self._site(cfg) is not None else "all"
         body = {"resource": resource, "value": value, "target": target, "reason": "cactus"}
         await self.call("PUT", "/api/rates", body)
 

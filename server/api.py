@@ -236,8 +236,8 @@ class Renderer:
     async def subscribed_resource(self, sub: Any, scope: RequestScope) -> Any:
         """The current state of what a subscription watches, honouring its ``limit``."""
         page = Page(start=0, limit=max(1, sub.limit))
-        if sub.kind == "edev":
-            return await self.end_device_list(scope, page, None)
+        if sub.kind == "edev":  # with the pollRate the client sees on GET (a site's own rate included)
+            return await self.end_device_list(scope, page, await self.store.client_targets(scope))
         view = await self.store.site_view(scope, sub.site_id)
         if sub.kind == "fsa":
             return await self.fsa_list(view, page)

@@ -33,6 +33,7 @@ from server.compliance.judge import Rules
 from server.compliance.targets import resolve_scope
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.headend.capabilities import unsupported_by_target, unsupported_modes
 from server.headend.doe import (
     CHUNK_BYTES,
     DOE_ID_BASE,
@@ -911,12 +912,17 @@ class HeadEnd:
         scope = RequestScope(lfdi=site.lfdi, kind="device")
         view = await self.store.site_view(scope, site.id)
         program_controls = []
+        unsupported: list[dict[str, Any]] = []
         for program in view.programs:
             _total, rows, _ = await self.store.program_controls(view, program.id, Page(0, 100))
             live = [row for row in rows if event_status(row, now)[0] in (0, 1)]
             active = [row for row in live if row.start <= now]
             upcoming = [row for row in live if row.start > now]
             default = await self.store.default_control(view, program.id)
+            for row in active + upcoming[:1]:  # flagged in the site's view too (issue 11 item 12)
+                modes = unsupported_modes(control_base_from_json(row.base), der_docs.get("dercap"))
+                if modes:
+                    unsupported.append({"mrid": row.mrid, "program": program.key, "modes": modes})
             program_controls.append(
                 {
                     "program": program.key,
@@ -947,6 +953,7 @@ class HeadEnd:
                 },
                 "der": {kind: to_jsonable(doc) for kind, doc in der_docs.items()},
                 "programs": program_controls,
+                "unsupported_controls": unsupported,
                 "telemetry": [dict(row._mapping) for row in latest],
                 "responses": [dict(row._mapping) for row in response_rows],
                 "mirror_usage_points": mup_count,
@@ -1313,7 +1320,11 @@ class HeadEnd:
             actor=self.actor(request),
             reason=self.reason(request, body),
         )
-        return ok({"mrid": mrid}, 201)
+        # Sites whose DERCapability says they cannot apply it are flagged to the operator (issue 11 item 12).
+        async with self.store.read() as conn:
+            key = await self.admin._resolve_target(conn, norm_target(body["target"]))
+            unsupported = await unsupported_by_target(conn, key, base)
+        return ok({"mrid": mrid, "unsupported": unsupported}, 201)
 
     async def control_detail(self, request: web.Request) -> web.Response:
         mrid = request.match_info["mrid"].upper()

@@ -22,6 +22,7 @@ from server.store.engine import _insert
 from server.store.pubsub import _enqueue
 from server.store.schema import (
     DER_DOCUMENT_TYPES,
+    RATE_NOTIFIES,
     RATE_RESOURCES,
     SUBSCRIPTION_KINDS,
     aggregators,
@@ -223,6 +224,15 @@ class Admin:
         async with self.store.changing() as conn:
             if (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == lfdi))).first():
                 raise AdminError(f"lfdi: site {lfdi} is already registered")
+            if (
+                nmi is not None
+                and (
+                    await conn.execute(
+                        sa.select(sites.c.id).where(sa.func.substr(sites.c.nmi, 1, 10) == nmi[:10])
+                    )
+                ).first()
+            ):
+                raise AdminError(f"nmi: {nmi} belongs to another site")
             agg_id = None
             if aggregator is not None:
                 row = (
@@ -706,6 +716,9 @@ class Admin:
             await conn.execute(
                 stmt.on_conflict_do_update(index_elements=["resource", "target"], set_={"value": value})
             )
+            # A pollRate is part of the list it is on: its subscribers are notified (issue 11 item 7).
+            if resource in RATE_NOTIFIES:
+                await _enqueue(conn, self.store.clock(), kinds=RATE_NOTIFIES[resource], target=key)
             await self._audit(conn, actor, "rate.set", target, reason, resource=resource, value=value)
 
     # -- queries for the head-end

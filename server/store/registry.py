@@ -180,6 +180,16 @@ class SitesStore(StoreBase):
             self.touch(
                 ("site", site_id), *(("edev", owner) for owner in owners(site.lfdi, site.aggregator_id))
             )
+            # An NMI belongs to one site (issue 11 item 11); the checksum digit, if given, is not compared.
+            other = (
+                await conn.execute(
+                    sa.select(sites.c.id).where(
+                        sa.func.substr(sites.c.nmi, 1, 10) == nmi[:10], sites.c.id != site_id
+                    )
+                )
+            ).first()
+            if other is not None:
+                raise Conflict(f"ConnectionPoint.connectionPointId: NMI {nmi} belongs to another site")
             await conn.execute(
                 sites.update().where(sites.c.id == site_id).values(nmi=nmi, changed_time=self.clock())
             )

@@ -262,6 +262,8 @@ audit_log = sa.Table(
 )
 
 RATE_RESOURCES = ("dcap", "edev", "fsa", "derp", "der", "mup", "rsps", "sub", "rg", "tm", "post")
+# Rates that are part of a subscribable list: a change notifies that list's subscribers.
+RATE_NOTIFIES: dict[str, tuple[str, ...]] = {"edev": ("edev",), "fsa": ("fsa",), "derp": ("derp",)}
 DER_DOCUMENT_TYPES: dict[str, type] = {
     "dercap": r.DERCapability,
     "derg": r.DERSettings,

@@ -47,6 +47,10 @@ class Page:
     after: int | None = None
 
 
+#: The target rank of a group the site is a direct member of (server.store.targets._site_targets: 500 - hop).
+DIRECT_GROUP_RANK = 499
+
+
 @dataclass(frozen=True, slots=True)
 class SiteView:
     site: sa.Row
@@ -54,7 +58,11 @@ class SiteView:
     programs: list[sa.Row]
 
     def fsa_keys(self) -> list[int]:
-        return sorted({p.group_id or 0 for p in self.programs})
+        """The site's FunctionSetAssignments: FSA 0 (programs of every site) when it holds a program, each
+        group the operator put the site in (even before it holds a program: a program added later is a
+        change of that FSA's DERProgramList), and each ancestor group holding a program."""
+        direct = {int(k[2:]) for k, rank in self.targets if k.startswith("g:") and rank == DIRECT_GROUP_RANK}
+        return sorted({p.group_id or 0 for p in self.programs} | direct)
 
 
 async def _own_site(conn: AsyncConnection, scope: RequestScope, lfdi: str | None, field: str) -> Any:

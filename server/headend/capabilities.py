@@ -1,0 +1,69 @@
+"""Does a site say it can do what a control asks? (issue 11 item 12)
+
+A DERControlBase field is checked against the site's last DERCapability: the CSIP-AUS limits against
+``csipaus:doeModesSupported`` (bit 0 opModExpLimW, 1 opModImpLimW, 2 opModGenLimW, 3 opModLoadLimW), the
+2030.5 modes against ``modesSupported`` (DERControlType bits: 2 opModConnect, 3 opModEnergize, 7 opModFixedW,
+20 opModMaxLimW, 22 opModTargetW). A site that never reported a DERCapability is not flagged: nothing is
+known. The head-end still publishes the control; it tells the operator which sites said they cannot apply it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sep2 import resources as r
+from sep2.xml import from_xml
+from server.store import _group_member_sites, der_documents, ders, sites
+
+DOE_BITS = {"opModExpLimW": 0, "opModImpLimW": 1, "opModGenLimW": 2, "opModLoadLimW": 3}
+MODE_BITS = {"opModConnect": 2, "opModEnergize": 3, "opModFixedW": 7, "opModMaxLimW": 20, "opModTargetW": 22}
+#: At most this many sites' capabilities are read when a control is created (a broadcast to a large fleet
+#: reports how many it checked).
+CHECK_LIMIT = 10_000
+
+
+def _bits(hex_text: str | None) -> int | None:
+    try:
+        return int(hex_text, 16) if hex_text else None
+    except ValueError:
+        return None
+
+
+def unsupported_modes(base: r.DERControlBase, cap: r.DERCapability | None) -> list[str]:
+    """The fields ``base`` sets that ``cap`` says the DER does not support ([] when cap is None)."""
+    if cap is None:
+        return []
+    doe, modes = _bits(cap.doeModesSupported), _bits(cap.modesSupported)
+    out = []
+    for name, bit in DOE_BITS.items():
+        if getattr(base, name, None) is not None and not (doe or 0) >> bit & 1:
+            out.append(name)
+    for name, bit in MODE_BITS.items():
+        if getattr(base, name, None) is not None and not (modes or 0) >> bit & 1:
+            out.append(name)
+    return out
+
+
+async def unsupported_by_target(
+    conn: AsyncConnection, target_key: str, base: r.DERControlBase
+) -> dict[str, Any]:
+    """{"checked": n, "sites": [{"lfdi", "modes"}]} for the sites of ``target_key`` ("all"/"g:N"/"s:N")."""
+    query = (
+        sa.select(sites.c.lfdi, der_documents.c.xml)
+        .join(ders, ders.c.site_id == sites.c.id)
+        .join(der_documents, sa.and_(der_documents.c.der_id == ders.c.id, der_documents.c.kind == "dercap"))
+    )
+    if target_key.startswith("s:"):
+        query = query.where(sites.c.id == int(target_key[2:]))
+    elif target_key.startswith("g:"):
+        query = query.where(sites.c.id.in_(_group_member_sites(int(target_key[2:]))))
+    rows = (await conn.execute(query.order_by(sites.c.id).limit(CHECK_LIMIT))).all()
+    flagged = []
+    for row in rows:
+        modes = unsupported_modes(base, from_xml(row.xml.encode(), r.DERCapability))
+        if modes:
+            flagged.append({"lfdi": row.lfdi, "modes": modes})
+    return {"checked": len(rows), "sites": flagged}
