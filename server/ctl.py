@@ -442,7 +442,25 @@ def _commands() -> dict[str, Any]:
     }
 
 
+def _sfdi(text: str) -> int:
+    from sep2.identity import IdentityError, operator_sfdi
+
+    try:
+        return operator_sfdi(text)
+    except IdentityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:
+        return _run_command(args)
+    except BrokenPipeError:
+        # `derlink ctl ... | head`: the reader left; exit quietly (and keep Python from complaining at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
     from server.incidents.ctl import commands as incident_commands
 
     key = (args.noun, getattr(args, "verb", None))
@@ -525,7 +543,7 @@ def register(subparsers: Any) -> None:
     v.add_parser("show", help="site detail").add_argument("site", help="LFDI or nmi:NMI")
     p = reason(v.add_parser("register", help="register a site out of band"))
     p.add_argument("lfdi")
-    p.add_argument("--sfdi", type=int, help="checked against the LFDI")
+    p.add_argument("--sfdi", type=_sfdi, help="checked against the LFDI (spaces and dashes allowed)")
     p.add_argument("--nmi")
     p.add_argument("--pin", type=int)
     p.add_argument("--label")

@@ -79,3 +79,38 @@ async def test_statuses_acks_and_compliance_over_the_api_and_cli(world: HeadEndW
     assert code == 0 and out.startswith("mrid,lfdi,nmi,latest") and len(out.splitlines()) == 4, out
     code, out = await ctl("--json", "compliance", "--group", "feeder", "--since", str(now - 60))
     assert code == 0 and json.loads(out)["sites"] == 3, out
+
+
+async def test_cli_takes_grouped_identifiers_and_a_closed_pipe_quietly(world: HeadEndWorld) -> None:
+    import subprocess
+
+    lfdi = f"{0xABCDEF:040X}"
+    grouped = " ".join("-".join(lfdi[i : i + 4] for i in range(j, j + 8, 4)) for j in range(0, 40, 8))
+    from sep2.identity import sfdi_from_lfdi
+
+    sfdi = str(sfdi_from_lfdi(lfdi))
+    base = [sys.executable, "-m", "derlink", "ctl", "--url", world.base, "--token", OPERATOR_TOKEN]
+
+    def run(*argv: str, close_stdout: bool = False) -> tuple[int, str, str]:
+        proc = subprocess.Popen(
+            [*base, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent
+        )
+        if close_stdout:
+            proc.stdout.close()  # type: ignore[union-attr]
+            err = proc.stderr.read().decode()  # type: ignore[union-attr]
+            return proc.wait(), "", err
+        out, err = proc.communicate()
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await asyncio.to_thread(
+        run, "--json", "sites", "register", grouped, "--sfdi", f"{sfdi[:4]}-{sfdi[4:8]} {sfdi[8:]}"
+    )
+    assert code == 0 and json.loads(out)["lfdi"] == lfdi, out + err
+    code, out, err = await asyncio.to_thread(run, "--json", "sites", "show", grouped.lower())
+    assert code == 0 and json.loads(out)["lfdi"] == lfdi, out + err
+    code, out, err = await asyncio.to_thread(run, "sites", "register", "ABCD-XYZ")
+    assert code == 1 and "lfdi" in (out + err)
+    # A reader that went away: no traceback, nothing on stderr (rich itself exits 1 on a closed pipe).
+    for argv in (("audit",), ("--json", "audit")):
+        code, _, err = await asyncio.to_thread(run, *argv, close_stdout=True)
+        assert code in (0, 1) and err.strip() == "", err

@@ -26,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 
-from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
+from sep2.identity import IdentityError, operator_lfdi, sfdi_from_lfdi
 from sep2.nmi import NmiError, validate_nmi
 from server.compliance.acks import DEFAULT_WITHIN_S, UnknownControl, ack_csv, ack_summary
 from server.compliance.assess import assess, assessment_csv
@@ -684,7 +684,7 @@ class HeadEnd:
             cond = sites.c.nmi == ref[4:]
         else:
             try:
-                cond = sites.c.lfdi == normalise_lfdi(ref)
+                cond = sites.c.lfdi == operator_lfdi(ref)
             except IdentityError as exc:
                 raise HeadEndError(404, f"site: {exc}", "site") from None
         row = (await conn.execute(sa.select(sites).where(cond))).first()
@@ -796,7 +796,7 @@ class HeadEnd:
             actor=self.actor(request),
             reason=self.reason(request, body),
         )
-        return ok({"id": site_id, "lfdi": normalise_lfdi(body["lfdi"]), "href": f"/edev/{site_id}"}, 201)
+        return ok({"id": site_id, "lfdi": operator_lfdi(body["lfdi"]), "href": f"/edev/{site_id}"}, 201)
 
     async def sites_bulk(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -1795,7 +1795,7 @@ async def bulk_register(
         if unknown:
             raise bad(f"{where}.{sorted(unknown)[0]}: unknown field")
         try:
-            lfdi = normalise_lfdi(item.get("lfdi") or "")
+            lfdi = operator_lfdi(item.get("lfdi") or "")
         except IdentityError as exc:
             raise bad(f"{where}.lfdi: {exc}") from None
         if lfdi in seen:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
-from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
+from sep2.identity import IdentityError, operator_lfdi, sfdi_from_lfdi
 from sep2.mrid import new_mrid
 from sep2.xml import from_xml
 from server.store.base import StoreBase
@@ -94,7 +94,7 @@ class Admin:
         if kind in ("site", "nmi"):
             if kind == "site":
                 try:
-                    cond = sites.c.lfdi == normalise_lfdi(value)
+                    cond = sites.c.lfdi == operator_lfdi(value)
                 except IdentityError as exc:
                     raise AdminError(f"target: {exc}") from None
             else:
@@ -138,7 +138,7 @@ class Admin:
 
     async def _attach_client(self, conn: AsyncConnection, aggregator_id: int, lfdi: str) -> None:
         try:
-            lfdi = normalise_lfdi(lfdi)
+            lfdi = operator_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
         stmt = _insert(conn, clients).values(
@@ -179,7 +179,7 @@ class Admin:
     ) -> None:
         """Revoke (or restore) a certificate; effective on its next request."""
         try:
-            lfdi = normalise_lfdi(lfdi)
+            lfdi = operator_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
         async with self.store.write() as conn:
@@ -203,7 +203,7 @@ class Admin:
     ) -> int:
         """Out-of-band registration of a site (EndDevice). Returns the site id."""
         try:
-            lfdi = normalise_lfdi(lfdi)
+            lfdi = operator_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
         expected = sfdi_from_lfdi(lfdi)
