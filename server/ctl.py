@@ -356,6 +356,19 @@ def _commands() -> dict[str, Any]:
             query={"within": a.within, "format": "csv" if a.csv else None},
             raw=a.csv,
         ),
+        ("telemetry", None): lambda a: _call(
+            a,
+            "GET",
+            "/api/telemetry",
+            query={
+                "site": a.site,
+                "group": a.group,
+                "from": a.since,
+                "to": a.until,
+                "format": "csv" if a.csv else None,
+            },
+            raw=a.csv,
+        ),
         ("compliance", None): lambda a: _call(
             a,
             "GET",
@@ -608,6 +621,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("mrid")
     p.add_argument("--within", type=int, help="seconds allowed to answer (default 300)")
     p.add_argument("--csv", action="store_true", help="one line per targeted site")
+
+    p = nouns.add_parser("telemetry", help="stored readings in real units, by device and phase (CSV/JSON)")
+    p.add_argument("--site", help="one site (LFDI)")
+    p.add_argument("--group", help="a group and its nested groups (default: all sites)")
+    p.add_argument("--since", type=int, help="Unix seconds (default: an hour before --until)")
+    p.add_argument("--until", type=int, help="Unix seconds (default: now)")
+    p.add_argument("--csv", action="store_true", help="one line per reading")
 
     p = nouns.add_parser("compliance", help="judge stored telemetry against the limits that were published")
     p.add_argument("--site", help="one site (LFDI)")

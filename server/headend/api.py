@@ -46,6 +46,7 @@ from server.headend.doe import (
     site_intervals,
 )
 from server.headend.errors import HeadEndError, Operator, bad
+from server.headend.telemetry import telemetry, telemetry_csv
 from server.store import (
     AdminError,
     Page,
@@ -398,6 +399,14 @@ ROUTES: list[Route] = [
         False,
         "Acknowledgements of a control: counts by Response status, non-responders (CSV with format=csv)",
         query=("within", "format"),
+    ),
+    Route(
+        "GET",
+        "/api/telemetry",
+        "telemetry",
+        False,
+        "Telemetry of a site, a group or all sites in real units, with group totals (CSV with format=csv)",
+        query=("site", "group", "from", "to", "format"),
     ),
     Route(
         "GET",
@@ -1354,6 +1363,22 @@ class HeadEnd:
                 return ok(await ack_summary(conn, mrid, now=self.store.clock(), within_s=within))
             except UnknownControl as exc:
                 raise HeadEndError(404, str(exc), "mrid") from None
+
+    async def telemetry(self, request: web.Request) -> web.Response:
+        now = self.store.clock()
+        to = _int_query(request, "to", now)
+        since = _int_query(request, "from", to - 3600)
+        try:
+            async with self.store.read() as conn:
+                scope = await resolve_scope(
+                    conn, lfdi=request.query.get("site"), group=request.query.get("group")
+                )
+                data = await telemetry(conn, scope, since, to)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if request.query.get("format") == "csv":
+            return web.Response(text=telemetry_csv(data), content_type="text/csv")
+        return ok(data)
 
     async def compliance(self, request: web.Request) -> web.Response:
         """The compliance service (server.compliance.assess) over HTTP; rules default to the demo's."""
