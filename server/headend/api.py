@@ -46,7 +46,7 @@ from server.headend.doe import (
     site_intervals,
 )
 from server.headend.errors import HeadEndError, Operator, bad
-from server.headend.telemetry import telemetry, telemetry_csv
+from server.headend.telemetry import reading_json, telemetry, telemetry_csv
 from server.store import (
     AdminError,
     Page,
@@ -863,7 +863,10 @@ class HeadEnd:
                         readings.c.received_at,
                         meter_readings.c.mrid,
                         meter_readings.c.description,
+                        meter_readings.c.reading_type,
                         mups.c.mrid.label("mup_mrid"),
+                        mups.c.role_flags,
+                        mups.c.description.label("device"),
                     )
                     .join(meter_readings, meter_readings.c.id == readings.c.meter_reading_id)
                     .join(mups, mups.c.id == meter_readings.c.mup_id)
@@ -932,7 +935,7 @@ class HeadEnd:
                 },
                 "der": {kind: to_jsonable(doc) for kind, doc in der_docs.items()},
                 "programs": program_controls,
-                "telemetry": [dict(row._mapping) for row in latest],
+                "telemetry": [reading_json(row) for row in latest],
                 "responses": [dict(row._mapping) for row in response_rows],
                 "mirror_usage_points": mup_count,
             }

@@ -1,10 +1,10 @@
 """Head-end routes for incidents (seed 002), registered on the head-end app by ``register``.
 
-    GET  /api/incidents                 ?open=1&subject=site:<lfdi>
-    POST /api/incidents                 {"subject", "kind", "severity", "text", "holder"?}: raise, de-duped
-    GET  /api/incidents/{id}            one incident with its timeline
-    POST /api/incidents/{id}/actions    {"action", "reason", "referred_to"?, "root_cause"?}: the actor is the
-                                        token's name; a refused transition is 409 and writes nothing
+GET  /api/incidents                 ?open=1&subject=site:<lfdi>
+POST /api/incidents                 {"subject", "kind", "severity", "text", "holder"?}: raise, de-duped
+GET  /api/incidents/{id}            one incident with its timeline
+POST /api/incidents/{id}/actions    {"action", "reason", "referred_to"?, "root_cause"?}: the actor is the
+                                    token's name; a refused transition is 409 and writes nothing
 """
 
 from __future__ import annotations

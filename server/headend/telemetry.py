@@ -49,6 +49,26 @@ def device_role(role_flags: str, description: str | None) -> str:
     return description or f"roleFlags {role_flags}"
 
 
+def reading_json(row: Any) -> dict[str, Any]:
+    """One stored reading for the site detail: the value in its unit (multiplier applied), its device and
+    phase; the stored integer stays as ``raw_value``."""
+    unit, multiplier, phase, quantity = _reading_type(row.reading_type)
+    return {
+        "time_start": row.time_start,
+        "duration": row.duration,
+        "description": row.description,
+        "device": device_role(row.role_flags, row.device),
+        "quantity": quantity,
+        "phase": phase,
+        "value": round(row.value * 10.0**multiplier, 6),
+        "unit": unit,
+        "raw_value": row.value,
+        "received_at": row.received_at,
+        "mrid": row.mrid,
+        "mup_mrid": row.mup_mrid,
+    }
+
+
 async def telemetry(
     conn: AsyncConnection, scope: str, t0: int, t1: int, *, limit: int = MAX_ROWS
 ) -> dict[str, Any]:
