@@ -61,6 +61,15 @@ async def test_statuses_acks_and_compliance_over_the_api_and_cli(world: HeadEndW
     status, err = await w.op.call("GET", "/api/compliance?group=nope")
     assert status == 400 and "group" in err["error"]
 
+    # A finding is answered with a normal control, audited with its reason (seed 001 L847).
+    status, err = await w.op.call("POST", "/api/compliance/act", {"site": lfdis[2]})
+    assert status == 400 and "reason" in err["error"]
+    status, _ = await w.viewer.call("POST", "/api/compliance/act", {"site": lfdis[2], "reason": "x"})
+    assert status == 403
+    act = await w.op.ok("POST", "/api/compliance/act", {"site": lfdis[2], "reason": "persistent breach"})
+    audit = (await w.op.ok("GET", "/api/audit?action=control.create"))["items"][0]
+    assert audit["reason"] == "persistent breach" and act["mrid"] in json.dumps(audit)
+
     base = [sys.executable, "-m", "derlink", "ctl", "--url", w.base, "--token", OPERATOR_TOKEN]
 
     async def ctl(*argv: str) -> tuple[int, str]:

@@ -29,7 +29,7 @@ from aiohttp import web
 from sep2.identity import IdentityError, operator_lfdi, sfdi_from_lfdi
 from sep2.nmi import NmiError, validate_nmi
 from server.compliance.acks import DEFAULT_WITHIN_S, UnknownControl, ack_csv, ack_summary
-from server.compliance.assess import assess, assessment_csv
+from server.compliance.assess import act_on_finding, assess, assessment_csv
 from server.compliance.judge import Rules
 from server.compliance.targets import resolve_scope
 from server.config import ServerConfig
@@ -399,6 +399,14 @@ ROUTES: list[Route] = [
         False,
         "Acknowledgements of a control: counts by Response status, non-responders (CSV with format=csv)",
         query=("within", "format"),
+    ),
+    Route(
+        "POST",
+        "/api/compliance/act",
+        "compliance_act",
+        True,
+        "Answer a compliance finding with a normal, audited control (default: zero export for an hour)",
+        {"site": "string", "duration": "integer", "export_limit_w": "number", "reason": "string"},
     ),
     Route(
         "GET",
@@ -1366,6 +1374,21 @@ class HeadEnd:
                 return ok(await ack_summary(conn, mrid, now=self.store.clock(), within_s=within))
             except UnknownControl as exc:
                 raise HeadEndError(404, str(exc), "mrid") from None
+
+    async def compliance_act(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        _check_fields(body, {"site", "duration", "export_limit_w", "reason"}, ("site", "reason"))
+        duration = _typed(body, "duration", "integer")
+        limit = _typed(body, "export_limit_w", "number")
+        mrid = await act_on_finding(
+            self.admin,
+            _typed(body, "site", "string"),
+            duration=3600 if duration is None else duration,
+            export_limit_w=0.0 if limit is None else limit,
+            actor=self.actor(request),
+            reason=_typed(body, "reason", "string"),
+        )
+        return ok({"mrid": mrid}, 201)
 
     async def telemetry(self, request: web.Request) -> web.Response:
         now = self.store.clock()
