@@ -29,6 +29,22 @@ def normalise_lfdi(lfdi: str) -> str:
     return lfdi.upper()
 
 
+def operator_lfdi(text: str) -> str:
+    """An LFDI typed or pasted by a person: as :func:`normalise_lfdi`, but spaces and dashes (the grouped,
+    read-aloud form ``derlink certs`` prints) are allowed. For operator input only, never the wire."""
+    if not isinstance(text, str):
+        raise IdentityError(f"LFDI must be 40 hexadecimal digits, got {text!r}")
+    return normalise_lfdi(re.sub(r"[\s-]", "", text))
+
+
+def operator_sfdi(text: str | int) -> int:
+    """An SFDI typed by a person, with or without spaces or dashes."""
+    digits = re.sub(r"[\s-]", "", str(text))
+    if not digits.isdigit():
+        raise IdentityError(f"SFDI must be a decimal number, got {text!r}")
+    return int(digits)
+
+
 def sfdi_check_digit(value: int) -> int:
     """The digit that makes the digit sum of ``value`` followed by it divisible by 10."""
     return (10 - sum(int(d) for d in str(value)) % 10) % 10

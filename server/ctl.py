@@ -408,6 +408,19 @@ def _commands() -> dict[str, Any]:
             query={"within": a.within, "format": "csv" if a.csv else None},
             raw=a.csv,
         ),
+        ("telemetry", None): lambda a: _call(
+            a,
+            "GET",
+            "/api/telemetry",
+            query={
+                "site": a.site,
+                "group": a.group,
+                "from": a.since,
+                "to": a.until,
+                "format": "csv" if a.csv else None,
+            },
+            raw=a.csv,
+        ),
         ("compliance", None): lambda a: _call(
             a,
             "GET",
@@ -494,7 +507,25 @@ def _commands() -> dict[str, Any]:
     }
 
 
+def _sfdi(text: str) -> int:
+    from sep2.identity import IdentityError, operator_sfdi
+
+    try:
+        return operator_sfdi(text)
+    except IdentityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _run(args: argparse.Namespace) -> int:
+    try:
+        return _run_command(args)
+    except BrokenPipeError:
+        # `derlink ctl ... | head`: the reader left; exit quietly (and keep Python from complaining at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
     from server.incidents.ctl import commands as incident_commands
 
     key = (args.noun, getattr(args, "verb", None))
@@ -591,7 +622,7 @@ def register(subparsers: Any) -> None:
     v.add_parser("show", help="site detail").add_argument("site", help="LFDI or nmi:NMI")
     p = reason(v.add_parser("register", help="register a site out of band"))
     p.add_argument("lfdi")
-    p.add_argument("--sfdi", type=int, help="checked against the LFDI")
+    p.add_argument("--sfdi", type=_sfdi, help="checked against the LFDI (spaces and dashes allowed)")
     p.add_argument("--nmi")
     p.add_argument("--pin", type=int)
     p.add_argument("--label")
@@ -656,6 +687,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("mrid")
     p.add_argument("--within", type=int, help="seconds allowed to answer (default 300)")
     p.add_argument("--csv", action="store_true", help="one line per targeted site")
+
+    p = nouns.add_parser("telemetry", help="stored readings in real units, by device and phase (CSV/JSON)")
+    p.add_argument("--site", help="one site (LFDI)")
+    p.add_argument("--group", help="a group and its nested groups (default: all sites)")
+    p.add_argument("--since", type=int, help="Unix seconds (default: an hour before --until)")
+    p.add_argument("--until", type=int, help="Unix seconds (default: now)")
+    p.add_argument("--csv", action="store_true", help="one line per reading")
 
     p = nouns.add_parser("compliance", help="judge stored telemetry against the limits that were published")
     p.add_argument("--site", help="one site (LFDI)")

@@ -61,6 +61,15 @@ async def test_statuses_acks_and_compliance_over_the_api_and_cli(world: HeadEndW
     status, err = await w.op.call("GET", "/api/compliance?group=nope")
     assert status == 400 and "group" in err["error"]
 
+    # A finding is answered with a normal control, audited with its reason (seed 001 L847).
+    status, err = await w.op.call("POST", "/api/compliance/act", {"site": lfdis[2]})
+    assert status == 400 and "reason" in err["error"]
+    status, _ = await w.viewer.call("POST", "/api/compliance/act", {"site": lfdis[2], "reason": "x"})
+    assert status == 403
+    act = await w.op.ok("POST", "/api/compliance/act", {"site": lfdis[2], "reason": "persistent breach"})
+    audit = (await w.op.ok("GET", "/api/audit?action=control.create"))["items"][0]
+    assert audit["reason"] == "persistent breach" and act["mrid"] in json.dumps(audit)
+
     base = [sys.executable, "-m", "derlink", "ctl", "--url", w.base, "--token", OPERATOR_TOKEN]
 
     async def ctl(*argv: str) -> tuple[int, str]:
@@ -79,3 +88,73 @@ async def test_statuses_acks_and_compliance_over_the_api_and_cli(world: HeadEndW
     assert code == 0 and out.startswith("mrid,lfdi,nmi,latest") and len(out.splitlines()) == 4, out
     code, out = await ctl("--json", "compliance", "--group", "feeder", "--since", str(now - 60))
     assert code == 0 and json.loads(out)["sites"] == 3, out
+
+
+async def test_cli_takes_grouped_identifiers_and_a_closed_pipe_quietly(world: HeadEndWorld) -> None:
+    import subprocess
+
+    lfdi = f"{0xABCDEF:040X}"
+    grouped = " ".join("-".join(lfdi[i : i + 4] for i in range(j, j + 8, 4)) for j in range(0, 40, 8))
+    from sep2.identity import sfdi_from_lfdi
+
+    sfdi = str(sfdi_from_lfdi(lfdi))
+    base = [sys.executable, "-m", "derlink", "ctl", "--url", world.base, "--token", OPERATOR_TOKEN]
+
+    def run(*argv: str, close_stdout: bool = False) -> tuple[int, str, str]:
+        proc = subprocess.Popen(
+            [*base, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent
+        )
+        if close_stdout:
+            proc.stdout.close()  # type: ignore[union-attr]
+            err = proc.stderr.read().decode()  # type: ignore[union-attr]
+            return proc.wait(), "", err
+        out, err = proc.communicate()
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await asyncio.to_thread(
+        run, "--json", "sites", "register", grouped, "--sfdi", f"{sfdi[:4]}-{sfdi[4:8]} {sfdi[8:]}"
+    )
+    assert code == 0 and json.loads(out)["lfdi"] == lfdi, out + err
+    code, out, err = await asyncio.to_thread(run, "--json", "sites", "show", grouped.lower())
+    assert code == 0 and json.loads(out)["lfdi"] == lfdi, out + err
+    code, out, err = await asyncio.to_thread(run, "sites", "register", "ABCD-XYZ")
+    assert code == 1 and "lfdi" in (out + err)
+    # A reader that went away: no traceback, nothing on stderr (rich itself exits 1 on a closed pipe).
+    for argv in (("audit",), ("--json", "audit")):
+        code, _, err = await asyncio.to_thread(run, *argv, close_stdout=True)
+        assert code in (0, 1) and err.strip() == "", err
+
+
+async def test_telemetry_export_in_real_units_with_devices_phases_and_group_totals(
+    world: HeadEndWorld,
+) -> None:
+    from gateway.client import mapping as gm
+
+    w = world
+    store = w.running.store
+    now = store.clock()
+    await w.op.ok("POST", "/api/groups", {"name": "feeder-t"})
+    lfdis = [w.clients[n].lfdi for n in ("dev-a", "dev-b")]
+    for i, lfdi in enumerate(lfdis):
+        await w.op.ok("POST", "/api/sites", {"lfdi": lfdi, "nmi": f"410400000{i}", "groups": ["feeder-t"]})
+        scope = RequestScope(lfdi=lfdi, kind="device")
+        # What the gateway posts (its own mapping): site meter W, V per phase (x10^-1), Hz (x10^-2); a DER.
+        snapshot = gm.SiteSnapshot(
+            site=gm.Measurements(w=-1234.0 - i, v={"A": 230.7, "B": 241.3}, hz=50.02),
+            ders=[gm.DeviceSnapshot("inv-1", 4, 5000.0, 0x0F, measurements=gm.Measurements(w=2100.0))],
+        )
+        for point, doc in gm.site_readings(lfdi, snapshot, now - 30, 60):
+            await store.upsert_mup(scope, gm.mirror_usage_point(point, lfdi, doc.MirrorMeterReading))
+    data = await w.op.ok("GET", f"/api/telemetry?group=feeder-t&from={now - 60}&to={now}")
+    first = [x for x in data["readings"] if x["lfdi"] == lfdis[0]]
+    by = {(x["device"], x["quantity"], x["phase"]): (x["value"], x["unit"]) for x in first}
+    assert by[("site meter", "W forward (import)", None)] == (-1234.0, "W")
+    assert by[("site meter", "V", "A")] == (230.7, "V") and by[("site meter", "V", "B")] == (241.3, "V")
+    assert by[("site meter", "Hz", None)] == (50.02, "Hz")
+    assert by[("DER: DER inv-1", "W reverse (generation)", None)] == (2100.0, "W")
+    assert data["group_totals"] == [{"time": now - 30, "site_power_w": -2469.0, "sites": 2, "unit": "W"}]
+    async with w.op.session.get(f"{w.base}/api/telemetry?site={lfdis[1]}&format=csv&from={now - 60}") as resp:
+        rows = list(csv.DictReader(io.StringIO(await resp.text())))
+    assert {(row["quantity"], row["value"], row["unit"]) for row in rows} >= {("V", "230.7", "V")}
+    status, err = await w.op.call("GET", f"/api/telemetry?from={now}&to={now}")
+    assert status == 400 and "to:" in err["error"]

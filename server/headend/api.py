@@ -25,10 +25,10 @@ from typing import Any
 import sqlalchemy as sa
 from aiohttp import web
 
-from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
+from sep2.identity import IdentityError, operator_lfdi, sfdi_from_lfdi
 from sep2.nmi import NmiError, validate_nmi
 from server.compliance.acks import DEFAULT_WITHIN_S, UnknownControl, ack_csv, ack_summary
-from server.compliance.assess import assess, assessment_csv
+from server.compliance.assess import act_on_finding, assess, assessment_csv
 from server.compliance.judge import Rules
 from server.compliance.targets import resolve_scope
 from server.config import ServerConfig
@@ -46,6 +46,7 @@ from server.headend.doe import (
     site_intervals,
 )
 from server.headend.errors import HeadEndError, Operator, bad
+from server.headend.telemetry import reading_json, telemetry, telemetry_csv
 from server.headend.tokens import TokenStore
 from server.limits import NOT_XML_CHAR, InputError, load_json
 from server.store import (
@@ -426,6 +427,22 @@ ROUTES: list[Route] = [
         query=("within", "format"),
     ),
     Route(
+        "POST",
+        "/api/compliance/act",
+        "compliance_act",
+        True,
+        "Answer a compliance finding with a normal, audited control (default: zero export for an hour)",
+        {"site": "string", "duration": "integer", "export_limit_w": "number", "reason": "string"},
+    ),
+    Route(
+        "GET",
+        "/api/telemetry",
+        "telemetry",
+        False,
+        "Telemetry of a site, a group or all sites in real units, with group totals (CSV with format=csv)",
+        query=("site", "group", "from", "to", "format"),
+    ),
+    Route(
         "GET",
         "/api/compliance",
         "compliance",
@@ -709,7 +726,7 @@ class HeadEnd:
             cond = sites.c.nmi == ref[4:]
         else:
             try:
-                cond = sites.c.lfdi == normalise_lfdi(ref)
+                cond = sites.c.lfdi == operator_lfdi(ref)
             except IdentityError as exc:
                 raise HeadEndError(404, f"site: {exc}", "site") from None
         row = (await conn.execute(sa.select(sites).where(cond))).first()
@@ -821,7 +838,7 @@ class HeadEnd:
             actor=self.actor(request),
             reason=self.reason(request, body),
         )
-        return ok({"id": site_id, "lfdi": normalise_lfdi(body["lfdi"]), "href": f"/edev/{site_id}"}, 201)
+        return ok({"id": site_id, "lfdi": operator_lfdi(body["lfdi"]), "href": f"/edev/{site_id}"}, 201)
 
     async def sites_bulk(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -879,7 +896,10 @@ class HeadEnd:
                         readings.c.received_at,
                         meter_readings.c.mrid,
                         meter_readings.c.description,
+                        meter_readings.c.reading_type,
                         mups.c.mrid.label("mup_mrid"),
+                        mups.c.role_flags,
+                        mups.c.description.label("device"),
                     )
                     .join(meter_readings, meter_readings.c.id == readings.c.meter_reading_id)
                     .join(mups, mups.c.id == meter_readings.c.mup_id)
@@ -954,7 +974,7 @@ class HeadEnd:
                 "der": {kind: to_jsonable(doc) for kind, doc in der_docs.items()},
                 "programs": program_controls,
                 "unsupported_controls": unsupported,
-                "telemetry": [dict(row._mapping) for row in latest],
+                "telemetry": [reading_json(row) for row in latest],
                 "responses": [dict(row._mapping) for row in response_rows],
                 "mirror_usage_points": mup_count,
             }
@@ -1402,6 +1422,37 @@ class HeadEnd:
             except UnknownControl as exc:
                 raise HeadEndError(404, str(exc), "mrid") from None
 
+    async def compliance_act(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        _check_fields(body, {"site", "duration", "export_limit_w", "reason"}, ("site", "reason"))
+        duration = _typed(body, "duration", "integer")
+        limit = _typed(body, "export_limit_w", "number")
+        mrid = await act_on_finding(
+            self.admin,
+            _typed(body, "site", "string"),
+            duration=3600 if duration is None else duration,
+            export_limit_w=0.0 if limit is None else limit,
+            actor=self.actor(request),
+            reason=_typed(body, "reason", "string"),
+        )
+        return ok({"mrid": mrid}, 201)
+
+    async def telemetry(self, request: web.Request) -> web.Response:
+        now = self.store.clock()
+        to = _int_query(request, "to", now)
+        since = _int_query(request, "from", to - 3600)
+        try:
+            async with self.store.read() as conn:
+                scope = await resolve_scope(
+                    conn, lfdi=request.query.get("site"), group=request.query.get("group")
+                )
+                data = await telemetry(conn, scope, since, to)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if request.query.get("format") == "csv":
+            return web.Response(text=telemetry_csv(data), content_type="text/csv")
+        return ok(data)
+
     async def compliance(self, request: web.Request) -> web.Response:
         """The compliance service (server.compliance.assess) over HTTP; rules default to the demo's."""
         now = self.store.clock()
@@ -1842,7 +1893,7 @@ async def bulk_register(
         if unknown:
             raise bad(f"{where}.{sorted(unknown)[0]}: unknown field")
         try:
-            lfdi = normalise_lfdi(item.get("lfdi") or "")
+            lfdi = operator_lfdi(item.get("lfdi") or "")
         except IdentityError as exc:
             raise bad(f"{where}.lfdi: {exc}") from None
         if lfdi in seen:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
-from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
+from sep2.identity import IdentityError, operator_lfdi, sfdi_from_lfdi
 from sep2.mrid import new_mrid
 from sep2.xml import from_xml
 from server.store.base import StoreBase
@@ -96,7 +96,7 @@ class Admin:
         if kind in ("site", "nmi"):
             if kind == "site":
                 try:
-                    cond = sites.c.lfdi == normalise_lfdi(value)
+                    cond = sites.c.lfdi == operator_lfdi(value)
                 except IdentityError as exc:
                     raise AdminError(f"target: {exc}") from None
             else:
@@ -140,7 +140,7 @@ class Admin:
 
     async def _attach_client(self, conn: AsyncConnection, aggregator_id: int, lfdi: str) -> None:
         try:
-            lfdi = normalise_lfdi(lfdi)
+            lfdi = operator_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
         self.store.touch(("client", lfdi))
@@ -182,7 +182,7 @@ class Admin:
     ) -> None:
         """Revoke (or restore) a certificate; effective on its next request."""
         try:
-            lfdi = normalise_lfdi(lfdi)
+            lfdi = operator_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
         async with self.store.changing(("client", lfdi)) as conn:
@@ -206,7 +206,7 @@ class Admin:
     ) -> int:
         """Out-of-band registration of a site (EndDevice). Returns the site id."""
         try:
-            lfdi = normalise_lfdi(lfdi)
+            lfdi = operator_lfdi(lfdi)
         except IdentityError as exc:
             raise AdminError(f"lfdi: {exc}") from None
         expected = sfdi_from_lfdi(lfdi)
@@ -294,7 +294,7 @@ class Admin:
             await conn.execute(sites.delete().where(sites.c.id == site_id))
             # Deregistration ends that certificate's access (issue 11 item 4): it cannot re-enrol in-band;
             # register_site grants it again. An aggregator's own certificate is not the site's to revoke.
-            lfdi = normalise_lfdi(lfdi)
+            lfdi = operator_lfdi(lfdi)
             holder = (await conn.execute(sa.select(clients.c.kind).where(clients.c.lfdi == lfdi))).first()
             if holder is None or holder.kind != "aggregator":
                 self.store.touch(("client", lfdi))
