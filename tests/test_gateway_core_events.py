@@ -294,6 +294,14 @@ def test_remove_program_cancels_its_events_and_drops_default():
     assert not e.has_default() and e.evaluate(30).settings.is_empty()
 
 
+def test_an_empty_or_ramp_only_default_is_no_default_to_fall_back_on():
+    """CSIP-AUS servers link a DefaultDERControl from every DERProgram, empty until the operator sets one
+    (2030.5 clause 10.10). Only a default that sets a mode replaces the installer's comms-loss limits."""
+    assert not engine_with(Program("P", 1, ControlSettings())).has_default()
+    assert not engine_with(Program("P", 1, ControlSettings(set_grad_w=500))).has_default()
+    assert engine_with(Program("P", 1, ControlSettings()), Program("Q", 2, exp(3000))).has_default()
+
+
 def test_pending_responses_survive_until_acknowledged_and_persist():
     e = engine_with(Program("P", 1))
     e.upsert_control(ctl("A", 100, 50), now=10)

@@ -566,7 +566,10 @@ class EventEngine:
         return min(times) if times else None
 
     def has_default(self) -> bool:
-        return any(p.default is not None for p in self._programs.values())
+        """Whether some program's DefaultDERControl sets a mode. A server may publish an empty default on
+        every program (CSIP-AUS servers link one from each DERProgram); that is no default to fall back on,
+        so the installer's comms-loss limits still apply after a link loss."""
+        return any(p.default is not None and p.default.modes for p in self._programs.values())
 
     @property
     def programs(self) -> dict[str, Program]:
