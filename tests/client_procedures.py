@@ -42,6 +42,8 @@ from server.store import build_control_base
 
 #: Wall seconds per procedure second.
 SCALE = 1 / 30
+#: Longest compressed run this runner attempts (ALL-25-EXT alone holds days of procedure time).
+MAX_RUN_S = 600
 #: The PIN the procedures register the EndDevice with (ALL-01: "11111, with checksum 111115"); the
 #: gateway under test is configured with it.
 CACTUS_PIN = 111115
@@ -147,6 +149,8 @@ def unsupported(proc: dict[str, Any]) -> list[str]:
     for c in checks:
         if c["type"] not in CHECKS:
             reasons.append(f"check {c['type']}")
+    if time_limit(proc) > MAX_RUN_S:
+        reasons.append(f"long: {time_limit(proc) / 60:.0f} min even compressed {1 / SCALE:.0f}x")
     return sorted(set(reasons))
 
 
