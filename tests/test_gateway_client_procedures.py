@@ -5,7 +5,7 @@ each one that applies).
 The procedures are read at test time from the installed ``cactus-test-definitions`` (nothing copied);
 ``tests/client_procedures.py`` runs them: the real gateway runtime on a simulated SunSpec site, our
 server behind a recording mutual-TLS front, the procedure's steps firing on the gateway's requests and
-driving the server. Time is compressed 30-fold.
+driving the server. Time is compressed 20-fold.
 
 Honest coverage: ``test_every_client_procedure_is_run_or_says_why_not`` classifies every procedure of
 the package (runnable by this runner, or the reasons it is not) and prints the table. CI runs
