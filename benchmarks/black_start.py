@@ -1,6 +1,7 @@
 """Black start: a fleet loses the grid and gets it back; how is the reconnection of generation spread?
 
     /work/venv/bin/python benchmarks/black_start.py [--sites 100] [--control 10] [--delay 5] [--window 30]
+                                                    [--cold [--outage 65]]
 
 One process holds the simulated fleet (``SimulatedFleet``: PV + meter per site, real Modbus TCP) and one
 ``GatewayRuntime`` per site (the real gateway: pure core, closed loop over Modbus, state file). The
@@ -11,6 +12,12 @@ above the PV rating so it does not bind), so what shapes the restart is the blac
 part of ``--window`` s. ``--control`` more sites run with the hold disabled: the baseline, measured in the
 same run, of what a network does without it (every inverter reconnects at its AS/NZS 4777.2 delay,
 ``--reconnect`` s after restore, all in one step).
+
+``--cold``: a black system takes the gateways down with their sites. They are stopped when the grid goes,
+stay dark for ``--outage`` s (longer than their ``cold_start_after_s`` = 60 s), and boot again when it
+returns: they never see the grid go, and hold from boot because their last persisted heartbeat is older
+than that (gateway.core.black_start.cold_start). The inverters' own reconnect delay (``--reconnect``,
+default 20 s here) is what gives the booting gateways the time to take control first.
 
 Reported: a histogram of each site's reconnection of generation (the first moment its export passes
 200 W after the restore), the spread (p10..p90) of held sites vs the baseline, and the worst export of
@@ -83,6 +90,7 @@ async def main(args: argparse.Namespace) -> int:
         pv = site.physics.units["pv"]
         pv.params = replace(pv.params, grid_reconnect_s=args.reconnect, reconnect_ramp_s=2.0)
     runtimes: list[GatewayRuntime] = []
+    settings = []
     try:
         for i, site in enumerate(fleet.sites):
             held = i < args.sites
@@ -103,9 +111,11 @@ async def main(args: argparse.Namespace) -> int:
                 "comms_loss": {"export_limit_w": 10000},
                 "control_loop": {"period_s": 1.0},
                 "local_api": {"enabled": False},
-                "black_start": {"enabled": held, "delay_min_s": args.delay, "window_s": args.window},
-            }
-            runtime = GatewayRuntime(settings_from_dict(data, tmp))
+                "black_start": {"enabled": held, "delay_min_s": args.delay, "window_s": args.window,
+                                "cold_start_after_s": 60},
+            }  # fmt: skip
+            settings.append(settings_from_dict(data, tmp))
+            runtime = GatewayRuntime(settings[-1])
             await runtime.start()
             runtimes.append(runtime)
         print(f"{total} gateways and sites up ({args.sites} held, {args.control} baseline without the hold)")
@@ -115,12 +125,21 @@ async def main(args: argparse.Namespace) -> int:
 
         for s in fleet.sites:
             s.set_grid(False)
-        await asyncio.sleep(3)
-        seen = sum(1 for r in runtimes if not r.controller.grid.grid_up)
-        print(f"grid down: {seen}/{total} gateways saw it on the meter")
+        if args.cold:
+            await asyncio.gather(*(rt.stop() for rt in runtimes))  # dark with their sites
+            print(f"grid down: {total} gateways off with their sites for {args.outage:g} s")
+            await asyncio.sleep(args.outage)
+        else:
+            await asyncio.sleep(3)
+            seen = sum(1 for r in runtimes if not r.controller.grid.grid_up)
+            print(f"grid down: {seen}/{total} gateways saw it on the meter")
         for s in fleet.sites:
             s.set_grid(True)
         restored = time.time()
+        if args.cold:  # power is back: every gateway boots
+            runtimes = [GatewayRuntime(st) for st in settings]
+            await asyncio.gather(*(rt.start() for rt in runtimes))
+            print(f"gateways booted {time.time() - restored:.1f} s after the restore")
         reconnect: dict[int, float] = {}
         worst_held = 0.0
         end = restored + args.delay + args.window + args.reconnect + 10
@@ -181,5 +200,11 @@ if __name__ == "__main__":
     parser.add_argument("--control", type=int, default=10)
     parser.add_argument("--delay", type=int, default=5, help="black_start.delay_min_s")
     parser.add_argument("--window", type=int, default=30, help="black_start.window_s")
-    parser.add_argument("--reconnect", type=float, default=1.0, help="inverters' own reconnect delay (s)")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    parser.add_argument("--reconnect", type=float, help="inverters' own reconnect delay (s; 1, cold 20)")
+    parser.add_argument("--cold", action="store_true", help="the gateways lose power with their sites")
+    parser.add_argument("--outage", type=float, default=65.0, help="--cold: seconds without power")
+    cli = parser.parse_args()
+    if cli.reconnect is None:
+        cli.reconnect = 20.0 if cli.cold else 1.0
+    sys.exit(asyncio.run(main(cli)))
+

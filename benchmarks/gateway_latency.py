@@ -151,7 +151,7 @@ async def _latency_parts(tmp: Path, notifications: int, starts: int, sim_port: i
     server = await start_server(
         ServerConfig(data_dir=tmp / "server", port=0, admin_enabled=False, headend_enabled=False,
                      cert_dir=pki_dir, poll_rate=60, post_rate=60, notify_retry_initial=0.1,
-                     notify_retry_max=0.5)
+                     notify_retry_max=0.5, notify_allow=["127.0.0.0/8"])
     )  # fmt: skip
     admin = server.store.admin
     await admin.register_site(ident.lfdi, pin=PIN)

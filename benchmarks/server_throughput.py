@@ -76,7 +76,7 @@ async def serve_baseline(pki_dir: str, body_size: int) -> None:
         ssl_context=server_ssl_context(paths.server_chain, paths.server_key, paths.ca_chain),
     )
     await site.start()
-    print(json.dumps({"port": site._server.sockets[0].getsockname()[1]}), flush=True)  # type: ignore[union-attr]
+    print(json.dumps({"port": runner.addresses[0][1]}), flush=True)
     await asyncio.Event().wait()
 
 

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from derlink.files import write_atomic
+from sep2.files import write_atomic
 from sep2.identity import lfdi_from_cert_der, sfdi_from_lfdi
 
 Role = Literal["device", "aggregator"]

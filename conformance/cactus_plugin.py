@@ -12,7 +12,8 @@ ensure-end-device           POST /api/sites (out-of-band registration) / DELETE 
 ensure-mup-list-empty       DELETE /api/sites/{lfdi}/mups
 ensure-fsa                  POST /api/groups + PUT /api/sites/{lfdi}/groups/{group} (a group is an FSA)
 ensure-der-program          POST /api/programs with that group and primacy
-ensure-der-control-list     GET /api/programs (every program has its DERControlList)
+ensure-der-control-list     a program of our own (every program has its DERControlList)
+(setup)                     PATCH /api/programs/{key} switches the built-in programs off
 create-der-control          POST /api/controls
 create-default-der-control  PUT /api/defaults
 clear-der-controls          GET /api/controls?active=1 + POST /api/controls/{mrid}/cancel
@@ -61,7 +62,9 @@ CONTROL_FIELDS = {
     "rampTms": "ramp_tms",
 }
 DEFAULT_ACTIVE_SECONDS = 3600  # an "active" control with no duration_seconds stays up for the test
-SCHEDULED_OFFSET = 600  # "scheduled" with no start_offset_seconds
+SCHEDULED_OFFSET = 120  # "scheduled" with no start_offset_seconds ("can start any time", S-ALL-41)
+SCHEDULED_DURATION = 60  # "scheduled" with no duration_seconds ("and be of any duration")
+BUILT_IN_PROGRAMS = ("emergency", "doe", "default")  # switched off: the lab site sees only the tests' own
 
 
 class HeadEndRefused(Exception):
@@ -101,6 +104,10 @@ class DerlinkAdminPlugin:
     async def admin_setup(self, context: AdminContext) -> ActionResult:
         """Aggregator certificates are the operator's to declare: attach each one to its own aggregator."""
         self.reset()
+        # The procedures make the FSAs and programs they need; the head-end's built-in ones would be
+        # extra programs in every site's FSA 0 (S-ALL-49 orders FSAs by primacy). Off for the lab.
+        for key in BUILT_IN_PROGRAMS:
+            await self.call("PATCH", f"/api/programs/{key}", {"enabled": False, "reason": "cactus lab"})
         for alias, cfg in context.client_configs.items():
             if str(cfg.type) == "aggregator":
                 lfdi = _cert_lfdi(cfg.certificate_file)
@@ -193,11 +200,8 @@ class DerlinkAdminPlugin:
         await self._program_for(cfg, None)  # every DERProgram has its DERControlList; make sure one is seen
 
     async def _program_for(self, cfg: Any, primacy: int | None) -> str:
-        """The program a control goes on. With no FSA made by the test: the head-end's own DOE program (seen
-        by every site). Otherwise a program of that primacy (or the first) on an FSA the test made, with
-        this client's site a member of it."""
-        if not self.fsa_groups and primacy is None:
-            return "doe"
+        """The program a control goes on: a program of that primacy (or the first) on an FSA the test made,
+        with this client's site a member of it; with none made yet, one of our own."""
         for annotation, group in self.fsa_groups.items():
             for key, prim in self.group_programs.get(group, []):
                 if primacy is None or prim == primacy:
@@ -213,7 +217,7 @@ class DerlinkAdminPlugin:
             start = now - 1
             duration = int(p.get("duration_seconds") or DEFAULT_ACTIVE_SECONDS)
         else:
-            duration = int(p.get("duration_seconds") or 300)
+            duration = int(p.get("duration_seconds") or SCHEDULED_DURATION)
             start = now + int(p.get("start_offset_seconds") or SCHEDULED_OFFSET)
             start = max(start, self.scheduled_until.get(program, 0))  # stack scheduled controls
             self.scheduled_until[program] = start + duration
@@ -252,6 +256,8 @@ class DerlinkAdminPlugin:
         mrids = [item["mrid"] for item in active["items"]]  # newest first
         for mrid in mrids if p.get("all") else mrids[:1]:
             await self.call("POST", f"/api/controls/{mrid}/cancel", {"reason": "cactus"})
+        if p.get("all"):
+            self.scheduled_until.clear()  # cancelled controls hold no slot (S-ALL-41 step 9 must overlap 8)
 
     async def do_set_poll_rate(self, cfg: Any, p: dict[str, Any]) -> None:
         resource = POLL_RESOURCES.get(str(p["resource"]))

@@ -146,6 +146,7 @@ class Lab:
                     f"post_rate = {RATE}",
                     "notify_retry_initial = 1.0",
                     "notify_retry_max = 5.0",
+                    'notify_allow = ["127.0.0.0/8"]',
                     f'headend_tokens = [{{name = "cactus", token = "{self.token}", role = "operator"}}]',
                 ]
             )

@@ -4,6 +4,7 @@
     derlink gateway status --config site.toml      effective limits + sources, comms, next change
     derlink gateway status --config site.toml --json
     derlink gateway commission --dir DIR ...       installer commissioning (see gateway.commissioning)
+    derlink gateway installer --dir DIR            the same in a browser (see gateway.web.installer)
 
 Exit codes: 0 ok, 2 bad configuration or arguments, 3 the gateway's local API cannot be reached.
 """
@@ -45,6 +46,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     from gateway.commissioning.cli import add_commission_parser
 
     add_commission_parser(sub)
+    from gateway.web.installer import add_installer_parser
+
+    add_installer_parser(sub)
 
 
 def _settings(args: argparse.Namespace) -> Any:
@@ -75,7 +79,14 @@ def run_command(args: argparse.Namespace) -> int:
     configure_logging(level, args.log_format)
     from gateway.runtime import GatewayRuntime
 
-    asyncio.run(GatewayRuntime(settings).run_forever())
+    try:
+        asyncio.run(GatewayRuntime(settings).run_forever())
+    except OSError as exc:  # a port in use, a file that cannot be read: one line, no traceback
+        from sep2.files import os_error_text
+
+        print(f"derlink gateway: {os_error_text(exc, '[local_api].port or [server].listener_port')}",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -139,7 +150,7 @@ def _when(t: float | None, now: float) -> str:
 
 _UNITS = {"export_w": "W", "import_w": "W", "generation_w": "W", "load_w": "W", "max_w_pct": "%",
           "battery_reserve_pct": "%", "ramp_time_s": "s", "set_grad_w": "", "target_w": "W",
-          "fixed_w_pct": "%", "export_target_w": "W"}  # fmt: skip
+          "storage_target_w": "W", "fixed_w_pct": "%", "export_target_w": "W"}  # fmt: skip
 
 
 def print_status(status: dict[str, Any]) -> None:

@@ -13,6 +13,8 @@ Example::
     dcap_url = "https://dnsp.example:8443/dcap"
     pin = 123455                      # Registration PIN to check (optional)
     mode = "subscribe"                # or "poll"
+    storage_extension = true          # CSIP-AUS v1.3: batteries advertise opModStorageTargetW
+                                      # (vppModesSupported); false for a server taking only v1.2
 
     [tls]
     cert = "pki/devices/gw-chain.pem" # our chain (leaf + intermediate)
@@ -21,7 +23,7 @@ Example::
 
     [[device]]                        # one per SunSpec device
     name = "pv"
-    role = "pv"                       # pv | battery | meter (exactly one meter)
+    role = "pv"                       # pv | battery | meter (exactly one meter) | evse | switched_load
     host = "192.168.1.20"             # Modbus TCP ...
     port = 502
     unit = 1
@@ -62,6 +64,8 @@ Example::
     delay_min_s = 60                  # held for delay_min_s + a per-device random part of window_s
     window_s = 600
     grid_lost_below_v = 100           # meter voltage below this: grid down
+    cold_start_after_s = 120          # booting this long after the last heartbeat is a black start (the
+                                      # gateway lost power with the site): hold from boot; 0: off
 
     [drm]                             # AS/NZS 4755 DRM inputs from a DRED (gateway/README-drm.md)
     source = "modbus"                 # modbus | gpio | local_api
@@ -78,12 +82,22 @@ Example::
 from __future__ import annotations
 
 import ipaddress
-import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+
+import tomli_w
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from gateway.core import BlackStartConfig, ControlSettings, FallbackConfig
 
@@ -92,12 +106,14 @@ class ConfigError(ValueError):
     """site.toml is not usable; the message names the field."""
 
 
-ROLES = ("pv", "battery", "meter")
+ROLES = ("pv", "battery", "meter", "evse", "switched_load")
+LOAD_ROLES = ("evse", "switched_load")  # controllable loads (fieldbus.load_map), Modbus TCP only
 MODES = ("poll", "subscribe")
 DRM_SOURCES = ("modbus", "gpio", "local_api")
 DRM_TABLES = ("discrete_inputs", "coils")
 
 
+SYSFS_GPIO = Path("/sys/class/gpio")  # drm.gpio_pins: each pin's value file below it
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 PARITIES = ("N", "E", "O")
 
@@ -105,7 +121,7 @@ PARITIES = ("N", "E", "O")
 @dataclass(frozen=True)
 class DeviceSpec:
     name: str
-    role: str  # pv | battery | meter
+    role: str  # pv | battery | meter | evse | switched_load (loads: served in their listed order)
     host: str
     port: int  # Modbus TCP port; 0 for a device on a serial line
     unit: int = 1
@@ -125,17 +141,6 @@ class DeviceSpec:
         return ("", 0, self.unit, SerialLine(self.serial_port, self.baudrate, self.parity, self.stopbits))
 
 
-def _nmi(text: str | None) -> str | None:
-    from sep2.nmi import NmiError, validate_nmi
-
-    if text is None:
-        return None
-    try:
-        return validate_nmi(text).nmi
-    except NmiError as exc:
-        raise ConfigError(f"server.nmi: {exc}") from None
-
-
 @dataclass(frozen=True)
 class ServerSettings:
     dcap_url: str
@@ -151,6 +156,7 @@ class ServerSettings:
     backoff_max_s: float = 300.0
     default_poll_rate_s: int = 900
     default_post_rate_s: int = 300
+    storage_extension: bool = True  # CSIP-AUS v1.3: advertise opModStorageTargetW (vppModesSupported)
     nmi: str | None = None  # the site's NMI: PUT as the EndDevice's csipaus ConnectionPoint at discovery
 
 
@@ -234,98 +240,220 @@ class GatewaySettings:
 
 
 # ---------------------------------------------------------------------------------------- reading
+# The file's shape, types and bounds are pydantic models (unknown keys forbidden, no coercion: "502" is not
+# a port); rules that join several fields (TCP or RTU, one RS-485 line's settings, one meter) follow in code.
 
 _LIMIT_KEYS = ("export_limit_w", "import_limit_w", "generation_limit_w", "load_limit_w")
+_Watts = Annotated[float, Field(ge=0)]
+_Positive = Annotated[float, Field(gt=0)]
+_Port = Annotated[int, Field(ge=1, le=65535)]
+_PortOrZero = Annotated[int, Field(ge=0, le=65535)]
 
 
-class _Section:
-    """Typed access to one TOML table; records every key read so leftovers are reported as unknown."""
-
-    def __init__(self, data: Any, where: str) -> None:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: must be a table")
-        self.data = data
-        self.where = where
-        self.used: set[str] = set()
-
-    def name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(
-        self, key: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False
-    ) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                raise ConfigError(f"{self.name(key)}: required")
-            return default
-        value = self.data[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and bool not in kinds:
-            raise ConfigError(f"{self.name(key)}: expected {_kind_name(kinds)}, got {value!r}")
-        if not isinstance(value, kinds):
-            raise ConfigError(f"{self.name(key)}: expected {_kind_name(kinds)}, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float | None = None, *, minimum: float | None = None,
-               positive: bool = False, required: bool = False) -> float | None:  # fmt: skip
-        value = self.get(key, float, default, required)
-        if value is None:
-            return None
-        if positive and not value > 0:
-            raise ConfigError(f"{self.name(key)}: must be > 0, got {value:g}")
-        if minimum is not None and value < minimum:
-            raise ConfigError(f"{self.name(key)}: must be >= {minimum:g}, got {value:g}")
-        return value
-
-    def integer(self, key: str, default: int | None = None, *, low: int | None = None,
-                high: int | None = None, required: bool = False) -> int | None:  # fmt: skip
-        value = self.get(key, int, default, required)
-        if value is None:
-            return None
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{self.name(key)}: must be within {low}..{high}, got {value}")
-        return value
-
-    def path(self, key: str, base: Path, required: bool = False) -> Path | None:
-        value = self.get(key, str, None, required)
-        if value is None:
-            return None
-        p = Path(value).expanduser()
-        return p if p.is_absolute() else (base / p)
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.used)
-        if unknown:
-            raise ConfigError(f"{self.name(unknown[0])}: unknown setting")
-
-
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    return " or ".join({bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-                        dict: "a table", list: "an array"}[k] for k in kinds)  # fmt: skip
-
-
-def _limits(section: _Section, *, with_switches: bool = False) -> ControlSettings:
-    values: dict[str, Any] = {k: section.number(k, minimum=0) for k in _LIMIT_KEYS}
-    if with_switches:
-        values["connect"] = section.get("connect", bool)
-    return ControlSettings(**values)
-
-
-def _lfdis(section: _Section, key: str) -> tuple[str, ...]:
+def _lfdi(value: str) -> str:
     from sep2.identity import normalise_lfdi
 
-    out = []
-    for i, item in enumerate(section.get(key, list, [])):
-        try:
-            out.append(normalise_lfdi(item))
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"{section.name(key)}[{i}]: {exc}") from None
-    return tuple(out)
+    return normalise_lfdi(value)
+
+
+def _nmi(value: str) -> str:
+    from sep2.nmi import validate_nmi
+
+    return validate_nmi(value).nmi
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _GatewayTable(_Table):
+    data_dir: str | None = None
+    lfdi: Annotated[str, AfterValidator(_lfdi)] | None = None
+
+
+class _ServerTable(_Table):
+    dcap_url: str
+    pin: Annotated[int, Field(ge=0, le=999999)] | None = None
+    mode: Literal["poll", "subscribe"] = "poll"
+    register_inband: bool = False
+    listener_host: str = "127.0.0.1"
+    listener_port: _PortOrZero = 0
+    notify_host: str | None = None
+    notifier_lfdis: list[Annotated[str, AfterValidator(_lfdi)]] = []
+    request_timeout_s: _Positive = 10.0
+    backoff_initial_s: _Positive = 1.0
+    backoff_max_s: _Positive = 300.0
+    default_poll_rate_s: Annotated[int, Field(ge=1, le=2**32 - 1)] = 900
+    default_post_rate_s: Annotated[int, Field(ge=1, le=2**32 - 1)] = 300
+    storage_extension: bool = True
+    nmi: Annotated[str, AfterValidator(_nmi)] | None = None
+
+    @field_validator("dcap_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"must be an https:// URL, got {value!r}")
+        return value
+
+    @field_validator("backoff_max_s")
+    @classmethod
+    def _backoff(cls, value: float, info: ValidationInfo) -> float:
+        if value < info.data.get("backoff_initial_s", 0):
+            raise ValueError("must be >= server.backoff_initial_s")
+        return value
+
+
+class _TlsTable(_Table):
+    cert: str
+    key: str
+    ca: str
+
+
+class _DeviceTable(_Table):
+    name: Annotated[str, Field(min_length=1)]
+    role: Literal["pv", "battery", "meter", "evse", "switched_load"]
+    host: str | None = None  # Modbus TCP (default 127.0.0.1) ...
+    port: _Port | None = None
+    unit: Annotated[int, Field(ge=0, le=255)] = 1
+    serial_port: str | None = None  # ... or Modbus RTU
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Annotated[str, AfterValidator(str.upper)] = "N"
+    stopbits: Annotated[int, Field(ge=1, le=2)] = 1
+
+    @field_validator("parity")
+    @classmethod
+    def _parity(cls, value: str) -> str:
+        if value not in PARITIES:
+            raise ValueError(f"must be N, E or O, got {value!r}")
+        return value
+
+
+class _LimitsTable(_Table):
+    export_limit_w: _Watts | None = None
+    import_limit_w: _Watts | None = None
+    generation_limit_w: _Watts | None = None
+    load_limit_w: _Watts | None = None
+
+
+class _CommsLossTable(_LimitsTable):
+    connect: bool | None = None
+    comms_timeout_s: Annotated[int, Field(ge=1, le=10**7)] = 300
+    persistent_loss_s: Annotated[int, Field(ge=0, le=10**8)] = 3600
+
+
+class _LoopTable(_Table):
+    period_s: _Positive = 1.0
+    modbus_timeout_s: _Positive = 2.0
+    self_consumption: bool = True
+    startup_apply_timeout_s: _Positive = 5.0
+
+
+class _LocalApiTable(_Table):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: _PortOrZero = 0
+    token: str | None = None
+    token_file: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if not _is_loopback(value):
+            raise ValueError(f"must be a loopback address (127.0.0.1, ::1), got {value!r}")
+        return value
+
+
+class _MqttTable(_Table):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: _Port = 1883
+    topic: str | None = None
+    interval_s: _Positive = 10.0
+    username: str | None = None
+    password: str | None = None
+
+
+class _BlackStartTable(_Table):
+    enabled: bool = True
+    hold_export_limit_w: _Watts = 0.0
+    hold_generation_limit_w: _Watts | None = None
+    delay_min_s: Annotated[int, Field(ge=0, le=86400)] = 60
+    window_s: Annotated[int, Field(ge=0, le=86400)] = 600
+    grid_lost_below_v: _Positive = 100.0
+    cold_start_after_s: Annotated[int, Field(ge=0, le=30 * 86400)] = 120
+
+    @field_validator("cold_start_after_s")
+    @classmethod
+    def _cold(cls, value: int) -> int:
+        if 0 < value < 60:
+            raise ValueError(f"must be 0 (off) or 60..2592000, got {value}")
+        return value
+
+
+class _DrmTable(_Table):
+    source: Literal["modbus", "gpio", "local_api"]
+    host: str | None = None
+    port: _Port = 502
+    unit: Annotated[int, Field(ge=0, le=255)] = 1
+    table: Literal["discrete_inputs", "coils"] = "discrete_inputs"
+    address: Annotated[int, Field(ge=0, le=65535 - 8)] = 0
+    value_files: Annotated[list[str], Field(min_length=9, max_length=9)] | None = None
+    gpio_pins: Annotated[list[int], Field(min_length=9, max_length=9)] | None = None
+    active_low: bool = False
+    poll_s: _Positive = 0.5
+    timeout_s: _Positive = 1.0
+
+
+class _SiteFile(_Table):
+    gateway: _GatewayTable = _GatewayTable()
+    server: _ServerTable
+    tls: _TlsTable
+    device: list[_DeviceTable] = []
+    installer_limits: _LimitsTable = _LimitsTable()
+    comms_loss: _CommsLossTable = _CommsLossTable()
+    control_loop: _LoopTable = _LoopTable()
+    local_api: _LocalApiTable = _LocalApiTable()
+    mqtt: _MqttTable = _MqttTable()
+    drm: _DrmTable | None = None
+    black_start: _BlackStartTable = _BlackStartTable()
+
+
+_MESSAGES = {
+    "missing": "required",
+    "extra_forbidden": "unknown setting",
+    "int_type": "expected an integer, got {input!r}",
+    "float_type": "expected a number, got {input!r}",
+    "bool_type": "expected a boolean, got {input!r}",
+    "string_type": "expected a string, got {input!r}",
+    "list_type": "expected an array, got {input!r}",
+    "model_type": "must be a table",
+    "model_attributes_type": "must be a table",
+    "greater_than_equal": "must be >= {ge}, got {input}",
+    "greater_than": "must be > {gt}, got {input}",
+    "less_than_equal": "must be <= {le}, got {input}",
+    "literal_error": "must be one of {expected}, got {input!r}",
+    "string_too_short": "must not be empty",
+    "too_short": "needs {min_length} entries (DRM 0..8), got {actual_length}",
+    "too_long": "needs {max_length} entries (DRM 0..8), got {actual_length}",
+}
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first problem as ``where: what`` (``device[1].port: expected an integer, got '502'``)."""
+    error = exc.errors(include_url=False)[0]
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+    template = _MESSAGES.get(error["type"])
+    if template is None:  # a validator's own ValueError, or a message pydantic words well enough
+        message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
+    else:
+        ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+        message = template.format(input=error.get("input"), **ctx)
+    return ConfigError(f"{where}: {message}" if where else message)
+
+
+def _limits(table: _LimitsTable, **switches: Any) -> ControlSettings:
+    return ControlSettings(**{k: getattr(table, k) for k in _LIMIT_KEYS}, **switches)
 
 
 def _is_loopback(host: str) -> bool:
@@ -350,240 +478,128 @@ def lfdi_from_cert_file(path: Path) -> str:
 
 def settings_from_dict(data: dict[str, Any], base_dir: Path, path: Path | None = None) -> GatewaySettings:
     """Check and convert a parsed site.toml. Raises ConfigError naming the first bad field."""
-    top = _Section(data, "")
-    sections = {k: top.get(k, dict) for k in
-                ("gateway", "server", "tls", "installer_limits", "comms_loss", "control_loop", "local_api",
-                 "mqtt", "drm", "black_start")}  # fmt: skip
-    devices_raw = top.get("device", list, [])
-    top.finish()
+    try:
+        site = _SiteFile.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
-    gw = _Section(sections["gateway"], "gateway")
-    data_dir = gw.path("data_dir", base_dir) or (base_dir / "gateway-data")
-    lfdi_given = gw.get("lfdi", str)
-    gw.finish()
+    def resolve(value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base_dir / p
 
-    srv = _Section(sections["server"], "server")
-    dcap_url = srv.get("dcap_url", str, required=True)
-    parts = urlsplit(dcap_url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ConfigError(f"server.dcap_url: must be an https:// URL, got {dcap_url!r}")
-    mode = srv.get("mode", str, "poll")
-    if mode not in MODES:
-        raise ConfigError(f"server.mode: must be one of {', '.join(MODES)}, got {mode!r}")
-    backoff_initial = srv.number("backoff_initial_s", 1.0, positive=True)
-    backoff_max = srv.number("backoff_max_s", 300.0, positive=True)
-    assert backoff_initial is not None and backoff_max is not None
-    if backoff_max < backoff_initial:
-        raise ConfigError("server.backoff_max_s: must be >= server.backoff_initial_s")
-    server = ServerSettings(
-        dcap_url=dcap_url,
-        pin=srv.integer("pin", low=0, high=999999),
-        mode=mode,
-        register_inband=srv.get("register_inband", bool, False),
-        listener_host=srv.get("listener_host", str, "127.0.0.1"),
-        listener_port=srv.integer("listener_port", 0, low=0, high=65535),  # type: ignore[arg-type]
-        notify_host=srv.get("notify_host", str),
-        notifier_lfdis=_lfdis(srv, "notifier_lfdis"),
-        request_timeout_s=srv.number("request_timeout_s", 10.0, positive=True),  # type: ignore[arg-type]
-        backoff_initial_s=backoff_initial,
-        backoff_max_s=backoff_max,
-        default_poll_rate_s=srv.integer("default_poll_rate_s", 900, low=1, high=2**32 - 1),  # type: ignore[arg-type]
-        default_post_rate_s=srv.integer("default_post_rate_s", 300, low=1, high=2**32 - 1),  # type: ignore[arg-type]
-        nmi=_nmi(srv.get("nmi", str)),
-    )
-    srv.finish()
-
-    tls_s = _Section(sections["tls"], "tls")
-    tls = TlsSettings(*(tls_s.path(k, base_dir, required=True) for k in ("cert", "key", "ca")))  # type: ignore[arg-type]
-    tls_s.finish()
+    srv = site.server
+    server = ServerSettings(**srv.model_dump(exclude={"notifier_lfdis"}),
+                            notifier_lfdis=tuple(srv.notifier_lfdis))
+    tls = TlsSettings(resolve(site.tls.cert), resolve(site.tls.key), resolve(site.tls.ca))
     for key in ("cert", "key", "ca"):
         if not getattr(tls, key).is_file():
             raise ConfigError(f"tls.{key}: file not found: {getattr(tls, key)}")
-    if lfdi_given is not None:
-        from sep2.identity import normalise_lfdi
-
-        try:
-            lfdi = normalise_lfdi(lfdi_given)
-        except ValueError as exc:
-            raise ConfigError(f"gateway.lfdi: {exc}") from None
-    else:
+    lfdi = site.gateway.lfdi
+    if lfdi is None:
         try:
             lfdi = lfdi_from_cert_file(tls.cert)
         except (ValueError, OSError) as exc:
             raise ConfigError(f"tls.cert: cannot read a certificate from {tls.cert}: {exc}") from None
 
+    devices = _devices(site.device)
+
+    if site.installer_limits.export_limit_w is None:
+        raise ConfigError("installer_limits.export_limit_w: required (the connection agreement's limit)")
+    cl = site.comms_loss
+    try:
+        fallback = FallbackConfig(_limits(cl, connect=cl.connect), cl.comms_timeout_s, cl.persistent_loss_s)
+    except ValueError as exc:
+        raise ConfigError(f"comms_loss: {exc}") from None
+
+    la = site.local_api
+    token = la.token
+    if token is not None and la.token_file is not None:
+        raise ConfigError("local_api.token_file: give token or token_file, not both")
+    if la.token_file is not None:
+        try:
+            token = resolve(la.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"local_api.token_file: {exc}") from None
+    if la.enabled and (token is None or len(token) < 16):
+        raise ConfigError("local_api.token: required, at least 16 characters (or set token_file)")
+
+    return GatewaySettings(
+        path=path,
+        data_dir=resolve(site.gateway.data_dir) if site.gateway.data_dir else base_dir / "gateway-data",
+        lfdi=lfdi, server=server, tls=tls, devices=devices,
+        installer_limits=_limits(site.installer_limits), fallback=fallback,
+        loop=LoopSettings(**site.control_loop.model_dump()),
+        local_api=LocalApiSettings(la.enabled, la.host, la.port, token),
+        mqtt=MqttSettings(**site.mqtt.model_dump()),
+        drm=_drm(site.drm, resolve) if site.drm is not None else DrmSettings(),
+        black_start=BlackStartConfig(**{**site.black_start.model_dump(),
+                                        "cold_start_after_s": site.black_start.cold_start_after_s or None}),
+    )  # fmt: skip
+
+
+def _devices(tables: list[_DeviceTable]) -> tuple[DeviceSpec, ...]:
+    """TCP or RTU per device; one RS-485 line has one set of settings and distinct units; one meter."""
     devices: list[DeviceSpec] = []
-    names: set[str] = set()
-    for i, raw in enumerate(devices_raw):
-        d = _Section(raw, f"device[{i}]")
-        name = d.get("name", str, required=True)
-        if not name or name in names:
-            raise ConfigError(f"device[{i}].name: must be non-empty and unique, got {name!r}")
-        names.add(name)
-        role = d.get("role", str, required=True)
-        if role not in ROLES:
-            raise ConfigError(f"device[{i}].role: must be one of {', '.join(ROLES)}, got {role!r}")
-        serial_port = d.get("serial_port", str)
-        if serial_port is None:
-            devices.append(DeviceSpec(
-                name=name, role=role, host=d.get("host", str, "127.0.0.1"),
-                port=d.integer("port", required=True, low=1, high=65535),  # type: ignore[arg-type]
-                unit=d.integer("unit", 1, low=0, high=255),  # type: ignore[arg-type]
-            ))  # fmt: skip
-        else:
-            for tcp_key in ("host", "port"):
-                if tcp_key in d.data:
-                    raise ConfigError(f"{d.name(tcp_key)}: not used with serial_port (Modbus RTU)")
-            if not serial_port:
-                raise ConfigError(f"{d.name('serial_port')}: must name a serial device, e.g. /dev/ttyUSB0")
-            baudrate = d.integer("baudrate", 9600)
-            if baudrate not in BAUDRATES:
-                raise ConfigError(f"{d.name('baudrate')}: must be one of {BAUDRATES}, got {baudrate}")
-            parity = d.get("parity", str, "N").upper()
-            if parity not in PARITIES:
-                raise ConfigError(f"{d.name('parity')}: must be N, E or O, got {parity!r}")
-            devices.append(DeviceSpec(
-                name=name, role=role, host="", port=0, serial_port=serial_port, baudrate=baudrate,
-                parity=parity, stopbits=d.integer("stopbits", 1, low=1, high=2),  # type: ignore[arg-type]
-                unit=d.integer("unit", 1, low=1, high=247),  # type: ignore[arg-type]  # RTU: 0 is broadcast
-            ))  # fmt: skip
-        d.finish()
-    lines: dict[str, tuple[int, DeviceSpec]] = {}
-    for i, dev in enumerate(devices):  # one RS-485 line has one set of settings
-        if dev.serial_port is None:
+    for i, d in enumerate(tables):
+        if d.name in {x.name for x in devices}:
+            raise ConfigError(f"device[{i}].name: must be unique, got {d.name!r}")
+        if d.serial_port is None:
+            if d.port is None:
+                raise ConfigError(f"device[{i}].port: required")
+            devices.append(DeviceSpec(d.name, d.role, d.host or "127.0.0.1", d.port, d.unit))
             continue
-        first = lines.setdefault(dev.serial_port, (i, dev))
-        for key in ("baudrate", "parity", "stopbits"):
-            if getattr(dev, key) != getattr(first[1], key):
-                raise ConfigError(
-                    f"device[{i}].{key}: {getattr(dev, key)} differs from device[{first[0]}] on the same "
-                    f"serial_port {dev.serial_port} ({getattr(first[1], key)})"
-                )
-        if dev.unit in {d.unit for d in devices[:i] if d.serial_port == dev.serial_port}:
+        if d.role in LOAD_ROLES:
+            raise ConfigError(f"device[{i}].serial_port: a {d.role} is driven over Modbus TCP (host, port)")
+        for tcp_key in ("host", "port"):
+            if getattr(d, tcp_key) is not None:
+                raise ConfigError(f"device[{i}].{tcp_key}: not used with serial_port (Modbus RTU)")
+        if not d.serial_port:
+            raise ConfigError(f"device[{i}].serial_port: must name a serial device, e.g. /dev/ttyUSB0")
+        if not 1 <= d.unit <= 247:
+            raise ConfigError(f"device[{i}].unit: must be within 1..247 on RTU (0 broadcasts), got {d.unit}")
+        dev = DeviceSpec(d.name, d.role, "", 0, d.unit, d.serial_port, d.baudrate, d.parity, d.stopbits)
+        first = next(((j, x) for j, x in enumerate(devices) if x.serial_port == d.serial_port), None)
+        if first is not None:
+            for key in ("baudrate", "parity", "stopbits"):
+                if getattr(dev, key) != getattr(first[1], key):
+                    raise ConfigError(
+                        f"device[{i}].{key}: {getattr(dev, key)} differs from device[{first[0]}] on the same "
+                        f"serial_port {dev.serial_port} ({getattr(first[1], key)})"
+                    )
+        if dev.unit in {x.unit for x in devices if x.serial_port == dev.serial_port}:
             raise ConfigError(f"device[{i}].unit: {dev.unit} is already used on {dev.serial_port}")
+        devices.append(dev)
     meters = [d for d in devices if d.role == "meter"]
     if len(meters) != 1:
         raise ConfigError(f'device: exactly one device with role "meter" is needed, found {len(meters)}')
     if not any(d.role in ("pv", "battery") for d in devices):
         raise ConfigError("device: at least one pv or battery device is needed")
-
-    inst = _Section(sections["installer_limits"], "installer_limits")
-    installer = _limits(inst)
-    inst.finish()
-    if installer.export_limit_w is None:
-        raise ConfigError("installer_limits.export_limit_w: required (the connection agreement's limit)")
-
-    cl = _Section(sections["comms_loss"], "comms_loss")
-    loss_limits = _limits(cl, with_switches=True)
-    timeout = cl.integer("comms_timeout_s", 300, low=1, high=10**7)
-    persistent = cl.integer("persistent_loss_s", 3600, low=0, high=10**8)
-    cl.finish()
-    try:
-        fallback = FallbackConfig(loss_limits, timeout, persistent)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ConfigError(f"comms_loss: {exc}") from None
-
-    lp = _Section(sections["control_loop"], "control_loop")
-    loop = LoopSettings(
-        period_s=lp.number("period_s", 1.0, positive=True),  # type: ignore[arg-type]
-        modbus_timeout_s=lp.number("modbus_timeout_s", 2.0, positive=True),  # type: ignore[arg-type]
-        self_consumption=lp.get("self_consumption", bool, True),
-        startup_apply_timeout_s=lp.number("startup_apply_timeout_s", 5.0, positive=True),  # type: ignore[arg-type]
-    )
-    lp.finish()
-
-    la = _Section(sections["local_api"], "local_api")
-    host = la.get("host", str, "127.0.0.1")
-    if not _is_loopback(host):
-        raise ConfigError(f"local_api.host: must be a loopback address (127.0.0.1, ::1), got {host!r}")
-    token = la.get("token", str)
-    token_file = la.path("token_file", base_dir)
-    enabled = la.get("enabled", bool, True)
-    if token is not None and token_file is not None:
-        raise ConfigError("local_api.token_file: give token or token_file, not both")
-    if token_file is not None:
-        try:
-            token = token_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"local_api.token_file: {exc}") from None
-    if enabled and (token is None or len(token) < 16):
-        raise ConfigError("local_api.token: required, at least 16 characters (or set token_file)")
-    local_api = LocalApiSettings(enabled, host, la.integer("port", 0, low=0, high=65535), token)  # type: ignore[arg-type]
-    la.finish()
-
-    mq = _Section(sections["mqtt"], "mqtt")
-    mqtt = MqttSettings(
-        enabled=mq.get("enabled", bool, False),
-        host=mq.get("host", str, "127.0.0.1"),
-        port=mq.integer("port", 1883, low=1, high=65535),  # type: ignore[arg-type]
-        topic=mq.get("topic", str),
-        interval_s=mq.number("interval_s", 10.0, positive=True),  # type: ignore[arg-type]
-        username=mq.get("username", str),
-        password=mq.get("password", str),
-    )
-    mq.finish()
-
-    return GatewaySettings(
-        path=path, data_dir=data_dir, lfdi=lfdi, server=server, tls=tls, devices=tuple(devices),
-        installer_limits=installer, fallback=fallback, loop=loop, local_api=local_api, mqtt=mqtt,
-        drm=_drm(sections["drm"], base_dir), black_start=_black_start(sections["black_start"]),
-    )  # fmt: skip
+    return tuple(devices)
 
 
-def _black_start(raw: Any) -> BlackStartConfig:
-    b = _Section(raw, "black_start")
-    config = BlackStartConfig(
-        enabled=b.get("enabled", bool, True),
-        hold_export_limit_w=b.number("hold_export_limit_w", 0.0, minimum=0),  # type: ignore[arg-type]
-        hold_generation_limit_w=b.number("hold_generation_limit_w", minimum=0),
-        delay_min_s=b.integer("delay_min_s", 60, low=0, high=86400),  # type: ignore[arg-type]
-        window_s=b.integer("window_s", 600, low=0, high=86400),  # type: ignore[arg-type]
-        grid_lost_below_v=b.number("grid_lost_below_v", 100.0, positive=True),  # type: ignore[arg-type]
-    )
-    b.finish()
-    return config
+_DRM_KEYS = {
+    "modbus": {"host", "port", "unit", "table", "address"},
+    "gpio": {"gpio_pins", "value_files"},
+    "local_api": set(),
+}
 
 
-def _drm(raw: Any, base_dir: Path) -> DrmSettings:
-    if raw is None:
-        return DrmSettings()
-    d = _Section(raw, "drm")
-    source = d.get("source", str, required=True)
-    if source not in DRM_SOURCES:
-        raise ConfigError(f"drm.source: must be one of {', '.join(DRM_SOURCES)}, got {source!r}")
-    common = dict(
-        active_low=d.get("active_low", bool, False),
-        poll_s=d.number("poll_s", 0.5, positive=True),
-        timeout_s=d.number("timeout_s", 1.0, positive=True),
-    )
-    out = DrmSettings(source=source, **common)  # type: ignore[arg-type]
-    if source == "modbus":
-        table = d.get("table", str, "discrete_inputs")
-        if table not in DRM_TABLES:
-            raise ConfigError(f"drm.table: must be one of {', '.join(DRM_TABLES)}, got {table!r}")
-        out = DrmSettings(
-            source=source, host=d.get("host", str, required=True),
-            port=d.integer("port", 502, low=1, high=65535), unit=d.integer("unit", 1, low=0, high=255),
-            table=table, address=d.integer("address", 0, low=0, high=65535 - 8), **common,
-        )  # type: ignore[arg-type]  # fmt: skip
-    elif source == "gpio":
-        from gateway.drm_input import sysfs_value_files
-
-        files, pins = d.get("value_files", list), d.get("gpio_pins", list)
-        if (files is None) == (pins is None):
+def _drm(d: _DrmTable, resolve: Any) -> DrmSettings:
+    common = {"source": d.source, "active_low": d.active_low, "poll_s": d.poll_s, "timeout_s": d.timeout_s}
+    unused = sorted(d.model_fields_set & (set().union(*_DRM_KEYS.values()) - _DRM_KEYS[d.source]))
+    if unused:
+        raise ConfigError(f"drm.{unused[0]}: not used with source {d.source!r}")
+    if d.source == "modbus":
+        if d.host is None:
+            raise ConfigError("drm.host: required")
+        return DrmSettings(host=d.host, port=d.port, unit=d.unit, table=d.table, address=d.address, **common)
+    if d.source == "gpio":
+        if (d.value_files is None) == (d.gpio_pins is None):
             raise ConfigError("drm.gpio_pins: give gpio_pins or value_files (9 entries, DRM 0..8), not both")
-        key, items = ("value_files", files) if files is not None else ("gpio_pins", pins)
-        if len(items) != 9:
-            raise ConfigError(f"drm.{key}: needs 9 entries (DRM 0..8), got {len(items)}")
-        kind = str if key == "value_files" else int
-        for i, item in enumerate(items):
-            if isinstance(item, bool) or not isinstance(item, kind):
-                raise ConfigError(f"drm.{key}[{i}]: expected {_kind_name((kind,))}, got {item!r}")
-        paths = (tuple(base_dir / Path(f).expanduser() for f in items) if key == "value_files"
-                 else sysfs_value_files(items))  # fmt: skip
-        out = DrmSettings(source=source, value_files=paths, **common)  # type: ignore[arg-type]
-    d.finish()
-    return out
+        files = (tuple(resolve(f) for f in d.value_files) if d.value_files is not None
+                 else tuple(SYSFS_GPIO / f"gpio{pin}" / "value" for pin in d.gpio_pins or ()))  # fmt: skip
+        return DrmSettings(value_files=files, **common)
+    return DrmSettings(**common)
 
 
 def load_settings(path: str | Path) -> GatewaySettings:
@@ -598,24 +614,15 @@ def load_settings(path: str | Path) -> GatewaySettings:
     return settings_from_dict(data, p.resolve().parent, p)
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # JSON's string escapes are valid TOML basic strings
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")
-
-
 def to_toml(data: dict[str, Any], header: str = "") -> str:
     """Write a site.toml (tables of scalars and arrays of tables; None values are left out)."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    for name, section in data.items():
-        for table in section if isinstance(section, list) else [section]:
-            lines.append("")
-            lines.append(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None]
-    return "\n".join(lines) + "\n"
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return str(value) if isinstance(value, Path) else value
+
+    comments = "".join(f"# {line}\n" for line in header.splitlines())
+    return comments + ("\n" if comments else "") + tomli_w.dumps(clean(data))

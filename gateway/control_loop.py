@@ -31,6 +31,13 @@ Period, tolerance, behaviour
          that has not started yet), capped by the generation limit (minus discharge) and ``max_w_pct``,
          shared between inverters in proportion to their ratings. Curtailment is released as headroom
          appears, so PV is only curtailed when the battery cannot take the surplus;
+      4b. controllable loads (EV charger, switched load; seed 000 GS17 "controllable load ... as separate
+         levers"): after the battery and PV have done their part, the loads are given what is left of the
+         import limit and the load limit, served in their configured order (the last listed is shed
+         first): an EV charger gets a power allowance (its driver turns it into a current limit; below
+         6 A it pauses), a switched load stays on while it fits and is switched back on only when its
+         rated power fits with twice the margin to spare (no flapping). ``consumption_pct`` (DRM 1-3, a
+         load-side emergency) caps each at that % of its rating (a switched load is off below 100 %);
       5. ramps: with ``set_grad_w`` (2030.5 setGradW, hundredths of a percent of rated W per second) or
          else ``ramp_time_s`` (a full-scale change takes that long) every device setpoint moves at most
          that fast per second of elapsed time; without them setpoints step (devices are written ramp 0).
@@ -52,7 +59,8 @@ Period, tolerance, behaviour
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -93,7 +101,8 @@ class SiteLimits:
     load_w: float | None = None
     connect: bool = True  # False if either connect or energize is False
     max_w_pct: float | None = None  # max output of each generating device (PV, battery discharge), % of rated
-    consumption_pct: float | None = None  # max battery charging, % of its rating (DRM 1-3)
+    consumption_pct: float | None = None  # max battery charging and loads, % of their rating (DRM 1-3)
+    no_load_increase: bool = False  # controllable loads capped at their draw when it began
     battery_reserve_pct: float | None = None
     battery_target_w: float | None = None  # explicit battery setpoint, + discharge
     export_target_w: float | None = None  # connection-point setpoint, + export
@@ -114,12 +123,22 @@ class SiteLimits:
 
     @classmethod
     def from_effective(cls, eff: EffectiveLimits, battery_rated_w: float = 0.0) -> SiteLimits:
-        """Translate gateway.core's EffectiveLimits. ``fixed_w_pct`` is taken as % of the battery rating."""
+        """Translate gateway.core's EffectiveLimits. ``fixed_w_pct`` is taken as % of the battery rating.
+
+        The battery setpoint is the one of ``storage_target_w`` (CSIP-AUS v1.3 opModStorageTargetW),
+        ``target_w`` and ``fixed_w_pct`` given by the highest-authority source (a DRM 4/8 beats a utility
+        storage target); on a tie the storage target, which CSIP-AUS defines for storage, wins.
+        """
         battery_target = None
+        candidates = []
+        if eff.storage_target_w is not None:
+            candidates.append((eff.storage_target_w.source, 0, eff.storage_target_w.value))
         if eff.target_w is not None:
-            battery_target = eff.target_w.value
-        elif eff.fixed_w_pct is not None and battery_rated_w > 0:
-            battery_target = eff.fixed_w_pct.value / 100.0 * battery_rated_w
+            candidates.append((eff.target_w.source, 1, eff.target_w.value))
+        if eff.fixed_w_pct is not None and battery_rated_w > 0:
+            candidates.append((eff.fixed_w_pct.source, 2, eff.fixed_w_pct.value / 100.0 * battery_rated_w))
+        if candidates:
+            battery_target = min(candidates)[2]
         return cls(
             export_w=eff.export_w.value,
             import_w=eff.import_w.value,
@@ -128,6 +147,7 @@ class SiteLimits:
             connect=eff.connect.value is not False and eff.energize.value is not False,
             max_w_pct=eff.max_w_pct.value,
             consumption_pct=eff.consumption_pct.value,
+            no_load_increase=eff.no_load_increase.value is True,
             battery_reserve_pct=eff.battery_reserve_pct.value,
             battery_target_w=battery_target,
             export_target_w=eff.export_target_w.value if eff.export_target_w else None,
@@ -163,6 +183,21 @@ class BatteryState:
 
 
 @dataclass(frozen=True)
+class LoadState:
+    """A controllable load: ``output_w`` + consumption; ``min_w`` the least it draws when on."""
+
+    name: str
+    kind: str  # "evse" | "switched_load"
+    rated_w: float
+    output_w: float
+    min_w: float = 0.0
+
+    @property
+    def switched(self) -> bool:
+        return self.kind == "switched_load"
+
+
+@dataclass(frozen=True)
 class Setpoints:
     connect: bool
     pv_limit_w: dict[str, float]
@@ -173,6 +208,7 @@ class Setpoints:
     predicted_grid_w: float | None = None  # + import, if the devices follow
     faults: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    load_allow_w: dict[str, float] = field(default_factory=dict)  # controllable loads: W (inf = on/unlimited)
 
 
 @dataclass
@@ -192,6 +228,7 @@ class SiteControlLoop:
     _meter: _MeterWatch = field(default_factory=_MeterWatch)
     _violating_since: dict[str, float] = field(default_factory=dict)
     _raised_at: dict[str, float] = field(default_factory=dict)  # when each PV limit was last raised
+    _frozen: dict[str, float] | None = None  # no_load_increase: each load's draw when it began
 
     def margin(self, limit: float) -> float:
         return max(self.config.margin_w, self.config.margin_frac * limit)
@@ -204,10 +241,15 @@ class SiteControlLoop:
         meter: MeterSample | None,
         pvs: list[PvState],
         batteries: list[BatteryState],
+        loads: Sequence[LoadState] = (),
     ) -> Setpoints:
         problems = limits.errors()
         if problems:
             raise ValueError("; ".join(problems))
+        if not limits.no_load_increase:
+            self._frozen = None
+        elif self._frozen is None:
+            self._frozen = {x.name: max(x.output_w, 0.0) for x in loads}
         faults = list(self._check_devices(now, pvs, batteries))
         meter_fault = self._check_meter(now, meter, pvs, batteries)
         if not limits.connect:
@@ -223,7 +265,11 @@ class SiteControlLoop:
             out = self._safe(limits, pvs, batteries, (*faults, meter_fault))
         else:
             assert meter is not None
-            out = self._normal(now, limits, meter.w, pvs, batteries, tuple(faults))
+            out = self._normal(now, limits, meter.w, pvs, batteries, tuple(faults), loads)
+        if loads and out.mode != "normal":  # no meter to balance against: keep the allowances, within caps
+            prev = self.last.load_allow_w if self.last is not None else {}
+            caps = self._load_caps(limits, loads)
+            out = replace(out, load_allow_w={x.name: min(prev.get(x.name, INF), caps[x.name]) for x in loads})
         for name, w in out.pv_limit_w.items():
             prev = self.last.pv_limit_w.get(name) if self.last is not None else None
             if prev is not None and w > prev + 1.0:
@@ -333,6 +379,7 @@ class SiteControlLoop:
         pvs: list[PvState],
         bats: list[BatteryState],
         faults: tuple[str, ...],
+        loads: Sequence[LoadState] = (),
     ) -> Setpoints:
         notes: list[str] = []
         pv_out = sum(p.output_w for p in pvs)
@@ -366,8 +413,17 @@ class SiteControlLoop:
         # 3. connection-point limits move the battery first
         if load - pv_out - b > g_hi:
             b = min(max(load - pv_out - g_hi, b_lo), b_hi)
-            if load - pv_out - b > g_hi:
-                notes.append("import limit cannot be met by the battery alone")
+        # 4b. controllable loads get what the import and load limits leave
+        allow, shed = self._allow_loads(limits, load, pv_out, b, g_hi, loads)
+        if load - shed - pv_out - b > g_hi:
+            notes.append("import limit cannot be met by the battery" + (" and loads" if loads else " alone"))
+        load -= shed
+        if shed > 0 and limits.battery_target_w is None:  # the battery need not cover what was shed
+            if limits.export_target_w is not None:
+                want = load - pv_out + limits.export_target_w
+            else:
+                want = load - pv_out if self.config.self_consumption else 0.0
+            b = min(b, max(want, load - pv_out - g_hi, b_lo))
         if pv_out + b > load - g_lo:
             b = max(min(load - g_lo - pv_out, b_hi), b_lo)
         # 4. PV takes the headroom left
@@ -393,7 +449,66 @@ class SiteControlLoop:
             predicted_grid_w=predicted,
             faults=faults,
             notes=tuple(notes),
+            load_allow_w=allow,
         )
+
+    def _load_caps(self, limits: SiteLimits, loads: Sequence[LoadState]) -> dict[str, float]:
+        pct = limits.consumption_pct
+        caps = {}
+        for x in loads:
+            if pct is None:
+                caps[x.name] = INF
+            elif x.switched:
+                caps[x.name] = INF if pct >= 100 else 0.0
+            else:
+                cap = x.rated_w * pct / 100.0
+                caps[x.name] = cap if cap >= x.min_w else 0.0
+            if self._frozen is not None:  # no load increase: what it drew then (a switched load: on or off)
+                then = self._frozen.setdefault(x.name, max(x.output_w, 0.0))
+                caps[x.name] = min(caps[x.name], (INF if then > 0 else 0.0) if x.switched else then)
+        return caps
+
+    def _allow_loads(
+        self,
+        limits: SiteLimits,
+        load: float,
+        pv_out: float,
+        b: float,
+        g_hi: float,
+        loads: Sequence[LoadState],
+    ) -> tuple[dict[str, float], float]:
+        """The loads' allowances and the consumption they shed (W; + = less than they draw now)."""
+        if not loads:
+            return {}, 0.0
+        drawn = sum(x.output_w for x in loads)
+        budget = INF
+        if g_hi != INF:  # predicted import = load - pv - b
+            budget = drawn + g_hi - (load - pv_out - b)
+        if limits.load_w is not None:
+            budget = min(budget, drawn + limits.load_w - self.margin(limits.load_w) - (load + max(-b, 0.0)))
+        caps = self._load_caps(limits, loads)
+        prev = self.last.load_allow_w if self.last is not None else {}
+        allow: dict[str, float] = {}
+        remaining = max(budget, 0.0)
+        used = 0.0
+        for x in loads:
+            cap = min(caps[x.name], x.rated_w)
+            if x.switched:
+                on_now = x.output_w > 0
+                need = x.output_w if on_now else x.rated_w + 2 * self.config.margin_w
+                on = cap > 0 and remaining >= need
+                allow[x.name] = INF if on else 0.0
+                use = (x.output_w if on_now else x.rated_w) if on else 0.0
+            else:
+                a = min(remaining, cap)
+                a = a if a >= x.min_w else 0.0
+                allow[x.name] = a
+                # a charger drawing less than it was allowed wants no more; else it may take its allowance
+                satisfied = x.name in prev and x.output_w < prev[x.name] - self.config.margin_w
+                use = min(a, x.output_w) if satisfied else a
+            remaining -= use
+            used += use
+        return allow, drawn - used
 
     def _pv_potential(self, now: float, p: PvState) -> float:
         """What a PV inverter may produce without curtailment: its output, or its rating when unknown."""
@@ -507,6 +622,7 @@ def _pcts(pv_w: dict[str, float], pvs: list[PvState]) -> dict[str, float]:
 
 __all__ = [
     "BatteryState",
+    "LoadState",
     "LoopConfig",
     "MeterSample",
     "PvState",

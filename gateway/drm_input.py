@@ -16,7 +16,6 @@ flaky I/O module neither lifts an asserted DRM 0 nor disconnects every site that
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -93,6 +92,3 @@ def open_input(s: DrmSettings) -> ModbusDrmInput | GpioDrmInput | None:
         return GpioDrmInput(s)
     return None
 
-
-def sysfs_value_files(pins: list[int], root: Path = Path("/sys/class/gpio")) -> tuple[Path, ...]:
-    return tuple(root / f"gpio{pin}" / "value" for pin in pins)

@@ -2,10 +2,13 @@
 
     GET    /status       effective limits with their sources, regime, comms, next change, site, inputs
     GET    /explain      per limit: value, source, detail (+ requested / clipped_by for setpoints)
+    GET    /ui/          the status page for a browser (gateway.web.status_page; log in with the token)
     GET    /metrics      Prometheus text format (gateway.observability); scrape with the bearer token
     PUT    /drm          AS/NZS 4755 modes, {"modes": [0, 5]} (only with [drm] source = "local_api")
     DELETE /drm          no DRM asserted
-    POST   /emergency    local emergency input, e.g. {"drm0": true} (= connect false) or {"export_limit_w": 0}
+    POST   /emergency    local emergency input, e.g. {"drm0": true} (= connect false), {"export_limit_w": 0};
+                         load side: {"max_consumption_pct": 0} sheds controllable load (and battery
+                         charging), {"no_load_increase": true} holds loads at what they draw now
     DELETE /emergency    lift it
     PUT    /aggregator   aggregator/HEMS setpoint: {"export_target_w": 3000, "expires_in_s": 900, ...}
     DELETE /aggregator
@@ -29,13 +32,13 @@ from gateway.core.drm import mode_errors
 from gateway.observability import metrics_registry, render
 
 if TYPE_CHECKING:
-    from gateway.runtime import GatewayRuntime
+    from gateway.ports import RuntimeView
 
 RUNTIME_KEY: web.AppKey[Any] = web.AppKey("runtime", object)
 
 _NUMBER_FIELDS = ("export_limit_w", "import_limit_w", "generation_limit_w", "load_limit_w", "fixed_w_pct",
                   "max_lim_w_pct", "target_w", "ramp_time_s", "set_grad_w")  # fmt: skip
-_BOOL_FIELDS = ("connect", "energize")
+_BOOL_FIELDS = ("connect", "energize", "no_load_increase")
 
 
 class BadInput(ValueError):
@@ -95,7 +98,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 def emergency_from_body(body: dict[str, Any]) -> tuple[ControlSettings, str]:
     allowed = ("drm0", "detail", "export_limit_w", "import_limit_w", "generation_limit_w", "load_limit_w",
-               "connect", "energize", "max_lim_w_pct")  # fmt: skip
+               "connect", "energize", "max_lim_w_pct", "max_consumption_pct", "no_load_increase")  # fmt: skip
     _check_keys(body, allowed)
     drm0 = body.get("drm0")
     if drm0 is not None and not isinstance(drm0, bool):
@@ -147,11 +150,13 @@ def explain(status: dict[str, Any]) -> dict[str, Any]:
     return {"regime": status["regime"], "limits": status["limits"], "lines": status["explain"]}
 
 
-def create_app(runtime: GatewayRuntime) -> web.Application:
+def create_app(runtime: RuntimeView) -> web.Application:
     token = runtime.settings.local_api.token or ""
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path.startswith("/ui/"):  # the status page: a session cookie for the same token
+            return await handler(request)
         given = request.headers.get("Authorization", "")
         if not (given.startswith("Bearer ") and hmac.compare_digest(given[7:].encode(), token.encode())):
             return web.json_response(
@@ -237,16 +242,19 @@ def create_app(runtime: GatewayRuntime) -> web.Application:
     app.router.add_delete("/aggregator", delete_aggregator)
     app.router.add_put("/customer", put_customer)
     app.router.add_delete("/customer", delete_customer)
+    from gateway.web.status_page import mount_status_page
+
+    mount_status_page(app, runtime, token)
     return app
 
 
-async def start_local_api(runtime: GatewayRuntime) -> web.AppRunner:
+async def start_local_api(runtime: RuntimeView) -> web.AppRunner:
     """Bind the API on the configured loopback address; the bound port goes to ``local_api.json``."""
     cfg = runtime.settings.local_api
     runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, cfg.host, cfg.port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     runtime.write_local_api_file(port)
     return runner

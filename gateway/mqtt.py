@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.runtime import GatewayRuntime
+    from gateway.ports import RuntimeView
 
 log = logging.getLogger("derlink.gateway.mqtt")
 
@@ -48,7 +48,7 @@ def state_payload(status: dict[str, Any]) -> dict[str, Any]:
 
 
 class MqttPublisher:
-    def __init__(self, runtime: GatewayRuntime) -> None:
+    def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
         cfg = runtime.settings.mqtt
         self.cfg = cfg

@@ -34,10 +34,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 if TYPE_CHECKING:
     from gateway.core import Decision
-    from gateway.runtime import GatewayRuntime
+    from gateway.ports import RuntimeView
 
 LOG_FORMATS = ("text", "json")
-_LIMITS = ("export_w", "import_w", "generation_w", "load_w", "max_w_pct", "battery_reserve_pct")
+_LIMITS = ("export_w", "import_w", "generation_w", "load_w", "max_w_pct", "consumption_pct",
+           "battery_reserve_pct")  # fmt: skip
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
 
 
@@ -119,7 +120,7 @@ def log_decision(logger: logging.Logger, reason: str, before: Decision | None, a
 class GatewayCollector:
     """Prometheus collector over one runtime's state (read at scrape time)."""
 
-    def __init__(self, runtime: GatewayRuntime) -> None:
+    def __init__(self, runtime: RuntimeView) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
@@ -166,6 +167,11 @@ class GatewayCollector:
             "derlink_gateway_modbus_errors", "Failed Modbus reads and writes", labels=["device"]
         )
         faults = GaugeMetricFamily("derlink_gateway_device_faults", "Device faults in the last control step")
+        allowance = GaugeMetricFamily(
+            "derlink_gateway_load_allowance_watts",
+            "What a controllable load may draw (W; +Inf: unlimited or switched on, 0: shed)",
+            labels=["device"],
+        )  # fmt: skip
         if runner is not None:
             meter = runner.meter.last
             if meter is not None and meter.w is not None:
@@ -173,6 +179,12 @@ class GatewayCollector:
             for dev, role in [(x, "pv") for x in runner.pvs] + [(x, "battery") for x in runner.batteries]:
                 if dev.last is not None and dev.last.w is not None:
                     device_w.add_metric([dev.name, role], float(dev.last.w))
+            for ld in runner.loads:  # consumption is negative output (the SunSpec sign)
+                if ld.last is not None:
+                    device_w.add_metric([ld.name, ld.conn.kind], -ld.last.w)
+            report = runner.last_report
+            for name, w in (report.setpoints.load_allow_w if report is not None else {}).items():
+                allowance.add_metric([name], w)
             for name, count in sorted(runner.modbus_errors.items()):
                 errors.add_metric([name], float(count))
             faults.add_metric([], float(len(runner.faults)))
@@ -199,13 +211,14 @@ class GatewayCollector:
         yield device_w
         yield errors
         yield faults
+        yield allowance
         yield GaugeMetricFamily(
             "derlink_gateway_outbox_depth", "Telemetry and Responses waiting for delivery to the server",
             value=float(rt.outbox_depth),
         )  # fmt: skip
 
 
-def metrics_registry(runtime: GatewayRuntime) -> CollectorRegistry:
+def metrics_registry(runtime: RuntimeView) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(runtime))  # type: ignore[arg-type]
     return registry

@@ -44,15 +44,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import time
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from gateway.config import GatewaySettings
+from gateway.config import LOAD_ROLES, GatewaySettings
 from gateway.control_loop import LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
+from gateway.core.black_start import HEARTBEAT_S
 from gateway.core.fallback import effective_comms_timeout
 from gateway.observability import event, log_decision
 from gateway.state_store import controller_to_dict, inputs_to_dict, load_state, save_state
@@ -112,6 +114,7 @@ class GatewayRuntime:
         # the first not-yet-written limit change: kind, trigger time, decided at, limits now pending
         self._trigger: tuple[str, float, float, SiteLimits] | None = None
         self._saved: bytes | None = None
+        self._alive_saved = 0  # when the heartbeat (alive_at) was last persisted
         self._local_api: Any = None
         self._mqtt: Any = None
         self._drm_input: Any = None
@@ -138,6 +141,11 @@ class GatewayRuntime:
         self.state_error = loaded.error
         if loaded.error:
             log.error("%s", loaded.error)
+        if self.controller.booted(int(self.now()), loaded.alive_at):
+            g = self.controller.grid
+            event(log, logging.WARNING, "cold_start",
+                  f"cold start: no heartbeat since {g.dark_since}, generation held back until {g.hold_until}",
+                  dark_since=g.dark_since, hold_until=g.hold_until)  # fmt: skip
         await self.decide("startup")
         self.startup["state_loaded_s"] = time.monotonic() - started
         self.startup["restored"] = loaded.saved_at is not None
@@ -247,6 +255,7 @@ class GatewayRuntime:
             meter=s.device("meter")[0].address,
             pvs={d.name: d.address for d in s.device("pv")},
             batteries={d.name: d.address for d in s.device("battery")},
+            loads={d.name: (d.role, d.host, d.port, d.unit) for d in s.devices if d.role in LOAD_ROLES},
             modbus_timeout_s=s.loop.modbus_timeout_s,
             config=LoopConfig(period_s=s.loop.period_s, self_consumption=s.loop.self_consumption),
         )
@@ -488,6 +497,8 @@ class GatewayRuntime:
                 await self.decide("grid")
                 continue
             self._keep_comms_timeout_above_rates()
+            if self.now() - self._alive_saved >= HEARTBEAT_S:
+                self._save()  # the heartbeat
             if self.decision is not decision:
                 continue  # someone decided meanwhile
             now = self.now()
@@ -504,11 +515,15 @@ class GatewayRuntime:
         if decided:  # a decision that only moved the clock is not worth a write
             data["last_decision"] = {k: v for k, v in decided.items() if k != "now"}
         key = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-        if force or key != self._saved:
+        now = int(self.now())
+        heartbeat = now - self._alive_saved >= HEARTBEAT_S
+        if force or key != self._saved or heartbeat:
             data["last_decision"] = decided
+            data["alive_at"] = now  # the heartbeat a cold start is measured from
             payload = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
             save_state(self.settings.state_path, self.controller, payload)
             self._saved = key
+            self._alive_saved = now
 
     async def _notify(self) -> None:
         async with self.changed:
@@ -546,6 +561,7 @@ class GatewayRuntime:
         ders = []
         # DERSettings.setGradW reports the ramp rate in force (CSIP-AUS; client procedures ALL-13/ALL-17)
         grad = self.decision.limits.set_grad_w.value if self.decision is not None else None
+        v13 = self.settings.server.storage_extension
         for dev, is_battery in [(d, False) for d in self.runner.pvs] + [
             (d, True) for d in self.runner.batteries
         ]:
@@ -567,6 +583,7 @@ class GatewayRuntime:
                     der_type=m.DER_TYPE_STORAGE if is_battery else m.DER_TYPE_PV,
                     rtg_max_w=rated,
                     modes_supported=modes,
+                    vpp_modes_supported=m.VPP_STORAGE_TARGET_W if is_battery and v13 else 0,  # CSIP-AUS v1.3
                     rtg_max_va=info.rated_va,
                     rtg_max_wh=info.capacity_wh if is_battery else None,
                     rtg_max_charge_w=info.max_charge_w if is_battery else None,
@@ -635,6 +652,12 @@ class GatewayRuntime:
                     "limit_pct": last.limit_pct if last else None,
                     "soc_pct": last.soc_pct if last else None,
                     "connected": last.connected if last else None,
+                })  # fmt: skip
+            allow = report.setpoints.load_allow_w if report is not None else {}
+            for ld in self.runner.loads:
+                site["devices"].append({
+                    "name": ld.name, "role": ld.conn.kind, "w": -ld.last.w if ld.last else None,
+                    "allowance_w": a if (a := allow.get(ld.name)) != math.inf else None,  # None: any
                 })  # fmt: skip
         active = {p: list(m) for p, m in d.schedule.active.items() if m}
         return {

@@ -29,8 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fieldbus import load_map
 from gateway.control_loop import (
     BatteryState,
+    LoadState,
     LoopConfig,
     MeterSample,
     PvState,
@@ -40,6 +42,7 @@ from gateway.control_loop import (
 )
 from gateway.devices import DeviceConnection, DeviceError, Measurements
 from gateway.devices.device import SerialLine
+from gateway.devices.loads import LoadConnection, LoadReading
 from gateway.observability import event
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,15 @@ class ManagedDevice:
     written_limit: object = _UNKNOWN  # pct or None (no limit)
     written_w: object = _UNKNOWN  # battery W
     written_connect: object = _UNKNOWN
+    writes: int = 0
+
+
+@dataclass
+class ManagedLoad:
+    name: str
+    conn: LoadConnection
+    last: LoadReading | None = None
+    written: object = _UNKNOWN  # the control register value last written
     writes: int = 0
 
 
@@ -85,12 +97,14 @@ class SiteRunner:
         time_scale: float = 1.0,
         pct_deadband: float = 0.1,
         w_deadband: float = 20.0,
+        loads: dict[str, LoadConnection] | None = None,
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be > 0, got {time_scale}")
         self.meter = ManagedDevice("meter", meter)
         self.pvs = [ManagedDevice(n, c) for n, c in pvs.items()]
         self.batteries = [ManagedDevice(n, c) for n, c in batteries.items()]
+        self.loads = [ManagedLoad(n, c) for n, c in (loads or {}).items()]  # in priority order
         self.loop = SiteControlLoop(config or LoopConfig())
         self.limits = limits or SiteLimits()
         self.clock = clock
@@ -111,12 +125,14 @@ class SiteRunner:
         pvs: dict[str, Address],
         batteries: dict[str, Address] | None = None,
         *,
+        loads: dict[str, tuple[str, str, int, int]] | None = None,
         modbus_timeout_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
         **kwargs,
     ) -> SiteRunner:
-        """Open and scan every device (raises DeviceError naming the one that failed)."""
-        opened: list[DeviceConnection] = []
+        """Open and scan every device (raises DeviceError naming the one that failed). ``loads``: name ->
+        (kind, host, port, unit) of each controllable load, in the order they are served."""
+        opened: list[DeviceConnection | LoadConnection] = []
 
         async def one(addr: Address) -> DeviceConnection:
             dev = await DeviceConnection.open(*addr, timeout=modbus_timeout_s, clock=clock)
@@ -128,15 +144,20 @@ class SiteRunner:
             m = await one(meter)
             p = {n: await one(a) for n, a in pvs.items()}
             b = {n: await one(a) for n, a in (batteries or {}).items()}
+            ld = {}
+            for n, (kind, host, port, unit) in (loads or {}).items():
+                ld[n] = LoadConnection(n, kind, host, port, unit, timeout=modbus_timeout_s, clock=clock)
+                opened.append(ld[n])
+                await ld[n].open()
         except BaseException:
             for dev in opened:
                 await dev.close()
             raise
-        return cls(m, p, b, clock=clock, **kwargs)
+        return cls(m, p, b, clock=clock, loads=ld, **kwargs)
 
     async def close(self) -> None:
         await self.stop()
-        for d in (self.meter, *self.pvs, *self.batteries):
+        for d in (self.meter, *self.pvs, *self.batteries, *self.loads):
             await d.conn.close()
 
     def set_limits(self, limits: SiteLimits) -> None:
@@ -151,6 +172,13 @@ class SiteRunner:
             d.last = await d.conn.read_measurements()
         except DeviceError as exc:
             self._error(d, faults, exc)
+
+    async def _read_load(self, d: ManagedLoad, faults: list[str]) -> None:
+        try:
+            d.last = await d.conn.read()
+        except DeviceError as exc:
+            self.modbus_errors[d.name] = self.modbus_errors.get(d.name, 0) + 1
+            faults.append(f"{d.name}: {exc}")
 
     def readings_age(self) -> float | None:
         """Age of the oldest device reading (None if some device has none)."""
@@ -171,7 +199,10 @@ class SiteRunner:
         age = self.readings_age() if reuse_readings_s is not None else None
         read = age is None or age > reuse_readings_s or bool(self.faults)  # type: ignore[operator]
         if read:
-            await asyncio.gather(*(self._read(d, faults) for d in (self.meter, *self.pvs, *self.batteries)))
+            await asyncio.gather(
+                *(self._read(d, faults) for d in (self.meter, *self.pvs, *self.batteries)),
+                *(self._read_load(d, faults) for d in self.loads),
+            )
         now = self.clock()
         m = self.meter.last
         if (
@@ -182,8 +213,9 @@ class SiteRunner:
             self.meter_sample = MeterSample(w=float(m.w), t=m.read_at)
         pv_states = [self._pv_state(d) for d in self.pvs if d.last is not None]
         bat_states = [self._bat_state(d) for d in self.batteries if d.last is not None]
+        load_states = [self._load_state(d) for d in self.loads if d.last is not None]
         limits = self.limits
-        sp = self.loop.step(now, limits, self.meter_sample, pv_states, bat_states)
+        sp = self.loop.step(now, limits, self.meter_sample, pv_states, bat_states, load_states)
         writes: list[str] = []
         acks: list[float] = []
         await asyncio.gather(
@@ -193,6 +225,7 @@ class SiteRunner:
                 for d in self.batteries
                 if d.name in sp.battery_w
             ),
+            *(self._write_load(d, sp, writes, faults) for d in self.loads if d.name in sp.load_allow_w),
         )
         faults.extend(sp.faults)
         report = StepReport(
@@ -231,6 +264,29 @@ class SiteRunner:
             soc_pct=m.soc_pct,
             connected=m.connected is not False,
         )
+
+    @staticmethod
+    def _load_state(d: ManagedLoad) -> LoadState:
+        m = d.last
+        assert m is not None
+        min_w = load_map.EVSE_MIN_A * load_map.LINE_V if d.conn.is_evse else 0.0
+        return LoadState(d.name, d.conn.kind, m.rated_w, m.w, min_w)
+
+    async def _write_load(self, d: ManagedLoad, sp: Setpoints, writes: list[str], faults: list[str]) -> None:
+        value = d.conn.control_value(sp.load_allow_w[d.name])
+        if d.written is _UNKNOWN and d.last is not None:
+            d.written = d.conn.control_value(d.last.allowed_w)
+        if value == d.written:
+            return
+        try:
+            d.written = _UNKNOWN
+            d.written = await d.conn.allow(sp.load_allow_w[d.name])
+            d.writes += 1
+            what = f"{value / 10:g} A" if d.conn.is_evse else ("on" if value else "off")
+            writes.append(f"{d.name}: {what}")
+        except DeviceError as exc:
+            self.modbus_errors[d.name] = self.modbus_errors.get(d.name, 0) + 1
+            faults.append(f"{d.name}: {exc}")
 
     async def _write_connect(self, d: ManagedDevice, sp: Setpoints, writes: list[str]) -> None:
         known = (

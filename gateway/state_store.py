@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from derlink.files import write_atomic
 from gateway.core.black_start import BlackStartState
 from gateway.core.events import ControlSettings, EventEngine
 from gateway.core.hierarchy import EffectiveLimits
@@ -26,6 +25,7 @@ from gateway.core.site_controller import (
     SiteController,
     SiteInputs,
 )
+from sep2.files import write_atomic
 
 STATE_VERSION = 1
 
@@ -111,6 +111,7 @@ class LoadedState:
     error: str | None  # why the file could not be used (None: restored, or no file yet)
     last_limits: EffectiveLimits | None  # what was in force when the state was saved
     saved_at: int | None
+    alive_at: int | None = None  # the runtime's last heartbeat (cold black start, gateway.core.black_start)
 
 
 def controller_from_dict(data: dict[str, Any], config: GatewayConfig) -> LoadedState:
@@ -124,7 +125,7 @@ def controller_from_dict(data: dict[str, Any], config: GatewayConfig) -> LoadedS
     controller = SiteController(config, engine, data["last_contact"], inputs_from_dict(data["inputs"]), grid)
     last = data["last_decision"]
     limits = EffectiveLimits.from_dict(last["limits"]) if last else None
-    return LoadedState(controller, None, limits, last["now"] if last else None)
+    return LoadedState(controller, None, limits, last["now"] if last else None, data.get("alive_at"))
 
 
 def state_payload(controller: SiteController) -> bytes:

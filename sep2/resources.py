@@ -338,7 +338,13 @@ class DERProgramList(PolledSubscribableList):
 
 @dataclass(kw_only=True)
 class DERControlBase(Sep2Object):
-    """The control modes of a DERControl or DefaultDERControl, with the CSIP-AUS limits at the end."""
+    """The control modes of a DERControl or DefaultDERControl, with the CSIP-AUS limits at the end.
+
+    ``opModStorageTargetW`` is the CSIP-AUS v1.3 storage extension: "a target aggregate output, in Watts,
+    for one or more storage components within an EndDevice" (+ discharge, - charge). It is optional and
+    last in the sequence, so a v1.2 document is still a valid v1.3 one and a control without it is
+    unchanged for a v1.2 peer.
+    """
 
     is_root: ClassVar[bool] = False
     opModConnect: bool | None = element("boolean")
@@ -371,6 +377,7 @@ class DERControlBase(Sep2Object):
     opModExpLimW: ActivePower | None = element("ActivePower", ns=NS_CSIP)
     opModGenLimW: ActivePower | None = element("ActivePower", ns=NS_CSIP)
     opModLoadLimW: ActivePower | None = element("ActivePower", ns=NS_CSIP)
+    opModStorageTargetW: ActivePower | None = element("ActivePower", ns=NS_CSIP)
 
 
 @dataclass(kw_only=True)
@@ -468,6 +475,7 @@ class DERCapability(Resource):
     rtgVNom: VoltageRMS | None = element("VoltageRMS")
     type: int | None = element("UInt8", required=True)
     doeModesSupported: str | None = element("HexBinary8", required=True, ns=NS_CSIP)
+    vppModesSupported: str | None = element("HexBinary8", ns=NS_CSIP)  # v1.3: bit 0 opModStorageTargetW
 
 
 @dataclass(kw_only=True)
@@ -502,6 +510,7 @@ class DERSettings(SubscribableResource):
     setVRefOfs: VoltageRMS | None = element("VoltageRMS")
     updatedTime: int | None = element("Int64", required=True)
     doeModesEnabled: str | None = element("HexBinary8", ns=NS_CSIP)
+    vppModesEnabled: str | None = element("HexBinary8", ns=NS_CSIP)  # v1.3: bit 0 opModStorageTargetW
 
 
 @dataclass(kw_only=True)

@@ -29,6 +29,11 @@ CONTENT_TYPE = "application/sep+xml"
 NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 _XSI_TYPE = f"{{{NS_XSI}}}type"
 _NSMAP = {None: NS_SEP, "csipaus": NS_CSIP}
+# The CSIP-AUS v1.3-beta storage schema declares the csipaus elements in a namespace of its own; peers
+# built on it (e.g. the Synergy fork of the cactus test definitions) send them there. We read that
+# namespace as the CSIP-AUS one and always write the CSIP-AUS namespace (as envoy does).
+NS_CSIP_V13_STORAGE = "https://csipaus.org/ns/v1.3-beta/storage"
+_READ_AS = {NS_CSIP_V13_STORAGE: NS_CSIP}
 _NOTIFICATION_NSMAP = {**_NSMAP, "xsi": NS_XSI}
 
 _INTEGER = re.compile(r"^[+-]?[0-9]+$")
@@ -156,7 +161,7 @@ def from_xml(
     cls = REGISTRY.get(qname.localname)
     if cls is None or not cls.is_root:
         raise Sep2XmlError(f"unknown root element {qname.localname!r}")
-    if qname.namespace != cls.xml_namespace:
+    if _READ_AS.get(qname.namespace, qname.namespace) != cls.xml_namespace:
         raise Sep2XmlError(
             f"root element {qname.localname!r} must be in namespace {cls.xml_namespace!r}, "
             f"not {qname.namespace!r}"
@@ -188,13 +193,14 @@ def _decode(node: etree._Element, cls: type[Sep2Object], path: str) -> Sep2Objec
     position = 0
     for child in node:
         child_name = etree.QName(child)
+        child_ns = _READ_AS.get(child_name.namespace, child_name.namespace)
         child_path = f"{path}/{child_name.localname}"
         if child.tail and child.tail.strip():
             raise Sep2XmlError("unexpected text content", path)
         index = position
         while index < len(element_specs) and not (
             element_specs[index].name == child_name.localname
-            and element_specs[index].namespace == child_name.namespace
+            and element_specs[index].namespace == child_ns
         ):
             index += 1
         if index == len(element_specs):
@@ -241,7 +247,10 @@ def _parse_simple(xsd_type: str, raw: str, path: str) -> Any:
     text = raw.strip()
     if xsd_type in INTEGER_RANGES:
         if not _INTEGER.match(text):
-            raise Sep2XmlError(f"expected an integer ({xsd_type}), got {raw!r}", path)
+            raise Sep2XmlError(f"expected an integer ({xsd_type}), got {raw[:40]!r}", path)
+        if len(text.lstrip("+-").lstrip("0")) > 20:  # no 2030.5 integer type has more digits than this
+            low, high = INTEGER_RANGES[xsd_type]
+            raise Sep2XmlError(f"{text[:20]}... is outside the {xsd_type} range {low}..{high}", path)
         value: Any = int(text)
     elif xsd_type == "boolean":
         if text in ("true", "1"):

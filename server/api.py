@@ -28,6 +28,8 @@ from sep2.time import time_resource
 from sep2.xml import Sep2XmlError, from_xml, to_xml
 from server.config import ServerConfig
 from server.errors import BadRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from server.limits import MAX_ID, MAX_PAGE_START, path_id, query_int, query_time
+from server.netpolicy import TargetPolicy
 from server.store import (
     DER_DOCUMENT_TYPES,
     Page,
@@ -60,20 +62,13 @@ def no_content(location: str | None = None) -> web.Response:
 
 
 def parse_page(request: web.Request, max_limit: int) -> Page:
-    """``s`` start index, ``a`` after-time, ``l`` limit (2030.5 default 1)."""
-    values: dict[str, int] = {}
-    for key, default in (("s", 0), ("l", 1)):
-        raw = request.query.get(key)
-        if raw is None:
-            values[key] = default
-            continue
-        if not raw.isdigit():
-            raise BadRequest(f"query parameter {key}: expected a non-negative integer, got {raw!r}")
-        values[key] = int(raw)
-    after = request.query.get("a")
-    if after is not None and not re.fullmatch(r"-?\d+", after):
-        raise BadRequest(f"query parameter a: expected a time in seconds, got {after!r}")
-    return Page(start=values["s"], limit=min(values["l"], max_limit), after=int(after) if after else None)
+    """``s`` start index, ``a`` after-time, ``l`` limit (2030.5 default 1); bounds in server.limits."""
+    query = request.query
+    return Page(
+        start=query_int(query, "s", 0, MAX_PAGE_START),
+        limit=min(query_int(query, "l", 1, MAX_ID), max_limit),
+        after=query_time(query, "a"),
+    )
 
 
 async def read_document(request: web.Request, expected: Any, max_bytes: int) -> Any:
@@ -92,7 +87,7 @@ async def read_document(request: web.Request, expected: Any, max_bytes: int) -> 
 
 
 def _int(request: web.Request, name: str) -> int:
-    return int(request.match_info[name])
+    return path_id(request.match_info[name], name)
 
 
 # ----------------------------------------------------------------------------------------- rendering
@@ -145,9 +140,7 @@ class Renderer:
         return doc, float(next_change) if next_change is not None else float("inf")
 
     async def default_control(self, view: SiteView, program_id: int) -> r.DefaultDERControl:
-        row = await self.store.default_control(view, program_id)
-        if row is None:
-            raise NotFound(f"DERProgram {program_id} has no DefaultDERControl for this EndDevice")
+        row = await self.store.effective_default(view, program_id)
         return r.DefaultDERControl(
             href=f"/edev/{view.site.id}/derp/{program_id}/dderc",
             subscribable=1,
@@ -158,7 +151,7 @@ class Renderer:
             setGradW=row.set_grad_w,
         )
 
-    def program(self, view: SiteView, row: Any, with_default: set[int]) -> r.DERProgram:
+    def program(self, view: SiteView, row: Any) -> r.DERProgram:
         base = f"/edev/{view.site.id}/derp/{row.id}"
         return r.DERProgram(
             href=base,
@@ -167,7 +160,7 @@ class Renderer:
             description=row.description,
             version=row.version % 65536,
             ActiveDERControlListLink=r.ListLink(href=f"{base}/actderc"),
-            DefaultDERControlLink=r.Link(href=f"{base}/dderc") if row.id in with_default else None,
+            DefaultDERControlLink=r.Link(href=f"{base}/dderc"),  # every program has one (issue 11 item 8)
             DERControlListLink=r.ListLink(href=f"{base}/derc"),
             primacy=row.primacy,
         )
@@ -177,14 +170,13 @@ class Renderer:
             raise NotFound(f"no FunctionSetAssignments {fsa_key} for EndDevice {view.site.id}")
         progs = [p for p in view.programs if (p.group_id or 0) == fsa_key]
         chosen = progs[page.start : page.start + page.limit]
-        with_default = await self.store.programs_with_default(view)
         return r.DERProgramList(
             href=f"/edev/{view.site.id}/fsa/{fsa_key}/derp",
             subscribable=1,
             all=len(progs),
             results=len(chosen),
             pollRate=await self.store.rate(view, "derp", self.config.poll_rate),
-            DERProgram=[self.program(view, p, with_default) for p in chosen],
+            DERProgram=[self.program(view, p) for p in chosen],
         )
 
     def fsa(self, view: SiteView, fsa_key: int, names: dict[int, str]) -> r.FunctionSetAssignments:
@@ -274,7 +266,10 @@ def parse_subscribed_resource(href: str) -> tuple[str, int | None, int | None, i
         match = pattern.match(path)
         if match:
             groups = match.groupdict()
-            as_int = {k: int(v) for k, v in groups.items()}
+            try:
+                as_int = {k: path_id(v, k) for k, v in groups.items()}
+            except NotFound:
+                raise BadRequest(f"Subscription.subscribedResource: no such resource {href[:80]!r}") from None
             return kind, as_int.get("e"), as_int.get("p"), as_int.get("f")
     raise BadRequest(f"Subscription.subscribedResource: {href!r} is not a subscribable list on this server")
 
@@ -287,6 +282,7 @@ class Handlers:
         self.store = store
         self.config = config
         self.render = Renderer(store, config)
+        self.target_policy = TargetPolicy.from_config(config)  # create_app shares it with the sender
 
     def page(self, request: web.Request) -> Page:
         return parse_page(request, self.config.max_list_limit)
@@ -396,7 +392,7 @@ class Handlers:
         view = await self.view(request)
         program_id = _int(request, "p")
         row = self.store.program_row(view, program_id)
-        return xml_response(self.render.program(view, row, await self.store.programs_with_default(view)))
+        return xml_response(self.render.program(view, row))
 
     async def derc_list(self, request: web.Request) -> web.Response:
         view = await self.view(request)
@@ -504,9 +500,7 @@ class Handlers:
         kind, target_site, program_id, fsa_key = parse_subscribed_resource(doc.subscribedResource)
         if kind != "edev" and target_site != site_id:
             raise BadRequest("Subscription.subscribedResource: must be a resource of this EndDevice")
-        uri = urlsplit(doc.notificationURI)
-        if uri.scheme != "https" or not uri.hostname:
-            raise BadRequest("Subscription.notificationURI: must be an https:// URL")
+        await self.target_policy.check_subscription(doc.notificationURI, request[SCOPE].lfdi)
         if doc.encoding != 0:
             raise BadRequest("Subscription.encoding: only 0 (application/sep+xml) is supported")
         if not doc.limit or doc.limit < 1:

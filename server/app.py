@@ -27,8 +27,19 @@ from sep2.identity import lfdi_from_cert_der
 from sep2.xml import to_xml
 from server.api import CACHE_UNTIL, SCOPE, SEP_XML, Handlers
 from server.config import ServerConfig
-from server.errors import INVALID_FORMAT, INVALID_VALUES, RESOURCE_LIMIT, ApiError, Unauthenticated
-from server.store import RequestScope, Store
+from server.connlimits import ConnectionGuard, GuardedSite, quiet_accept_errors, watch_fds
+from server.errors import (
+    INVALID_FORMAT,
+    INVALID_VALUES,
+    RESOURCE_LIMIT,
+    ApiError,
+    RequestTimeout,
+    Unauthenticated,
+)
+from server.limits import paging_cache_key
+from server.netpolicy import TargetPolicy
+from server.store import RequestScope, Store, make_engine, migrate
+from server.store.versions import DocumentCache
 
 access_log = logging.getLogger("derlink.server.access")
 log = logging.getLogger("derlink.server")
@@ -91,12 +102,10 @@ class Gateway:
         self.config = config
         self.metrics = metrics
         self.proxy_networks = config.proxy_networks()
-        self._identities: dict[bytes | str, tuple[str, str]] = {}
+        self._identities: dict[bytes | str, tuple[str, str] | str] = {}  # a str: why it is refused
+        self._cert_policy: Any = None  # server.certpolicy.ClientCertPolicy, made on first use
         self._scopes: dict[str, tuple[int, RequestScope]] = {}
-        self.cache: dict[tuple[str, str], tuple[int, float, bytes]] | None = (
-            {} if config.cache_active else None
-        )
-        self.cache_max_entries = 20000
+        self.cache = DocumentCache(store.versions, config.cache_max_bytes) if config.cache_active else None
 
     def identify(self, request: web.Request) -> tuple[str, str]:
         """(LFDI, role) of the client certificate: from TLS, or from the proxy header of a trusted peer."""
@@ -112,13 +121,28 @@ class Gateway:
             raise Unauthenticated("a client certificate is required")
         known = self._identities.get(der)
         if known is None:
-            from certs.pki import certificate_role
+            from cryptography import x509
 
-            known = (lfdi_from_cert_der(der), certificate_role(der))
+            known = self._admit(x509.load_der_x509_certificate(der), der, check_chain=False)
             if len(self._identities) > 10000:
                 self._identities.clear()
             self._identities[der] = known
+        if isinstance(known, str):
+            raise Unauthenticated(known)
         return known
+
+    def _admit(self, cert: Any, der: bytes, *, check_chain: bool) -> tuple[str, str] | str:
+        """(LFDI, role) of an acceptable client certificate, or why it is refused (server.certpolicy)."""
+        from certs.pki import certificate_role
+        from server.certpolicy import ClientCertPolicy
+
+        if self._cert_policy is None:
+            self._cert_policy = ClientCertPolicy.from_config(self.config)
+        problem = self._cert_policy.problem(cert, check_chain=check_chain)
+        if problem is not None:
+            log.warning("client certificate refused (lfdi=%s): %s", lfdi_from_cert_der(der), problem)
+            return problem
+        return lfdi_from_cert_der(der), certificate_role(der)
 
     def _identity_from_pem(self, header: str) -> tuple[str, str]:
         known = self._identities.get(header)
@@ -126,26 +150,27 @@ class Gateway:
             from cryptography import x509
             from cryptography.hazmat.primitives.serialization import Encoding
 
-            from certs.pki import certificate_role
-
             try:
                 cert = x509.load_pem_x509_certificate(unquote(header).encode())
             except ValueError:
                 raise Unauthenticated(f"{self.config.proxy_cert_header}: not a PEM certificate") from None
-            der = cert.public_bytes(Encoding.DER)
-            known = (lfdi_from_cert_der(der), certificate_role(der))
+            known = self._admit(cert, cert.public_bytes(Encoding.DER), check_chain=True)
+            if len(self._identities) > 10000:
+                self._identities.clear()
             self._identities[header] = known
+        if isinstance(known, str):
+            raise Unauthenticated(known)
         return known
 
     async def scope(self, lfdi: str, role: str) -> RequestScope:
         if self.cache is None:  # other processes may share the database (revocation): ask it each time
             return await self.store.scope_for(lfdi, role)
+        stamp = self.store.versions.stamp(("client", lfdi))  # revocation, aggregator attachment
         cached = self._scopes.get(lfdi)
-        if cached is not None and cached[0] == self.store.generation:
+        if cached is not None and cached[0] == stamp:
             return cached[1]
-        generation = self.store.generation
         scope = await self.store.scope_for(lfdi, role)
-        self._scopes[lfdi] = (generation, scope)
+        self._scopes[lfdi] = (stamp, scope)
         return scope
 
     @web.middleware
@@ -157,25 +182,33 @@ class Gateway:
             lfdi, role = self.identify(request)
             scope = await self.scope(lfdi, role)
             request[SCOPE] = scope
+            if request.body_exists:  # a slow body holds nothing for longer than body_timeout
+                try:
+                    async with asyncio.timeout(self.config.body_timeout):
+                        await request.read()
+                except TimeoutError:
+                    raise RequestTimeout(
+                        f"request body not received within {self.config.body_timeout:g} s"
+                    ) from None
             self.store.note_contact(lfdi)
             if self.cache is not None and request.method in ("GET", "HEAD"):
-                key = (lfdi, request.path_qs)
-                hit = self.cache.get(key)
-                if hit is not None and hit[0] == self.store.generation and self.store.clock() < hit[1]:
+                key = (lfdi, paging_cache_key(request.path, request.query))  # other parameters: one entry
+                body = self.cache.get(key, self.store.clock())
+                if body is not None:
                     cache_hit = True
-                    response = web.Response(body=hit[2], content_type=SEP_XML)
+                    response = web.Response(body=body, content_type=SEP_XML)
                 else:
-                    generation = self.store.generation
-                    response = await handler(request)
+                    with self.store.versions.reading() as deps:
+                        response = await handler(request)
                     until = response.get(CACHE_UNTIL, 0.0)
                     if response.status == 200 and until > self.store.clock():
-                        if len(self.cache) >= self.cache_max_entries:
-                            self.cache.clear()
-                        self.cache[key] = (generation, until, response.body)
+                        self.cache.put(key, deps, until, response.body)
             else:
                 response = await handler(request)
         except ApiError as exc:
             response = error_response(exc.status, exc.reason_code, exc.detail)
+            if exc.status == 408:
+                response.force_close()
         except web.HTTPException as exc:
             headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
             detail = exc.text or exc.reason
@@ -193,6 +226,9 @@ class Gateway:
             else:  # another writer (e.g. a bulk DOE upload) holds the database: nothing changed, retry later
                 log.warning("database busy on %s %s", request.method, request.path)
                 response = busy_response()
+        except ConnectionResetError:  # the client went away mid-request: its business, not a server fault
+            log.info("client disconnected during %s %s (lfdi=%s)", request.method, request.path, lfdi)
+            response = error_response(400, INVALID_FORMAT, "client disconnected")
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             response = error_response(500, INVALID_VALUES, "internal server error")
@@ -220,14 +256,22 @@ class Gateway:
         return response
 
 
-def create_app(store: Store, config: ServerConfig, metrics: Metrics | None = None) -> web.Application:
+def create_app(
+    store: Store,
+    config: ServerConfig,
+    metrics: Metrics | None = None,
+    target_policy: TargetPolicy | None = None,
+) -> web.Application:
     metrics = metrics or Metrics()
     gateway = Gateway(store, config, metrics)
     app = web.Application(middlewares=[gateway.middleware], client_max_size=config.max_body_bytes)
     app[STORE_KEY] = store
     app[CONFIG_KEY] = config
     app[METRICS_KEY] = metrics
-    Handlers(store, config).add_routes(app)
+    handlers = Handlers(store, config)
+    if target_policy is not None:
+        handlers.target_policy = target_policy
+    handlers.add_routes(app)
     return app
 
 
@@ -266,6 +310,8 @@ class RunningServer:
     metrics: Metrics | None = None
     headend_port: int | None = None
     advertiser: Advertiser | None = None  # when config.dnssd
+    target_policy: TargetPolicy | None = None  # where notifications may go (server.netpolicy)
+    connection_guard: ConnectionGuard | None = None  # connection counts and limits (server.connlimits)
 
     @property
     def base_url(self) -> str:
@@ -294,46 +340,99 @@ async def _flush_contacts_forever(store: Store, every: float) -> None:
 
 
 async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
-    """Migrate, open the store, start the listeners and the notification sender. Port 0 picks a free port."""
+    """Migrate, open the store, start the listeners and the notification sender. Port 0 picks a free port.
+
+    A failure part-way (database, certificates, a port in use) releases what was already opened, so the
+    caller can report it in one line (server.faults) and nothing is left running.
+    """
+    if store is None:
+        engine = make_engine(config.resolved_database_url)
+        try:
+            await migrate(engine)
+            store = Store(engine, pen=config.iana_pen)
+            await store.admin.ensure_standard_programs()
+        except BaseException:
+            await engine.dispose()
+            raise
+    from server.store.quotas import Quotas
+
+    store.quotas = Quotas.from_config(config)
+    opened: list[web.AppRunner] = []
+    try:
+        return await _start_listeners(config, store, opened)
+    except BaseException:
+        for runner in opened:
+            await runner.cleanup()
+        await store.close()
+        raise
+
+
+async def _start_listeners(config: ServerConfig, store: Store, opened: list[web.AppRunner]) -> RunningServer:
     from server.notifications import NotificationSender
 
-    if store is None:
-        store = await Store.open(config.resolved_database_url, pen=config.iana_pen)
-        await store.admin.ensure_standard_programs()
     metrics = Metrics()
-    app = create_app(store, config, metrics)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    target_policy = TargetPolicy.from_config(config)
+    app = create_app(store, config, metrics, target_policy)
+    # keepalive_timeout is armed from the start of a connection and while a header is incomplete, so it is
+    # also the header timeout; lingering (draining an unread body after an error) is bounded to 1 s.
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, keepalive_timeout=config.idle_timeout, lingering_time=1.0
+    )
     await runner.setup()
+    opened.append(runner)
     context = server_ssl(config) if config.tls else None
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=context, backlog=512)
+    quiet_accept_errors(asyncio.get_running_loop())
+    guard = ConnectionGuard(config.max_connections, config.max_connections_per_client)
+    site = GuardedSite(
+        runner,
+        config.host,
+        config.port,
+        guard=guard,
+        handshake_timeout=config.handshake_timeout,
+        ssl_context=context,
+        backlog=512,
+    )
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     runners = [runner]
     admin_port = None
     if config.admin_enabled:
         admin_runner = web.AppRunner(create_admin_app(metrics), access_log=None, handle_signals=False)
         await admin_runner.setup()
+        opened.append(admin_runner)
         admin_site = web.TCPSite(admin_runner, config.admin_host, config.admin_port)
         await admin_site.start()
-        admin_port = admin_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        admin_port = admin_runner.addresses[0][1]
         runners.append(admin_runner)
     running = RunningServer(
-        store=store, config=config, port=port, admin_port=admin_port, runners=runners, metrics=metrics
+        store=store,
+        config=config,
+        port=port,
+        admin_port=admin_port,
+        runners=runners,
+        metrics=metrics,
+        target_policy=target_policy,
     )
     if config.headend_enabled:  # the operators' JSON API on its own listener (server.headend)
         from server.headend.api import start_headend
 
         headend_runner, running.headend_port = await start_headend(store, config)
         runners.append(headend_runner)
-    sender = NotificationSender(store, config, metrics)
+        opened.append(headend_runner)
+    target_policy.own_ports.update(p for p in (port, admin_port, running.headend_port) if p)
+    sender = NotificationSender(store, config, metrics, target_policy)
     running.tasks.append(asyncio.create_task(sender.run(), name="derlink-notifications"))
     running.tasks.append(asyncio.create_task(_flush_contacts_forever(store, 10.0), name="derlink-contacts"))
+    running.tasks.append(asyncio.create_task(watch_fds(), name="derlink-fd-watch"))
+    running.connection_guard = guard
     if config.dnssd:
         running.advertiser = Advertiser(config.dnssd_instance, config.dnssd_address or config.host, port)
         try:
             await running.advertiser.start()
         except Exception:
-            await running.stop()
+            for task in running.tasks:  # start_server releases the listeners and the store
+                task.cancel()
+            await asyncio.gather(*running.tasks, return_exceptions=True)
             raise
     log.info("2030.5 server listening on %s:%d (admin %s)", config.host, port, admin_port)
     return running

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 
 class ConfigError(ValueError):
@@ -45,8 +47,20 @@ class ServerConfig:
     inband_registration: bool = True
     iana_pen: int = 0  # private enterprise number placed in the low 32 bits of generated mRIDs
     max_body_bytes: int = 64 * 1024
+    # Connection limits on the 2030.5 listener (server.connlimits).
+    handshake_timeout: float = 10.0  # s for a TLS handshake
+    idle_timeout: float = 15.0  # s without a complete request header (fresh, slow or keep-alive idle)
+    body_timeout: float = 30.0  # s for a request body to arrive
+    max_connections: int = 1000  # in total (capped below the file descriptor limit)
+    max_connections_per_client: int = 64  # per client certificate (an aggregator may need many)
+    # Per-client quotas (server.store.quotas): over one, 409 with a 2030.5 Error and nothing stored.
+    max_mups_per_site: int = 16
+    max_readings_per_request: int = 1000
+    max_subscriptions_per_site: int = 32
+    max_responses_per_event: int = 16  # per site and event; a repeated Response (same status) counts once
     max_list_limit: int = 500
     cache_enabled: bool | None = None  # None: on for SQLite (single process), off for PostgreSQL
+    cache_max_bytes: int = 64 * 1024 * 1024  # rendered documents kept, least recently used evicted
     # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
     # proxy_cert_header and is trusted only from these peer addresses/networks.
     proxy_cert_header: str = "X-Client-Cert"
@@ -55,7 +69,16 @@ class ServerConfig:
     notify_retry_initial: float = 1.0
     notify_retry_max: float = 300.0
     notify_timeout: float = 10.0
+    # Notification target policy (server.netpolicy): non-public addresses are refused unless covered by a
+    # CIDR or host name ("gw.example", "*.example") here, or in the per-client list keyed by certificate LFDI.
+    notify_allow: list[str] = field(default_factory=list)
+    notify_allow_by_client: dict[str, list[str]] = field(default_factory=dict)
     log_level: str = "INFO"
+    # Incidents (seed 002): each raise, note and transition is POSTed as JSON to this http(s) URL, signed
+    # with HMAC-SHA256 over the body when a secret is set (server.incidents.webhook). Operator-chosen, so
+    # the notification target policy does not apply; delivery never blocks the workflow.
+    incident_webhook_url: str | None = None
+    incident_webhook_secret: str | None = None
     # Head-end operator API (JSON, its own listener, loopback by default; port 0 picks a free port).
     # Bearer tokens: [{name, token, role = "operator" | "viewer"}]. With none configured, an operator token
     # is generated into data_dir/headend-token on first start (see server.headend.api).
@@ -63,6 +86,10 @@ class ServerConfig:
     headend_host: str = "127.0.0.1"
     headend_port: int = 8445
     headend_tokens: list[dict[str, str]] = field(default_factory=list)
+    # TLS on the head-end listener (the server's certificate from the PKI; no client certificate). Plain
+    # HTTP is refused on a non-loopback headend_host unless headend_insecure_http forces it.
+    headend_tls: bool = False
+    headend_insecure_http: bool = False
     # DNS-SD (2030.5 clause 7): advertise _smartenergy._tcp on mDNS so local clients find /dcap. The address
     # is the one clients connect to and the interface mDNS runs on; it defaults to ``host`` unless that is a
     # wildcard.
@@ -136,10 +163,15 @@ def _coerce(name: str, value: Any) -> Any:
             except ValueError as exc:
                 raise ConfigError(f"{name}: {v!r} is not an IP address or network") from exc
         return list(value)
+    if name in ("notify_allow", "notify_allow_by_client"):
+        return _allow_lists(name, value)
     if name == "headend_tokens":
-        from server.headend.api import check_tokens
-
         return check_tokens(value)
+    if name == "incident_webhook_url" and value is not None:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"{name}: expected an http:// or https:// URL, got {value!r}")
+        return value
     if name == "cache_enabled":
         if value is not None and not isinstance(value, bool):
             raise ConfigError(f"{name}: expected true or false, got {value!r}")
@@ -163,6 +195,29 @@ def _coerce(name: str, value: Any) -> Any:
     if not isinstance(value, str) and value is not None:
         raise ConfigError(f"{name}: expected a string, got {value!r}")
     return value
+
+
+def _allow_lists(name: str, value: Any) -> Any:
+    from server.netpolicy import parse_allow_entry
+
+    def entries(where: str, items: Any) -> list[str]:
+        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
+            raise ConfigError(f"{where}: expected a list of host names or CIDRs, got {items!r}")
+        for item in items:
+            try:
+                parse_allow_entry(item)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+        return list(items)
+
+    if name == "notify_allow":
+        return entries(name, value)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name}: expected a table of client LFDI = [hosts or CIDRs], got {value!r}")
+    for lfdi in value:
+        if not re.fullmatch(r"[0-9a-fA-F]{40}", lfdi):
+            raise ConfigError(f"{name}: key {lfdi!r} is not a 40-hex-digit LFDI")
+    return {lfdi.lower(): entries(f"{name}.{lfdi}", items) for lfdi, items in value.items()}
 
 
 def config_from_mapping(values: dict[str, Any], base: ServerConfig | None = None) -> ServerConfig:
@@ -217,7 +272,61 @@ def check_config(config: ServerConfig) -> None:
             raise ConfigError(f"dnssd_address: host is {config.host}; name the address clients connect to")
         if not config.dnssd_instance or "." in config.dnssd_instance or len(config.dnssd_instance) > 63:
             raise ConfigError("dnssd_instance: 1 to 63 characters without dots")
+    if config.headend_enabled:
+        check_headend_transport(config)
     if config.database_url and not config.database_url.startswith(
         ("sqlite+aiosqlite://", "postgresql+asyncpg://")
     ):
         raise ConfigError("database_url: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_headend_transport(config: ServerConfig) -> None:
+    """Operator tokens never cross a network in clear text unless the operator insists."""
+    if (
+        not config.headend_tls
+        and not config.headend_insecure_http
+        and not is_loopback_host(config.headend_host)
+    ):
+        raise ConfigError(
+            f"headend_host: {config.headend_host} is not a loopback address and headend_tls is off; set "
+            "headend_tls = true (or headend_insecure_http = true to force plain HTTP)"
+        )
+
+
+ROLES = ("operator", "viewer")  # head-end token roles
+
+
+def check_tokens(value: Any) -> list[dict[str, str]]:
+    """Validate ``headend_tokens`` from the config; errors name the entry and key."""
+    if not isinstance(value, list):
+        raise ConfigError(f"headend_tokens: expected a list of {{name, token, role}} tables, got {value!r}")
+    out = []
+    names = set()
+    for i, entry in enumerate(value):
+        where = f"headend_tokens[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a table with name, token and role")
+        unknown = set(entry) - {"name", "token", "role"}
+        if unknown:
+            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (expected name, token, role)")
+        for key in ("name", "token", "role"):
+            if not isinstance(entry.get(key), str) or not entry[key]:
+                raise ConfigError(f"{where}.{key}: required string")
+        if entry["role"] not in ROLES:
+            raise ConfigError(f"{where}.role: must be operator or viewer, got {entry['role']!r}")
+        if len(entry["token"]) < 16:
+            raise ConfigError(f"{where}.token: must be at least 16 characters")
+        if entry["name"] in names:
+            raise ConfigError(f"{where}.name: duplicate name {entry['name']!r}")
+        names.add(entry["name"])
+        out.append(dict(entry))
+    return out

@@ -2,7 +2,8 @@
 
 Lists print as rich tables, single objects as key/value tables; ``--json`` prints the API's JSON instead.
 DOE uploads are streamed from disk with a progress bar. The URL and token default to the environment
-(``DERLINK_HEADEND_URL``, ``DERLINK_TOKEN``) or the token file the server generates in its data directory.
+(``DERLINK_HEADEND_URL``, ``DERLINK_TOKEN``), then to what the server wrote in its data directory
+(``--data-dir``: the head-end's address and generated token) or its configuration (``--config``).
 """
 
 from __future__ import annotations
@@ -39,15 +40,66 @@ class CtlError(Exception):
 # ------------------------------------------------------------------------------------------ HTTP
 
 
+def _server_config(args: argparse.Namespace) -> Any:
+    """The server's configuration named by --config, or None."""
+    if not getattr(args, "config", None):
+        return None
+    from server.config import ConfigError, load_config
+
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data_dir:
+        return Path(args.data_dir)
+    config = _server_config(args)
+    return Path(config.data_dir) if config is not None else Path("derlink-data")
+
+
+def _url(args: argparse.Namespace) -> str:
+    """--url, $DERLINK_HEADEND_URL, the address a running server wrote in its data directory, the server
+    config's headend_host/headend_port, or the default."""
+    if args.url or os.environ.get("DERLINK_HEADEND_URL"):
+        return args.url or os.environ["DERLINK_HEADEND_URL"]
+    recorded = _data_dir(args) / "headend.json"
+    try:
+        return str(json.loads(recorded.read_text())["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    config = _server_config(args)
+    if config is not None and config.headend_port:
+        host = "127.0.0.1" if config.headend_host in ("0.0.0.0", "::") else config.headend_host
+        return f"http://{host}:{config.headend_port}"
+    return DEFAULT_URL
+
+
 def _token(args: argparse.Namespace) -> str:
+    """--token, $DERLINK_TOKEN, --token-file, the server config's first operator token, or the token file
+    the server generated in its data directory."""
     if args.token:
         return args.token
     if os.environ.get("DERLINK_TOKEN"):
         return os.environ["DERLINK_TOKEN"]
-    path = Path(args.token_file or Path(args.data_dir) / "headend-token")
+    if args.token_file:
+        path = Path(args.token_file)
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise SystemExit(f"error: --token-file {path}: {exc.strerror}") from None
+    config = _server_config(args)
+    if config is not None and config.headend_tokens:
+        tokens = sorted(config.headend_tokens, key=lambda t: t.get("role") != "operator")
+        return tokens[0]["token"]
+    path = _data_dir(args) / "headend-token"
     if path.exists():
         return path.read_text().strip()
-    raise SystemExit(f"error: no token: pass --token, set DERLINK_TOKEN or create {path}")
+    raise SystemExit(
+        f"error: no head-end token: pass --data-dir (the server's), --config (the server's), --token, "
+        f"or set DERLINK_TOKEN ({path} does not exist)"
+    )
 
 
 async def _call(
@@ -59,10 +111,11 @@ async def _call(
     query: dict[str, Any] | None = None,
     upload: Path | None = None,
     content_type: str | None = None,
+    raw: bool = False,
 ) -> Any:
     import aiohttp
 
-    url = (args.url or os.environ.get("DERLINK_HEADEND_URL") or DEFAULT_URL).rstrip("/") + path
+    url = _url(args).rstrip("/") + path
     headers = {"Authorization": f"Bearer {_token(args)}"}
     params = {k: str(v) for k, v in (query or {}).items() if v is not None}
     data: Any = None
@@ -81,6 +134,8 @@ async def _call(
     finally:
         if progress is not None:
             progress.stop()
+    if raw and response.status < 400:
+        return text  # CSV: printed as it came
     try:
         payload = json.loads(text) if text else {}
     except json.JSONDecodeError:
@@ -196,6 +251,9 @@ def _nested(value: Any, key: str = "", depth: int = 0) -> Any:
 
 
 def _show(args: argparse.Namespace, payload: Any, title: str | None = None) -> None:
+    if isinstance(payload, str):  # CSV
+        sys.stdout.write(payload)
+        return
     if args.json:
         print(json.dumps(payload, indent=2))
         return
@@ -343,6 +401,27 @@ def _commands() -> dict[str, Any]:
         ("controls", "cancel"): lambda a: _call(
             a, "POST", f"/api/controls/{a.mrid}/cancel", body={"reason": a.reason}
         ),
+        ("controls", "acks"): lambda a: _call(
+            a,
+            "GET",
+            f"/api/controls/{a.mrid}/acks",
+            query={"within": a.within, "format": "csv" if a.csv else None},
+            raw=a.csv,
+        ),
+        ("compliance", None): lambda a: _call(
+            a,
+            "GET",
+            "/api/compliance",
+            query={
+                "site": a.site,
+                "group": a.group,
+                "from": a.since,
+                "to": a.until,
+                **q(a, "tolerance_w", "tolerance_pct", "settle_s", "silent_posts", "ack_within_s"),
+                "format": "csv" if a.csv else None,
+            },
+            raw=a.csv,
+        ),
         ("emergency", "issue"): lambda a: _call(
             a,
             "POST",
@@ -420,6 +499,9 @@ def _run(args: argparse.Namespace) -> int:
 
     key = (args.noun, getattr(args, "verb", None))
     command = {**_commands(), **incident_commands(_call)}[key]
+    if getattr(args, "file", None) and not Path(args.file).is_file():  # does upload, sites bulk
+        print(f"error: {args.file}: no such file", file=sys.stderr)
+        return 2
     try:
         payload = asyncio.run(command(args))
     except CtlError as exc:
@@ -435,7 +517,8 @@ def _run(args: argparse.Namespace) -> int:
                 console.print(f"  {where}: {item.get('message')}")
         return 1
     except OSError as exc:
-        print(f"error: cannot reach the head-end API: {exc}", file=sys.stderr)
+        print(f"error: cannot reach the head-end API at {_url(args)} (is the server running? see --url, "
+              f"--data-dir, --config): {exc}", file=sys.stderr)
         return 1
     _show(args, payload, title=" ".join(k for k in key if k))
     return 0
@@ -444,30 +527,40 @@ def _run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ parser
 
 
-class _JsonAnywhereParser(argparse.ArgumentParser):
-    """Accepts ``--json`` after the action too (``derlink ctl audit --json``), not only before the object."""
+def _global_options(parser: argparse.ArgumentParser, shown: bool) -> None:
+    """The options every ctl command takes. Below the ctl level they are hidden and, when absent, leave
+    the value given before the action alone (SUPPRESS)."""
+    def add(*flags: str, help: str, **kwargs: Any) -> None:
+        if not shown:
+            kwargs["default"] = argparse.SUPPRESS
+        parser.add_argument(*flags, help=help if shown else argparse.SUPPRESS, **kwargs)
+
+    add("--url", help="head-end API base URL (default $DERLINK_HEADEND_URL, the address the server wrote "
+        f"in DATA_DIR/headend.json, the server config's headend_host/headend_port, or {DEFAULT_URL})")
+    add("--token", help="bearer token (default $DERLINK_TOKEN, --token-file, the server config's "
+        "headend_tokens, or DATA_DIR/headend-token)")
+    add("--token-file", help="file holding the token")
+    add("--data-dir", help="the server's data directory (default: the server config's, or ./derlink-data)")
+    add("--config", help="the server's configuration file (server.toml)")
+    add("--json", action="store_true", help="print JSON instead of tables")
+
+
+class _OptionsAnywhereParser(argparse.ArgumentParser):
+    """Accepts ctl's options after the object and the action too (``derlink ctl audit --json``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        _global_options(self, shown=False)
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "ctl", help="operate the head-end: sites, groups, controls, DOEs, emergency"
     )
-    parser.add_argument(
-        "--url", help=f"head-end API base URL (default $DERLINK_HEADEND_URL or {DEFAULT_URL})"
-    )
-    parser.add_argument("--token", help="bearer token (default $DERLINK_TOKEN or the token file)")
-    parser.add_argument("--token-file", help="file holding the token (default DATA_DIR/headend-token)")
-    parser.add_argument(
-        "--data-dir", default="derlink-data", help="server data directory (for the token file)"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _global_options(parser, shown=True)
     parser.set_defaults(handler=_run)
     nouns = parser.add_subparsers(
-        dest="noun", metavar="OBJECT", required=True, parser_class=_JsonAnywhereParser
+        dest="noun", metavar="OBJECT", required=True, parser_class=_OptionsAnywhereParser
     )
 
     def verbs(name: str, help_text: str) -> Any:
@@ -559,6 +652,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--description")
     limits(p)
     reason(v.add_parser("cancel", help="cancel a control (subscribers are notified)")).add_argument("mrid")
+    p = v.add_parser("acks", help="who acknowledged a control, by Response status, and who did not")
+    p.add_argument("mrid")
+    p.add_argument("--within", type=int, help="seconds allowed to answer (default 300)")
+    p.add_argument("--csv", action="store_true", help="one line per targeted site")
+
+    p = nouns.add_parser("compliance", help="judge stored telemetry against the limits that were published")
+    p.add_argument("--site", help="one site (LFDI)")
+    p.add_argument("--group", help="a group and its nested groups (default: all sites)")
+    p.add_argument("--since", type=int, help="Unix seconds (default: a day before --until)")
+    p.add_argument("--until", type=int, help="Unix seconds (default: now)")
+    p.add_argument("--tolerance-w", type=float, help="allowed excess, W (default 100)")
+    p.add_argument("--tolerance-pct", type=float, help="allowed excess, %% of the limit (default 2)")
+    p.add_argument("--settle-s", type=float, help="seconds not judged after a limit tightens (default 5)")
+    p.add_argument("--silent-posts", type=int, help="silent after this many postRates without data (3)")
+    p.add_argument("--ack-within-s", type=int, help="non-responder after this long (default 300)")
+    p.add_argument("--csv", action="store_true", help="one line per site")
 
     v = verbs("emergency", "emergency commands (top-primacy program, start now)")
     p = reason(v.add_parser("issue", help="issue an emergency command to a site, a group or all"))

@@ -44,6 +44,10 @@ class MethodNotAllowed(ApiError):
     status = 405
 
 
+class RequestTimeout(ApiError):
+    status = 408
+
+
 class Conflict(ApiError):
     status = 409
 

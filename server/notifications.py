@@ -22,7 +22,8 @@ from sep2 import resources as r
 from sep2.xml import to_xml
 from server.api import SEP_XML, Renderer
 from server.config import ServerConfig
-from server.errors import NotFound
+from server.errors import BadRequest, NotFound
+from server.netpolicy import CURRENT_TARGET, PolicyResolver, Target, TargetPolicy
 from server.store import RequestScope, Store
 
 log = logging.getLogger("derlink.server.notifications")
@@ -41,10 +42,13 @@ def notification_client_ssl(config: ServerConfig) -> ssl.SSLContext:
 
 
 class NotificationSender:
-    def __init__(self, store: Store, config: ServerConfig, metrics: Any = None) -> None:
+    def __init__(
+        self, store: Store, config: ServerConfig, metrics: Any = None, policy: TargetPolicy | None = None
+    ) -> None:
         self.store = store
         self.config = config
         self.metrics = metrics
+        self.policy = policy or TargetPolicy.from_config(config)
         self.renderer = Renderer(store, config)
         self.concurrency = 16
 
@@ -54,7 +58,16 @@ class NotificationSender:
     async def run(self) -> None:
         context = notification_client_ssl(self.config)
         timeout = aiohttp.ClientTimeout(total=self.config.notify_timeout)
-        connector = aiohttp.TCPConnector(ssl=context, limit=self.concurrency)
+        # The policy sees every address the connector is about to connect to (names re-resolved per
+        # connection, no DNS cache), so a subscription whose name now points somewhere forbidden is
+        # refused before any packet leaves.
+        connector = aiohttp.TCPConnector(
+            ssl=context,
+            limit=self.concurrency,
+            use_dns_cache=False,
+            resolver=PolicyResolver(self.policy),
+            socket_factory=self.policy.socket_factory,
+        )
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             while True:
                 try:
@@ -109,6 +122,8 @@ class NotificationSender:
         )
         body = to_xml(note)
         try:
+            host, _port = self.policy.check_uri(row.notification_uri)
+            CURRENT_TARGET.set(Target(owner_lfdi=row.owner_lfdi, host=host))
             async with session.post(
                 row.notification_uri, data=body, headers={"Content-Type": SEP_XML}
             ) as response:
@@ -123,6 +138,8 @@ class NotificationSender:
                     )
                     return
                 error = f"HTTP {response.status}"
+        except BadRequest as exc:  # the policy has changed since the subscription was accepted
+            error = f"refused by the notification policy: {exc.detail}"
         except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         retry_in = self.backoff(row.attempts)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .config import ConfigError, default_site_config, load_site_config, with_devices
+from .config import ConfigError, default_site_config, load_site_config, with_devices, with_site
 from .site import SimClock, SimulatedFleet, SimulatedSite, process_cpu_s, process_rss_bytes
 
 
@@ -105,11 +105,8 @@ def _status_table(site: SimulatedSite) -> Table:
 async def _site_main(args: argparse.Namespace) -> int:
     console = Console()
     cfg = load_site_config(args.config) if args.config else default_site_config()
-    if args.speed is not None:
-        cfg = replace(cfg, speed=args.speed)
-    if args.control_port is not None:
-        cfg = replace(cfg, control_port=args.control_port)
-    cfg.validate()
+    overrides = {"speed": args.speed, "control_port": args.control_port}
+    cfg = with_site(cfg, **{k: v for k, v in overrides.items() if v is not None})
     site = SimulatedSite(cfg)
     await site.start()
     link = None

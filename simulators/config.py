@@ -1,20 +1,32 @@
-"""Site configuration: dataclasses, TOML loading and validation.
+"""Site configuration: pydantic dataclasses, TOML loading and validation.
 
 Every validation error names the offending field (``device[1].rated_w: must be > 0``) and raises
-:class:`ConfigError` before anything starts. See simulators/README.md for the file format.
+:class:`ConfigError` before anything starts. Types and bounds of single fields are on the dataclasses
+(pydantic); rules that join fields (ports and unit IDs, SoC limits, CSV files) are in ``_validate_site``.
+See simulators/README.md for the file format.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-DEVICE_KINDS = ("pv", "battery", "meter")
-FAMILIES = ("legacy", "der")
-WIRINGS = ("single", "split", "wye", "delta")
-PROFILE_KINDS = ("clear_sky", "household", "constant", "csv")
+from pydantic import ConfigDict, Field, Strict, ValidationError
+from pydantic.dataclasses import dataclass
+
+# Numbers must be numbers (TOML "5" is not 5); ints are accepted where floats are expected.
+_Float = Annotated[float, Strict()]
+_NonNeg = Annotated[float, Strict(), Field(ge=0)]
+_Positive = Annotated[float, Strict(), Field(gt=0)]
+_Str = Annotated[str, Strict()]
+_TcpPort = Annotated[int, Strict(), Field(ge=0, le=65535)]
+_Ramp = Annotated[float, Strict(), Field(ge=0, le=65534)]
+_Fraction = Annotated[float, Strict(), Field(gt=0, le=1)]
+_Pct = Annotated[float, Strict(), Field(ge=0, le=100)]
+_TABLE = ConfigDict(extra="forbid")
+LOAD_KINDS = ("evse", "switched_load")
 
 
 class ConfigError(ValueError):
@@ -25,56 +37,60 @@ class ConfigError(ValueError):
         self.field = field_name
 
 
-@dataclass
+@dataclass(config=_TABLE)
 class ProfileConfig:
-    kind: str = "clear_sky"  # clear_sky | household | constant | csv
-    peak_w: float = 5000.0  # clear_sky / household peak, constant value
-    base_w: float = 300.0  # household overnight base
-    sunrise_h: float = 6.0
-    sunset_h: float = 18.0
-    csv: str | None = None  # path (relative to the TOML file) for kind = "csv"
+    kind: Literal["clear_sky", "household", "constant", "csv"] = "clear_sky"
+    peak_w: _NonNeg = 5000.0  # clear_sky / household peak, constant value
+    base_w: _NonNeg = 300.0  # household overnight base
+    sunrise_h: _Float = 6.0
+    sunset_h: _Float = 18.0
+    csv: _Str | None = None  # path (relative to the TOML file) for kind = "csv"
 
 
-@dataclass
+@dataclass(config=_TABLE)
 class DeviceConfig:
-    name: str
-    kind: str  # pv | battery | meter
-    family: str = "legacy"  # legacy (1xx/12x) or der (70x); meters always use 201-204
-    wiring: str = "single"  # single | split | wye | delta (inverters: wye/delta -> 103)
-    phase: str = "A"  # single-phase inverters: which site phase
-    unit_id: int = 1
-    port: int | None = None  # None: on the site's shared port; 0: own auto-picked port
-    rated_w: float = 5000.0
-    response_delay_s: float = 1.0
-    ramp_time_s: float = 10.0  # default WMaxLimPct ramp (123 WMaxLimPct_RmpTms initial value)
-    reconnect_ramp_s: float = 30.0
-    grid_reconnect_s: float = 60.0  # after a grid outage: grid back this long before the unit reconnects
+    name: Annotated[str, Strict(), Field(min_length=1)]
+    kind: Literal["pv", "battery", "meter", "evse", "switched_load"]
+    family: Literal["legacy", "der"] = "legacy"  # legacy (1xx/12x) or der (70x); meters always use 201-204
+    wiring: Literal["single", "split", "wye", "delta"] = "single"  # inverters: wye/delta -> 103
+    phase: Literal["A", "B", "C"] = "A"  # single-phase inverters: which site phase
+    unit_id: Annotated[int, Strict(), Field(ge=1, le=247)] = 1
+    port: _TcpPort | None = None  # None: on the site's shared port; 0: own auto-picked port
+    rated_w: Annotated[float, Strict(), Field(gt=0, le=3_000_000)] = 5000.0
+    response_delay_s: _NonNeg = 1.0
+    ramp_time_s: _Ramp = 10.0  # default WMaxLimPct ramp (123 WMaxLimPct_RmpTms initial value)
+    reconnect_ramp_s: _Ramp = 30.0
+    # after a grid outage: grid back this long before the unit reconnects
+    grid_reconnect_s: Annotated[float, Strict(), Field(ge=0, le=3600)] = 60.0
     pv_profile: ProfileConfig = field(default_factory=ProfileConfig)
-    capacity_wh: float = 13500.0
-    max_charge_w: float = 5000.0
-    max_discharge_w: float = 5000.0
-    initial_soc_pct: float = 50.0
-    min_soc_pct: float = 0.0
-    charge_efficiency: float = 0.95
-    discharge_efficiency: float = 0.95
-    serial: str | None = None
+    capacity_wh: _Positive = 13500.0
+    max_charge_w: _Positive = 5000.0
+    max_discharge_w: _Positive = 5000.0
+    initial_soc_pct: _Pct = 50.0
+    min_soc_pct: Annotated[float, Strict(), Field(ge=0, lt=100)] = 0.0
+    charge_efficiency: _Fraction = 0.95
+    discharge_efficiency: _Fraction = 0.95
+    serial: _Str | None = None
+    # evse / switched_load: what the EV or appliance draws when allowed (None: rated_w); an EV charger's
+    # rated_w is its maximum charging power (single-phase, 230 V)
+    demand_w: _NonNeg | None = None
     # SunSpec accumulators (acc32/acc64) read 0 as "not implemented", so energy counters start here
-    energy_start_wh: float = 100000.0
+    energy_start_wh: Annotated[float, Strict(), Field(ge=1)] = 100000.0
 
 
-@dataclass
+@dataclass(config=_TABLE)
 class SiteConfig:
-    name: str = "site"
-    host: str = "127.0.0.1"
-    port: int = 0  # shared Modbus TCP port for devices without their own; 0 = auto-pick
-    control_port: int | None = None  # JSON HTTP control endpoint on `host`; None = off, 0 = auto
-    speed: float = 1.0  # simulated seconds per wall second
-    start: str | None = None  # ISO-8601 simulated start time; None = now
-    utc_offset_h: float = 10.0  # local time for the daily profiles
-    nominal_v: float = 230.0
+    name: Annotated[str, Strict(), Field(min_length=1)] = "site"
+    host: _Str = "127.0.0.1"
+    port: _TcpPort = 0  # shared Modbus TCP port for devices without their own; 0 = auto-pick
+    control_port: _TcpPort | None = None  # JSON HTTP control endpoint on `host`; None = off, 0 = auto
+    speed: _Positive = 1.0  # simulated seconds per wall second
+    start: _Str | None = None  # ISO-8601 simulated start time; None = now
+    utc_offset_h: _Float = 10.0  # local time for the daily profiles
+    nominal_v: _Positive = 230.0
     load: ProfileConfig = field(default_factory=lambda: ProfileConfig(kind="household", peak_w=2500.0))
-    load_phase_split: tuple[float, float, float] = (1.0, 0.0, 0.0)
-    max_step_s: float = 1.0
+    load_phase_split: tuple[_NonNeg, _NonNeg, _NonNeg] = (1.0, 0.0, 0.0)
+    max_step_s: _Positive = 1.0
     devices: list[DeviceConfig] = field(default_factory=list)
     base_dir: Path | None = None  # for resolving relative CSV paths
 
@@ -83,7 +99,39 @@ class SiteConfig:
         return self
 
 
-# ------------------------------------------------------------------------------------------------
+_MESSAGES = {
+    "missing": "required",
+    "missing_argument": "required",
+    "unexpected_keyword_argument": "unknown setting",
+    "int_type": "must be an integer, got {input!r}",
+    "float_type": "must be a number, got {input!r}",
+    "string_type": "must be a string, got {input!r}",
+    "dataclass_type": "must be a table",
+    "tuple_type": "must be a list of numbers",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "literal_error": "must be one of {expected}",
+    "string_too_short": "must be a non-empty string",
+}
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """One of the dataclasses from a TOML table; the first error names its field under ``where``."""
+    if not isinstance(data, dict):
+        raise ConfigError(where, "must be a table")
+    if cls is SiteConfig and ("devices" in data or "base_dir" in data):
+        raise ConfigError(f"{where}.{'devices' if 'devices' in data else 'base_dir'}", "unknown setting")
+    try:
+        return cls(**data)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        loc = [p for p in error["loc"] if not (isinstance(p, int) and error["type"] == "float_type")]
+        name = ".".join([where, *(str(p) for p in loc)])
+        template = _MESSAGES.get(error["type"], "{msg}")
+        ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+        raise ConfigError(name, template.format(input=error.get("input"), msg=error["msg"], **ctx)) from None
 
 
 def _check(cond: bool, field_name: str, message: str) -> None:
@@ -92,32 +140,19 @@ def _check(cond: bool, field_name: str, message: str) -> None:
 
 
 def _validate_profile(p: ProfileConfig, where: str, base_dir: Path | None) -> None:
-    _check(p.kind in PROFILE_KINDS, f"{where}.kind", f"must be one of {', '.join(PROFILE_KINDS)}")
-    _check(p.peak_w >= 0, f"{where}.peak_w", "must be >= 0")
-    _check(p.base_w >= 0, f"{where}.base_w", "must be >= 0")
     _check(0 <= p.sunrise_h < p.sunset_h <= 24, f"{where}.sunrise_h", "need 0 <= sunrise_h < sunset_h <= 24")
     if p.kind == "csv":
         _check(bool(p.csv), f"{where}.csv", "required when kind = 'csv'")
-        path = Path(p.csv)
+        path = Path(p.csv or "")
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         _check(path.is_file(), f"{where}.csv", f"file not found: {path}")
 
 
 def _validate_site(cfg: SiteConfig) -> None:
-    _check(bool(cfg.name) and isinstance(cfg.name, str), "site.name", "must be a non-empty string")
-    _check(0 <= cfg.port <= 65535, "site.port", "must be 0..65535")
-    _check(
-        cfg.control_port is None or 0 <= cfg.control_port <= 65535, "site.control_port", "must be 0..65535"
-    )
-    _check(cfg.speed > 0, "site.speed", "must be > 0")
-    _check(cfg.max_step_s > 0, "site.max_step_s", "must be > 0")
-    _check(cfg.nominal_v > 0, "site.nominal_v", "must be > 0")
-    _check(
-        len(cfg.load_phase_split) == 3 and abs(sum(cfg.load_phase_split) - 1.0) < 1e-6
-        and all(x >= 0 for x in cfg.load_phase_split),
-        "site.load_phase_split", "must be three non-negative fractions summing to 1",
-    )  # fmt: skip
+    """The rules that join fields; each field's own type and bounds were checked when it was built."""
+    _check(abs(sum(cfg.load_phase_split) - 1.0) < 1e-6, "site.load_phase_split",
+           "must be three non-negative fractions summing to 1")  # fmt: skip
     if cfg.start is not None:
         from datetime import datetime
 
@@ -130,86 +165,24 @@ def _validate_site(cfg: SiteConfig) -> None:
     names: set[str] = set()
     shared_units: set[int] = set()
     own_ports: set[int] = set()
-    meters = 0
     for i, d in enumerate(cfg.devices):
         w = f"device[{i}]"
-        _check(bool(d.name), f"{w}.name", "must be a non-empty string")
         _check(d.name not in names, f"{w}.name", f"duplicate device name {d.name!r}")
         names.add(d.name)
-        _check(d.kind in DEVICE_KINDS, f"{w}.kind", f"must be one of {', '.join(DEVICE_KINDS)}")
-        _check(d.family in FAMILIES, f"{w}.family", f"must be one of {', '.join(FAMILIES)}")
-        _check(d.wiring in WIRINGS, f"{w}.wiring", f"must be one of {', '.join(WIRINGS)}")
-        _check(d.phase in ("A", "B", "C"), f"{w}.phase", "must be A, B or C")
-        _check(1 <= d.unit_id <= 247, f"{w}.unit_id", "must be 1..247")
-        _check(d.energy_start_wh >= 1, f"{w}.energy_start_wh", "must be >= 1 (0 reads as 'not implemented')")
         if d.port is None:
-            _check(
-                d.unit_id not in shared_units,
-                f"{w}.unit_id",
-                f"unit id {d.unit_id} already used on the site port",
-            )
+            _check(d.unit_id not in shared_units, f"{w}.unit_id",
+                   f"unit id {d.unit_id} already used on the site port")  # fmt: skip
             shared_units.add(d.unit_id)
         else:
-            _check(0 <= d.port <= 65535, f"{w}.port", "must be 0..65535")
             _check(d.port == 0 or d.port not in own_ports, f"{w}.port", f"port {d.port} used twice")
             _check(d.port == 0 or d.port != cfg.port, f"{w}.port", "equals site.port; omit port to share it")
             own_ports.add(d.port)
-        if d.kind == "meter":
-            meters += 1
-            continue
-        _check(d.rated_w > 0, f"{w}.rated_w", "must be > 0")
-        _check(d.rated_w <= 3_000_000, f"{w}.rated_w", "must be <= 3 MW")
-        _check(d.response_delay_s >= 0, f"{w}.response_delay_s", "must be >= 0")
-        _check(0 <= d.ramp_time_s <= 65534, f"{w}.ramp_time_s", "must be 0..65534")
-        _check(0 <= d.reconnect_ramp_s <= 65534, f"{w}.reconnect_ramp_s", "must be 0..65534")
-        _check(0 <= d.grid_reconnect_s <= 3600, f"{w}.grid_reconnect_s", "must be 0..3600")
         if d.kind == "pv":
             _validate_profile(d.pv_profile, f"{w}.pv_profile", cfg.base_dir)
         if d.kind == "battery":
-            _check(d.capacity_wh > 0, f"{w}.capacity_wh", "must be > 0")
-            _check(d.max_charge_w > 0, f"{w}.max_charge_w", "must be > 0")
-            _check(d.max_discharge_w > 0, f"{w}.max_discharge_w", "must be > 0")
-            _check(0 <= d.min_soc_pct < 100, f"{w}.min_soc_pct", "must be 0..100")
-            _check(
-                d.min_soc_pct <= d.initial_soc_pct <= 100, f"{w}.initial_soc_pct", "must be min_soc_pct..100"
-            )
-            _check(0 < d.charge_efficiency <= 1, f"{w}.charge_efficiency", "must be in (0, 1]")
-            _check(0 < d.discharge_efficiency <= 1, f"{w}.discharge_efficiency", "must be in (0, 1]")
-    _check(meters <= 1, "device", "at most one meter (the connection-point meter) per site")
-
-
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Dataclass from a TOML table; unknown keys and wrong types are errors naming the field."""
-    known = {f.name: f for f in fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in known or key in ("devices", "base_dir"):
-            raise ConfigError(f"{where}.{key}", "unknown setting")
-        ftype = str(known[key].type)
-        if "ProfileConfig" in ftype:
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.{key}", "must be a table")
-            value = _build(ProfileConfig, value, f"{where}.{key}")
-        elif ftype.startswith("float"):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"{where}.{key}", f"must be a number, got {value!r}")
-            value = float(value)
-        elif ftype.startswith("int") or ftype == "int | None":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{where}.{key}", f"must be an integer, got {value!r}")
-        elif ftype.startswith("str"):
-            if not isinstance(value, str):
-                raise ConfigError(f"{where}.{key}", f"must be a string, got {value!r}")
-        elif ftype.startswith("tuple"):
-            if not isinstance(value, list) or not all(isinstance(x, int | float) for x in value):
-                raise ConfigError(f"{where}.{key}", "must be a list of numbers")
-            value = tuple(float(x) for x in value)
-        kwargs[key] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        missing = [f.name for f in fields(cls) if f.name not in kwargs and "required" in str(exc)]
-        raise ConfigError(f"{where}.{missing[0] if missing else '?'}", "required") from None
+            _check(d.min_soc_pct <= d.initial_soc_pct, f"{w}.initial_soc_pct", "must be min_soc_pct..100")
+    _check(sum(d.kind == "meter" for d in cfg.devices) <= 1, "device",
+           "at most one meter (the connection-point meter) per site")  # fmt: skip
 
 
 def site_config_from_dict(data: dict[str, Any], base_dir: Path | None = None) -> SiteConfig:
@@ -217,11 +190,11 @@ def site_config_from_dict(data: dict[str, Any], base_dir: Path | None = None) ->
     unknown = set(data) - {"site", "device"}
     if unknown:
         raise ConfigError(sorted(unknown)[0], "unknown top-level table (expected [site] and [[device]])")
-    site = _build(SiteConfig, dict(data.get("site", {})), "site")
+    site = _build(SiteConfig, data.get("site", {}), "site")
     devices = data.get("device", [])
     if not isinstance(devices, list):
         raise ConfigError("device", "must be an array of tables ([[device]])")
-    site.devices = [_build(DeviceConfig, dict(d), f"device[{i}]") for i, d in enumerate(devices)]
+    site.devices = [_build(DeviceConfig, d, f"device[{i}]") for i, d in enumerate(devices)]
     site.base_dir = base_dir
     return site.validate()
 
@@ -290,6 +263,15 @@ def default_site_config(
     ).validate()
 
 
+def with_site(cfg: SiteConfig, **changes: Any) -> SiteConfig:
+    """Copy a config with site fields changed (e.g. speed=60), revalidated; errors name ``site.FIELD``."""
+    fields_ = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("devices", "base_dir")}
+    site = _build(SiteConfig, {**fields_, **changes}, "site")
+    return replace(site, devices=cfg.devices, base_dir=cfg.base_dir).validate()
+
+
 def with_devices(cfg: SiteConfig, **changes: Any) -> SiteConfig:
     """Copy a config with every device's fields changed (e.g. family="der"), revalidated."""
-    return replace(cfg, devices=[replace(d, **changes) for d in cfg.devices]).validate()
+    devices = [_build(DeviceConfig, {**{k: getattr(d, k) for k in d.__dataclass_fields__}, **changes},
+                      f"device[{i}]") for i, d in enumerate(cfg.devices)]  # fmt: skip
+    return replace(cfg, devices=devices).validate()

@@ -185,6 +185,25 @@ class InverterState:
 
 
 @dataclass
+class ControllableLoad:
+    """An EV charger or a switched load (hot water, pool pump) behind the connection-point meter.
+
+    It draws ``demand`` (what the EV / appliance would take) within what the controller allows: an EV
+    charger up to ``allowed_w`` (its current limit x line voltage, 0 below 6 A), a switched load all of
+    its demand or nothing. Commands take effect after ``response_delay_s``; a dark site draws nothing.
+    """
+
+    name: str
+    kind: str  # "evse" | "switched_load"
+    rated_w: float
+    demand: Profile
+    phase: int = 0
+    response_delay_s: float = 1.0
+    allowed_w: float = math.inf  # EV charger: from the current limit; switched load: inf (on) or 0 (off)
+    output_w: float = 0.0  # + consumption
+
+
+@dataclass
 class MeterReading:
     """Connection-point flow. W > 0 import, W < 0 export; per-phase lists have 3 entries."""
 
@@ -212,6 +231,7 @@ class SitePhysics:
     volts_per_kw_export: float = 0.8  # simple feeder impedance: voltage rises with export
     max_step_s: float = 1.0
     units: dict[str, InverterState] = field(default_factory=dict)
+    loads: dict[str, ControllableLoad] = field(default_factory=dict)
     pending: list[Command] = field(default_factory=list)
     grid_up: bool = True
     load_w: float = 0.0
@@ -237,15 +257,24 @@ class SitePhysics:
         self.units[name] = unit
         return unit
 
+    def add_load(self, load: ControllableLoad) -> ControllableLoad:
+        self.loads[load.name] = load
+        return load
+
     # ---------------------------------------------------------------------------------- commands
     def command(self, t_received: float, device: str, kind: str, immediate: bool = False, **args) -> None:
         """Queue a command; it takes effect after the unit's response delay (or now if immediate)."""
-        unit = self.units[device]
-        delay = 0.0 if immediate else unit.params.response_delay_s
+        unit = self.units.get(device) or self.loads[device]
+        delay = 0.0 if immediate else (
+            unit.params.response_delay_s if isinstance(unit, InverterState) else unit.response_delay_s
+        )
         self.pending.append(Command(t_received + delay, device, kind, args))
         self.pending.sort(key=lambda c: c.effective_at)
 
     def _apply(self, cmd: Command) -> None:
+        if cmd.kind == "allow":  # a controllable load's new allowance (W)
+            self.loads[cmd.device].allowed_w = float(cmd.args["w"])
+            return
         unit = self.units[cmd.device]
         t = cmd.effective_at
         if cmd.kind == "limit":
@@ -409,6 +438,9 @@ class SitePhysics:
         sec = self._local_second(self.t)
         self.load_w = self.load.value(sec) if self.grid_up else 0.0  # a dark site serves no load
         w_phase = [self.load_w * f for f in self.load_phase_split]
+        for load in self.loads.values():
+            load.output_w = min(max(load.demand.value(sec), 0.0), load.allowed_w) if self.grid_up else 0.0
+            w_phase[load.phase] += load.output_w
         for unit in self.units.values():
             if unit.params.phases == 3:
                 for ph in range(3):

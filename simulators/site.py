@@ -29,9 +29,10 @@ from typing import Any
 from aiohttp import web
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 
-from .config import ConfigError, DeviceConfig, ProfileConfig, SiteConfig
+from .config import LOAD_KINDS, ConfigError, DeviceConfig, ProfileConfig, SiteConfig
 from .devices import FAULTS, Fault, SunSpecDevice
-from .physics import BatteryParams, InverterParams, Profile, SitePhysics
+from .loads import LoadDevice
+from .physics import BatteryParams, ControllableLoad, InverterParams, Profile, SitePhysics
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,10 @@ class SimulatedSite:
         for d in config.devices:
             self._add_unit(d)
         self.physics.advance(self.physics.t)
-        self.devices: dict[str, SunSpecDevice] = {
-            d.name: SunSpecDevice(cfg=d, site_name=config.name, physics=self.physics, now=self.clock.now)
+        self.devices: dict[str, SunSpecDevice | LoadDevice] = {
+            d.name: LoadDevice(cfg=d, physics=self.physics, now=self.clock.now)
+            if d.kind in LOAD_KINDS
+            else SunSpecDevice(cfg=d, site_name=config.name, physics=self.physics, now=self.clock.now)
             for d in config.devices
         }
         shared = [self.devices[d.name] for d in config.devices if d.port is None]
@@ -152,6 +155,13 @@ class SimulatedSite:
 
     def _add_unit(self, d: DeviceConfig) -> None:
         if d.kind == "meter":
+            return
+        if d.kind in LOAD_KINDS:
+            demand = Profile.constant(d.rated_w if d.demand_w is None else d.demand_w)
+            self.physics.add_load(
+                ControllableLoad(d.name, d.kind, d.rated_w, demand, ("A", "B", "C").index(d.phase),
+                                 d.response_delay_s)
+            )  # fmt: skip
             return
         params = InverterParams(
             rated_w=d.rated_w,
@@ -284,6 +294,11 @@ class SimulatedSite:
         """AC output of a PV inverter (first PV if no name): + generation."""
         self.advance()
         return self.physics.units[self._unit_name("pv", name)].output_w
+
+    def load_power_w(self, name: str) -> float:
+        """What a controllable load (EV charger, switched load) draws now: + consumption."""
+        self.advance()
+        return self.physics.loads[name].output_w
 
     def battery_power_w(self, name: str | None = None) -> float:
         """Battery AC power: + discharging, - charging."""

@@ -23,28 +23,10 @@ import sunspec2.mb as mb
 import sunspec2.mdef as mdef
 from sunspec2.device import get_model_def
 
+from fieldbus.sunspec_types import VALUE_RANGES
+
 SUNSPEC_BASE_ADDRESS = 40000
 END_MODEL_ID = mb.SUNS_END_MODEL_ID
-
-_INT_RANGES = {
-    mdef.TYPE_INT16: (-32767, 32767),  # -32768 is "not implemented"
-    mdef.TYPE_UINT16: (0, 0xFFFE),
-    mdef.TYPE_COUNT: (0, 0xFFFE),
-    mdef.TYPE_ACC16: (0, 0xFFFF),
-    mdef.TYPE_ENUM16: (0, 0xFFFE),
-    mdef.TYPE_BITFIELD16: (0, 0x7FFF),
-    mdef.TYPE_PAD: (0, 0xFFFF),
-    mdef.TYPE_SUNSSF: (-10, 10),
-    mdef.TYPE_INT32: (-(2**31) + 1, 2**31 - 1),
-    mdef.TYPE_UINT32: (0, 2**32 - 2),
-    mdef.TYPE_ACC32: (0, 2**32 - 1),
-    mdef.TYPE_ENUM32: (0, 2**32 - 2),
-    mdef.TYPE_BITFIELD32: (0, 2**31 - 1),
-    mdef.TYPE_IPADDR: (0, 2**32 - 1),
-    mdef.TYPE_INT64: (-(2**63) + 1, 2**63 - 1),
-    mdef.TYPE_UINT64: (0, 2**64 - 2),
-    mdef.TYPE_ACC64: (0, 2**63 - 1),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +103,7 @@ class RegisterLayout:
         elif slot.type == mdef.TYPE_FLOAT64:
             data = struct.pack(">d", float(raw))
         else:
-            lo, hi = _INT_RANGES[slot.type]
+            lo, hi = VALUE_RANGES[slot.type]
             value = min(max(int(raw), lo), hi)
             data = mb.point_type_info[slot.type].to_data(value)
         for i in range(slot.size):

@@ -131,7 +131,7 @@ async def test_publish_targets_as_gateway_aggregator_setpoints():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    port = runner.addresses[0][1]
     try:
         built = build_offer(Portfolio.from_sites(ex.load_portfolio()), "NMI", ex.LADDER,
                             Plan.thresholds(ex.LADDER, load_on_up_to=1))  # fmt: skip

@@ -171,6 +171,7 @@ def server_config(pki: PkiPaths, data_dir: Path) -> ServerConfig:
         notify_retry_initial=0.1,
         notify_retry_max=0.5,
         notify_timeout=2.0,
+        notify_allow=["127.0.0.0/8"],  # the gateway listens on loopback
         poll_rate=1,
         post_rate=2,
     )

@@ -3,50 +3,33 @@ over mutual TLS with a simulated site and its gateway (tests.test_gateway_runtim
 
 One walk through the console, as an operator and then as a viewer, with the security checks on the way:
 the session cookie's attributes, CSRF on every write, a ``<script>`` label escaped. Screenshots of the
-main pages go to docs/screenshots/.
+main pages go to docs/screenshots/ with DERLINK_SCREENSHOTS=1 (see tests/browser.py).
 """
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
+from tests.browser import (
+    SHOTS,
+    assert_no_sideways_scroll,
+    chromium,
+    focus_outline,
+    needs_chromium,
+    tab_to,
+)
 from tests.test_gateway_runtime_harness import Pki, make_lab, wait_until
 
 pytest_plugins = ["tests.test_gateway_runtime_harness"]
 
-CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 OPERATOR = "operator-token-0123456789"
 VIEWER = "viewer-token-0123456789ab"
 EVIL = "<script>window.__pwned = 1</script>"
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("chromium") is None, reason="Debian chromium (.ci/run installs it)"
-)
-
-
-async def _browser():  # type: ignore[no-untyped-def]
-    from playwright.async_api import async_playwright
-
-    pw = await async_playwright().start()
-    browser = await pw.chromium.launch(
-        executable_path=CHROMIUM,
-        args=[
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ],
-    )
-    return pw, browser
+pytestmark = needs_chromium
 
 
 def _rose(locator, first: int):  # type: ignore[no-untyped-def]
@@ -85,8 +68,7 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             async with http.post(f"{base}/api/controls", json={"program": "doe"}) as resp:
                 assert resp.status == 401
 
-        pw, browser = await _browser()
-        try:
+        async with chromium() as browser:
             ctx = await browser.new_context(viewport={"width": 1280, "height": 900})
             page = await ctx.new_page()
             dialogs: list[str] = []
@@ -217,20 +199,111 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             assert "emergency.lift" in await page.inner_text("main")
             await page.screenshot(path=str(SHOTS / "audit.png"), full_page=True)
 
-            # Readable on a phone.
+            # Incidents (seed 002): raise one for the site, acknowledge it, see a refused step named next to
+            # its field, then ready to verify and resolve; every transition is in the audit log.
+            await page.goto(f"{base}/console/incidents")
+            await page.fill("#f-subject", f"site:{lab.lfdi}")
+            await page.select_option("#f-kind", "non_responder")
+            await page.select_option("#f-severity", "high")
+            await page.fill("#f-text", f"no response to the zone-a control {EVIL}")
+            await page.click("#incident-form button[type=submit]")
+            await page.wait_for_url("**/console/incidents/INC-*")
+            incident = page.url.rsplit("/", 1)[1]
+            assert await page.inner_text("#incident-state") == "open"
+            assert EVIL in await page.inner_text("#timeline")
+            assert await page.evaluate("window.__pwned") is None
+
+            async def act(action: str, reason: str, state: str | None, **extra: str) -> None:
+                await page.select_option("#f-action", action)
+                await page.fill("#f-reason", reason)
+                for name, value in extra.items():
+                    await page.fill(f"#f-{name}", value)
+                await page.click("#action-form button[type=submit]")
+                if state is not None:
+                    await page.locator("#incident-state", has_text=state).wait_for()
+
+            await act("triage", "seen; checking the gateway", "triaged")
+            await act("ready", "gateway was offline", None)
+            err = page.locator('[data-error-for="root_cause"]')
+            await wait_until(lambda: err.inner_text(), 5, "the root cause error")
+            assert "root_cause: required before ready to verify" in await err.inner_text()
+            assert await page.inner_text("#incident-state") == "triaged"  # refused: nothing changed
+            await act("ready", "gateway back online", "ready to verify", root_cause="site router rebooted")
+            await act("resolve", "responses seen again", "resolved")
+            assert await page.locator("#action-form").count() == 0  # nothing more to do
+            status, body = await page.evaluate(
+                """async (id) => { const r = await fetch(`/api/incidents/${id}/actions`, {method: 'POST',
+                headers: {'Content-Type': 'application/json', 'X-CSRF-Token': document.querySelector(
+                'meta[name=csrf-token]').content}, body: JSON.stringify({action: 'refer', reason: 'x',
+                referred_to: 'gw vendor'})}); return [r.status, await r.json()]; }""",
+                incident,
+            )
+            assert status == 409 and body["field"] == "action"
+            assert "not allowed from resolved" in body["error"]
+            await page.screenshot(path=str(SHOTS / "incident.png"), full_page=True)
+            await page.goto(f"{base}/console/audit?target={incident}")
+            audit_text = await page.inner_text("main")
+            for action in ("incident.raise", "incident.triage", "incident.ready", "incident.resolve"):
+                assert action in audit_text
+            await page.goto(f"{base}/console/incidents?open=0")
+            assert incident in await page.inner_text("#incidents")
+
+            # Readable on a phone: no page scrolls sideways (wide tables scroll inside their own box).
             phone = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
             ppage = await phone.new_page()
             await _login(ppage, base, OPERATOR)
-            width = await ppage.evaluate("document.documentElement.scrollWidth")
-            assert width <= 400, f"the overview scrolls sideways on a phone ({width} px)"
             await ppage.screenshot(path=str(SHOTS / "overview-phone.png"), full_page=True)
+            pages = ["/console/", "/console/sites", f"/console/sites/{lab.lfdi}", "/console/groups",
+                     "/console/controls", "/console/emergency", "/console/does", "/console/compliance",
+                     "/console/incidents", f"/console/incidents/{incident}", "/console/audit"]  # fmt: skip
+            for where in pages:
+                await ppage.goto(f"{base}{where}")
+                await assert_no_sideways_scroll(ppage)
             await phone.close()
+
+            # Keyboard only: log in, skip to the content, open the raise form and raise an incident, then
+            # acknowledge it, with no pointer at all; focus is visible all the way.
+            kctx = await browser.new_context()
+            kpage = await kctx.new_page()
+            await kpage.goto(f"{base}/console/login")
+            await tab_to(kpage, "#token")
+            await kpage.keyboard.type(OPERATOR)
+            await kpage.keyboard.press("Enter")
+            await kpage.wait_for_url(f"{base}/console/")
+            await kpage.goto(f"{base}/console/incidents")
+            await kpage.keyboard.press("Tab")
+            assert await kpage.evaluate("document.activeElement.className") == "skip"
+            assert await kpage.evaluate("document.activeElement.getBoundingClientRect().left") >= 0  # shown
+            await kpage.keyboard.press("Enter")
+            await tab_to(kpage, "details summary")
+            assert await focus_outline(kpage) == "solid"
+            is_open = "document.activeElement.parentElement.open"
+            if await kpage.evaluate(is_open):  # open when no incident is open: close it first
+                await kpage.keyboard.press("Enter")
+            await kpage.keyboard.press("Enter")
+            assert await kpage.evaluate(is_open)  # the raise form opened from the keyboard
+            await tab_to(kpage, "#f-subject")
+            assert await focus_outline(kpage) == "solid"
+            await kpage.keyboard.type("group:zone-a")
+            await tab_to(kpage, "#f-text")
+            await kpage.keyboard.type("export above the envelope on feeder A")
+            async with kpage.expect_navigation(url="**/console/incidents/INC-*"):
+                await kpage.keyboard.press("Enter")
+            assert "breach" in await kpage.inner_text("h1")
+            await tab_to(kpage, "#f-action")
+            await kpage.keyboard.press("ArrowDown")  # note -> acknowledge (triage)
+            assert await kpage.evaluate("document.activeElement.value") == "triage"
+            await tab_to(kpage, "#f-reason")
+            await kpage.keyboard.type("looking at it")
+            await kpage.keyboard.press("Enter")
+            await kpage.locator("#incident-state", has_text="triaged").wait_for()
+            await kctx.close()
 
             # Viewer: sees everything, every write control disabled, and the API refuses its writes.
             vctx = await browser.new_context()
             vpage = await vctx.new_page()
             await _login(vpage, base, VIEWER)
-            for where in ("/console/controls", "/console/emergency", "/console/does"):
+            for where in ("/console/controls", "/console/emergency", "/console/does", "/console/incidents"):
                 await vpage.goto(f"{base}{where}")
                 buttons = vpage.locator("[data-write]")
                 assert await buttons.count() >= 1
@@ -244,6 +317,3 @@ async def test_console_operator_and_viewer_in_chromium(tmp_path: Path, gw_pki: P
             )
             assert status == 403 and body["field"] == "role"
             assert not dialogs
-        finally:
-            await browser.close()
-            await pw.stop()

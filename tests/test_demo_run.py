@@ -148,6 +148,9 @@ def test_default_demo_passes_and_its_figures_match_the_server_database(runs) -> 
         assert comp["readings_judged"] == total and comp["readings_within"] == within == total
         assert comp["intervals_judged"] >= 8 and comp["breached_intervals"] == []
         assert summary["passed"] is True
+        # The head-end's own assessment (server.compliance.assess) of the same telemetry agrees.
+        server = summary["server_assessment"]
+        assert server["breaches"] == [] and server["intervals_judged"] >= 1
 
         con = sqlite3.connect(db)
         try:
@@ -191,6 +194,16 @@ def test_stuck_inverter_is_detected_and_the_breached_intervals_named(runs) -> No
     summary = json.loads((runs["stuck"].out / "derlink-demo.json").read_text())
     assert summary["passed"] is False
     assert summary["compliance"]["breached_intervals"] == [1, 2]
+    # The head-end's assessment of the same stored telemetry, against what the server published, finds
+    # breaches exactly where the demo did: inside intervals 1 and 2, none elsewhere.
+    breached = [i for i in summary["intervals"] if i["compliant"] is False]
+    server = summary["server_assessment"]["breaches"]
+    assert server, summary["server_assessment"]
+    for b in server:
+        assert any(i["start_unix"] <= b["worst_at"] < i["end_unix"] for i in breached), b
+        assert b["limit"] == "export"
+    for i in breached:
+        assert any(b["from"] < i["end_unix"] and i["start_unix"] < b["to"] for b in server), i
     assert (runs["stuck"].out / "derlink-demo.png").is_file()
     assert not _work_dir(output).exists(), "the work dir is removed without --keep"
 

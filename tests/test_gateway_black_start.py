@@ -6,6 +6,8 @@ same moment (seed 000 GS09, L569)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -67,3 +69,39 @@ async def test_zero_export_hold_after_the_grid_returns_and_across_a_restart(
             assert lab.export_w() <= tolerance(0)
             await asyncio.sleep(0.05)
         await wait_until(lambda: lab.export_w() > 3000, 10, "released after the restart")
+
+
+async def test_cold_start_after_a_black_system_holds_from_boot(tmp_path: Path, gw_pki: Pki, caplog) -> None:
+    """The gateway was dark with the site (seed 000 GS09, L421): its last persisted heartbeat is older than
+    cold_start_after_s, so the boot itself is the grid's return and generation is held back from boot."""
+    async with make_lab(tmp_path, gw_pki, sim_kwargs={"pv_available_w": 5000.0, "load_w": 800.0}) as lab:
+        hold = {"delay_min_s": 4, "window_s": 3, "cold_start_after_s": 120}
+        gw = await lab.gateway(black_start=hold)
+        await gw.client.wait_ready(10)
+        await wait_until(lambda: lab.export_w() > 3000, 10, "exporting before the black system")
+        state_path = gw.settings.state_path
+        await gw.stop()
+        lab.runtimes.remove(gw)
+        state = json.loads(state_path.read_text())
+        assert abs(state["alive_at"] - time.time()) < 5, "the heartbeat is persisted"
+        # A short restart does not hold...
+        gw = await lab.gateway(black_start=hold)
+        assert gw.controller.grid.hold_until is None
+        assert "black-start" not in gw.decision.limits.export_w.detail
+        await gw.stop()
+        lab.runtimes.remove(gw)
+        # ...a boot 20 minutes after the last heartbeat does (the power was off that long).
+        state = json.loads(state_path.read_text())
+        state["alive_at"] = int(time.time()) - 1200
+        state_path.write_text(json.dumps(state))
+        caplog.set_level(logging.WARNING, logger="derlink.gateway.runtime")
+        gw = await lab.gateway(black_start=hold)
+        until = gw.controller.grid.hold_until
+        assert until is not None and time.time() + 2 <= until <= time.time() + 8
+        assert gw.decision.limits.export_w.value == 0 and "cold start" in gw.decision.limits.export_w.detail
+        assert any("cold start: no heartbeat since" in r.getMessage() for r in caplog.records)
+        await wait_until(lambda: lab.export_w() <= tolerance(0), 5, "zero export during the hold")
+        while time.time() < until - 0.3:
+            assert lab.export_w() <= tolerance(0)
+            await asyncio.sleep(0.05)
+        await wait_until(lambda: lab.export_w() > 3000, 10, "released after the randomised delay")

@@ -102,6 +102,7 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         headend_enabled=False,
         notify_retry_initial=0.05,
         notify_retry_max=0.5,
+        notify_allow=["127.0.0.0/8"],  # the gateway listens on loopback
     )
     config.data_dir.mkdir()
     server = await start_server(config)

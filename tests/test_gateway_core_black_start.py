@@ -118,6 +118,7 @@ def test_disabled_hold_and_the_hold_survives_a_restart(tmp_path: Path) -> None:
         ({"grid_lost_below_v": 0}, "black_start.grid_lost_below_v"),
         ({"enabled": "yes"}, "black_start.enabled"),
         ({"delay": 3}, "black_start.delay"),
+        ({"cold_start_after_s": 30}, "black_start.cold_start_after_s"),
     ],
 )
 def test_black_start_config_errors_name_the_field(
@@ -126,3 +127,35 @@ def test_black_start_config_errors_name_the_field(
     with pytest.raises(ConfigError) as err:
         settings_from_dict({**site_dict(gw_pki, tmp_path), "black_start": section}, tmp_path)
     assert str(err.value).startswith(field + ":"), str(err.value)
+
+
+def test_cold_start_a_boot_long_after_the_last_heartbeat_holds_from_boot() -> None:
+    """Seed 000 GS09 (L421): in a black system the gateway loses power with the site and never sees the
+    grid go; a boot more than cold_start_after_s (120 s) after its last heartbeat is the grid's return."""
+    sc = controller()
+    assert not sc.booted(1000, None), "never commissioned (no heartbeat): nothing to hold"
+    assert not sc.booted(1000, 1000 - 119), "a quick restart (an update, a crash) does not hold"
+    assert sc.booted(5000, 1000)
+    until = sc.grid.hold_until
+    assert sc.grid.restored_at == 5000 and 5000 + 60 <= until <= 5000 + 660
+    sc.server_contact(5000)
+    d = sc.decide(5001)
+    assert d.limits.export_w.value == 0 and d.limits.export_w.source == Source.INSTALLER
+    assert "cold start at 5000 (no power since 1000)" in d.limits.export_w.detail
+    sc.server_contact(until - 1)
+    assert sc.decide(until - 1).limits.export_w.value == 0
+    assert sc.decide(until).limits.export_w.value == 5000
+    # a second boot during the hold keeps it; one after it with a fresh heartbeat does not hold again
+    again = controller()
+    again.booted(5000, 1000)
+    assert not again.booted(5030, 5020) and again.grid.hold_until == until
+    assert not again.booted(until + 10, until + 5)
+    # the same outage seen by a fleet: releases spread over the window
+    offsets = []
+    for i in range(300):
+        one = controller(f"{i:040x}")
+        one.booted(5000, 1000)
+        offsets.append(one.grid.hold_until - 5060)
+    assert min(offsets) >= 0 and max(offsets) <= 600 and len(set(offsets)) > 200
+    off = controller(config=BlackStartConfig(cold_start_after_s=None))
+    assert not off.booted(5000, 1000)

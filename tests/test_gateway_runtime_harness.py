@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -23,7 +24,7 @@ from gateway.config import GatewaySettings, lfdi_from_cert_file, settings_from_d
 from gateway.runtime import GatewayRuntime
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
-from simulators.config import default_site_config
+from simulators.config import DeviceConfig, default_site_config
 from simulators.link_proxy import LinkProxy
 from simulators.site import SimulatedSite
 
@@ -159,6 +160,7 @@ def _server_config(pki: Pki, data_dir: Path, **overrides: Any) -> ServerConfig:
         notify_retry_initial=0.1,
         notify_retry_max=0.5,
         notify_timeout=2.0,
+        notify_allow=["127.0.0.0/8"],  # the gateway listens on loopback
         poll_rate=1,
         post_rate=2,
     )
@@ -168,11 +170,20 @@ def _server_config(pki: Pki, data_dir: Path, **overrides: Any) -> ServerConfig:
 
 @contextlib.asynccontextmanager
 async def make_lab(
-    tmp: Path, pki: Pki, *, sim_kwargs: dict[str, Any] | None = None, **server_overrides: Any
+    tmp: Path,
+    pki: Pki,
+    *,
+    sim_kwargs: dict[str, Any] | None = None,
+    extra_devices: list[DeviceConfig] | None = None,
+    **server_overrides: Any,
 ) -> AsyncIterator[Lab]:
+    """``extra_devices`` join the simulated site (e.g. controllable loads)."""
     sim_args = dict(pv_available_w=5000.0, load_w=500.0, battery=False, response_delay_s=0.1, ramp_time_s=0.0)
     sim_args.update(sim_kwargs or {})
-    sim = SimulatedSite(default_site_config(**sim_args))
+    config = default_site_config(**sim_args)
+    if extra_devices:
+        config = dataclasses.replace(config, devices=config.devices + extra_devices).validate()
+    sim = SimulatedSite(config)
     server = await start_server(_server_config(pki, tmp / "server", **server_overrides))
     proxy = LinkProxy(server.port)
     await proxy.start()

@@ -21,7 +21,7 @@ async def api(tmp_path):
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     sessions = {t["name"]: aiohttp.ClientSession(base, headers={"Authorization": f"Bearer {t['token']}"})
                 for t in TOKENS}  # fmt: skip
     yield sessions, store

@@ -164,7 +164,7 @@ async def test_webhook_posts_each_transition_signed():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
     try:
         inc = act(incident(), "triage")
         async with aiohttp.ClientSession() as session:

@@ -360,3 +360,52 @@ def test_mrid_carries_the_pen_and_is_unique():
     assert len(ids) == 1000
     assert all(len(i) == 32 and set(i) <= set(string.hexdigits) and mrid_pen(i) == 37244 for i in ids)
     assert derived_mrid(1, "site", 7) == derived_mrid(1, "site", 7) != derived_mrid(1, "site", 8)
+
+
+# ------------------------------------------------------------------------------------------ CSIP-AUS v1.3
+
+
+def test_storage_target_is_csipaus_v13_and_a_v12_document_stays_v12():
+    """CSIP-AUS v1.3 (storage extension): opModStorageTargetW ends DERControlBase, vppModesSupported /
+    vppModesEnabled (bit 0 = opModStorageTargetW) follow doeModes* in DERCapability / DERSettings."""
+    from tests.official_xsd import official_schema, official_v13_errors
+
+    base = r.DERControlBase(
+        opModExpLimW=r.ActivePower(value=15, multiplier=2),
+        opModStorageTargetW=r.ActivePower.from_watts(-2500),
+    )
+    document = to_xml(r.DefaultDERControl(mRID="0A" * 16, DERControlBase=base))
+    (target,) = etree.fromstring(document).iter("{https://csipaus.org/ns}opModStorageTargetW")
+    assert etree.QName(target.getprevious()).localname == "opModExpLimW"
+    assert from_xml(document).DERControlBase.opModStorageTargetW.to_watts() == -2500
+    xsd.validate(document)
+    assert official_v13_errors(document) == []
+    assert not official_schema().is_valid(document.decode()), "v1.2 has no opModStorageTargetW"
+    # Out of order (before opModExpLimW) is refused by the official v1.3 schema: the check is real.
+    swapped = document.replace(b"<csipaus:opModExpLimW>", b"<X>").replace(b"</csipaus:opModExpLimW>", b"</X>")
+    assert official_v13_errors(swapped)
+    # Without the v1.3 element the same control is a plain v1.2 document.
+    v12 = to_xml(
+        r.DefaultDERControl(mRID="0A" * 16, DERControlBase=r.DERControlBase(opModExpLimW=base.opModExpLimW))
+    )
+    assert official_schema().is_valid(v12.decode())
+
+
+def test_v13_beta_storage_namespace_is_read_as_csipaus():
+    """Peers built on the official v1.3-beta storage schema put the csipaus elements in its namespace."""
+    from tests.official_xsd import official_v13_errors
+
+    beta = (
+        b'<DERControlBase xmlns="urn:ieee:std:2030.5:ns" xmlns:c="https://csipaus.org/ns/v1.3-beta/storage">'
+        b"<c:opModExpLimW><multiplier>0</multiplier><value>1500</value></c:opModExpLimW>"
+        b"<c:opModStorageTargetW><multiplier>1</multiplier><value>-300</value></c:opModStorageTargetW>"
+        b"</DERControlBase>"
+    )
+    document = b'<DefaultDERControl xmlns="urn:ieee:std:2030.5:ns"><mRID>' + b"0A" * 16 + b"</mRID>"
+    document += beta.replace(b' xmlns="urn:ieee:std:2030.5:ns"', b"") + b"</DefaultDERControl>"
+    assert not official_v13_errors(document.replace(b"ns/v1.3-beta/storage", b"ns"))  # valid v1.3-beta
+    base = from_xml(document).DERControlBase
+    assert base.opModStorageTargetW.to_watts() == -3000 and base.opModExpLimW.to_watts() == 1500
+    assert b'"https://csipaus.org/ns"' in to_xml(from_xml(document))  # written in the CSIP-AUS namespace
+    with pytest.raises(Sep2XmlError, match=r"\{https://csipaus.org/ns/other\}opModExpLimW"):
+        from_xml(document.replace(b"ns/v1.3-beta/storage", b"ns/other"))  # any other namespace is refused

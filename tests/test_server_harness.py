@@ -86,6 +86,8 @@ def server_config(pki: Pki, data_dir: Path, **overrides: Any) -> ServerConfig:
         notify_retry_initial=0.2,
         notify_retry_max=1.0,
         notify_timeout=2.0,
+        # Test subscribers listen on loopback, which the notification policy refuses unless allowed.
+        notify_allow=["127.0.0.0/8"],
     )
     values.update(overrides)
     return ServerConfig(**values)
@@ -207,7 +209,12 @@ def dera(at: int = 1_700_000_000) -> r.DERAvailability:
 
 
 def mup(
-    device_lfdi: str, mrid: str | None = None, *, readings: int = 1, value: int = 1234
+    device_lfdi: str,
+    mrid: str | None = None,
+    *,
+    readings: int = 1,
+    value: int = 1234,
+    mmr_mrid: str = "AA" * 16,
 ) -> r.MirrorUsagePoint:
     return r.MirrorUsagePoint(
         mRID=mrid or new_mrid(),
@@ -218,7 +225,7 @@ def mup(
         deviceLFDI=device_lfdi,
         MirrorMeterReading=[
             r.MirrorMeterReading(
-                mRID="AA" * 16,
+                mRID=mmr_mrid,
                 description="active power",
                 ReadingType=r.ReadingType(
                     uom=38,
@@ -295,9 +302,13 @@ async def populate(server: RunningServer, clients: dict[str, Client], pki: Pki) 
         lfdi = clients[name].lfdi
         if name == "dev-a":  # out of band, with PIN and NMI and group membership
             await admin.register_site(lfdi, pin=123455, nmi="4102000001", groups_=["feeder-1"])
-        reply = await clients[name].post("/edev", end_device(lfdi))
-        assert reply.status == 201, reply.headers
-        world.sites[name] = [reply.headers["Location"]]
+            # It finds its EndDevice in the EndDeviceList: a POST of a registered LFDI is refused.
+            listing = (await clients[name].get("/edev?l=10")).doc(r.EndDeviceList)
+            world.sites[name] = [listing.EndDevice[0].href]
+        else:
+            reply = await clients[name].post("/edev", end_device(lfdi))
+            assert reply.status == 201, reply.headers
+            world.sites[name] = [reply.headers["Location"]]
         world.lfdis[name] = [lfdi]
     for name in ("agg-a", "agg-b"):
         world.sites[name], world.lfdis[name] = [], []
@@ -345,7 +356,8 @@ async def populate(server: RunningServer, clients: dict[str, Client], pki: Pki) 
         world.controls[name] = listing.DERControl[0].mRID
         reply = await client.post("/rsps/1/rsp", response(world.lfdis[name][0], world.controls[name]))
         assert reply.status == 201, reply.headers
-        reply = await client.post("/mup", mup(world.lfdis[name][0]))
+        # mRIDs are globally unique: each client's MirrorMeterReading has its own.
+        reply = await client.post("/mup", mup(world.lfdis[name][0], mmr_mrid=world.lfdis[name][0][:32]))
         assert reply.status == 201, reply.headers
         world.mups[name] = reply.headers["Location"]
         reply = await client.post(

@@ -32,9 +32,9 @@ pytest_plugins = ["tests.test_server_harness"]
 async def test_registration_duplicates_and_out_of_band(server, clients):
     a = clients["dev-a"]
     first = await a.post("/edev", end_device(a.lfdi))
-    again = await a.post("/edev", end_device(a.lfdi))
-    assert first.status == again.status == 201
-    assert first.headers["Location"] == again.headers["Location"] == "/edev/1"
+    assert first.status == 201 and first.headers["Location"] == "/edev/1"
+    # A second POST of a registered LFDI is refused (tests/conformance/test_registration.py).
+    assert (await a.post("/edev", end_device(a.lfdi))).status == 409
     listing = (await a.get("/edev?l=10")).doc(r.EndDeviceList)
     assert listing.all == 1 and listing.EndDevice[0].lFDI == a.lfdi
     # Out of band: the operator registers dev-c with a PIN; dev-c sees it without POSTing.
@@ -45,12 +45,11 @@ async def test_registration_duplicates_and_out_of_band(server, clients):
     assert reg.pIN == 111115
     cp = (await c.get(device.ConnectionPointLink.href)).doc(r.ConnectionPoint)
     assert cp.connectionPointId == "4102009999"
-    # An aggregator may register others, and a duplicate returns its existing resource.
+    # An aggregator may register others; a duplicate is refused as for a device.
     agg = clients["agg-a"]
     lfdi = random_lfdi(random.Random(1))
-    one = await agg.post("/edev", end_device(lfdi))
-    two = await agg.post("/edev", end_device(lfdi))
-    assert one.headers["Location"] == two.headers["Location"]
+    assert (await agg.post("/edev", end_device(lfdi))).status == 201
+    assert (await agg.post("/edev", end_device(lfdi))).status == 409
     # ... but not one that belongs to someone else.
     assert (await agg.post("/edev", end_device(a.lfdi))).status == 409
 
@@ -64,7 +63,8 @@ async def test_inband_registration_can_be_disabled(pki, tmp_path):
     try:
         assert (await client.post("/edev", end_device(client.lfdi))).status == 403
         await running.store.admin.register_site(client.lfdi)
-        assert (await client.post("/edev", end_device(client.lfdi))).status == 201  # existing one
+        listing = (await client.get("/edev?l=10")).doc(r.EndDeviceList)  # found, not POSTed
+        assert [d.lFDI for d in listing.EndDevice] == [client.lfdi]
     finally:
         await client.close()
         await running.stop()
@@ -263,11 +263,11 @@ async def test_a_write_blocked_by_another_writer_is_a_503_and_changes_nothing(pk
     """A long write transaction (e.g. a bulk DOE upload) holds SQLite: others get 503 + Retry-After."""
     import sqlite3
 
-    import server.store
+    import server.store.engine
     from server.app import start_server
     from tests.test_server_harness import Client, server_config
 
-    monkeypatch.setattr(server.store, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(server.store.engine, "SQLITE_BUSY_TIMEOUT_MS", 200)
     running = await start_server(server_config(pki, tmp_path / "d"))
     client = Client(running.base_url, pki.ssl("dev-a"), pki.identities["dev-a"].lfdi)
     try:

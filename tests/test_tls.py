@@ -252,7 +252,7 @@ async def test_aiohttp_server_and_client_over_mutual_tls(ours: Pki) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=our_server_context(ours))
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = runner.addresses[0][1]
     try:
         client = ours.aggregator
         context = tls.client_ssl_context(client.chain_path, client.key_path, ours.paths.ca_chain)

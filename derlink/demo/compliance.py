@@ -1,9 +1,10 @@
 """Compliance of the site with the limits that applied, judged from the telemetry the server stored. Pure.
 
-This is the DNSP's view (mission: "compare telemetry with the envelopes and emergency commands that
-applied"): each site power reading the gateway posted (a MirrorUsagePoint reading, W, + import / - export)
-is placed in the scenario's interval of applicable limits (:func:`derlink.demo.scenario.applicable_segments`)
-and compared with them:
+The rules are the server's (:mod:`server.compliance.judge`), so this verdict and the head-end's
+assessment agree on the same data. This is the DNSP's view (mission: "compare telemetry with the envelopes
+and emergency commands that applied"): each site power reading the gateway posted (a MirrorUsagePoint
+reading, W, + import / - export) is placed in the scenario's interval of applicable limits
+(:func:`derlink.demo.scenario.applicable_segments`) and compared with them:
 
 * a reading complies if export <= export limit + tolerance and import <= import limit + tolerance, with
   tolerance = max(tolerance_pct % of the limit, tolerance_w) (issue 6: max(2 %, 100 W));
@@ -18,49 +19,32 @@ Responses: each control the demo issued that asks for Responses must have them a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from derlink.demo.scenario import Scenario, Segment
+from server.compliance import judge as judge_rules
 
 RECEIVED, STARTED, COMPLETED, CANCELLED = 1, 2, 3, 6
 
 
-@dataclass
-class IntervalResult:
+@dataclass(kw_only=True)
+class IntervalResult(judge_rules.IntervalResult):
+    """A judged interval of the scenario, with its place in the story."""
+
     index: int
     clock: str
     source: str
     comms: str
-    start_unix: int
-    end_unix: int
-    judged_from_unix: int
-    export_limit_w: float | None
-    import_limit_w: float | None
-    readings_judged: int = 0
-    readings_within: int = 0
-    max_export_w: float | None = None
-    max_import_w: float | None = None
-    worst_excess_w: float = 0.0
-    worst_at_unix: int | None = None
     description: str = ""
-
-    @property
-    def compliant(self) -> bool | None:
-        if self.readings_judged == 0:
-            return None
-        return self.readings_within == self.readings_judged
-
-    def as_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["compliant"] = self.compliant
-        return out
 
 
 @dataclass
 class Verdict:
     intervals: list[IntervalResult]
     responses: list[dict[str, Any]] = field(default_factory=list)
+    # The head-end's assessment of the same site and range (server.compliance.assess), for comparison.
+    server: dict[str, Any] | None = None
 
     @property
     def breached(self) -> list[IntervalResult]:
@@ -104,10 +88,17 @@ def breach_text(i: IntervalResult) -> str:
     return f"{i.description}: {over} of {i.readings_judged} readings outside, {worst}"
 
 
+def rules_of(scenario: Scenario) -> judge_rules.Rules:
+    return judge_rules.Rules(
+        tolerance_w=scenario.tolerance_w, tolerance_pct=scenario.tolerance_pct, settle_s=scenario.settle_s
+    )
+
+
 def judge(
     scenario: Scenario, segments: list[Segment], t0: int, readings: list[tuple[int, float]]
 ) -> list[IntervalResult]:
-    """Judge site power readings ``(unix time, W: + import / - export)`` against ``segments``."""
+    """Judge site power readings ``(unix time, W: + import / - export)`` against ``segments``, by the
+    server's rules (:func:`server.compliance.judge.tally`)."""
     results = [
         IntervalResult(
             index=seg.index,
@@ -123,22 +114,7 @@ def judge(
         )
         for seg in segments
     ]
-    for at, w in sorted(readings):
-        res = next((r for r in results if r.start_unix <= at < r.end_unix), None)
-        if res is None or at < res.judged_from_unix:
-            continue
-        export_w, import_w = max(-w, 0.0), max(w, 0.0)
-        excess = 0.0
-        if res.export_limit_w is not None:
-            excess = max(excess, export_w - res.export_limit_w - scenario.tolerance(res.export_limit_w))
-        if res.import_limit_w is not None:
-            excess = max(excess, import_w - res.import_limit_w - scenario.tolerance(res.import_limit_w))
-        res.readings_judged += 1
-        res.readings_within += excess <= 0
-        res.max_export_w = max(res.max_export_w or 0.0, export_w)
-        res.max_import_w = max(res.max_import_w or 0.0, import_w)
-        if excess > res.worst_excess_w:
-            res.worst_excess_w, res.worst_at_unix = excess, at
+    judge_rules.tally(rules_of(scenario), results, readings)
     return results
 
 

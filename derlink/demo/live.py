@@ -17,7 +17,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from derlink.demo.orchestrator import Demo, Sample
+    from derlink.demo.orchestrator import Demo
+    from derlink.demo.samples import Sample
     from derlink.demo.scenario import Segment
 
 
@@ -31,13 +32,28 @@ def flow_text(site_w: float | None) -> str:
     return f"export {_kw(-site_w)}" if site_w < 0 else f"import {_kw(site_w)}"
 
 
-def limit_text(seg: Segment) -> str:
+def _k(w: float | None) -> str:
+    """Compact kW for the table (the header says kW)."""
+    return "-" if w is None else f"{w / 1000:.2f}"
+
+
+def _flow(site_w: float | None) -> str:
+    if site_w is None:
+        return "-"
+    return f"exp {_k(-site_w)}" if site_w < 0 else f"imp {_k(site_w)}"
+
+
+def limit_text(seg: Segment, unit: str = " kW") -> str:
     parts = []
     if seg.export_limit_w is not None:
         parts.append(f"exp<={seg.export_limit_w / 1000:g}")
     if seg.import_limit_w is not None:
         parts.append(f"imp<={seg.import_limit_w / 1000:g}")
-    return (" ".join(parts) or "none") + " kW"
+    return (" ".join(parts) or "none") + unit
+
+
+# Short names of the DNSP's sources, so that the live table fits 80 columns.
+_SHORT_SOURCE = {"comms-loss fallback": "fallback", "staged lift": "lift"}
 
 
 @dataclass
@@ -68,6 +84,8 @@ class LiveView:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._demo is not None:
+            self.finish(self._demo)
         if self._live is not None:
             if self._demo is not None:
                 self._live.update(self.render())
@@ -88,7 +106,8 @@ class LiveView:
         if sample.gw_export_w is not None or sample.gw_import_w is not None:
             g_exp = "-" if sample.gw_export_w is None else f"{sample.gw_export_w / 1000:g}"
             g_imp = "-" if sample.gw_import_w is None else f"{sample.gw_import_w / 1000:g}"
-            row.gateway = f"exp<={g_exp} imp<={g_imp} ({sample.gw_source.split(':')[0]})"
+            by = sample.gw_source.split(":")[0].replace("local_emergency", "local")
+            row.gateway = f"{g_exp}/{g_imp} {by}"
         if sample.site_w is not None and offset >= seg.settle_from_s:
             export_w, import_w = max(-sample.site_w, 0.0), max(sample.site_w, 0.0)
             row.worst_export_w = max(row.worst_export_w, export_w)
@@ -104,6 +123,8 @@ class LiveView:
             )
             row.over += bool(over)
         if self._current != seg.index:
+            if not self.live_enabled and self._current is not None:
+                self.message(self.interval_result(demo, self._current))
             self._current = seg.index
             if not self.live_enabled:
                 self.message(
@@ -113,13 +134,39 @@ class LiveView:
         if self._live is not None:
             self._live.update(self.render())
 
+    def finish(self, demo: Demo) -> None:
+        """The last interval's line (plain output); the live table shows it already."""
+        if not self.live_enabled and self._current is not None:
+            self.message(self.interval_result(demo, self._current))
+            self._current = None
+
+    def interval_result(self, demo: Demo, index: int) -> str:
+        """One plain line at the end of an interval: what was measured against the limit, and the check."""
+        row = self._rows.get(index)
+        seg = next(x for x in demo.segments if x.index == index)
+        head = f"{demo.s.clock_label(seg.end_min)}  interval {index} done:"
+        if row is None or row.last is None:
+            return f"{head} no readings"
+        last = row.last
+        measured = f"site {flow_text(last.site_w)}"
+        if row.judged:
+            measured += f" (worst export {_kw(row.worst_export_w)}, import {_kw(row.worst_import_w)})"
+        battery = "" if last.battery_w is None else f", battery {last.battery_w / 1000:+.2f} kW"
+        soc = "" if last.soc_pct is None else f" at {last.soc_pct:.0f} %"
+        check = "not judged (settling)"
+        if row.judged:
+            check = f"OVER in {row.over}/{row.judged} readings" if row.over else f"ok ({row.judged} readings)"
+        return (f"{head} limit {limit_text(seg)}, {measured}, PV {_kw(last.pv_w)}{battery}{soc}, "
+                f"gateway {row.gateway or '-'}: {check}")
+
     def render(self) -> Any:
         demo = self._demo
         assert demo is not None
         s = demo.s
-        table = Table(title=f"derlink demo — {s.name}", title_justify="left", expand=False)
-        for name in ("#", "time", "DNSP limit (source)", "gateway applies", "site now", "worst", "PV",
-                     "battery / SoC", "comms", "check"):  # fmt: skip
+        # 80 columns: start time only (the next row's is the end), kW without the unit, short sources.
+        table = Table(title=s.name, title_justify="left", expand=False, box=None, padding=(0, 1, 0, 0),
+                      header_style="bold underline")
+        for name in ("from", "DNSP limit kW", "by", "gw exp/imp", "site kW", "PV", "batt SoC", "link", "ok"):
             table.add_column(name, no_wrap=True)
         for seg in demo.segments:
             row = self._rows.get(seg.index)
@@ -127,38 +174,31 @@ class LiveView:
             last = row.last if row else None
             check = ""
             if row and row.judged:
-                check = "[red]✗ over[/]" if row.over else "[green]✓[/]"
+                check = "[red]✗[/]" if row.over else "[green]✓[/]"
             elif row:
-                check = "[dim]settling[/]"
+                check = "[dim]…[/]"
             battery = "-"
             if last is not None and last.battery_w is not None:
-                battery = f"{last.battery_w / 1000:+.2f} kW / {last.soc_pct:.0f} %"
-            comms = "-"
+                battery = f"{last.battery_w / 1000:+.1f} {last.soc_pct:.0f}%"
+            link = "-"
             if last is not None:
-                comms = "[red]cut[/]" if last.link == "cut" else "up"
-                if last.gw_link_lost:
-                    comms += " (gw: lost)"
-            worst = ""
-            if row and row.judged:
-                worst = (
-                    f"exp {_kw(row.worst_export_w)}"
-                    if row.worst_export_w >= row.worst_import_w
-                    else f"imp {_kw(row.worst_import_w)}"
-                )
+                link = "up" if last.link != "cut" else "cut"
+                link = "[red]lost[/]" if last.gw_link_lost else link
             table.add_row(
-                str(seg.index),
-                seg.label(s),
-                f"{limit_text(seg)} ({seg.source})",
+                s.clock_label(seg.start_min),
+                limit_text(seg, unit="").replace("<=", "≤"),
+                _SHORT_SOURCE.get(seg.source, seg.source),
                 row.gateway if row else "",
-                flow_text(last.site_w) if last else "",
-                worst,
-                _kw(last.pv_w) if last else "",
+                _flow(last.site_w) if last else "",
+                _k(last.pv_w) if last else "",
                 battery if last else "",
-                comms if last else "",
+                link if last else "",
                 check,
                 style="bold" if current else None,
             )
-        return Group(table, Text(f"scenario clock {self._clock(demo)}", style="dim"))
+        legend = "link: cut = comms cut, lost = gateway on its fallback · ok: ✓ within the limit"
+        clock = Text(f"scenario clock {self._clock(demo)}", style="dim")
+        return Group(table, clock, Text(legend, style="dim"))
 
     def _clock(self, demo: Demo) -> str:
         import time

@@ -38,7 +38,8 @@ from typing import Any
 
 import aiohttp
 
-from derlink.demo.compliance import Verdict, check_responses, judge, required_statuses
+from derlink.demo.compliance import Verdict, check_responses, judge, required_statuses, rules_of
+from derlink.demo.samples import Sample
 from derlink.demo.scenario import Scenario, Segment, applicable_segments, emergency_end
 from simulators.link_proxy import LinkProxy
 
@@ -87,23 +88,6 @@ def _profile_csv(s: Scenario, points: tuple[tuple[float, float], ...]) -> str:
         seen.add(sec)
         out.write(f"{sec:.0f},{w:.1f}\n")
     return out.getvalue()
-
-
-@dataclass
-class Sample:
-    """What the demo sees at one moment (for the live view and the plot)."""
-
-    t: float  # unix
-    site_w: float | None  # + import / - export (the simulator's meter)
-    pv_w: float | None
-    battery_w: float | None
-    soc_pct: float | None
-    gw_export_w: float | None
-    gw_import_w: float | None
-    gw_source: str
-    regime: str
-    link: str  # up | cut
-    gw_link_lost: bool
 
 
 @dataclass
@@ -220,6 +204,7 @@ class Demo:
             notify_retry_initial=0.2,
             notify_retry_max=1.0,
             notify_timeout=2.0,
+            notify_allow=["127.0.0.0/8"],  # the demo gateway listens on loopback
         )
         self.server = await start_server(config)
         self._stack.push_async_callback(self.server.stop)
@@ -587,6 +572,29 @@ class Demo:
                 )
         return out
 
+    async def server_assessment(self) -> dict[str, Any]:
+        """The head-end's own judgement of this site (server.compliance.assess): the same stored telemetry
+        and rules, against the limits the server published rather than the scenario's expectations."""
+        from server.compliance.assess import assess
+
+        async with self.server.store.read() as conn:
+            result = await assess(
+                conn,
+                f"s:{await self.server.store.admin.site_id(self.lfdi)}",
+                self.t0,
+                self.t0 + self.s.wall_duration_s,
+                now=self.server.store.clock(),
+                rules=rules_of(self.s),
+                default_post_rate=self.server.config.post_rate,
+            )
+        (site,) = result.site_results
+        return {
+            "breaches": site["breaches"],
+            "intervals_judged": site["intervals_judged"],
+            "intervals_compliant": site["intervals_compliant"],
+            "readings_judged": site["readings_judged"],
+        }
+
     async def _responses(self, within_s: float) -> list[dict[str, Any]]:
         """Each emergency's required Responses, polled from the head-end until complete or ``within_s``."""
         deadline = time.monotonic() + within_s
@@ -615,6 +623,7 @@ class Demo:
                 responses = await self._responses(10.0)
                 readings = await self.site_readings()
                 verdict = Verdict(judge(self.s, self.segments, self.t0, readings), responses)
+                verdict.server = await self.server_assessment()
                 outbox = {"pending_at_end": pending, "rejected": await self.gateway.client.outbox.rejected()}
                 return self._write(verdict, readings, outbox)
         finally:
@@ -636,7 +645,7 @@ class Demo:
             summary["files"]["data_dir"] = str(self.tmp.resolve())
             summary["files"]["database"] = str((self.tmp / "server" / "derlink.sqlite3").resolve())
         try:
-            plot_demo(self, verdict, readings, png_path)
+            plot_demo(self.s, self.t0, self.segments, self.samples, verdict, readings, png_path)
         except Exception as exc:  # the verdict stands without a picture
             log.exception("plot failed")
             summary["files"]["png"] = None
@@ -673,6 +682,7 @@ class Demo:
             "compliance": compliance,
             "intervals": [i.as_json() for i in verdict.intervals],
             "responses": verdict.responses,
+            "server_assessment": verdict.server,
             "telemetry": {"site_readings": len(readings), "outbox": outbox, "source": "server store"},
             "gateway": {"lfdi": self.lfdi, "mode": self.mode, "regimes_seen": regimes},
             "events": [

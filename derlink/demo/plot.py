@@ -13,19 +13,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from derlink.demo.compliance import Verdict
-    from derlink.demo.orchestrator import Demo
+    from derlink.demo.scenario import Scenario, Segment
+    from derlink.samples import Sample
 
 
-def plot_demo(demo: Demo, verdict: Verdict, readings: list[tuple[int, float]], path: Path) -> Path:
+def plot_demo(s: Scenario, t0: float, segments: Sequence[Segment], samples: Sequence[Sample],
+              verdict: Verdict, readings: list[tuple[int, float]], path: Path) -> Path:
+    """Draw the run (scenario, its start time, its intervals and the samples the demo took) into ``path``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
     from matplotlib.ticker import FuncFormatter, MultipleLocator
-
-    s, t0 = demo.s, demo.t0
 
     def minute(unix: float) -> float:
         return s.minute(unix - t0)
@@ -65,7 +68,7 @@ def plot_demo(demo: Demo, verdict: Verdict, readings: list[tuple[int, float]], p
 
     # The envelope: applicable export limit (up) and import limit (down), as steps.
     xs, exp, imp = [], [], []
-    for seg in demo.segments:
+    for seg in segments:
         a, b = s.minute(seg.start_s), s.minute(seg.end_s)
         xs += [a, b]
         e_kw = seg.export_limit_w / 1000 if seg.export_limit_w is not None else float("nan")
@@ -74,13 +77,13 @@ def plot_demo(demo: Demo, verdict: Verdict, readings: list[tuple[int, float]], p
         imp += [i_kw, i_kw]
     ax.plot(xs, exp, color="#c62828", lw=2.2, label="export limit (DOE / emergency / default)")
     ax.plot(xs, imp, color="#6a1b9a", lw=2.2, label="import limit (shown negative)")
-    for seg in demo.segments:
+    for seg in segments:
         if seg.settle_from_s > seg.start_s:
             ax.axvspan(s.minute(seg.start_s), s.minute(seg.settle_from_s), color="#000", alpha=0.04, lw=0)
 
     # What the gateway applied (its own decisions), dashed.
-    g_x = [minute(x.t) for x in demo.samples if x.gw_export_w is not None]
-    g_y = [x.gw_export_w / 1000 for x in demo.samples if x.gw_export_w is not None]
+    g_x = [minute(x.t) for x in samples if x.gw_export_w is not None]
+    g_y = [x.gw_export_w / 1000 for x in samples if x.gw_export_w is not None]
     if g_x:
         ax.step(
             g_x, g_y, where="post", color="#ef9a9a", lw=1.2, ls="--", label="export limit the gateway applied"
@@ -139,25 +142,25 @@ def plot_demo(demo: Demo, verdict: Verdict, readings: list[tuple[int, float]], p
         verdict_text = "FAIL — " + ("; ".join(parts) or "nothing judged")
     ax.set_title(f"{s.name}\n{verdict_text}", fontsize=11, loc="left", pad=16,
                  color="#1b5e20" if summary["passed"] else "#b71c1c")  # fmt: skip
-    for seg in demo.segments:
+    for seg in segments:
         middle = s.minute((seg.start_s + seg.end_s) / 2)
         ax.text(middle, 1.005, str(seg.index), transform=ax.get_xaxis_transform(),
                 ha="center", va="bottom", fontsize=7, color="#757575")  # fmt: skip
 
     # Bottom: devices.
-    d_x = [minute(x.t) for x in demo.samples]
+    d_x = [minute(x.t) for x in samples]
     pv_points = (
         list(s.site.pv_w) if len(s.site.pv_w) > 1 else [s.site.pv_w[0], (s.end_min, s.site.pv_w[0][1])]
     )
     pv_points = [(0.0, pv_points[0][1]), *pv_points, (s.end_min, pv_points[-1][1])]
     ax2.plot([m for m, _ in pv_points], [w / 1000 for _, w in pv_points], color="#f9a825", lw=1, ls=":",
              label="PV available (sun)")  # fmt: skip
-    ax2.plot(d_x, [(x.pv_w or 0) / 1000 for x in demo.samples], color="#f9a825", lw=1.6, label="PV output")
+    ax2.plot(d_x, [(x.pv_w or 0) / 1000 for x in samples], color="#f9a825", lw=1.6, label="PV output")
     if s.site.battery:
-        ax2.plot(d_x, [(x.battery_w or 0) / 1000 for x in demo.samples], color="#2e7d32", lw=1.4,
+        ax2.plot(d_x, [(x.battery_w or 0) / 1000 for x in samples], color="#2e7d32", lw=1.4,
                  label="battery (+ discharge / − charge)")  # fmt: skip
         soc = ax2.twinx()
-        soc.plot(d_x, [x.soc_pct or 0 for x in demo.samples], color="#2e7d32", lw=1, ls=":", label="SoC")
+        soc.plot(d_x, [x.soc_pct or 0 for x in samples], color="#2e7d32", lw=1, ls=":", label="SoC")
         soc.set_ylim(0, 100)
         soc.set_ylabel("battery SoC (%)", fontsize=9)
     ax2.axhline(0, color="#616161", lw=0.8)

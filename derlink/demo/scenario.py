@@ -16,19 +16,21 @@ Every validation error is a :class:`ScenarioError` whose message starts with the
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-EMERGENCY_ACTIONS = ("zero_export", "zero_generation", "disconnect")  # all mean: export 0 at the site
-FAULTS = ("stuck", "offline", "slow", "frozen", "exception")
-FAULT_DEVICES = ("pv", "battery", "meter")
-MODES = ("subscribe", "poll")
+from pydantic import BeforeValidator, ConfigDict, Field, Strict, ValidationError
+from pydantic.dataclasses import dataclass
+
+from server.compliance.judge import Rules
+
 BUILTIN = {"default": "default.toml", "stuck-inverter": "stuck_inverter.toml"}
 
 
@@ -41,89 +43,111 @@ class ScenarioError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- model
+# pydantic dataclasses: each field's type and bounds are declared here (numbers must be finite numbers,
+# TOML "5" is not 5; unknown keys are refused); validate() checks the rules that join fields.
+
+_Num = Annotated[float, Strict()]
+_NonNeg = Annotated[float, Strict(), Field(ge=0)]
+_Bool = Annotated[bool, Strict()]
+_Str = Annotated[str, Strict()]
+_Seconds = Annotated[int, Strict(), Field(ge=1)]
+_TABLE = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-@dataclass(frozen=True)
+def _constant(value: Any) -> Any:
+    """A number for a constant profile, or [[minute, W], ...]."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return [[0.0, value]]
+    if isinstance(value, list) and not value:
+        raise ValueError("must be watts or a list of [minute, watts] points")
+    return value
+
+
+_Points = Annotated[tuple[tuple[_Num, _NonNeg], ...], BeforeValidator(_constant)]
+
+
+@dataclass(frozen=True, config=_TABLE)
 class Doe:
-    at_min: float
-    duration_min: float
-    export_limit_w: float
-    import_limit_w: float
+    at_min: _NonNeg
+    duration_min: Annotated[float, Strict(), Field(gt=0)]
+    export_limit_w: _NonNeg
+    import_limit_w: _NonNeg
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Emergency:
-    at_min: float
-    action: str = "zero_export"
-    target: str = "all"  # broadcast; or "site" for this site only
-    lift_at_min: float | None = None  # None: runs for duration_min
-    duration_min: float = 1440.0
-    lift_spread_min: float = 0.0  # staged lift: restore spread (randomised) over this many minutes
+    at_min: _NonNeg
+    # all three mean: export 0 at the site
+    action: Literal["zero_export", "zero_generation", "disconnect"] = "zero_export"
+    target: Literal["all", "site"] = "all"  # broadcast; or "site" for this site only
+    lift_at_min: _NonNeg | None = None  # None: runs for duration_min
+    duration_min: _Num = 1440.0
+    lift_spread_min: _NonNeg = 0.0  # staged lift: restore spread (randomised) over this many minutes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Hems:
     """A home-energy-management setpoint given to the gateway's local API (clipped into the envelope)."""
 
-    at_min: float
-    until_min: float
-    battery_w: float  # + discharge, - charge
+    at_min: _NonNeg
+    until_min: _NonNeg
+    battery_w: _Num  # + discharge, - charge
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Outage:
-    at_min: float
-    until_min: float
+    at_min: _NonNeg
+    until_min: _NonNeg
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Fault:
-    at_min: float
-    device: str
-    fault: str
-    until_min: float | None = None
+    at_min: _NonNeg
+    device: Literal["pv", "battery", "meter"]
+    fault: Literal["stuck", "offline", "slow", "frozen", "exception"]
+    until_min: _NonNeg | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Limits:
-    export_limit_w: float | None = None
-    import_limit_w: float | None = None
+    export_limit_w: _NonNeg | None = None
+    import_limit_w: _NonNeg | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class SiteSpec:
-    family: str = "legacy"
-    pv_rated_w: float = 6000.0
-    pv_w: tuple[tuple[float, float], ...] = ((0.0, 5500.0),)  # (minute, W) points, linear
-    load_w: tuple[tuple[float, float], ...] = ((0.0, 600.0),)
-    battery: bool = True
-    battery_rated_w: float = 5000.0
-    battery_capacity_wh: float = 13500.0
-    battery_initial_soc_pct: float = 40.0
+    family: Literal["legacy", "der"] = "legacy"
+    pv_rated_w: Annotated[float, Strict(), Field(ge=1)] = 6000.0
+    pv_w: _Points = ((0.0, 5500.0),)  # (minute, W) points, linear
+    load_w: _Points = ((0.0, 600.0),)
+    battery: _Bool = True
+    battery_rated_w: Annotated[float, Strict(), Field(ge=1)] = 5000.0
+    battery_capacity_wh: Annotated[float, Strict(), Field(ge=1)] = 13500.0
+    battery_initial_soc_pct: Annotated[float, Strict(), Field(ge=0, le=100)] = 40.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class GatewaySpec:
-    mode: str = "subscribe"
-    installer_export_limit_w: float = 10000.0
-    comms_loss_export_limit_w: float = 1500.0
-    comms_timeout_s: int = 2  # wall seconds of silence before the link is declared lost
-    persistent_loss_s: int = 120  # wall seconds after that before the comms-loss limits apply
-    self_consumption: bool = False  # True: the battery also soaks up surplus / covers load on its own
-    loop_period_s: float = 0.5
+    mode: Literal["subscribe", "poll"] = "subscribe"
+    installer_export_limit_w: _NonNeg = 10000.0
+    comms_loss_export_limit_w: _NonNeg = 1500.0
+    comms_timeout_s: _Seconds = 2  # wall seconds of silence before the link is declared lost
+    persistent_loss_s: _Seconds = 120  # wall seconds after that before the comms-loss limits apply
+    self_consumption: _Bool = False  # True: the battery also soaks up surplus / covers load on its own
+    loop_period_s: Annotated[float, Strict(), Field(ge=0.05)] = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_TABLE)
 class Scenario:
-    name: str
-    end_min: float
-    description: str = ""
-    speed: float = 200.0
-    start_clock: str = "10:00"
-    utc_offset_h: float = 10.0
-    settle_s: float = 5.0
-    tolerance_w: float = 100.0
-    tolerance_pct: float = 2.0
+    name: _Str
+    end_min: Annotated[float, Strict(), Field(gt=0)]
+    description: _Str = ""
+    speed: Annotated[float, Strict(), Field(gt=0)] = 200.0
+    start_clock: _Str = "10:00"
+    utc_offset_h: Annotated[float, Strict(), Field(ge=-12, le=14)] = 10.0
+    settle_s: _NonNeg = 5.0
+    tolerance_w: _NonNeg = 100.0
+    tolerance_pct: _NonNeg = 2.0
     site: SiteSpec = field(default_factory=SiteSpec)
     gateway: GatewaySpec = field(default_factory=GatewaySpec)
     default: Limits | None = None
@@ -132,7 +156,7 @@ class Scenario:
     hems: tuple[Hems, ...] = ()
     outage: tuple[Outage, ...] = ()
     fault: tuple[Fault, ...] = ()
-    source: str = "<memory>"
+    source: _Str = "<memory>"
 
     # -- time ---------------------------------------------------------------------------------------
 
@@ -167,261 +191,94 @@ class Scenario:
         return replace(self, speed=speed)
 
     def tolerance(self, limit_w: float) -> float:
-        """Allowed excess over a limit: max(tolerance_pct % of it, tolerance_w)."""
-        return max(self.tolerance_pct / 100.0 * limit_w, self.tolerance_w)
+        """Allowed excess over a limit: max(tolerance_pct % of it, tolerance_w) (the server's rule)."""
+        return Rules(tolerance_w=self.tolerance_w, tolerance_pct=self.tolerance_pct).tolerance(limit_w)
 
 
 # ------------------------------------------------------------------------------------------- parsing
 
-
-_TOP = {"scenario", "site", "gateway", "default", "doe", "emergency", "hems", "outage", "fault"}
-
-
-def _number(
-    table: dict[str, Any], key: str, where: str, *, low: float | None = 0.0, default: Any = ...
-) -> Any:
-    if key not in table:
-        if default is ...:
-            raise ScenarioError(f"{where}.{key}", "required")
-        return default
-    value = table[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ScenarioError(f"{where}.{key}", f"must be a number, got {value!r}")
-    if low is not None and value < low:
-        raise ScenarioError(f"{where}.{key}", f"must be a number >= {low:g}, got {value!r}")
-    return float(value)
-
-
-def _bool(table: dict[str, Any], key: str, where: str, default: bool) -> bool:
-    value = table.get(key, default)
-    if not isinstance(value, bool):
-        raise ScenarioError(f"{where}.{key}", f"must be true or false, got {value!r}")
-    return value
-
-
-def _whole(table: dict[str, Any], key: str, where: str, default: int) -> int:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ScenarioError(f"{where}.{key}", f"must be a whole number of seconds >= 1, got {value!r}")
-    return value
+_TABLES = ("site", "gateway", "default")  # [site] ...
+_ARRAYS = ("doe", "emergency", "hems", "outage", "fault")  # [[doe]] ...
+_TOP = {"scenario", *_TABLES, *_ARRAYS}
+_SCENARIO_KEYS = ("name", "description", "speed", "start_clock", "utc_offset_h", "end_min", "settle_s",
+                  "tolerance_w", "tolerance_pct")  # fmt: skip
+_MESSAGES = {
+    "missing": "required",
+    "missing_argument": "required",
+    "unexpected_keyword_argument": "unknown setting",
+    "extra_forbidden": "unknown setting",
+    "float_type": "must be a number, got {input!r}",
+    "finite_number": "must be a finite number, got {input!r}",
+    "int_type": "must be a whole number of seconds >= 1, got {input!r}",
+    "bool_type": "must be true or false, got {input!r}",
+    "string_type": "must be a string, got {input!r}",
+    "greater_than_equal": "must be a number >= {ge}, got {input!r}",
+    "greater_than": "must be > {gt}, got {input!r}",
+    "less_than_equal": "must be <= {le}, got {input!r}",
+    "literal_error": "must be one of {expected}, got {input!r}",
+    "dataclass_type": "must be a table",
+    "tuple_type": "must be an array of tables",
+    "dataclass_args_type": "must be a table",
+}
 
 
-def _string(
-    table: dict[str, Any], key: str, where: str, choices: tuple[str, ...] | None, default: Any
-) -> Any:
-    if key not in table:
-        return default
-    value = table[key]
-    if not isinstance(value, str):
-        raise ScenarioError(f"{where}.{key}", f"must be a string, got {value!r}")
-    if choices is not None and value not in choices:
-        raise ScenarioError(f"{where}.{key}", f"must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _table(doc: dict[str, Any], key: str) -> dict[str, Any]:
-    value = doc.get(key, {})
-    if not isinstance(value, dict):
-        raise ScenarioError(key, "must be a table ([" + key + "])")
-    return value
-
-
-def _tables(doc: dict[str, Any], key: str) -> list[dict[str, Any]]:
-    value = doc.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise ScenarioError(key, f"must be an array of tables ([[{key}]])")
-    return value
-
-
-def _known(table: dict[str, Any], where: str, allowed: set[str]) -> None:
-    for key in table:
-        if key not in allowed:
-            raise ScenarioError(
-                f"{where}.{key}", f"unknown setting (expected one of {', '.join(sorted(allowed))})"
-            )
-
-
-def _points(table: dict[str, Any], key: str, where: str, default: tuple[tuple[float, float], ...]) -> Any:
-    """A number (constant) or [[minute, W], ...] with increasing minutes."""
-    if key not in table:
-        return default
-    value = table[key]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ScenarioError(f"{where}.{key}", f"must be >= 0, got {value!r}")
-        return ((0.0, float(value)),)
-    if not isinstance(value, list) or not value:
-        raise ScenarioError(f"{where}.{key}", "must be watts or a list of [minute, watts] points")
-    points = []
-    for i, point in enumerate(value):
-        ok = (
-            isinstance(point, list)
-            and len(point) == 2
-            and all(isinstance(x, int | float) and not isinstance(x, bool) for x in point)
-        )
-        if not ok:
-            raise ScenarioError(f"{where}.{key}[{i}]", f"must be [minute, watts], got {point!r}")
-        if point[1] < 0:
-            raise ScenarioError(f"{where}.{key}[{i}]", f"watts must be >= 0, got {point[1]!r}")
-        if points and point[0] <= points[-1][0]:
-            raise ScenarioError(f"{where}.{key}[{i}]", "minutes must increase")
-        points.append((float(point[0]), float(point[1])))
-    return tuple(points)
+def _field(loc: tuple[Any, ...]) -> str:
+    """Where in the file: ("doe", 2, "at_min") -> doe[2].at_min; ("speed",) -> scenario.speed."""
+    head, *rest = loc
+    where = str(head) if head in _TOP else f"scenario.{head}"
+    for part in rest:
+        where += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return where
 
 
 def scenario_from_dict(doc: dict[str, Any], source: str = "<memory>") -> Scenario:
     """Build and validate a scenario from a parsed TOML document."""
-    _known(doc, "scenario file", _TOP)
-    top = _table(doc, "scenario")
-    _known(
-        top,
-        "scenario",
-        {"name", "description", "speed", "start_clock", "utc_offset_h", "end_min", "settle_s", "tolerance_w",
-         "tolerance_pct"},
-    )  # fmt: skip
-    site_t = _table(doc, "site")
-    _known(
-        site_t,
-        "site",
-        {"family", "pv_rated_w", "pv_w", "load_w", "battery", "battery_rated_w", "battery_capacity_wh",
-         "battery_initial_soc_pct"},
-    )  # fmt: skip
-    battery = _bool(site_t, "battery", "site", True)
-    site = SiteSpec(
-        family=_string(site_t, "family", "site", ("legacy", "der"), "legacy"),
-        pv_rated_w=_number(site_t, "pv_rated_w", "site", low=1.0, default=6000.0),
-        pv_w=_points(site_t, "pv_w", "site", SiteSpec.pv_w),
-        load_w=_points(site_t, "load_w", "site", SiteSpec.load_w),
-        battery=battery,
-        battery_rated_w=_number(site_t, "battery_rated_w", "site", low=1.0, default=5000.0),
-        battery_capacity_wh=_number(site_t, "battery_capacity_wh", "site", low=1.0, default=13500.0),
-        battery_initial_soc_pct=_number(site_t, "battery_initial_soc_pct", "site", default=40.0),
-    )
-    if site.battery_initial_soc_pct > 100:
-        raise ScenarioError("site.battery_initial_soc_pct", "must be 0..100")
-    gw_t = _table(doc, "gateway")
-    _known(
-        gw_t,
-        "gateway",
-        {"mode", "installer_export_limit_w", "comms_loss_export_limit_w", "comms_timeout_s",
-         "persistent_loss_s", "loop_period_s", "self_consumption"},
-    )  # fmt: skip
-    gateway = GatewaySpec(
-        mode=_string(gw_t, "mode", "gateway", MODES, "subscribe"),
-        installer_export_limit_w=_number(gw_t, "installer_export_limit_w", "gateway", default=10000.0),
-        comms_loss_export_limit_w=_number(gw_t, "comms_loss_export_limit_w", "gateway", default=1500.0),
-        comms_timeout_s=_whole(gw_t, "comms_timeout_s", "gateway", 2),
-        persistent_loss_s=_whole(gw_t, "persistent_loss_s", "gateway", 120),
-        loop_period_s=_number(gw_t, "loop_period_s", "gateway", low=0.05, default=0.5),
-        self_consumption=_bool(gw_t, "self_consumption", "gateway", False),
-    )
-    default = None
-    if "default" in doc:
-        d_t = _table(doc, "default")
-        _known(d_t, "default", {"export_limit_w", "import_limit_w"})
-        default = Limits(
-            _number(d_t, "export_limit_w", "default", default=None),
-            _number(d_t, "import_limit_w", "default", default=None),
-        )
-        if default.export_limit_w is None and default.import_limit_w is None:
-            raise ScenarioError("default", "give export_limit_w and/or import_limit_w")
-    does = []
-    for i, t in enumerate(_tables(doc, "doe")):
-        w = f"doe[{i}]"
-        _known(t, w, {"at_min", "duration_min", "export_limit_w", "import_limit_w"})
-        does.append(
-            Doe(
-                _number(t, "at_min", w),
-                _number(t, "duration_min", w, low=None),
-                _number(t, "export_limit_w", w),
-                _number(t, "import_limit_w", w),
-            )
-        )
-    emergencies = []
-    for i, t in enumerate(_tables(doc, "emergency")):
-        w = f"emergency[{i}]"
-        _known(t, w, {"at_min", "action", "target", "lift_at_min", "duration_min", "lift_spread_min"})
-        emergencies.append(
-            Emergency(
-                at_min=_number(t, "at_min", w),
-                action=_string(t, "action", w, EMERGENCY_ACTIONS, "zero_export"),
-                target=_string(t, "target", w, ("all", "site"), "all"),
-                lift_at_min=_number(t, "lift_at_min", w, default=None),
-                duration_min=_number(t, "duration_min", w, low=None, default=1440.0),
-                lift_spread_min=_number(t, "lift_spread_min", w, default=0.0),
-            )
-        )
-    hems = []
-    for i, t in enumerate(_tables(doc, "hems")):
-        w = f"hems[{i}]"
-        _known(t, w, {"at_min", "until_min", "battery_w"})
-        hems.append(
-            Hems(_number(t, "at_min", w), _number(t, "until_min", w), _number(t, "battery_w", w, low=None))
-        )
-    outages = []
-    for i, t in enumerate(_tables(doc, "outage")):
-        w = f"outage[{i}]"
-        _known(t, w, {"at_min", "until_min"})
-        outages.append(Outage(_number(t, "at_min", w), _number(t, "until_min", w)))
-    faults = []
-    for i, t in enumerate(_tables(doc, "fault")):
-        w = f"fault[{i}]"
-        _known(t, w, {"at_min", "device", "fault", "until_min"})
-        if "device" not in t:
-            raise ScenarioError(f"{w}.device", "required")
-        if "fault" not in t:
-            raise ScenarioError(f"{w}.fault", "required")
-        faults.append(
-            Fault(
-                _number(t, "at_min", w),
-                _string(t, "device", w, FAULT_DEVICES, None),
-                _string(t, "fault", w, FAULTS, None),
-                _number(t, "until_min", w, default=None),
-            )
-        )
-    name = _string(top, "name", "scenario", None, Path(source).stem)
-    start_clock = _string(top, "start_clock", "scenario", None, "10:00")
-    scenario = Scenario(
-        name=name,
-        description=_string(top, "description", "scenario", None, ""),
-        end_min=_number(top, "end_min", "scenario", low=None),
-        speed=_number(top, "speed", "scenario", low=None, default=200.0),
-        start_clock=start_clock,
-        utc_offset_h=_number(top, "utc_offset_h", "scenario", low=-12.0, default=10.0),
-        settle_s=_number(top, "settle_s", "scenario", default=5.0),
-        tolerance_w=_number(top, "tolerance_w", "scenario", default=100.0),
-        tolerance_pct=_number(top, "tolerance_pct", "scenario", default=2.0),
-        site=site,
-        gateway=gateway,
-        default=default,
-        doe=tuple(does),
-        emergency=tuple(emergencies),
-        hems=tuple(hems),
-        outage=tuple(outages),
-        fault=tuple(faults),
-        source=source,
-    )
+    unknown = sorted(set(doc) - _TOP)
+    if unknown:
+        raise ScenarioError(f"scenario file.{unknown[0]}",
+                            f"unknown setting (expected one of {', '.join(sorted(_TOP))})")  # fmt: skip
+    top = doc.get("scenario", {})
+    if not isinstance(top, dict):
+        raise ScenarioError("scenario", "must be a table ([scenario])")
+    unknown = sorted(set(top) - set(_SCENARIO_KEYS))
+    if unknown:
+        expected = ", ".join(sorted(_SCENARIO_KEYS))
+        raise ScenarioError(f"scenario.{unknown[0]}", f"unknown setting (expected one of {expected})")
+    values = {"name": Path(source).stem, **top, **{k: doc[k] for k in (*_TABLES, *_ARRAYS) if k in doc},
+              "source": source}  # fmt: skip
+    try:
+        scenario = Scenario(**values)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
+        template = _MESSAGES.get(error["type"])
+        if template is not None:
+            message = template.format(input=error.get("input"), **ctx)
+        else:  # a validator's own ValueError, or a message pydantic words well enough
+            message = str(ctx["error"]) if error["type"] == "value_error" else error["msg"]
+        raise ScenarioError(_field(error["loc"]), message) from None
     validate(scenario)
     return scenario
 
 
 def validate(s: Scenario) -> None:
     """Cross-field rules: times inside the scenario, no overlaps, intervals long enough to judge."""
-    if not s.speed > 0:
-        raise ScenarioError("scenario.speed", f"must be > 0, got {s.speed:g}")
-    if not s.end_min > 0:
-        raise ScenarioError("scenario.end_min", f"must be > 0, got {s.end_min:g}")
     parts = s.start_clock.split(":")
     if len(parts) != 2 or not all(p.isdigit() for p in parts) or int(parts[0]) > 23 or int(parts[1]) > 59:
         raise ScenarioError("scenario.start_clock", f"must be HH:MM, got {s.start_clock!r}")
     if s.start_second_of_day + s.end_min * 60 > 86400:
         raise ScenarioError("scenario.end_min", "the scenario must end before midnight (profiles are daily)")
-    if s.utc_offset_h > 14:
-        raise ScenarioError("scenario.utc_offset_h", f"must be -12..14, got {s.utc_offset_h:g}")
     if s.wall_duration_s < 10:
         raise ScenarioError(
             "scenario.end_min", f"lasts {s.wall_duration_s} s of wall time at speed {s.speed:g}"
         )
+    for key in ("pv_w", "load_w"):
+        points = getattr(s.site, key)
+        for i in range(1, len(points)):
+            if points[i][0] <= points[i - 1][0]:
+                raise ScenarioError(f"site.{key}[{i}]", "minutes must increase")
+    if s.default is not None and s.default.export_limit_w is None and s.default.import_limit_w is None:
+        raise ScenarioError("default", "give export_limit_w and/or import_limit_w")
     need = s.settle_s + 2.0  # a limit must hold long enough to be judged after its settling allowance
 
     def inside(where: str, minute: float) -> None:
@@ -432,8 +289,6 @@ def validate(s: Scenario) -> None:
     for i, d in enumerate(sorted(s.doe, key=lambda d: d.at_min)):
         index = s.doe.index(d)
         inside(f"doe[{index}].at_min", d.at_min)
-        if not d.duration_min > 0:
-            raise ScenarioError(f"doe[{index}].duration_min", f"must be > 0, got {d.duration_min:g}")
         wall = s.wall(d.at_min + d.duration_min) - s.wall(d.at_min)
         if wall < need:
             raise ScenarioError(
@@ -523,7 +378,7 @@ def load_scenario(path: str | Path | None = None) -> Scenario:
 # -------------------------------------------------------------------------------------- the timeline
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Segment:
     """A stretch of wall time (offsets from the scenario start) with one set of applicable limits."""
 

@@ -7,7 +7,8 @@ with their MirrorMeterReadings. No I/O here; every builder takes ``now``.
 
 Unit conventions (2030.5 -> core):
 
-* ``ActivePower`` limits (``opModExpLimW`` ...) and ``opModTargetW``: value x 10^multiplier -> watts.
+* ``ActivePower`` limits (``opModExpLimW`` ...), ``opModTargetW`` and the CSIP-AUS v1.3
+  ``opModStorageTargetW``: value x 10^multiplier -> watts.
 * ``opModFixedW`` (signed) and ``opModMaxLimW``: hundredths of a percent of setMaxW -> percent.
 * ``rampTms``: hundredths of a second -> seconds. ``setGradW`` (DefaultDERControl) is passed unchanged.
 * ``randomizeStart``/``randomizeDuration`` absent -> 0. ``responseRequired`` hex -> int bitmap.
@@ -80,6 +81,7 @@ def control_settings(
         fixed_w_pct=base.opModFixedW / 100.0 if base.opModFixedW is not None else None,
         max_lim_w_pct=base.opModMaxLimW / 100.0 if base.opModMaxLimW is not None else None,
         target_w=_watts(base.opModTargetW, f"{where}.opModTargetW"),
+        storage_target_w=_watts(base.opModStorageTargetW, f"{where}.opModStorageTargetW"),
         ramp_time_s=base.rampTms / 100.0 if base.rampTms is not None else None,
         set_grad_w=float(set_grad_w) if set_grad_w is not None else None,
     )
@@ -166,6 +168,8 @@ DOE_EXP_LIM_W = 1 << 0
 DOE_IMP_LIM_W = 1 << 1
 DOE_GEN_LIM_W = 1 << 2
 DOE_LOAD_LIM_W = 1 << 3
+# csipaus VPPControlType bits (CSIP-AUS v1.3 storage extension)
+VPP_STORAGE_TARGET_W = 1 << 0
 # ConnectStatusType bits
 CONNECT_CONNECTED = 1 << 0
 CONNECT_AVAILABLE = 1 << 1
@@ -195,7 +199,9 @@ class DeviceSnapshot:
     ``device_id`` must be stable across restarts (e.g. SunSpec manufacturer + serial): it names the DER's
     MirrorUsagePoint. Nameplate (rtg_*), settings (set_*), status and measurements are in SI units.
     ``modes_supported``/``modes_enabled`` are DERControlType bitmaps; ``doe_modes_*`` csipaus
-    DOEControlType bitmaps. Storage fields (``rtg_max_wh``, charge/discharge rates) only for batteries.
+    DOEControlType bitmaps, ``vpp_modes_supported`` the v1.3 VPPControlType bitmap (0: not sent, so a
+    PV inverter's documents stay v1.2). Storage fields (``rtg_max_wh``, charge/discharge rates) only for
+    batteries.
     """
 
     device_id: str
@@ -203,6 +209,7 @@ class DeviceSnapshot:
     rtg_max_w: float
     modes_supported: int
     doe_modes_supported: int = DOE_EXP_LIM_W | DOE_IMP_LIM_W | DOE_GEN_LIM_W | DOE_LOAD_LIM_W
+    vpp_modes_supported: int = 0
     rtg_max_va: float | None = None
     rtg_max_var: float | None = None
     rtg_max_wh: float | None = None
@@ -280,11 +287,13 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
     hz = [d.measurements.hz for d in devices if d.measurements.hz is not None]
     modes = 0
     doe = 0
+    vpp = 0
     enabled = 0
     doe_enabled = 0
     for d in devices:
         modes |= d.modes_supported
         doe |= d.doe_modes_supported
+        vpp |= d.vpp_modes_supported
         enabled |= d.modes_enabled if d.modes_enabled is not None else d.modes_supported
         doe_enabled |= d.doe_modes_enabled if d.doe_modes_enabled is not None else d.doe_modes_supported
     grads = [d.set_grad_w for d in devices if d.set_grad_w]
@@ -294,6 +303,7 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
         rtg_max_w=sum(d.rtg_max_w for d in devices),
         modes_supported=modes,
         doe_modes_supported=doe,
+        vpp_modes_supported=vpp,
         rtg_max_va=_sum([d.rtg_max_va for d in devices]),
         rtg_max_var=_sum([d.rtg_max_var for d in devices]),
         rtg_max_wh=_sum([d.rtg_max_wh for d in devices]),
@@ -342,6 +352,7 @@ def der_capability(device: DeviceSnapshot) -> r.DERCapability:
         else None,
         type=device.der_type,
         doeModesSupported=f"{device.doe_modes_supported:02X}",
+        vppModesSupported=_vpp(device),
     )
 
 
@@ -362,7 +373,12 @@ def der_settings(device: DeviceSnapshot, now: int) -> r.DERSettings:
         else None,
         updatedTime=now,
         doeModesEnabled=f"{doe:02X}",
+        vppModesEnabled=_vpp(device),
     )
+
+
+def _vpp(device: DeviceSnapshot) -> str | None:
+    return f"{device.vpp_modes_supported:02X}" if device.vpp_modes_supported else None
 
 
 def _connect_bits(device: DeviceSnapshot) -> str:

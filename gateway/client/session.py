@@ -788,7 +788,7 @@ class Sep2Client:
             ssl_context=self.listener_ssl_context,
         )
         await site.start()
-        self.listener_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.listener_port = self._runner.addresses[0][1]
 
     async def _handle_notification(self, request: web.Request) -> web.Response:
         received = time.perf_counter()

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-from derlink.files import write_atomic
+from sep2.files import write_atomic
 
 if TYPE_CHECKING:
     from gateway.devices.device import SerialLine

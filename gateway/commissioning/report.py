@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from derlink.files import write_atomic
 from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, iso
+from sep2.files import write_atomic
 
 
 def report_data(state: CommissioningState) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from derlink.files import write_atomic
+from sep2.files import write_atomic
 
 STEPS = ("discover", "identity", "site", "register", "verify", "report")
 STEP_TITLES = {

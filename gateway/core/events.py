@@ -42,7 +42,7 @@ from typing import Any
 
 LIMIT_FIELDS = ("export_limit_w", "import_limit_w", "generation_limit_w", "load_limit_w", "max_lim_w_pct")
 SWITCH_FIELDS = ("connect", "energize")
-SETPOINT_FIELDS = ("fixed_w_pct", "target_w")
+SETPOINT_FIELDS = ("fixed_w_pct", "target_w", "storage_target_w")
 RAMP_FIELDS = ("ramp_time_s", "set_grad_w")
 MODE_FIELDS = LIMIT_FIELDS + SWITCH_FIELDS + SETPOINT_FIELDS
 
@@ -54,7 +54,8 @@ class ControlSettings:
     Powers are plain watts (the shell applies 2030.5 value x 10^multiplier). ``ramp_time_s`` is seconds:
     2030.5 ``rampTms`` is in 1/100 s, so the shell divides by 100. ``set_grad_w`` is 2030.5 ``setGradW``
     unchanged (hundredths of a percent of setMaxW per second). ``fixed_w_pct`` / ``max_lim_w_pct`` are
-    percent of setMaxW (``opModFixedW`` is signed: negative charges).
+    percent of setMaxW (``opModFixedW`` is signed: negative charges). ``storage_target_w`` is CSIP-AUS v1.3
+    ``opModStorageTargetW``: the aggregate output of the site's storage, watts, + discharge / - charge.
     """
 
     export_limit_w: float | None = None
@@ -66,11 +67,15 @@ class ControlSettings:
     fixed_w_pct: float | None = None
     max_lim_w_pct: float | None = None
     target_w: float | None = None
+    storage_target_w: float | None = None
     ramp_time_s: float | None = None
     set_grad_w: float | None = None
     # Local only (AS/NZS 4755 DRM 1-3), not a 2030.5 mode: consumption of storage charging and
     # controllable loads, percent of their rating.
     max_consumption_pct: float | None = None
+    # Local only, a load-side emergency (seed 000 GS17): controllable loads may not draw more than they
+    # drew when it began (True), whatever the import and load limits leave.
+    no_load_increase: bool | None = None
 
     @cached_property
     def modes(self) -> frozenset[str]:

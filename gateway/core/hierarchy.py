@@ -7,10 +7,10 @@ UTILITY, AGGREGATOR, CUSTOMER, INSTALLER.
   most restrictive value over all sources; on a tie the higher-authority source is credited.
 * connect/energize: any source saying False wins (credited to the highest such source).
 * Ramp parameters come from the highest-authority source that gives them.
-* Setpoints (``target_w``, ``fixed_w_pct``, ``export_target_w``) come from the highest-authority source that
-  gives one and are then clipped into the envelope. Limits are obligations of every source (a connection
-  agreement binds as much as a DOE), so a setpoint is clipped into the whole envelope; an envelope is
-  never widened by a setpoint. A disconnect/de-energise forces setpoints to 0.
+* Setpoints (``target_w``, ``storage_target_w``, ``fixed_w_pct``, ``export_target_w``) come from the
+  highest-authority source that gives one and are then clipped into the envelope. Limits are obligations
+  of every source (a connection agreement binds as much as a DOE), so a setpoint is clipped into the
+  whole envelope; an envelope is never widened by a setpoint. A disconnect/de-energise forces setpoints to 0.
 * ``None`` means unlimited/unset and is only the result when no source gives a value.
 """
 
@@ -92,6 +92,7 @@ class Setpoint:
         return cls(d["requested"], d["value"], Source[d["source"]], d["detail"], clipped, d["clip_detail"])
 
 
+SETPOINTS = ("target_w", "storage_target_w", "fixed_w_pct", "export_target_w")
 _UNITS = {"pct": "%", "_w": " W", "_s": " s"}
 # EffectiveLimits field -> ControlSettings field
 _LIMIT_MAP = {
@@ -115,9 +116,11 @@ class EffectiveLimits:
     battery_reserve_pct: Limit = UNSET
     connect: Limit = UNSET
     energize: Limit = UNSET
+    no_load_increase: Limit = UNSET  # controllable loads frozen at their draw (any source saying True)
     ramp_time_s: Limit = UNSET
     set_grad_w: Limit = UNSET
     target_w: Setpoint | None = None
+    storage_target_w: Setpoint | None = None  # CSIP-AUS v1.3 opModStorageTargetW, + discharge
     fixed_w_pct: Setpoint | None = None
     export_target_w: Setpoint | None = None
 
@@ -153,7 +156,7 @@ class EffectiveLimits:
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             raw = d.get(f.name)
-            if f.name in ("target_w", "fixed_w_pct", "export_target_w"):
+            if f.name in SETPOINTS:
                 kwargs[f.name] = Setpoint.from_dict(raw) if raw else None
             else:
                 kwargs[f.name] = Limit.from_dict(raw) if raw else UNSET
@@ -192,6 +195,8 @@ def combine(layers: Iterable[Layer], soc_pct: float | None = None) -> EffectiveL
         off = next(((v, lay) for v, lay in given if v is False), None)
         chosen = off or (given[0] if given else None)
         out[name] = Limit(chosen[0], chosen[1].source, chosen[1].why(name)) if chosen else UNSET
+    freeze = next((lay for lay in ordered if lay.settings.no_load_increase), None)
+    out["no_load_increase"] = Limit(True, freeze.source, freeze.why("no_load_increase")) if freeze else UNSET
     for name in ("ramp_time_s", "set_grad_w"):
         lay = next((lay for lay in ordered if getattr(lay.settings, name) is not None), None)
         out[name] = Limit(getattr(lay.settings, name), lay.source, lay.why(name)) if lay else UNSET
@@ -223,11 +228,11 @@ def combine(layers: Iterable[Layer], soc_pct: float | None = None) -> EffectiveL
     if reserve.value is not None and (soc_pct is None or soc_pct <= reserve.value):
         soc_text = "unknown" if soc_pct is None else f"{soc_pct:g}%"
         reserve_bound = Limit(0.0, reserve.source, f"battery reserve {reserve.value:g}%, SoC {soc_text}")
-    out["target_w"] = clip(
-        "target_w",
-        [(lay.settings.target_w, lay) for lay in ordered],
-        [("max", out["generation_w"]), ("max", reserve_bound), ("min", neg(out["load_w"]))],
-    )
+    # A battery setpoint: discharge counts as generation, charging as load (CSIP-AUS opModGenLimW /
+    # opModLoadLimW), and the reserve stops discharge.
+    battery_bounds = [("max", out["generation_w"]), ("max", reserve_bound), ("min", neg(out["load_w"]))]
+    for name in ("target_w", "storage_target_w"):
+        out[name] = clip(name, [(getattr(lay.settings, name), lay) for lay in ordered], battery_bounds)
     out["fixed_w_pct"] = clip(
         "fixed_w_pct",
         [(lay.settings.fixed_w_pct, lay) for lay in ordered],

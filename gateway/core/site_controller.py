@@ -108,6 +108,14 @@ class SiteController:
         self.grid = black_start.observe(before, self.config.black_start, self.config.device_id, now, up)
         return self.grid != before
 
+    def booted(self, now: int, alive_at: int | None) -> bool:
+        """Record a boot at ``now``, the last heartbeat having been ``alive_at`` (cold black start);
+        True if it starts a hold."""
+        before = self.grid
+        cfg = self.config
+        self.grid = black_start.cold_start(before, cfg.black_start, cfg.device_id, now, alive_at)
+        return self.grid != before
+
     def server_contact(self, now: int) -> None:
         """Record a successful exchange with the server (any 2xx)."""
         if self.last_contact is None or now > self.last_contact:

@@ -21,24 +21,12 @@ import sunspec2.mb as mb
 import sunspec2.mdef as mdef
 from sunspec2.device import get_model_def
 
+from fieldbus.sunspec_types import VALUE_RANGES
+
 BASE_ADDRESSES = (40000, 0, 50000)
 SUNS_MARKER = (0x5375, 0x6E53)  # "SunS"
 END_MODEL_ID = mb.SUNS_END_MODEL_ID
 MAX_READ = 125  # registers per Modbus read request
-
-_RAW_RANGES = {
-    mdef.TYPE_INT16: (-32767, 32767),
-    mdef.TYPE_UINT16: (0, 0xFFFE),
-    mdef.TYPE_COUNT: (0, 0xFFFE),
-    mdef.TYPE_ENUM16: (0, 0xFFFE),
-    mdef.TYPE_BITFIELD16: (0, 0x7FFF),
-    mdef.TYPE_INT32: (-(2**31) + 1, 2**31 - 1),
-    mdef.TYPE_UINT32: (0, 2**32 - 2),
-    mdef.TYPE_ENUM32: (0, 2**32 - 2),
-    mdef.TYPE_BITFIELD32: (0, 2**31 - 1),
-    mdef.TYPE_INT64: (-(2**63) + 1, 2**63 - 1),
-    mdef.TYPE_UINT64: (0, 2**64 - 2),
-}
 
 
 class ModelDefinitionError(ValueError):
@@ -132,7 +120,7 @@ class ModelMap:
             sf = self.scale(regs, name)
             scaled = float(value) * 10.0**-sf
             raw = math.floor(scaled + 1e-9) if floor else round(scaled)
-            lo, hi = _RAW_RANGES.get(p.type, (0, 2 ** (16 * p.size) - 1))
+            lo, hi = VALUE_RANGES.get(p.type, (0, 2 ** (16 * p.size) - 1))
             if not lo <= raw <= hi:
                 unit = f" (x10^{sf})" if sf else ""
                 raise ValueError(

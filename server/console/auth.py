@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -51,17 +52,17 @@ def _sign(key: bytes, text: str) -> str:
 class Sessions:
     """Issues and checks session cookies for the head-end's configured tokens."""
 
-    def __init__(self, tokens: list[tuple[bytes, object]]) -> None:
-        # (token, Operator) pairs as HeadEnd holds them; Operator has .name and .role.
-        self.by_name = {op.name: (_key(tok), op) for tok, op in tokens}  # type: ignore[attr-defined]
+    def __init__(self, tokens: Any) -> None:
+        # The head-end's TokenStore: (token digest, Operator) pairs in force, re-read on change, so a
+        # revoked token also ends its console sessions.
         self.tokens = tokens
 
+    @property
+    def by_name(self) -> dict[str, tuple[bytes, Any]]:
+        return {op.name: (_key(known), op) for known, op in self.tokens}
+
     def operator_for_token(self, given: str) -> object | None:
-        found = None
-        for known, op in self.tokens:
-            if hmac.compare_digest(known, given.strip().encode()):
-                found = op
-        return found
+        return self.tokens.lookup(given.strip())
 
     def issue(self, operator: object, now: float | None = None) -> str:
         name = operator.name  # type: ignore[attr-defined]

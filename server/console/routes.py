@@ -26,7 +26,9 @@ from server.console.auth import (
     set_session_cookie,
 )
 from server.console.plot import site_svg
-from server.headend.api import HeadEndError, Operator
+from server.headend.errors import HeadEndError, Operator
+from server.incidents import ACTIONS, KINDS, SEVERITIES, TRANSITIONS
+from server.incidents.repo import IncidentNotFound, Incidents
 
 HERE = Path(__file__).parent
 SESSIONS = web.AppKey("console_sessions", Sessions)
@@ -311,6 +313,27 @@ class Console:
         data = await self.api(request, "audit")
         return self.render(request, "audit.html", audit=data, f=request.query)
 
+    async def incidents(self, request: web.Request) -> web.Response:
+        open_only = request.query.get("open", "1") == "1"
+        subject = request.query.get("subject", "").strip()
+        offset = int(request.query["offset"]) if request.query.get("offset", "").isdigit() else 0
+        repo = Incidents(self.store)
+        items = await repo.list(open_only=open_only, subject=subject or None, offset=offset, limit=50)
+        return self.render(
+            request, "incidents.html", items=items, open_only=open_only, subject=subject, offset=offset,
+            total=await repo.count(open_only=open_only, subject=subject or None), kinds=KINDS,
+            severities=SEVERITIES,
+        )  # fmt: skip
+
+    async def incident(self, request: web.Request) -> web.Response:
+        try:
+            inc = await Incidents(self.store).get(request.match_info["id"])
+        except IncidentNotFound as exc:
+            raise HeadEndError(404, str(exc), "id") from None
+        allowed = [a for a in ACTIONS if inc.state in TRANSITIONS[a][0]]  # what the state machine allows
+        actions = (["note"] if inc.is_open else []) + allowed
+        return self.render(request, "incident.html", inc=inc, actions=actions)
+
     async def root(self, request: web.Request) -> web.StreamResponse:
         raise web.HTTPFound("/console/")
 
@@ -379,5 +402,7 @@ def mount_console(app: web.Application, head: Any) -> Console:
     r.add_get("/console/does", console.does)
     r.add_get("/console/compliance", console.compliance)
     r.add_get("/console/audit", console.audit)
+    r.add_get("/console/incidents", console.incidents)
+    r.add_get("/console/incidents/{id}", console.incident)
     r.add_static("/console/static/", HERE / "static")
     return console

@@ -74,16 +74,30 @@ def _live(now: int) -> list[Any]:
 
 
 async def site_counts(store: Any, now: int, threshold: int, site_cond: Any = None) -> dict[str, int]:
-    seen = _last_contact().label("seen")
-    inner = sa.select(seen).select_from(sites)
-    if site_cond is not None:
-        inner = inner.where(site_cond)
-    sub = inner.subquery()
+    """Sites total, online, silent and never heard from, in one pass of joins.
+
+    The same last contact as :func:`_last_contact` (own certificate, else its aggregator's), but joined
+    rather than correlated: under ``count() FILTER`` a correlated subquery is evaluated once per filter
+    per site, which made the overview take 1.5 s at 100k sites.
+    """
+    own = clients.alias("own")
+    agg = (
+        sa.select(clients.c.aggregator_id, sa.func.max(clients.c.last_seen).label("seen"))
+        .where(clients.c.aggregator_id.is_not(None))
+        .group_by(clients.c.aggregator_id)
+        .subquery("agg")
+    )
+    seen = sa.func.coalesce(own.c.last_seen, agg.c.seen)
+    joined = sites.outerjoin(own, own.c.lfdi == sites.c.lfdi).outerjoin(
+        agg, agg.c.aggregator_id == sites.c.aggregator_id
+    )
     query = sa.select(
         sa.func.count(),
-        sa.func.count().filter(sub.c.seen >= now - threshold),
-        sa.func.count().filter(sub.c.seen < now - threshold),
-    ).select_from(sub)
+        sa.func.count().filter(seen >= now - threshold),
+        sa.func.count().filter(seen < now - threshold),
+    ).select_from(joined)
+    if site_cond is not None:
+        query = query.where(site_cond)
     async with store.read() as conn:
         total, online, silent = (await conn.execute(query)).one()
     return {"total": total, "online": online, "silent": silent, "never": total - online - silent}
@@ -214,21 +228,32 @@ async def recent_controls(store: Any, limit: int = 8) -> list[str]:
 async def search_sites(
     store: Any, now: int, threshold: int, *, q: str = "", group: str = "", offset: int = 0, limit: int = 25
 ) -> dict[str, Any]:
-    """Sites by NMI / LFDI prefix, SFDI, label substring or group; one page, with comms state."""
+    """Sites by NMI / LFDI prefix, SFDI, label substring or group; one page, with comms state.
+
+    An identifier match wins: the NMI and LFDI prefixes are index range scans (not ``LIKE``, which SQLite
+    cannot serve from an index) and the SFDI an equality, so finding a site by its NMI costs the same at
+    100k sites as at 100. Only when no identifier matches does the search scan the labels.
+    """
     cond: list[Any] = []
     q = q.strip()
-    if q:
-        alts = [sites.c.lfdi.like(f"{q.upper()}%"), sites.c.nmi.like(f"{q}%"), sites.c.label.like(f"%{q}%")]
-        if q.isdigit():
-            alts.append(sites.c.sfdi == int(q))
-        cond.append(sa.or_(*alts))
     async with store.read() as conn:
+        if q:
+            ids = [_prefix(sites.c.nmi, q.upper()), _prefix(sites.c.lfdi, q.upper())]
+            if q.isdigit() and len(q) <= 19:
+                ids.append(sites.c.sfdi == int(q))
+            found = (await conn.execute(sa.select(sites.c.id).where(sa.or_(*ids)).limit(1))).first()
+            cond.append(sa.or_(*ids) if found else sites.c.label.like(f"%{_escape_like(q)}%", escape="\\"))
         if group:
             gid = (await conn.execute(sa.select(groups.c.id).where(groups.c.name == group))).scalar()
             if gid is None:
                 return {"error": f"group: no group named {group!r}", "total": 0, "items": [], "offset": 0}
             cond.append(sites.c.id.in_(_group_member_sites(gid)))
-        total = (await conn.execute(sa.select(sa.func.count()).select_from(sites).where(*cond))).scalar_one()
+        if group and not q:  # count the group's memberships (an index range), not 100k sites against them
+            members = _group_member_sites(gid).subquery()
+            counting = sa.select(sa.func.count(sa.distinct(members.c.site_id)))
+        else:
+            counting = sa.select(sa.func.count()).select_from(sites).where(*cond)
+        total = (await conn.execute(counting)).scalar_one()
         rows = (
             await conn.execute(
                 sa.select(sites, _last_contact().label("last_contact"))
@@ -263,6 +288,15 @@ async def search_sites(
             }
         )
     return {"total": total, "offset": offset, "limit": limit, "items": items, "error": None}
+
+
+def _prefix(column: Any, text: str) -> Any:
+    """``column`` starts with ``text``, as a range an index serves: [text, text with its last char + 1)."""
+    return sa.and_(column >= text, column < text[:-1] + chr(ord(text[-1]) + 1))
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def comms_state(seen: int | None, now: int, threshold: int) -> str:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hmac
 import importlib
 import json
 import logging
@@ -28,7 +27,11 @@ from aiohttp import web
 
 from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
 from sep2.nmi import NmiError, validate_nmi
-from server.config import ConfigError, ServerConfig
+from server.compliance.acks import DEFAULT_WITHIN_S, UnknownControl, ack_csv, ack_summary
+from server.compliance.assess import assess, assessment_csv
+from server.compliance.judge import Rules
+from server.compliance.targets import resolve_scope
+from server.config import ServerConfig
 from server.errors import ApiError
 from server.headend.doe import (
     CHUNK_BYTES,
@@ -41,6 +44,9 @@ from server.headend.doe import (
     parse_doe_mrid,
     site_intervals,
 )
+from server.headend.errors import HeadEndError, Operator, bad
+from server.headend.tokens import TokenStore
+from server.limits import NOT_XML_CHAR, InputError, load_json
 from server.store import (
     AdminError,
     Page,
@@ -69,10 +75,10 @@ from server.store import (
     sites,
     to_jsonable,
 )
+from server.store.timeline import operator_status
 
 log = logging.getLogger("derlink.headend")
 
-ROLES = ("operator", "viewer")
 TOKEN_FILE = "headend-token"
 BASE_FIELDS = {
     "import_limit_w": "number",
@@ -96,58 +102,17 @@ EMERGENCY_ACTIONS = {
 EMERGENCY_PROGRAM = "emergency"
 
 
-class HeadEndError(ApiError):
-    """A head-end request error; ``field`` names what was wrong."""
-
-    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.field = field
+MAX_JSON_BYTES = 16 * 1024 * 1024  # JSON bodies; DOE uploads are streamed and bounded by their handler
 
 
-def bad(detail: str) -> HeadEndError:
-    field = detail.split(":", 1)[0] if ":" in detail else None
-    return HeadEndError(400, detail, field if field and " " not in field else None)
+def check_request_text(request: web.Request) -> None:
+    """Path and query values must be text that a 2030.5 document can carry; the error names the field."""
+    for name, value in (*request.match_info.items(), *request.query.items()):
+        if NOT_XML_CHAR.search(value) or any(c in value for c in "\r\n\t"):
+            raise HeadEndError(400, f"{name}: control characters are not allowed", name)
 
 
 # ------------------------------------------------------------------------------------------- tokens
-
-
-@dataclass(frozen=True, slots=True)
-class Operator:
-    name: str
-    role: str
-
-    @property
-    def can_write(self) -> bool:
-        return self.role == "operator"
-
-
-def check_tokens(value: Any) -> list[dict[str, str]]:
-    """Validate ``headend_tokens`` from the config; errors name the entry and key."""
-    if not isinstance(value, list):
-        raise ConfigError(f"headend_tokens: expected a list of {{name, token, role}} tables, got {value!r}")
-    out = []
-    names = set()
-    for i, entry in enumerate(value):
-        where = f"headend_tokens[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a table with name, token and role")
-        unknown = set(entry) - {"name", "token", "role"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (expected name, token, role)")
-        for key in ("name", "token", "role"):
-            if not isinstance(entry.get(key), str) or not entry[key]:
-                raise ConfigError(f"{where}.{key}: required string")
-        if entry["role"] not in ROLES:
-            raise ConfigError(f"{where}.role: must be operator or viewer, got {entry['role']!r}")
-        if len(entry["token"]) < 16:
-            raise ConfigError(f"{where}.token: must be at least 16 characters")
-        if entry["name"] in names:
-            raise ConfigError(f"{where}.name: duplicate name {entry['name']!r}")
-        names.add(entry["name"])
-        out.append(dict(entry))
-    return out
 
 
 def load_tokens(config: ServerConfig) -> list[dict[str, str]]:
@@ -274,9 +239,6 @@ def base_summary(text: str) -> dict[str, Any]:
     return out
 
 
-_STATUS_NAMES = {0: "scheduled", 1: "active", 2: "cancelled", 3: "cancelled_randomized", 4: "superseded"}
-
-
 # ------------------------------------------------------------------------------------------- the API
 
 
@@ -396,6 +358,20 @@ ROUTES: list[Route] = [
             "reason": "string",
         },
     ),
+    Route(
+        "PATCH",
+        "/api/programs/{name}",
+        "program_update",
+        True,
+        'Rename, re-rank, move (group; "" = every site) or switch off a DERProgram, built-ins included',
+        {
+            "description": "string",
+            "primacy": "integer",
+            "group": "string",
+            "enabled": "boolean",
+            "reason": "string",
+        },
+    ),
     Route("GET", "/api/defaults", "defaults_list", False, "DefaultDERControls"),
     Route(
         "PUT",
@@ -440,6 +416,35 @@ ROUTES: list[Route] = [
         },
     ),
     Route("GET", "/api/controls/{mrid}", "control_detail", False, "A DERControl, its status and responses"),
+    Route(
+        "GET",
+        "/api/controls/{mrid}/acks",
+        "control_acks",
+        False,
+        "Acknowledgements of a control: counts by Response status, non-responders (CSV with format=csv)",
+        query=("within", "format"),
+    ),
+    Route(
+        "GET",
+        "/api/compliance",
+        "compliance",
+        False,
+        "Compliance of a site, a group or all sites over a time range (CSV with format=csv)",
+        query=(
+            "site",
+            "group",
+            "from",
+            "to",
+            "tolerance_w",
+            "tolerance_pct",
+            "settle_s",
+            "silent_posts",
+            "ack_within_s",
+            "persistent_breach_s",
+            "detail",
+            "format",
+        ),
+    ),
     Route(
         "POST",
         "/api/controls/{mrid}/cancel",
@@ -620,7 +625,8 @@ class HeadEnd:
         self.store = store
         self.admin = store.admin
         self.config = config
-        self.tokens = [(t["token"].encode(), Operator(t["name"], t["role"])) for t in load_tokens(config)]
+        # Digests only, plus the run-time token file (server.headend.tokens): revocation needs no restart.
+        self.tokens = TokenStore(load_tokens(config), config.data_dir, Operator)
         self.writes = {(r.method, r.path) for r in ROUTES if r.write}
         self.session_auth: Callable[[web.Request], Operator | None] | None = None  # set by server.console
         data_dir = Path(config.data_dir)
@@ -636,11 +642,8 @@ class HeadEnd:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise HeadEndError(401, "Authorization: a bearer token is required", "Authorization")
-        given = token.strip().encode()
-        found = None
-        for known, operator in self.tokens:
-            if hmac.compare_digest(known, given):
-                found = operator
+        # Header bytes that are not UTF-8 arrive as surrogate escapes: still just an unknown token.
+        found = self.tokens.lookup(token.strip())
         if found is None:
             raise HeadEndError(401, "Authorization: unknown token", "Authorization")
         return found
@@ -648,6 +651,7 @@ class HeadEnd:
     @web.middleware
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
+            check_request_text(request)
             if request.path.startswith("/api/") and request.path != "/api/openapi.json":
                 operator = self.authenticate(request)
                 request[OPERATOR] = operator
@@ -681,9 +685,9 @@ class HeadEnd:
         if not request.can_read_body:
             return {}
         try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise bad(f"body: not valid JSON ({exc})") from None
+            data = load_json(await request.read(), max_bytes=MAX_JSON_BYTES)
+        except InputError as exc:
+            raise HeadEndError(400, exc.detail, exc.field) from None
         if not isinstance(data, dict):
             raise bad("body: expected a JSON object")
         return data
@@ -951,16 +955,19 @@ class HeadEnd:
 
     @staticmethod
     def _control_json(
-        row: Any, program: str, now: int, names: dict[str, str] | None = None
+        row: Any,
+        program: str,
+        now: int,
+        names: dict[str, str] | None = None,
+        pieces: dict[int, int] | None = None,
     ) -> dict[str, Any]:
-        status, _ = event_status(row, now)
         return {
             "mrid": row.mrid,
             "program": program,
             "target": (names or {}).get(row.target, row.target),
             "start": row.start,
             "duration": row.duration,
-            "status": _STATUS_NAMES.get(status, status),
+            "status": operator_status(row, now, live_pieces=pieces.get(row.id, 0) if pieces else 0),
             "limits": base_summary(row.base),
             "randomize_start": row.randomize_start,
             "randomize_duration": row.randomize_duration,
@@ -1143,11 +1150,23 @@ class HeadEnd:
                         "primacy": row.primacy,
                         "description": row.description,
                         "group": row.group,
+                        "enabled": row.enabled,
                     }
                     for row in rows
                 ]
             }
         )
+
+    async def program_update(self, request: web.Request) -> web.Response:
+        body = await self.body(request)
+        _check_fields(body, {"description", "primacy", "group", "enabled", "reason"}, ())
+        kinds = {"description": "string", "primacy": "integer", "group": "string", "enabled": "boolean"}
+        values = {name: _typed(body, name, kind) for name, kind in kinds.items()}
+        key = request.match_info["name"]
+        await self.admin.update_program(
+            key, **values, actor=self.actor(request), reason=self.reason(request, body)
+        )
+        return ok({"key": key})
 
     async def program_create(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -1222,7 +1241,8 @@ class HeadEnd:
         offset = _int_query(request, "offset", 0)
         limit = _int_query(request, "limit", 100, 1, 1000)
         now = self.store.clock()
-        cond: list[Any] = []
+        # The operator's own controls; the pieces a split republished show in their original's detail.
+        cond: list[Any] = [controls.c.split_from.is_(None)]
         async with self.store.read() as conn:
             if request.query.get("program"):
                 cond.append(programs.c.key == request.query["program"])
@@ -1247,9 +1267,10 @@ class HeadEnd:
                 await conn.execute(query.order_by(controls.c.id.desc()).offset(offset).limit(limit))
             ).all()
             targets = await _target_names(conn, [row.target for row in rows])
+            pieces = await _live_pieces(conn, [row.id for row in rows])
         items = []
         for row in rows:
-            item = self._control_json(row, row.program, now)
+            item = self._control_json(row, row.program, now, pieces=pieces)
             item["target"] = targets[row.target]
             items.append(item)
         return ok({"total": total, "offset": offset, "items": items})
@@ -1339,10 +1360,74 @@ class HeadEnd:
                         )
                 raise HeadEndError(404, f"mrid: no control {mrid}", "mrid")
             targets = await _target_names(conn, [row.target])
-        item = self._control_json(row, row.program, now)
+            piece_rows = (
+                await conn.execute(
+                    sa.select(controls, programs.c.key.label("program"))
+                    .join(programs, programs.c.id == controls.c.program_id)
+                    .where(controls.c.split_from == row.id)
+                    .order_by(controls.c.start)
+                )
+            ).all()
+            acks = await ack_summary(conn, mrid, now=now)
+        live = sum(1 for p in piece_rows if p.cancelled_at is None and p.superseded_at is None)
+        item = self._control_json(row, row.program, now, pieces={row.id: live})
         item["target"] = targets[row.target]
+        item["split_from"] = row.split_from
+        item["pieces"] = [self._control_json(p, p.program, now, targets) for p in piece_rows]
+        item["acknowledgements"] = {k: acks[k] for k in ("sites_targeted", "acknowledged", "latest", "none")}
         item["responses"] = await self.admin.responses_for_control(mrid)
         return ok(item)
+
+    async def control_acks(self, request: web.Request) -> web.Response:
+        mrid = request.match_info["mrid"].upper()
+        within = _int_query(request, "within", DEFAULT_WITHIN_S, 0, 10**7)
+        async with self.store.read() as conn:
+            try:
+                if request.query.get("format") == "csv":
+                    return web.Response(
+                        text=await ack_csv(conn, mrid, within_s=within), content_type="text/csv"
+                    )
+                return ok(await ack_summary(conn, mrid, now=self.store.clock(), within_s=within))
+            except UnknownControl as exc:
+                raise HeadEndError(404, str(exc), "mrid") from None
+
+    async def compliance(self, request: web.Request) -> web.Response:
+        """The compliance service (server.compliance.assess) over HTTP; rules default to the demo's."""
+        now = self.store.clock()
+        to = _int_query(request, "to", now)
+        since = _int_query(request, "from", to - 86400)
+        rules: dict[str, Any] = {}
+        for name in ("tolerance_w", "tolerance_pct", "settle_s"):
+            if request.query.get(name):
+                try:
+                    rules[name] = float(request.query[name])
+                except ValueError:
+                    raise bad(f"{name}: expected a number, got {request.query[name]!r}") from None
+        for name in ("silent_posts", "ack_within_s", "persistent_breach_s"):
+            value = _int_query(request, name, None)
+            if value is not None:
+                rules[name] = value
+        try:
+            parsed = Rules.from_mapping(rules)
+            async with self.store.read() as conn:
+                scope = await resolve_scope(
+                    conn, lfdi=request.query.get("site"), group=request.query.get("group")
+                )
+                result = await assess(
+                    conn,
+                    scope,
+                    since,
+                    to,
+                    now=now,
+                    rules=parsed,
+                    default_post_rate=self.config.post_rate,
+                    detail=request.query.get("detail") in ("1", "true", "yes"),
+                )
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if request.query.get("format") == "csv":
+            return web.Response(text=assessment_csv(result), content_type="text/csv")
+        return ok(result.as_json())
 
     async def control_cancel(self, request: web.Request) -> web.Response:
         body = await self.body(request)
@@ -1693,6 +1778,22 @@ class HeadEnd:
             app.router.add_route(route.method, route.path, handler)
 
 
+async def _live_pieces(conn: Any, ids: list[int]) -> dict[int, int]:
+    """For each control id, how many of its pieces (after a split) are still published."""
+    if not ids:
+        return {}
+    rows = await conn.execute(
+        sa.select(controls.c.split_from, sa.func.count())
+        .where(
+            controls.c.split_from.in_(ids),
+            controls.c.cancelled_at.is_(None),
+            controls.c.superseded_at.is_(None),
+        )
+        .group_by(controls.c.split_from)
+    )
+    return dict(rows.all())
+
+
 async def _target_names(conn: Any, keys: list[str]) -> dict[str, str]:
     """Store target keys ("all", "g:1", "s:2") as operator targets ("all", "group:x", "site:LFDI")."""
     group_ids = {int(k[2:]) for k in keys if k.startswith("g:")}
@@ -1927,13 +2028,34 @@ def create_headend_app(store: Store, config: ServerConfig) -> web.Application:
 
 
 async def start_headend(store: Store, config: ServerConfig) -> tuple[web.AppRunner, int]:
+    from server.config import check_headend_transport
+
+    check_headend_transport(config)  # also for configs built without load_config
+    context = headend_ssl(config) if config.headend_tls else None
     runner = web.AppRunner(create_headend_app(store, config), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.headend_host, config.headend_port)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    log.info("head-end API listening on http://%s:%d/api", config.headend_host, port)
+    try:
+        site = web.TCPSite(runner, config.headend_host, config.headend_port, ssl_context=context)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    port = runner.addresses[0][1]
+    scheme = "https" if context else "http"
+    log.info("head-end API listening on %s://%s:%d/api", scheme, config.headend_host, port)
     return runner, port
+
+
+def headend_ssl(config: ServerConfig) -> Any:
+    """TLS with the server's own certificate; operators authenticate with bearer tokens, not certificates."""
+    import ssl
+
+    from certs.tls import server_ssl_context
+
+    chain, key, ca = config.tls_files()
+    context = server_ssl_context(chain, key, ca, require_client_cert=False)
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 __all__ = ["ROUTES", "HeadEnd", "bulk_register", "create_headend_app", "doe_mrid", "start_headend"]

@@ -2,16 +2,14 @@
 
 An upload is a CSV or JSON stream of rows ``site (NMI or LFDI) x interval start x duration x import/export
 limits (+ optional generation/load limits)``. It is applied in ONE transaction: every row or none. Rows
-replace an earlier DOE of the same site and interval start. The stream is parsed chunk by chunk and written
-in large ``executemany`` batches while the next batch is parsed, so 100k sites x 48 intervals never sits in
-memory and the database is busy while Python parses.
+replace an earlier DOE of the same site, interval start and duration; a row of another length that overlaps
+an earlier one replaces it only over its own span. The stream is parsed chunk by chunk and written in large
+``executemany`` batches while the next batch is parsed, so 100k sites x 48 intervals never sits in memory
+and the database is busy while Python parses.
 
-Storage is the lean ``doe_intervals`` table (integer columns, clustered on (site, start), no rowid). The
-2030.5 side renders each interval as a DERControl of the ``doe`` program:
-
-* its id in hrefs is ``DOE_ID_BASE + start`` (unique per site, as the key is (site, start));
-* its mRID is derived, not stored: ``D`` + site (7 hex) + start (9 hex) + upload (7 hex) + PEN (8 hex),
-  so a replaced interval carries a new mRID and clients see a new event.
+Storage is the lean ``doe_intervals`` table (integer columns, clustered on (site, start, duration), no
+rowid). The 2030.5 side (``server.store.doe``) publishes each site's non-overlapping schedule as
+DERControls of the ``doe`` program, with derived ids and mRIDs.
 """
 
 from __future__ import annotations
@@ -35,20 +33,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sep2 import resources as r
 from sep2.base import INTEGER_RANGES
 from sep2.power import MULTIPLIER_RANGE
-from server.headend.tables import doe_intervals, doe_uploads
-from server.store import (
-    Store,
-    _enqueue,
-    _insert,
-    build_control_base,
-    programs,
-    sites,
-    to_jsonable,
+from server.limits import InputError, check_json_tree, json_decoder
+from server.store import Store, _enqueue, _insert, doe_intervals, doe_uploads, programs, sites
+from server.store.doe import (
+    DOE_ID_BASE,
+    DOE_PROGRAM,
+    MAX_DURATION,
+    doe_mrid,
+    parse_doe_mrid,
+    published_pieces,
+    site_rows,
 )
 
-DOE_PROGRAM = "doe"
-DOE_ID_BASE = 10**12  # DERControl ids at or above this are DOE intervals (id = base + start)
-MAX_DURATION = 86400  # one interval at most a day; also bounds the read-side index range
+# The read side lives in server.store.doe; re-exported for the head-end API.
+__all__ = ["DOE_ID_BASE", "DOE_PROGRAM", "MAX_DURATION", "doe_mrid", "parse_doe_mrid"]
+
 MAX_START = 2**36 - 1  # fits the 9 hex digits of the derived mRID (year 4147)
 # The largest amount an ActivePower (Int16 value x 10^multiplier) can carry, from sep2.power's own ranges.
 MAX_WATTS = INTEGER_RANGES["Int16"][1] * 10 ** (MULTIPLIER_RANGE.stop - 1)
@@ -71,138 +70,6 @@ def _sqlite_upsert(width: int, upload_id: int) -> str:
     names = ", ".join(_ROW_KEYS[:width])
     marks = ", ".join("?" * width)
     return f"INSERT OR REPLACE INTO doe_intervals ({names}, upload_id) VALUES ({marks}, {int(upload_id)})"
-
-
-# ------------------------------------------------------------------------------------------ identities
-
-
-def doe_mrid(pen: int, site_id: int, start: int, upload_id: int) -> str:
-    return f"D{site_id:07X}{start:09X}{upload_id:07X}{pen:08X}"
-
-
-def parse_doe_mrid(mrid: str) -> tuple[int, int, int] | None:
-    """(site id, start, upload id) of a derived DOE mRID, or None if it is not one."""
-    if len(mrid) != 32 or mrid[0] not in "Dd":
-        return None
-    try:
-        return int(mrid[1:8], 16), int(mrid[8:17], 16), int(mrid[17:24], 16)
-    except ValueError:
-        return None
-
-
-# ------------------------------------------------------------------------------------------ read side
-
-
-@dataclass(slots=True)
-class DoeControlRow:
-    """A DOE interval shaped like a ``controls`` row, so the 2030.5 renderer treats both alike."""
-
-    id: int
-    mrid: str
-    program_id: int
-    target: str
-    start: int
-    duration: int
-    base: str
-    creation_time: int
-    randomize_start: int | None = None
-    randomize_duration: int | None = None
-    response_required: str | None = None
-    description: str | None = "DOE"
-    version: int = 0
-    cancelled_at: int | None = None
-    superseded_at: int | None = None
-
-
-def _base_json(row: Any) -> str:
-    base = build_control_base(
-        import_limit_w=row.import_w,
-        export_limit_w=row.export_w,
-        generation_limit_w=row.generation_w,
-        load_limit_w=row.load_w,
-    )
-    return json.dumps(to_jsonable(base), separators=(",", ":"))
-
-
-def _to_control_row(pen: int, program_id: int, row: Any) -> DoeControlRow:
-    return DoeControlRow(
-        id=DOE_ID_BASE + row.start,
-        mrid=doe_mrid(pen, row.site_id, row.start, row.upload_id),
-        program_id=program_id,
-        target=f"s:{row.site_id}",
-        start=row.start,
-        duration=row.duration,
-        base=_base_json(row),
-        creation_time=row.at,
-    )
-
-
-def _window(site_id: int, after: int) -> list[Any]:
-    return [
-        doe_intervals.c.site_id == site_id,
-        doe_intervals.c.start > after - MAX_DURATION,  # keeps the scan an index range
-        doe_intervals.c.start + doe_intervals.c.duration > after,
-    ]
-
-
-async def doe_controls(
-    conn: AsyncConnection,
-    pen: int,
-    site_id: int,
-    program_id: int,
-    *,
-    after: int,
-    now: int,
-    active_only: bool,
-    limit: int,
-) -> tuple[int, list[DoeControlRow], int | None]:
-    """(count, first ``limit`` rows by start, next change time) of a site's DOE intervals ending after
-    ``after``."""
-    cond = _window(site_id, after)
-    if active_only:
-        cond.append(doe_intervals.c.start <= now)
-    summary = (
-        await conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.min(
-                    sa.case(
-                        (doe_intervals.c.start > now, doe_intervals.c.start),
-                        else_=doe_intervals.c.start + doe_intervals.c.duration,
-                    )
-                ),
-            ).where(*cond)
-        )
-    ).one()
-    if not summary[0] or limit <= 0:
-        return summary[0], [], summary[1]
-    rows = (
-        await conn.execute(
-            sa.select(doe_intervals, doe_uploads.c.at)
-            .join(doe_uploads, doe_uploads.c.id == doe_intervals.c.upload_id)
-            .where(*cond)
-            .order_by(doe_intervals.c.start)
-            .limit(limit)
-        )
-    ).all()
-    return summary[0], [_to_control_row(pen, program_id, row) for row in rows], summary[1]
-
-
-async def doe_control(
-    conn: AsyncConnection, pen: int, site_id: int, program_id: int, control_id: int
-) -> DoeControlRow | None:
-    row = (
-        await conn.execute(
-            sa.select(doe_intervals, doe_uploads.c.at)
-            .join(doe_uploads, doe_uploads.c.id == doe_intervals.c.upload_id)
-            .where(doe_intervals.c.site_id == site_id, doe_intervals.c.start == control_id - DOE_ID_BASE)
-        )
-    ).first()
-    return _to_control_row(pen, program_id, row) if row is not None else None
-
-
-def is_doe_program(program_row: Any) -> bool:
-    return getattr(program_row, "key", None) == DOE_PROGRAM
 
 
 # ------------------------------------------------------------------------------------------ ingest
@@ -352,7 +219,7 @@ class RowParser:
         if number > MAX_WATTS:
             try:
                 r.ActivePower.from_watts(float(number))
-            except ValueError as exc:
+            except (ValueError, OverflowError) as exc:
                 raise _RowError(
                     f"{column}: {value} W cannot be expressed as a 2030.5 ActivePower ({exc})"
                 ) from None
@@ -434,8 +301,8 @@ class _Sink:
         else:
             stmt = _insert(self.conn, doe_intervals)
             stmt = stmt.on_conflict_do_update(
-                index_elements=["site_id", "start"],
-                set_={k: stmt.excluded[k] for k in (*_ROW_KEYS[2:], "upload_id")},
+                index_elements=["site_id", "start", "duration"],
+                set_={k: stmt.excluded[k] for k in (*_ROW_KEYS[3:], "upload_id")},
             )
             await self.conn.execute(
                 stmt,
@@ -554,7 +421,7 @@ async def _parse_csv(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Sin
 
 async def _parse_json(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Sink) -> None:
     """A JSON array of objects, or JSON Lines; parsed record by record with ``raw_decode``."""
-    decoder = json.JSONDecoder()
+    decoder = json_decoder()  # bounded numbers (server.limits)
     parser.site_column = ""
     buffer = ""
     record = 0
@@ -600,11 +467,20 @@ async def _parse_json(chunks: AsyncIterable[bytes], parser: RowParser, sink: _Si
                 raise IngestError(
                     [(record + 1, f"body: invalid JSON ({exc.msg})")], sink.more_errors, unit="record"
                 ) from None
+            except (ValueError, RecursionError) as exc:  # a number over the limits, or absurd nesting
+                problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+                raise IngestError(
+                    [(record + 1, f"body: invalid JSON ({problem})")], sink.more_errors, unit="record"
+                ) from None
             pos = end
             record += 1
             try:
                 if not isinstance(obj, dict):
                     raise _RowError("record: must be a JSON object")
+                try:
+                    check_json_tree(obj, 2, "record")
+                except InputError as exc:
+                    raise _RowError(exc.detail) from None
                 unknown = [k for k in obj if k not in ALL_COLUMNS]
                 if unknown:
                     raise _RowError(f"{unknown[0]}: unknown field (expected {', '.join(ALL_COLUMNS)})")
@@ -744,21 +620,23 @@ async def iterate(data: Iterable[bytes]) -> AsyncIterator[bytes]:
 async def site_intervals(
     store: Store, site_id: int, *, since: int | None = None, limit: int = 500
 ) -> list[dict[str, Any]]:
-    query = sa.select(doe_intervals).where(doe_intervals.c.site_id == site_id)
-    if since is not None:
-        query = query.where(doe_intervals.c.start + doe_intervals.c.duration > since)
+    """The site's published DOE schedule: non-overlapping pieces, each with the upload and the uploaded
+    row that set it (provenance)."""
     async with store.read() as conn:
-        rows = (await conn.execute(query.order_by(doe_intervals.c.start).limit(limit))).all()
+        rows = await site_rows(conn, site_id, since if since is not None else -MAX_DURATION)
+    pieces = [(p, v) for p, v in published_pieces(rows) if since is None or p.end > since][:limit]
     return [
         {
-            "start": row.start,
-            "duration": row.duration,
-            "import_limit_w": row.import_w,
-            "export_limit_w": row.export_w,
-            "generation_limit_w": row.generation_w,
-            "load_limit_w": row.load_w,
-            "mrid": doe_mrid(store.pen, row.site_id, row.start, row.upload_id),
-            "upload": row.upload_id,
+            "start": p.start,
+            "duration": p.end - p.start,
+            "import_limit_w": p.item.import_w,
+            "export_limit_w": p.item.export_w,
+            "generation_limit_w": p.item.generation_w,
+            "load_limit_w": p.item.load_w,
+            "mrid": doe_mrid(store.pen, site_id, p.start, v),
+            "upload": p.item.upload_id,
+            "row_start": p.item.start,
+            "row_duration": p.item.duration,
         }
-        for row in rows
+        for p, v in pieces
     ]

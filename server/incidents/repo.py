@@ -114,15 +114,28 @@ class Incidents:
         async with self.store.read() as conn:
             return await self._load(conn, _key(incident_id))
 
-    async def list(self, *, open_only: bool = False, subject: str | None = None) -> list[Incident]:
-        query = sa.select(incidents.c.id).order_by(incidents.c.id)
+    @staticmethod
+    def _filtered(query: Any, open_only: bool, subject: str | None) -> Any:
         if open_only:
             query = query.where(sa.text("incidents." + _OPEN))
         if subject:
             query = query.where(incidents.c.subject == subject)
+        return query
+
+    async def list(self, *, open_only: bool = False, subject: str | None = None, offset: int = 0,
+                   limit: int | None = None) -> list[Incident]:  # fmt: skip
+        """Oldest first; ``limit``/``offset`` page it (the console shows 50 at a time)."""
+        query = self._filtered(sa.select(incidents.c.id).order_by(incidents.c.id), open_only, subject)
+        if limit is not None:
+            query = query.offset(offset).limit(limit)
         async with self.store.read() as conn:
             keys = (await conn.execute(query)).scalars().all()
             return [await self._load(conn, k) for k in keys]
+
+    async def count(self, *, open_only: bool = False, subject: str | None = None) -> int:
+        query = self._filtered(sa.select(sa.func.count()).select_from(incidents), open_only, subject)
+        async with self.store.read() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
 
     async def raise_from_findings(self, findings: Iterable[Finding], reporter: str,
                                   holder: str) -> dict[str, Any]:  # fmt: skip

@@ -68,7 +68,8 @@
     } else if (form.dataset.confirm && !(await confirmDialog(form.dataset.confirm))) return;
     const [r, data] = await send(method, url, payload);
     if (!r.ok) return showError(form, data, r.status);
-    if (form.dataset.next && data.mrid) location.href = form.dataset.next.replace("{mrid}", data.mrid);
+    const id = data.mrid || (data.incident && data.incident.id);
+    if (form.dataset.next && id) location.href = form.dataset.next.replace("{id}", id);
     else location.reload();
   });
 

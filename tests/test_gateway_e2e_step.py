@@ -1,0 +1,83 @@
+"""End to end over real mutual TLS: a tighter step inside a 1-hour DOE keeps the hour around it.
+
+Issue 13, must show: the server publishes three non-overlapping DERControls (the hour before the step,
+the step, the hour after) and marks the original superseded (IEEE 2030.5-2018 §12.1.3.1); our gateway, on
+a simulated site over Modbus TCP, exports within the hour's limit before and after the step and within the
+step's limit during it. The step is 30 s here, not 90 s: the semantics do not depend on its length (the
+store-level test in test_schedule.py uses 90 s), and the suite must stay fast.
+"""
+
+from __future__ import annotations
+
+import time
+
+from certs.tls import client_ssl_context
+from sep2 import resources as r
+from server.store import build_control_base
+from tests.test_gateway_runtime_harness import Lab, tolerance, wait_until
+from tests.test_server_harness import Client
+
+pytest_plugins = ["tests.test_gateway_runtime_harness"]
+
+STEP_S = 30
+HOUR_W, STEP_W = 2000, 800
+
+
+async def test_step_inside_the_hour_is_published_as_three_pieces_and_followed(lab: Lab) -> None:
+    gw = await lab.gateway()
+    assert gw.client is not None
+    await gw.client.wait_ready(10)
+    await wait_until(lambda: lab.export_w() > 4000, 5, "uncontrolled export")
+
+    hour_start = int(time.time()) + 1
+    hour = await lab.admin.create_control(
+        "doe", lab.target, start=hour_start, duration=3600, base=build_control_base(export_limit_w=HOUR_W)
+    )
+    await wait_until(lambda: lab.export_w() <= HOUR_W + tolerance(HOUR_W), 8, "export within the hour")
+    step_start = int(time.time()) + 5
+    step = await lab.admin.create_control(
+        "doe", lab.target, start=step_start, duration=STEP_S, base=build_control_base(export_limit_w=STEP_W)
+    )
+
+    # The site's DERControlList, read as the site reads it: three live pieces and the superseded original.
+    ident = lab.pki.gateway
+    site = Client(
+        lab.server.base_url,
+        client_ssl_context(ident.chain_path, ident.key_path, lab.pki.paths.ca_chain, check_hostname=False),
+        lab.lfdi,
+    )
+    try:
+        site_id = await lab.admin.site_id(lab.lfdi)
+        programs = (await site.get(f"/edev/{site_id}/fsa/0/derp?l=10")).doc(r.DERProgramList)
+        doe_href = next(p.href for p in programs.DERProgram if p.primacy == 10)
+        listing = (await site.get(f"{doe_href}/derc?l=10")).doc(r.DERControlList)
+    finally:
+        await site.close()
+    live = [c for c in listing.DERControl if c.EventStatus.currentStatus in (0, 1)]
+    spans = [(c.interval.start, c.interval.start + c.interval.duration) for c in live]
+    assert len(live) == 3, spans
+    assert spans[1] == (step_start, step_start + STEP_S) and live[1].mRID == step
+    assert spans[0][1] == step_start and spans[2] == (step_start + STEP_S, hour_start + 3600)
+    assert [c.DERControlBase.opModExpLimW.to_watts() for c in live] == [HOUR_W, STEP_W, HOUR_W]
+    (original,) = [c for c in listing.DERControl if c.mRID == hour]
+    assert original.EventStatus.currentStatus == 4
+
+    # Before the step: the hour's limit, not the step's (PV is curtailed to the limit, not below it).
+    while time.time() < step_start - 0.5:
+        assert STEP_W + tolerance(STEP_W) < lab.export_w() <= HOUR_W + tolerance(HOUR_W)
+        await wait_until(lambda: True, 0.2)
+    # During: within the step's limit within 5 s of its start, and held until its end.
+    met = await wait_until(lambda: lab.export_w() <= STEP_W + tolerance(STEP_W), 8, "export within the step")
+    assert met - step_start <= 5.0
+    assert step in gw.decision.limits.export_w.detail
+    while time.time() < step_start + STEP_S - 0.5:
+        assert lab.export_w() <= STEP_W + tolerance(STEP_W)
+        await wait_until(lambda: True, 0.2)
+    # After: back to the hour's limit (the piece after the step), never above it.
+    await wait_until(
+        lambda: lab.export_w() > STEP_W + tolerance(STEP_W), 8, "export back at the hour's limit"
+    )
+    assert gw.decision.limits.export_w.value == HOUR_W and live[2].mRID in gw.decision.limits.export_w.detail
+    for _ in range(10):
+        assert lab.export_w() <= HOUR_W + tolerance(HOUR_W)
+        await wait_until(lambda: True, 0.2)

@@ -1,0 +1,166 @@
+"""Schedule semantics: a new control or DOE replaces earlier ones only over its own span (mission: "an
+operator's 90-second step never removes the hour around it"); statuses computed in one place
+(server.store.timeline; IEEE 2030.5-2018 Table 26 EventStatus)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from server.headend.doe import doe_mrid, ingest, iterate, site_intervals
+from server.store import Page, RequestScope, Store
+from server.store.timeline import Window, event_status, operator_status, paint, remainders, value_at
+
+T0 = 1_800_000_000  # a half-hour boundary
+
+
+def test_paint_newest_wins_only_over_its_span() -> None:
+    hour = Window(T0, T0 + 3600, T0 - 10, None, (1,), "2000W")
+    step = Window(T0 + 600, T0 + 690, T0 - 5, None, (2,), "800W")
+    pieces = paint([hour, step])
+    assert [(p.start - T0, p.end - T0, p.item) for p in pieces] == [
+        (0, 600, "2000W"),
+        (600, 690, "800W"),
+        (690, 3600, "2000W"),
+    ]
+    assert value_at(pieces, T0 + 689) == "800W" and value_at(pieces, T0 + 690) == "2000W"
+    assert value_at(pieces, T0 + 3600) is None and value_at(pieces, T0 - 1) is None
+
+
+def test_paint_respects_publication_and_retirement() -> None:
+    # Published 100 s after its start and cancelled at 300 s: it applied over [100, 300) only.
+    w = Window(T0, T0 + 1000, T0 + 100, T0 + 300, (1,), "x")
+    assert [(p.start - T0, p.end - T0) for p in paint([w])] == [(100, 300)]
+    assert paint([w], since=T0 + 300) == []
+
+
+def test_remainders_drop_what_is_already_over() -> None:
+    assert remainders(0, 3600, 600, 690, now=0) == [(0, 600), (690, 3600)]
+    assert remainders(0, 3600, 600, 690, now=600) == [(690, 3600)]
+    assert remainders(0, 3600, 0, 3600, now=0) == []
+    assert remainders(0, 3600, -10, 100, now=0) == [(100, 3600)]
+
+
+def _row(**kw: object) -> SimpleNamespace:
+    base = dict(start=T0, duration=600, creation_time=T0 - 60, cancelled_at=None, superseded_at=None)
+    base.update(randomize_start=None, randomize_duration=None)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_statuses_are_live() -> None:
+    assert operator_status(_row(), T0 - 1) == "scheduled" and event_status(_row(), T0 - 1)[0] == 0
+    assert operator_status(_row(), T0) == "active" and event_status(_row(), T0)[0] == 1
+    # A finished control is completed, not "scheduled" (issue 13).
+    assert operator_status(_row(), T0 + 600) == "completed"
+    assert operator_status(_row(cancelled_at=T0 + 5), T0 + 10) == "cancelled"
+    assert event_status(_row(cancelled_at=T0 + 5, randomize_duration=30), T0 + 10) == (3, T0 + 5)
+    split = _row(superseded_at=T0 + 5)
+    assert operator_status(split, T0 + 10, live_pieces=2) == "partly superseded"
+    assert operator_status(split, T0 + 10) == "superseded" and event_status(split, T0 + 10) == (4, T0 + 5)
+
+
+# ------------------------------------------------------------------------------ bulk DOE uploads
+
+
+@pytest.fixture
+async def store(tmp_path: Path):
+    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}")
+    s.clock = lambda: T0 - 3600
+    await s.admin.ensure_standard_programs()
+    await s.admin.register_site("A" * 40, nmi="4100000001")
+    yield s
+    await s.close()
+
+
+async def _upload(store: Store, rows: list[tuple[int, int, int]]) -> int:
+    text = "nmi,start,duration,import_limit_w,export_limit_w\n" + "".join(
+        f"4100000001,{start},{duration},9000,{export}\n" for start, duration, export in rows
+    )
+    return (await ingest(store, iterate([text.encode()]), fmt="csv", actor="test")).upload_id
+
+
+async def _published(store: Store) -> list[tuple[int, int, str]]:
+    scope = RequestScope(lfdi="A" * 40, kind="device")
+    view = await store.site_view(scope, 1)
+    doe = next(p for p in view.programs if p.key == "doe")
+    total, rows, _ = await store.program_controls(view, doe.id, Page(0, 100))
+    assert total == len(rows)
+    from server.store import control_base_from_json
+
+    out = []
+    for row in rows:
+        exp = control_base_from_json(row.base).opModExpLimW.to_watts()
+        out.append((row.start - T0, row.duration, f"{exp:g}"))
+    return out
+
+
+async def test_five_minute_row_inside_a_thirty_minute_row_splits_it(store: Store) -> None:
+    first = await _upload(store, [(T0, 1800, 3000), (T0 + 1800, 1800, 3000)])
+    second = await _upload(store, [(T0 + 600, 300, 1000)])
+    assert await _published(store) == [
+        (0, 600, "3000"),
+        (600, 300, "1000"),
+        (900, 900, "3000"),
+        (1800, 1800, "3000"),
+    ]
+    # Provenance: which upload and which uploaded row set each piece; the cut row has a new mRID, the
+    # untouched one keeps the mRID it had before.
+    pieces = await site_intervals(store, 1)
+    assert [(p["upload"], p["row_start"] - T0, p["row_duration"]) for p in pieces] == [
+        (first, 0, 1800),
+        (second, 600, 300),
+        (first, 0, 1800),
+        (first, 1800, 1800),
+    ]
+    assert pieces[0]["mrid"] == doe_mrid(0, 1, T0, second) != doe_mrid(0, 1, T0, first)
+    assert pieces[3]["mrid"] == doe_mrid(0, 1, T0 + 1800, first)
+    assert len({p["mrid"] for p in pieces}) == 4
+
+
+async def test_a_shorter_row_at_the_same_start_keeps_the_rest(store: Store) -> None:
+    await _upload(store, [(T0, 1800, 3000)])
+    await _upload(store, [(T0, 300, 0)])
+    assert await _published(store) == [(0, 300, "0"), (300, 1500, "3000")]
+    # Re-uploading the same interval still replaces it outright.
+    await _upload(store, [(T0, 1800, 2500)])
+    assert await _published(store) == [(0, 1800, "2500")]
+
+
+async def test_shorter_row_in_the_same_upload_wins(store: Store) -> None:
+    await _upload(store, [(T0, 1800, 3000), (T0 + 300, 300, 500)])
+    assert await _published(store) == [(0, 300, "3000"), (300, 300, "500"), (600, 1200, "3000")]
+
+
+async def test_a_90_second_step_splits_the_hour_around_it(store: Store) -> None:
+    from server.store import build_control_base, controls
+
+    admin = store.admin
+    store.clock = lambda: T0 - 60
+    hour = await admin.create_control(
+        "doe", f"site:{'A' * 40}", start=T0, duration=3600, base=build_control_base(export_limit_w=2000)
+    )
+    store.clock = lambda: T0 - 30
+    step = await admin.create_control(
+        "doe", f"site:{'A' * 40}", start=T0 + 900, duration=90, base=build_control_base(export_limit_w=800)
+    )
+    scope = RequestScope(lfdi="A" * 40, kind="device")
+    view = await store.site_view(scope, 1)
+    doe = next(p for p in view.programs if p.key == "doe")
+    _, rows, _ = await store.program_controls(view, doe.id, Page(0, 10))
+    live = [(r.start - T0, r.duration, r.mrid) for r in rows if event_status(r, T0 - 30)[0] in (0, 1)]
+    assert [(a, d) for a, d, _ in live] == [(0, 900), (900, 90), (990, 2610)]
+    assert live[1][2] == step and hour not in {m for _, _, m in live}
+    original = next(r for r in rows if r.mrid == hour)
+    assert event_status(original, T0 - 30) == (4, T0 - 30)  # superseded: clients answer 7
+    async with store.read() as conn:
+        pieces = (await conn.execute(controls.select().where(controls.c.split_from == original.id))).all()
+    assert sorted(p.start - T0 for p in pieces) == [0, 990]
+    assert operator_status(original, T0, live_pieces=len(pieces)) == "partly superseded"
+    # Cancelling the original cancels its pieces too; the step stays.
+    await admin.cancel_control(hour)
+    _, rows, _ = await store.program_controls(view, doe.id, Page(0, 10))
+    assert [r.mrid for r in rows if event_status(r, T0)[0] in (0, 1)] == [step]
+    assert event_status(next(r for r in rows if r.mrid == hour), T0)[0] == 4  # stays superseded
