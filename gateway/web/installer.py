@@ -29,7 +29,6 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
-from derlink.files import write_atomic
 
 from gateway.commissioning.flow import Options, Outcome, parse_scan_targets, parse_units, run_commissioning
 from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, StateError
@@ -43,6 +42,7 @@ from gateway.web.auth import (
     html_response,
     set_cookie,
 )
+from sep2.files import write_atomic
 
 HERE = Path(__file__).parent
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
