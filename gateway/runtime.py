@@ -462,7 +462,9 @@ class GatewayRuntime:
         assert self.controller is not None
         configured = self.settings.fallback.comms_timeout_s
         interval = self.client.contact_interval() if self.client is not None else None
-        needed = effective_comms_timeout(configured, interval)
+        # slack: the next exchange may take up to the request timeout (no more than an interval)
+        slack = min(self.settings.server.request_timeout_s, interval or 0.0)
+        needed = effective_comms_timeout(configured, interval, slack)
         config = self.controller.config
         if needed == config.fallback.comms_timeout_s:
             return
@@ -557,6 +559,8 @@ class GatewayRuntime:
                 w=meter.w, var=meter.var, v={"A": meter.v} if meter.v is not None else {}, hz=meter.hz
             )
         ders = []
+        # DERSettings.setGradW reports the ramp rate in force (CSIP-AUS; client procedures ALL-13/ALL-17)
+        grad = self.decision.limits.set_grad_w.value if self.decision is not None else None
         v13 = self.settings.server.storage_extension
         for dev, is_battery in [(d, False) for d in self.runner.pvs] + [
             (d, True) for d in self.runner.batteries
@@ -564,6 +568,10 @@ class GatewayRuntime:
             info = dev.conn.info
             last = dev.last
             rated = info.rated_w or 0.0
+            # operating: measured power flows (a DER de-energised, curtailed to 0 W or dark is not)
+            operating = last is not None and last.connected is not False and abs(last.w or 0.0) >= max(
+                10.0, 0.01 * rated
+            )
             modes = (
                 m.MODE_CONNECT
                 | m.MODE_MAX_LIM_W
@@ -581,7 +589,9 @@ class GatewayRuntime:
                     rtg_max_charge_w=info.max_charge_w if is_battery else None,
                     rtg_max_discharge_w=info.max_discharge_w if is_battery else None,
                     connected=last.connected is not False if last else True,
-                    operating=last is not None,
+                    operating=operating,
+                    operational_mode=2 if operating else 1,  # OperationalModeStatusType: operational / off
+                    set_grad_w=round(grad) if grad is not None else 0,
                     fault=last is None,
                     w_available=(last.available_w if last and not is_battery else None),
                     measurements=m.Measurements(

@@ -5,7 +5,7 @@ each one that applies).
 The procedures are read at test time from the installed ``cactus-test-definitions`` (nothing copied);
 ``tests/client_procedures.py`` runs them: the real gateway runtime on a simulated SunSpec site, our
 server behind a recording mutual-TLS front, the procedure's steps firing on the gateway's requests and
-driving the server. Time is compressed 30-fold.
+driving the server. Time is compressed 20-fold.
 
 Honest coverage: ``test_every_client_procedure_is_run_or_says_why_not`` classifies every procedure of
 the package (runnable by this runner, or the reasons it is not) and prints the table. CI runs
@@ -15,6 +15,8 @@ the package (runnable by this runner, or the reasons it is not) and prints the t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 from collections.abc import AsyncIterator
 from functools import cache
@@ -46,8 +48,8 @@ from tests.test_gateway_runtime_harness import Lab, Pki, _server_config, wait_un
 
 pytest_plugins = ["tests.test_gateway_runtime_harness"]
 
-#: Discovery (PIN accepted), PIN refused, control Responses through the whole life cycle, telemetry,
-#: DER capability/settings, an active and a default export limit, an import limit.
+#: Discovery (PIN accepted), PIN refused, control Responses through their whole life cycle (received,
+#: started, completed, cancelled, superseded), an active and a default export limit, an import limit.
 NMI = "4102345678"
 FAST = ("ALL-01", "ALL-03-REJ", "ALL-18", "GEN-01", "GEN-03", "LOA-01")
 
@@ -140,6 +142,10 @@ async def run_procedure(tmp: Path, pki: Pki, name: str) -> tuple[Result, str | N
 @pytest.mark.parametrize("name", selected())
 async def test_client_procedure(name: str, tmp_path: Path, gw_pki: Pki) -> None:
     result, client_state = await run_procedure(tmp_path, gw_pki, name)
+    if os.environ.get("DERLINK_CLIENT_PROCEDURES_OUT"):  # one JSON line per procedure (the README table)
+        line = json.dumps({**dataclasses.asdict(result), "client_state": client_state}) + "\n"
+        with Path(os.environ["DERLINK_CLIENT_PROCEDURES_OUT"]).open("a") as out:  # noqa: ASYNC230
+            out.write(line)
     assert result.passed, f"{name}: {result.failures} (steps completed: {result.completed})"
     assert result.completed, "at least one step fired"
     if name == "ALL-03-REJ":

@@ -357,8 +357,8 @@ async def test_subscription_notification_updates_the_core_within_milliseconds(la
     client = lab.client(controller, mode="subscribe", default_poll_rate=3600, on_change=changes.append)
     await client.start()
     await client.wait_ready(10)
-    # FSA list, DERProgramList, a DERControlList and a DefaultDERControl per program (every program links
-    # one: issue 11 item 8)
+    # FSA list, DERProgramList, a DERControlList and a DefaultDERControl per program (every DERProgram
+    # links one, empty until set: issue 11 item 8)
     assert client.status.subscriptions == 1 + 1 + 3 + 3
     before = len(changes)
     mrid = await lab.admin.create_control(

@@ -227,14 +227,16 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("configured", "interval", "effective"),
-    [(300, None, 300), (300, 60, 300), (60, 300, 301), (1, 2.5, 4), (2, 1, 2), (5, 5, 6)],
-)
+    ("configured", "interval", "slack", "effective"),
+    [(300, None, 10, 300), (300, 60, 10, 300), (60, 300, 10, 310), (1, 2.5, 0.2, 4), (2, 1, 1, 2),
+     (5, 5, 1, 6), (300, 300, 10, 310)],
+)  # fmt: skip
 def test_comms_timeout_is_kept_above_the_contact_interval(
-    configured: int, interval: float | None, effective: int
+    configured: int, interval: float | None, slack: float, effective: int
 ) -> None:
     """Issue 11 item 15: a timeout shorter than the time between two exchanges would call a healthy link
-    lost; it is raised to the interval plus one second (never lowered below the configured value)."""
+    lost; it is raised to the interval plus the time an exchange may take (at least 1 s), never lowered
+    below the configured value."""
     from gateway.core.fallback import effective_comms_timeout
 
-    assert effective_comms_timeout(configured, interval) == effective
+    assert effective_comms_timeout(configured, interval, slack) == effective

@@ -58,14 +58,16 @@ async def test_status_says_link_lost_within_comms_timeout_and_back_after_recover
     lab: Lab, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="derlink.gateway")
-    config = lab.write_site_toml(server={"mode": "poll"}, comms_loss={"persistent_loss_s": 60})
-    gw = await lab.gateway(server={"mode": "poll"}, comms_loss={"persistent_loss_s": 60})
+    # 3 s (not the harness's 2 s): a loaded test machine can stall an exchange past 2 s
+    loss = {"persistent_loss_s": 60, "comms_timeout_s": 3}
+    config = lab.write_site_toml(server={"mode": "poll"}, comms_loss=loss)
+    gw = await lab.gateway(server={"mode": "poll"}, comms_loss=loss)
     assert gw.client is not None
     await gw.client.wait_ready(10)
     await wait_until(lambda: events(caplog, "link_up"), 5, "first contact")
     timeout_s = gw.settings.fallback.comms_timeout_s
     status = await local_status(lab, gw)
-    assert not status["link_lost"] and status["comms"]["comms_timeout_s"] == timeout_s == 2
+    assert not status["link_lost"] and status["comms"]["comms_timeout_s"] == timeout_s == 3
     assert "link up" in await asyncio.to_thread(cli_status, str(config))
 
     lab.proxy.cut()
@@ -73,17 +75,19 @@ async def test_status_says_link_lost_within_comms_timeout_and_back_after_recover
     lost_at = await wait_until(
         lambda: _lost(lab, gw), timeout_s + 5, "status shows the link lost", every=0.05
     )
-    # Declared comms_timeout_s after the last contact, which was at most at the cut (whole seconds);
-    # 0.5 s covers this test's own polling and a loaded machine.
-    assert lost_at - cut_at <= timeout_s + 0.5
     status = await local_status(lab, gw)
     assert status["link_lost"] and status["comms"]["link_lost"] and status["regime"] != "NORMAL"
+    # Declared comms_timeout_s after the last contact, which was at most at the cut: exact, from the
+    # status itself; and seen by a status reader at most a moment later (this test's polling, load).
+    assert status["loss_declared_at"] <= cut_at + timeout_s
+    assert status["comms"]["last_contact"] + timeout_s == status["loss_declared_at"]
+    assert lost_at - cut_at <= timeout_s + 1.5
     assert "link LOST" in await asyncio.to_thread(cli_status, str(config))
 
     lab.proxy.restore()
     await wait_until(lambda: _up(lab, gw), 10, "status shows the link back")
     assert len(events(caplog, "link_lost")) == 1 and len(events(caplog, "link_back")) == 1
-    assert events(caplog, "comms_timeout_adjusted") == [], "2 s is not shorter than these rates (1 s, 2 s)"
+    assert events(caplog, "comms_timeout_adjusted") == [], "3 s is not shorter than these rates (1 s, 2 s)"
 
 
 async def _lost(lab: Lab, gw: GatewayRuntime) -> bool:
@@ -103,12 +107,19 @@ async def test_comms_timeout_shorter_than_the_servers_rates_is_adjusted_and_logg
         gw = await lab.gateway(comms_loss={"comms_timeout_s": 1})  # subscription mode
         assert gw.client is not None
         await gw.client.wait_ready(10)
-        adjusted = await wait_until(lambda: events(caplog, "comms_timeout_adjusted"), 5, "adjustment logged")
-        record = events(caplog, "comms_timeout_adjusted")[0]
+        # Until the first MirrorUsagePoint tells it the postRate (3 s), the gateway posts at its own
+        # default (2 s): the timeout may be adjusted twice on the way, each time logged.
+        await wait_until(
+            lambda: any(r.fields["effective"] == 5 for r in events(caplog, "comms_timeout_adjusted")), 10,
+            "adjustment to pollRate/postRate 3 s + the 2 s request timeout logged",
+        )  # fmt: skip
+        adjusted = events(caplog, "comms_timeout_adjusted")
+        record = adjusted[-1]
         assert record.levelno == logging.WARNING
-        assert record.fields == {"configured": 1, "effective": 4, "contact_interval": 3}
+        assert record.fields == {"configured": 1, "effective": 5, "contact_interval": 3}
         assert "comms_timeout_s 1 s is shorter than the server's pollRate/postRate" in record.getMessage()
-        assert (await local_status(lab, gw))["comms"]["comms_timeout_s"] == 4
+        assert all(r.fields["configured"] == 1 and r.fields["effective"] > 1 for r in adjusted)
+        assert (await local_status(lab, gw))["comms"]["comms_timeout_s"] == 5
         # Two whole exchange intervals with the server up: the link is never reported lost (a 1 s
         # timeout would have declared it lost and back between every two exchanges).
         lost_before = len(events(caplog, "link_lost"))
@@ -117,5 +128,4 @@ async def test_comms_timeout_shorter_than_the_servers_rates_is_adjusted_and_logg
             assert not (await local_status(lab, gw))["link_lost"]
             await asyncio.sleep(0.2)
         assert len(events(caplog, "link_lost")) == lost_before
-        assert adjusted  # logged once, not at every tick
-        assert len(events(caplog, "comms_timeout_adjusted")) == 1
+        assert len(events(caplog, "comms_timeout_adjusted")) == len(adjusted), "logged once per change"

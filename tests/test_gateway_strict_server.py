@@ -93,6 +93,7 @@ async def strict(tmp_path: Path) -> AsyncIterator[StrictLab]:
         headend_enabled=False,
         poll_rate=1,
         post_rate=1,
+        notify_allow=["127.0.0.1/32"],  # the gateway's listener is on loopback (server.netpolicy)
     )
     config.data_dir.mkdir()
     server = await start_server(config)

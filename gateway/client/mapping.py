@@ -317,6 +317,12 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
         available=any(d.available for d in devices),
         operating=any(d.operating for d in devices),
         fault=any(d.fault for d in devices),
+        # the most operational of them (2 operational > 3 test > 1 off > 0 unknown)
+        operational_mode=max(
+            (d.operational_mode for d in devices if d.operational_mode is not None),
+            key=lambda mode: (2, 3, 1, 0).index(mode) * -1 if mode in (0, 1, 2, 3) else -9,
+            default=None,
+        ),
         w_available=_sum([d.w_available for d in devices]),
         var_available=_sum([d.var_available for d in devices]),
         measurements=Measurements(

@@ -56,22 +56,18 @@ class FallbackConfig:
             raise ValueError("; ".join(problems))
 
 
-#: Seconds added to the client's contact interval: the exchange itself takes a moment, and contact times
-#: have a resolution of one second.
-CONTACT_GRACE_S = 1
-
-
-def effective_comms_timeout(configured_s: int, contact_interval_s: float | None) -> int:
+def effective_comms_timeout(configured_s: int, contact_interval_s: float | None, slack_s: float = 1.0) -> int:
     """The comms timeout to apply, given the longest the client goes without an exchange with a healthy
     server (its most frequent periodic request, which follows the server's pollRate/postRate).
 
     A ``comms_timeout_s`` shorter than that would declare the link lost between two normal exchanges (and
-    back at the next one), so it is raised to the interval plus :data:`CONTACT_GRACE_S`; the shell logs
-    the adjustment. ``None`` (rates not known yet): the configured value.
+    back at the next one), so it is raised to the interval plus ``slack_s`` (the time the next exchange
+    itself may take; at least 1 s, the resolution of contact times); the shell logs the adjustment.
+    ``None`` (rates not known yet): the configured value.
     """
     if contact_interval_s is None:
         return configured_s
-    return max(configured_s, math.ceil(contact_interval_s) + CONTACT_GRACE_S)
+    return max(configured_s, math.ceil(contact_interval_s + max(1.0, slack_s)))
 
 
 @dataclass(frozen=True)
