@@ -17,10 +17,11 @@ import pytest
 
 from aggregator.boffer.builder import build_offer
 from aggregator.boffer.cli import DEFAULT_PRICES
-from aggregator.boffer.from_store import portfolio_from_store
+from aggregator.boffer.from_store import _period_limits, portfolio_from_store
 from aggregator.boffer.model import Plan
 from aggregator.boffer.validator import errors, validate
 from gateway.client import mapping as m
+from server.compliance.assess import LimitSegment
 from server.store import Page, RequestScope, Store, build_control_base
 
 T0 = 1_800_000_000 // 300 * 300
@@ -109,6 +110,17 @@ async def test_portfolio_and_offer_from_the_store_clip_to_each_period_doe(db: Pa
     assert [p.max_avail_gen for p in all_built.offer.periods] == [14.0] * 3 + [15.7] * 3
 
 
+def test_a_limit_that_changes_inside_a_period_applies_to_all_of_it() -> None:
+    """The tightest limit at any moment of a 5-minute period bounds the whole period (L144, L471)."""
+    seg = LimitSegment
+    export, imp = _period_limits(
+        [seg(T0 - 600, T0 + 450, 2000.0, None, "a", None), seg(T0 + 450, T0 + 1200, 500.0, 800.0, "b", "b")],
+        T0, 5,
+    )  # fmt: skip
+    assert export.tolist() == [2000.0, 500.0, 500.0, 500.0, np.inf]
+    assert imp.tolist() == [np.inf, 800.0, 800.0, 800.0, np.inf]
+
+
 def _derlink(*args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run([sys.executable, "-m", "derlink", "boffer", "build", *args], capture_output=True,
@@ -128,6 +140,8 @@ def test_cli_builds_from_the_server_database_and_names_the_option(db: Path, tmp_
     by_dir = _derlink("--from-server", "--data-dir", str(db.parent), *window)
     assert by_dir.returncode == 0 and json.loads(by_dir.stdout) == doc
 
+    empty = tmp_path / "not-derlink.sqlite3"
+    empty.write_bytes(b"")
     before = db.stat().st_mtime_ns
     bad = {
         ("--from-server",): "--from-server: give exactly one of --database-url or --data-dir",
@@ -137,6 +151,7 @@ def test_cli_builds_from_the_server_database_and_names_the_option(db: Path, tmp_
         (str(tmp_path / "p.csv"), "--database-url", url): "--database-url: only with --from-server",
         ("--from-server", "--data-dir", str(tmp_path / "none")): "--data-dir: no server database",
         ("--from-server", "--database-url", url, "--group", "nowhere"): "group: no group 'nowhere'",
+        ("--from-server", "--database-url", f"sqlite+aiosqlite:///{empty}"): "--database-url: cannot read",
     }
     for argv, message in bad.items():
         done = _derlink(*argv)

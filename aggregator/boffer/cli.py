@@ -88,6 +88,7 @@ def _from_server(args: argparse.Namespace):
         raise SystemExit("--from-server: give either a PORTFOLIO file or --from-server, not both")
     if (args.database_url is None) == (args.data_dir is None):
         raise SystemExit("--from-server: give exactly one of --database-url or --data-dir")
+    option = "--data-dir" if args.data_dir is not None else "--database-url"
     if args.data_dir is not None:
         db = Path(args.data_dir) / "derlink.sqlite3"
         if not db.is_file():
@@ -108,8 +109,8 @@ def _from_server(args: argparse.Namespace):
 
     try:
         found = asyncio.run(read())
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise SystemExit(f"--database-url: cannot read the server database: {exc}") from None
+    except (sqlalchemy.exc.SQLAlchemyError, OSError) as exc:
+        raise SystemExit(f"{option}: cannot read the server database: {exc}") from None
     for note in found.skipped:
         print(f"warning: {note}", file=sys.stderr)
     return found.portfolio
