@@ -252,7 +252,8 @@ def test_simulated_days(programs, events, outages, local, step, days, restore_ev
         if link_up(t, outages):
             deliver(sc, t, programs, events)
             last_contact = t
-            ever_default = ever_default or any(default is not None for _, default in programs)
+            # a default that sets no mode (empty, or only ramps) is nothing to fall back on
+            ever_default = ever_default or any(d is not None and d.modes for _, d in programs)
         current = [inp for at, inp in local if at <= t]
         if n % restore_every == 0 and n:
             # (e) a save/load round trip reproduces the same decision, and the run continues from it
