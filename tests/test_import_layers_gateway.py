@@ -2,10 +2,11 @@
 
 Layers, lowest first: ``sep2`` and ``xsd`` (the shared 2030.5 model, file helpers) and ``fieldbus``
 (device register maps the gateway drives and the simulators serve), ``certs`` (PKI), then the parts,
-``gateway``, ``simulators`` and ``aggregator``, which import none of each other nor ``server``, and at the
-top ``derlink`` (the command and the demo, which drives all parts). Every import counts: at module level,
-inside functions and under TYPE_CHECKING, because each is a dependency of the design even where Python
-would tolerate the circle. The server package has its own test (tests/test_import_layers.py).
+``gateway``, ``simulators`` and ``aggregator``, which import none of each other nor ``server`` (except that
+the aggregator may read a derlink server's database through ``server.store``: the Boffer portfolio from the
+server's own data), and at the top ``derlink`` (the command and the demo, which drives all parts). Every
+import counts: at module level, inside functions and under TYPE_CHECKING, because each is a dependency of
+the design even where Python would tolerate the circle. The server package has its own test (tests/test_import_layers.py).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "certs": {"sep2"},
     "gateway": {"sep2", "xsd", "fieldbus", "certs"},
     "simulators": {"sep2", "xsd", "fieldbus"},
-    "aggregator": {"sep2", "xsd", "certs"},
+    "aggregator": {"sep2", "xsd", "certs", "server"},  # aggregator/boffer/from_store.py reads server.store
     "server": {"sep2", "xsd", "certs"},
     "derlink": set(PACKAGES),
 }
