@@ -6,7 +6,8 @@ Layers, lowest first: ``sep2`` and ``xsd`` (the shared 2030.5 model, file helper
 the aggregator may read a derlink server's database through ``server.store``: the Boffer portfolio from the
 server's own data), and at the top ``derlink`` (the command and the demo, which drives all parts). Every
 import counts: at module level, inside functions and under TYPE_CHECKING, because each is a dependency of
-the design even where Python would tolerate the circle. The server package has its own test (tests/test_import_layers.py).
+the design even where Python would tolerate the circle. The server package has its own test
+(tests/test_import_layers.py).
 """
 
 from __future__ import annotations
