@@ -40,6 +40,22 @@ async def _post(store: Store, lfdi: str, at: int, site_w: float) -> None:
     await store.upsert_mup(scope, m.mirror_usage_point(point, lfdi, doc.MirrorMeterReading))
 
 
+async def post_the_hour(store: Store, emergency: str) -> None:
+    """One hour of telemetry from T0: A follows both limits, B's inverter is stuck at 3 kW export, C stops
+    posting after 25 minutes, D complies; only A answers the emergency."""
+    for at in range(T0, T0 + 3600, 60):
+        in_emergency = T0 + 1800 <= at < T0 + 2100
+        await _post(store, LFDI["A"], at, -40.0 if in_emergency else -1900.0)
+        await _post(store, LFDI["B"], at, -3000.0)
+        if at < T0 + 1500:
+            await _post(store, LFDI["C"], at, -1500.0)
+        await _post(store, LFDI["D"], at, -30.0 if in_emergency else -1000.0)
+    await store.post_response(
+        RequestScope(lfdi=LFDI["A"], kind="device"),
+        r.Response(subject=emergency, endDeviceLFDI=LFDI["A"], status=1, createdDateTime=T0 + 1801),
+    )
+
+
 async def _capability(store: Store, lfdi: str, doe_modes: int) -> None:
     scope = RequestScope(lfdi=lfdi, kind="device")
     site_id = await store.admin.site_id(lfdi)
@@ -67,17 +83,7 @@ async def test_assessment_finds_breaches_silence_non_responders_and_curtailment(
         await _capability(store, LFDI[name], 0x0E if name == "D" else 0x0F)  # D cannot limit export
     # A follows both limits; B's inverter is stuck at 3 kW export; C stops posting after 25 minutes;
     # D complies but declared no export-limit mode.
-    for at in range(T0, T0 + 3600, 60):
-        in_emergency = T0 + 1800 <= at < T0 + 2100
-        await _post(store, LFDI["A"], at, -40.0 if in_emergency else -1900.0)
-        await _post(store, LFDI["B"], at, -3000.0)
-        if at < T0 + 1500:
-            await _post(store, LFDI["C"], at, -1500.0)
-        await _post(store, LFDI["D"], at, -30.0 if in_emergency else -1000.0)
-    await store.post_response(
-        RequestScope(lfdi=LFDI["A"], kind="device"),
-        r.Response(subject=emergency, endDeviceLFDI=LFDI["A"], status=1, createdDateTime=T0 + 1801),
-    )
+    await post_the_hour(store, emergency)
     store.now = T0 + 3600
     async with store.read() as conn:
         result = (await assess(conn, "all", T0, T0 + 3600, now=T0 + 3600, rules=Rules())).as_json()

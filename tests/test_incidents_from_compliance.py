@@ -16,11 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sep2 import resources as r
 from server.config import ConfigError, ServerConfig, config_from_mapping
 from server.headend.api import create_headend_app
-from server.store import RequestScope, Store, build_control_base
-from tests.test_compliance_assess import LFDI, T0, _post
+from server.store import Store, build_control_base
+from tests.test_compliance_assess import LFDI, T0, post_the_hour
 
 TOKEN = "operator-token-0123456789"
 SECRET = "webhook-secret"
@@ -102,17 +101,7 @@ async def test_assessment_findings_raise_incidents_once_and_reach_the_webhook(wo
     emergency = await store.admin.create_control(
         "emergency", "group:feeder", start=T0 + 1800, duration=300, base=build_control_base(export_limit_w=0)
     )
-    for at in range(T0, T0 + 3600, 60):
-        in_emergency = T0 + 1800 <= at < T0 + 2100
-        await _post(store, LFDI["A"], at, -40.0 if in_emergency else -1900.0)
-        await _post(store, LFDI["B"], at, -3000.0)
-        if at < T0 + 1500:
-            await _post(store, LFDI["C"], at, -1500.0)
-        await _post(store, LFDI["D"], at, -30.0 if in_emergency else -1000.0)
-    await store.post_response(
-        RequestScope(lfdi=LFDI["A"], kind="device"),
-        r.Response(subject=emergency, endDeviceLFDI=LFDI["A"], status=1, createdDateTime=T0 + 1801),
-    )
+    await post_the_hour(store, emergency)
     store.now = T0 + 3600
     window = {"from": T0, "to": T0 + 3600}
 
