@@ -69,6 +69,8 @@ class ServerConfig:
     notify_retry_initial: float = 1.0
     notify_retry_max: float = 300.0
     notify_timeout: float = 10.0
+    notify_concurrency: int = 256  # notifications sent at once (server.notifications) ...
+    notify_per_host: int = 4  # ... and at most this many to one subscriber (scheme, host, port)
     # Notification target policy (server.netpolicy): non-public addresses are refused unless covered by a
     # CIDR or host name ("gw.example", "*.example") here, or in the per-client list keyed by certificate LFDI.
     notify_allow: list[str] = field(default_factory=list)
@@ -272,6 +274,9 @@ def check_config(config: ServerConfig) -> None:
             raise ConfigError(f"dnssd_address: host is {config.host}; name the address clients connect to")
         if not config.dnssd_instance or "." in config.dnssd_instance or len(config.dnssd_instance) > 63:
             raise ConfigError("dnssd_instance: 1 to 63 characters without dots")
+    for name in ("notify_concurrency", "notify_per_host"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.headend_enabled:
         check_headend_transport(config)
     if config.database_url and not config.database_url.startswith(
