@@ -57,7 +57,7 @@ class _ResumingSSLObject(ssl.SSLObject):
 
     The previous connection's object is kept per name; its ``session`` (a TLS 1.3 ticket or a 1.2
     session) is offered by the next handshake. A server that does not know it just does a full one.
-    Sessions belong to one context: :func:`notification_client_ssl` makes a subclass per context.
+    Sessions belong to one context: :func:`enable_session_resumption` makes a subclass per context.
     """
 
     recent: OrderedDict[str, ssl.SSLObject]
@@ -96,8 +96,27 @@ def notification_client_ssl(config: ServerConfig) -> ssl.SSLContext:
 
     chain, key, ca = config.notify_files()
     context = client_ssl_context(chain, key, ca, check_hostname=False)
+    return enable_session_resumption(context)
+
+
+def enable_session_resumption(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Client connections made with ``context`` resume the last TLS session with the same server name."""
     context.sslobject_class = type("ResumingSSLObject", (_ResumingSSLObject,), {"recent": OrderedDict()})
     return context
+
+
+class _BoundedPoolConnector(aiohttp.TCPConnector):
+    """Keeps at most ``max_idle`` idle connections for reuse. Each idle TLS connection holds asyncio's
+    256 KiB read buffer, so a broadcast to 100k subscribers must not leave 100k of them open.
+    (``_release`` and ``_conns`` are aiohttp's own; tests/test_notification_fanout.py exercises them.)"""
+
+    def __init__(self, *, max_idle: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_idle = max_idle
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        full = sum(len(idle) for idle in self._conns.values()) >= self._max_idle
+        super()._release(key, protocol, should_close=should_close or full)
 
 
 def destination(uri: str) -> str:
@@ -147,7 +166,8 @@ class NotificationSender:
         # The policy sees every address the connector is about to connect to (names re-resolved per
         # connection, no DNS cache), so a subscription whose name now points somewhere forbidden is
         # refused before any packet leaves. Connections stay open for the next notification.
-        connector = aiohttp.TCPConnector(
+        connector = _BoundedPoolConnector(
+            max_idle=self.concurrency,
             ssl=context,
             limit=self.concurrency,
             use_dns_cache=False,

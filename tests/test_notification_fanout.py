@@ -176,3 +176,34 @@ async def test_emergency_first_and_a_broadcast_rendered_once(tmp_path, database_
         assert len(from_xml(shared[3], r.Notification).Resource.DERControl) == 2
     finally:
         await store.close()
+
+
+async def test_idle_connections_to_subscribers_are_bounded(pki, tmp_path):
+    """Connections are kept for the next notification, but no more than the cap: each holds a TLS buffer."""
+    import aiohttp
+
+    from sep2.xml import to_xml
+    from server.notifications import _BoundedPoolConnector, notification_client_ssl
+
+    body = to_xml(
+        r.Notification(subscribedResource="/edev/1/derp/1/derc", status=0, subscriptionURI="/edev/1/sub/1")
+    )
+
+    subscribers = [Subscriber(pki.directory, free_port()) for _ in range(3)]
+    for s in subscribers:
+        await s.start()
+    context = notification_client_ssl(server_config(pki, tmp_path / "data"))
+    connector = _BoundedPoolConnector(max_idle=2, ssl=context)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for s in subscribers:
+                async with session.post(
+                    f"https://127.0.0.1:{s.port}/notify",
+                    data=body,
+                    headers={"Content-Type": "application/sep+xml"},
+                ) as reply:
+                    assert reply.status == 201
+            assert sum(len(idle) for idle in connector._conns.values()) == 2
+    finally:
+        for s in subscribers:
+            await s.stop()
