@@ -59,7 +59,9 @@ class ServerConfig:
     max_subscriptions_per_site: int = 32
     max_responses_per_event: int = 16  # per site and event; a repeated Response (same status) counts once
     max_list_limit: int = 500
-    cache_enabled: bool | None = None  # None: on for SQLite (single process), off for PostgreSQL
+    cache_enabled: bool | None = None  # None: on for SQLite, and for PostgreSQL with workers > 1
+    # Server processes sharing the 2030.5 port (SO_REUSEPORT) and a PostgreSQL database (server.workers).
+    workers: int = 1
     cache_max_bytes: int = 64 * 1024 * 1024  # rendered documents kept, least recently used evicted
     # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
     # proxy_cert_header and is trusted only from these peer addresses/networks.
@@ -111,7 +113,11 @@ class ServerConfig:
 
     @property
     def cache_active(self) -> bool:
-        return self.is_sqlite if self.cache_enabled is None else self.cache_enabled
+        # PostgreSQL: on when this server's processes tell each other what they changed (workers > 1); a
+        # single process may share its database with independently started ones, so it asks every time.
+        if self.cache_enabled is None:
+            return self.is_sqlite or self.workers > 1
+        return self.cache_enabled
 
     @property
     def proxy_mode(self) -> bool:
@@ -274,7 +280,9 @@ def check_config(config: ServerConfig) -> None:
             raise ConfigError(f"dnssd_address: host is {config.host}; name the address clients connect to")
         if not config.dnssd_instance or "." in config.dnssd_instance or len(config.dnssd_instance) > 63:
             raise ConfigError("dnssd_instance: 1 to 63 characters without dots")
-    for name in ("notify_concurrency", "notify_per_host"):
+    if config.workers > 1 and config.is_sqlite:
+        raise ConfigError("workers: more than one server process needs PostgreSQL (set database_url)")
+    for name in ("notify_concurrency", "notify_per_host", "workers"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name}: must be at least 1, got {getattr(config, name)}")
     if config.headend_enabled:
