@@ -24,8 +24,9 @@ does). The server is pinned to core 0 and the load generator (one Python aiohttp
 taskset; the generator's own CPU is printed, so that a generator-bound step is visible (near 1.0).
 Modes: ``keepalive`` (one connection per site, kept) and ``reconnect`` (a new TLS connection every poll,
 TLS sessions resumed). The server runs with ``idle_timeout = 75`` so that a 60 s poller's connection
-stays open. Backends: SQLite, and PostgreSQL (a throwaway cluster as in tests/postgres_fixture.py) with
-one server process (``workers`` does not exist yet, so there is no two-process run).
+stays open. Backends: SQLite; PostgreSQL (a throwaway cluster as in tests/postgres_fixture.py, not
+pinned) with one server process; ``postgresql-2``: ``workers = 2``, both processes on core 0 too (so it
+shows what the second process and the cross-process cache cost, not scaling: there is no third core).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ INTERVALS = 48
 # ------------------------------------------------------------------------------------------------ server
 
 
-async def serve(pki: str, data_dir: str, database_url: str, devices_file: str) -> None:
+async def serve(pki: str, data_dir: str, database_url: str, devices_file: str, workers: str) -> None:
     import logging
 
     import sqlalchemy as sa
@@ -79,6 +80,7 @@ async def serve(pki: str, data_dir: str, database_url: str, devices_file: str) -
         cert_dir=Path(pki),
         idle_timeout=75.0,
         log_level="ERROR",
+        workers=int(workers),
     )
     logging.getLogger("derlink.server.access").setLevel(logging.WARNING)
     engine = make_engine(config.resolved_database_url)
@@ -111,7 +113,11 @@ async def serve(pki: str, data_dir: str, database_url: str, devices_file: str) -
     await ingest(store, iterate([csv.encode()]), fmt="csv", actor="bench")
     await store.admin.set_default_control("doe", "all", base=build_control_base(export_limit_w=5000))
     running = await start_server(config, store)
-    print(json.dumps({"port": running.port, "admin_port": running.admin_port, "doe": doe}), flush=True)
+    pids = [os.getpid()] + [w.pid for w in running.workers]
+    print(
+        json.dumps({"port": running.port, "admin_port": running.admin_port, "doe": doe, "pids": pids}),
+        flush=True,
+    )
     await asyncio.Event().wait()
 
 
@@ -136,7 +142,7 @@ class Step:
         self.errors: list[str] = []
 
 
-async def generate(pki: str, devices_file: str, info: dict[str, Any], server_pid: int, args: dict) -> None:
+async def generate(pki: str, devices_file: str, info: dict[str, Any], args: dict) -> None:
     import aiohttp
 
     from certs.pki import load_pki
@@ -146,6 +152,14 @@ async def generate(pki: str, devices_file: str, info: dict[str, Any], server_pid
     from tests.test_server_harness import meter_reading, mup
 
     devices = json.loads(Path(devices_file).read_text())  # noqa: ASYNC240 (before the load)
+    pids = info["pids"]  # the server's processes (workers > 1: more than one)
+
+    def server_cpu() -> float:
+        return sum(cpu_seconds(pid) for pid in pids)
+
+    def server_rss() -> int:
+        return sum(rss_kib(pid) for pid in pids)
+
     ca = load_pki(pki).ca_chain
     base = f"https://127.0.0.1:{info['port']}"
     metrics_url = f"http://127.0.0.1:{info['admin_port']}/metrics"
@@ -199,7 +213,7 @@ async def generate(pki: str, devices_file: str, info: dict[str, Any], server_pid
         site.polls += 1
 
     # Setup (not measured): every site creates its MirrorUsagePoint.
-    rss_before = rss_kib(server_pid)  # the server with its data, before any client connected
+    rss_before = server_rss()  # the server with its data, before any client connected
     for site in sites:
         site.session = session_for(site)
     setup = Step()
@@ -243,10 +257,10 @@ async def generate(pki: str, devices_file: str, info: dict[str, Any], server_pid
 
         async with aiohttp.ClientSession() as plain:
             hits0, gets0 = await metrics(plain)
-            cpu0, own0, wall0 = cpu_seconds(server_pid), cpu_seconds(), time.monotonic()
+            cpu0, own0, wall0 = server_cpu(), cpu_seconds(), time.monotonic()
             await asyncio.gather(*(site_loop(s) for s in sites))
             wall = max(seconds, time.monotonic() - wall0)  # the polls due in ``seconds``, and their replies
-            cpu, own = cpu_seconds(server_pid) - cpu0, cpu_seconds() - own0
+            cpu, own = server_cpu() - cpu0, cpu_seconds() - own0
             hits, gets = await metrics(plain)
         done = sorted(step.latencies)
         sites_eq = len(sites) * compression
@@ -265,8 +279,8 @@ async def generate(pki: str, devices_file: str, info: dict[str, Any], server_pid
             "server_cpu_ms_per_request": cpu * 1000 / max(1, len(done)),
             "generator_cpu": own / wall,
             "cache_hit_rate": (hits - hits0) / max(1.0, gets - gets0),
-            "server_rss_kib": rss_kib(server_pid),
-            "server_rss_growth_kib": rss_kib(server_pid) - rss_before,
+            "server_rss_kib": server_rss(),
+            "server_rss_growth_kib": server_rss() - rss_before,
         }
 
     def holds(result: dict[str, Any]) -> bool:
@@ -323,7 +337,8 @@ def postgres() -> Any:
 
 def run_one(backend: str, url: str, mode: str, args: argparse.Namespace, devices_file: str, pki: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        server, info = spawn(__file__, 0, "--role", "server", pki, tmp, url, devices_file)
+        workers = "2" if backend == "postgresql-2" else "1"
+        server, info = spawn(__file__, 0, "--role", "server", pki, tmp, url, devices_file, workers)
         try:
             plan = {
                 "mode": mode,
@@ -336,7 +351,7 @@ def run_one(backend: str, url: str, mode: str, args: argparse.Namespace, devices
 
             command = [
                 "taskset", "-c", "1", sys.executable, __file__, "--role", "generator", pki, devices_file,
-                json.dumps(info), str(server.pid), json.dumps(plan),
+                json.dumps(info), json.dumps(plan),
             ]  # fmt: skip
             generator = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
             final: dict[str, Any] = {}
@@ -356,7 +371,7 @@ def run_one(backend: str, url: str, mode: str, args: argparse.Namespace, devices
 
 def step_line(backend: str, mode: str, s: dict[str, Any]) -> str:
     return (
-        f"  {backend:10} {mode:9} x{s['compression']:<6g} {s['sites_equivalent']:>8.0f} sites-eq "
+        f"  {backend:12} {mode:9} x{s['compression']:<6g} {s['sites_equivalent']:>8.0f} sites-eq "
         f"{s['req_per_s']:6.0f}/{s['offered_per_s']:<6.0f} req/s  "
         f"p50 {s['p50'] * 1000:6.1f} ms  p99 {s['p99'] * 1000:7.1f} ms  "
         f"errors {s['errors']:4}  server CPU {s['server_cpu']:4.2f}  gen CPU {s['generator_cpu']:4.2f}  "
@@ -376,7 +391,9 @@ def main() -> int:
     parser.add_argument(
         "--modes", nargs="+", default=["keepalive", "reconnect"], choices=["keepalive", "reconnect"]
     )
-    parser.add_argument("--backends", nargs="+", default=["sqlite"], choices=["sqlite", "postgresql"])
+    parser.add_argument(
+        "--backends", nargs="+", default=["sqlite"], choices=["sqlite", "postgresql", "postgresql-2"]
+    )
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
@@ -384,7 +401,7 @@ def main() -> int:
         if role == "server":
             asyncio.run(serve(*rest))
         else:
-            asyncio.run(generate(rest[0], rest[1], json.loads(rest[2]), int(rest[3]), json.loads(rest[4])))
+            asyncio.run(generate(rest[0], rest[1], json.loads(rest[2]), json.loads(rest[3])))
         return 0
 
     pki = str(pki_dir())

@@ -200,8 +200,10 @@ class NotificationSender:
             next_due = await self.store.next_notification_time()
             delay = 5.0 if next_due is None else max(0.0, min(5.0, next_due - time.time()))
         if delay <= 0:
-            # Due rows that could not start (their subscribers are busy): wait for a slot, briefly.
-            delay = 0.05
+            # Due rows that could not start: their subscribers are busy (a send ending sets _slot_free) or
+            # unresponsive (until a known time); or the pass failed (try again in a second).
+            delay = min([1.0, *(until - time.time() for until in self.unresponsive.values())])
+            delay = max(delay, 0.01)
         waits = [
             asyncio.ensure_future(self.store.outbox_event.wait()),
             asyncio.ensure_future(self._slot_free.wait()),
@@ -393,14 +395,11 @@ class NotificationSender:
 
     async def flush_outcomes(self) -> None:
         self._outcome_event.clear()
+        # If this fails, the rows stay leased and are sent again when the lease ends (at least once).
         outcomes, self._outcomes = self._outcomes, _Outcomes([], [])
-        try:
-            await self.store.notifications_delivered(outcomes.delivered)
-            for outbox_id, next_attempt_at, error in outcomes.failed:
-                await self.store.notification_failed(outbox_id, next_attempt_at, error)
-        except BaseException:
-            # Not recorded: the leases expire and the rows are sent again (at least once, never lost).
-            raise
+        await self.store.notifications_delivered(outcomes.delivered)
+        for outbox_id, next_attempt_at, error in outcomes.failed:
+            await self.store.notification_failed(outbox_id, next_attempt_at, error)
 
     def _count(self, outcome: str, n: int = 1) -> None:
         if self.metrics is not None:
