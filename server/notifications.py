@@ -186,10 +186,21 @@ class NotificationSender:
                         started = 0
                     if not started:
                         await self._sleep_until_due()
+                    else:  # more may be due: claim them in batches, not a slot at a time
+                        await self._room_for(max(1, self.concurrency // 8))
         finally:
             for task in [*self._tasks, recorder]:
                 task.cancel()
             await asyncio.gather(*self._tasks, recorder, return_exceptions=True)
+
+    async def _room_for(self, slots: int) -> None:
+        """Wait (briefly) until ``slots`` sends could start."""
+        deadline = time.monotonic() + 0.05
+        while self.concurrency - len(self._tasks) < slots and (left := deadline - time.monotonic()) > 0:
+            self._slot_free.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._slot_free.wait()
 
     async def _sleep_until_due(self) -> None:
         self.store.outbox_event.clear()
