@@ -27,7 +27,7 @@ from sep2.dnssd import Advertiser
 from sep2.identity import lfdi_from_cert_der
 from sep2.xml import to_xml
 from server.api import CACHE_UNTIL, SCOPE, SEP_XML, Handlers
-from server.config import ServerConfig
+from server.config import ConfigError, ServerConfig
 from server.connlimits import ConnectionGuard, GuardedSite, quiet_accept_errors, watch_fds
 from server.errors import (
     INVALID_FORMAT,
@@ -369,6 +369,9 @@ async def start_server(
     store.quotas = Quotas.from_config(config)
     opened: list[web.AppRunner] = []
     bus = None
+    if config.workers > 1 and config.is_sqlite:
+        await store.close()
+        raise ConfigError("workers: more than one server process needs PostgreSQL (set database_url)")
     try:
         if not config.is_sqlite and (config.workers > 1 or worker):
             bus = VersionBus(store.versions, config.resolved_database_url)

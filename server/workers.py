@@ -54,12 +54,34 @@ class VersionBus:
         self.applied = 0  # commits of other processes applied here
 
     async def start(self) -> None:
+        await self._listen()
+        self.versions.on_bump = self._published
+        self._tasks.append(asyncio.create_task(self._publish_forever(), name="derlink-version-bus"))
+
+    async def _listen(self) -> None:
         import asyncpg
 
         self._listener = await asyncpg.connect(self.dsn)
         await self._listener.add_listener(CHANNEL, self._heard)
-        self.versions.on_bump = self._published
-        self._tasks.append(asyncio.create_task(self._publish_forever(), name="derlink-version-bus"))
+        self._listener.add_termination_listener(self._lost)
+
+    def _lost(self, _conn: Any) -> None:
+        """The listening connection dropped: what was missed is unknown, so nothing cached is trusted."""
+        if self.versions.on_bump is None:
+            return  # stopping
+        log.warning("lost the change channel to the other server processes; reconnecting")
+        self.versions.bump(None, local=False)
+        self._tasks.append(asyncio.create_task(self._relisten(), name="derlink-version-bus-listen"))
+
+    async def _relisten(self) -> None:
+        while True:
+            try:
+                await self._listen()
+            except Exception:  # the database is restarting or unreachable: keep trying
+                await asyncio.sleep(1.0)
+                continue
+            self.versions.bump(None, local=False)  # changes made while it was away
+            return
 
     async def stop(self) -> None:
         self.versions.on_bump = None
@@ -76,19 +98,23 @@ class VersionBus:
     async def _publish_forever(self) -> None:
         import asyncpg
 
-        conn = await asyncpg.connect(self.dsn)
+        conn = None
         try:
             while True:
                 payload = await self._queue.get()
-                try:
-                    await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
-                except (OSError, asyncpg.PostgresError):
-                    log.exception("could not publish a change to the other server processes")
-                    self._queue.put_nowait(payload)
-                    await asyncio.sleep(1.0)
-                    conn = await asyncpg.connect(self.dsn)
+                while True:
+                    try:
+                        if conn is None:
+                            conn = await asyncpg.connect(self.dsn)
+                        await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, payload)
+                        break
+                    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                        log.exception("could not publish a change to the other server processes; retrying")
+                        conn = None
+                        await asyncio.sleep(1.0)
         finally:
-            await conn.close()
+            if conn is not None:
+                await conn.close()
 
     def _heard(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         message = json.loads(payload)
