@@ -55,13 +55,16 @@ _HREF_MARK = "urn:derlink:subscribed-resource"
 class _ResumingSSLObject(ssl.SSLObject):
     """Resumes the TLS session of the last connection to the same server name (asyncio offers no hook).
 
-    The previous connection's object is kept per name; its ``session`` (a TLS 1.3 ticket or a 1.2
-    session) is offered by the next handshake. A server that does not know it just does a full one.
-    Sessions belong to one context: :func:`enable_session_resumption` makes a subclass per context.
+    The last connection's object is kept per name for a while, then only its ``session`` (a TLS 1.3
+    ticket or a 1.2 session, about a kilobyte); the next handshake to that name offers it. A server that
+    does not know it just does a full handshake. Sessions belong to one context:
+    :func:`enable_session_resumption` makes a subclass per context.
     """
 
-    recent: OrderedDict[str, ssl.SSLObject]
-    MAX_NAMES = 4096
+    objects: OrderedDict[str, ssl.SSLObject]  # the newest connections (their tickets may still arrive)
+    sessions: OrderedDict[str, ssl.SSLSession]  # older ones: just the session
+    MAX_OBJECTS = 512
+    MAX_SESSIONS = 20_000
 
     @classmethod
     def _create(  # type: ignore[override]
@@ -74,15 +77,18 @@ class _ResumingSSLObject(ssl.SSLObject):
         context: ssl.SSLContext | None = None,
     ) -> ssl.SSLObject:
         key = server_hostname or ""
-        recent = cls.recent
-        if session is None and key in recent:
-            with contextlib.suppress(ValueError, AttributeError):
-                session = recent[key].session
+        objects, sessions = cls.objects, cls.sessions
+        if session is None:
+            previous = objects.pop(key, None)
+            session = previous.session if previous is not None else sessions.pop(key, None)
         obj = super()._create(incoming, outgoing, server_side, server_hostname, session, context)  # type: ignore[misc]
-        recent[key] = obj
-        recent.move_to_end(key)
-        while len(recent) > cls.MAX_NAMES:
-            recent.popitem(last=False)
+        objects[key] = obj
+        while len(objects) > cls.MAX_OBJECTS:
+            name, old = objects.popitem(last=False)
+            if old.session is not None:
+                sessions[name] = old.session
+        while len(sessions) > cls.MAX_SESSIONS:
+            sessions.popitem(last=False)
         return obj
 
 
@@ -101,7 +107,9 @@ def notification_client_ssl(config: ServerConfig) -> ssl.SSLContext:
 
 def enable_session_resumption(context: ssl.SSLContext) -> ssl.SSLContext:
     """Client connections made with ``context`` resume the last TLS session with the same server name."""
-    context.sslobject_class = type("ResumingSSLObject", (_ResumingSSLObject,), {"recent": OrderedDict()})
+    context.sslobject_class = type(
+        "ResumingSSLObject", (_ResumingSSLObject,), {"objects": OrderedDict(), "sessions": OrderedDict()}
+    )
     return context
 
 

@@ -178,8 +178,19 @@ async def test_emergency_first_and_a_broadcast_rendered_once(tmp_path, database_
         await store.close()
 
 
-async def test_idle_connections_to_subscribers_are_bounded(pki, tmp_path):
-    """Connections are kept for the next notification, but no more than the cap: each holds a TLS buffer."""
+class ResumptionWitness(Subscriber):
+    def __init__(self, pki_dir, port: int) -> None:
+        super().__init__(pki_dir, port)
+        self.resumed: list[bool] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.resumed.append(request.transport.get_extra_info("ssl_object").session_reused)
+        return await super().handle(request)
+
+
+async def test_idle_connections_to_subscribers_are_bounded_and_sessions_resumed(pki, tmp_path):
+    """Connections are kept for the next notification, but no more than the cap (each holds a TLS buffer);
+    a connection made again to a subscriber resumes its TLS session instead of a full handshake."""
     import aiohttp
 
     from sep2.xml import to_xml
@@ -189,7 +200,7 @@ async def test_idle_connections_to_subscribers_are_bounded(pki, tmp_path):
         r.Notification(subscribedResource="/edev/1/derp/1/derc", status=0, subscriptionURI="/edev/1/sub/1")
     )
 
-    subscribers = [Subscriber(pki.directory, free_port()) for _ in range(3)]
+    subscribers = [ResumptionWitness(pki.directory, free_port()) for _ in range(3)]
     for s in subscribers:
         await s.start()
     context = notification_client_ssl(server_config(pki, tmp_path / "data"))
@@ -204,6 +215,14 @@ async def test_idle_connections_to_subscribers_are_bounded(pki, tmp_path):
                 ) as reply:
                     assert reply.status == 201
             assert sum(len(idle) for idle in connector._conns.values()) == 2
+            # The third connection was not kept; the next notification to it reconnects and resumes.
+            async with session.post(
+                f"https://127.0.0.1:{subscribers[2].port}/notify",
+                data=body,
+                headers={"Content-Type": "application/sep+xml"},
+            ) as reply:
+                assert reply.status == 201
+        assert [s.resumed for s in subscribers] == [[False], [False], [False, True]]
     finally:
         for s in subscribers:
             await s.stop()
