@@ -6,8 +6,9 @@
 * Every write goes through the store's admin API or the functions below, which audit it (who = token
   name, what, target, when, reason) in the same transaction and queue notifications for subscribers.
 * Errors are JSON ``{"error": ..., "field": ...}``; the message names the field. Nothing changes on error.
-* The OpenAPI document at ``/api/openapi.json`` is generated from the same route table as the router, so
-  it cannot drift from what is served.
+* Bodies, query strings and answers are pydantic models (server.headend.models), checked by the router
+  (server.headend.routing); the OpenAPI document at ``/api/openapi.json`` (browsable at ``/api/docs``) is
+  generated from the same routes and models, so it cannot drift from what is served.
 """
 
 from __future__ import annotations
@@ -17,22 +18,23 @@ import json
 import logging
 import secrets
 import tempfile
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 
 from sep2.identity import IdentityError, operator_lfdi, sfdi_from_lfdi
-from sep2.nmi import NmiError, validate_nmi
+from sep2.validation import first_error
 from server.compliance.acks import DEFAULT_WITHIN_S, UnknownControl, ack_csv, ack_summary
 from server.compliance.assess import act_on_finding, assess, assessment_csv
 from server.compliance.judge import Rules
 from server.compliance.targets import resolve_scope
 from server.config import ServerConfig
 from server.errors import ApiError
+from server.headend import models as m
 from server.headend.capabilities import unsupported_by_target, unsupported_modes
 from server.headend.doe import (
     CHUNK_BYTES,
@@ -46,9 +48,10 @@ from server.headend.doe import (
     site_intervals,
 )
 from server.headend.errors import HeadEndError, Operator, bad
+from server.headend.routing import Route, add_routes, call, docs_page, ok, openapi_document, parse_body
 from server.headend.telemetry import reading_json, telemetry, telemetry_csv
 from server.headend.tokens import TokenStore
-from server.limits import NOT_XML_CHAR, InputError, load_json
+from server.limits import NOT_XML_CHAR
 from server.store import (
     AdminError,
     Page,
@@ -82,29 +85,7 @@ from server.store.timeline import operator_status
 log = logging.getLogger("derlink.headend")
 
 TOKEN_FILE = "headend-token"
-BASE_FIELDS = {
-    "import_limit_w": "number",
-    "export_limit_w": "number",
-    "generation_limit_w": "number",
-    "load_limit_w": "number",
-    "target_w": "number",
-    "connect": "boolean",
-    "energize": "boolean",
-    "fixed_w_percent": "integer",
-    "max_lim_w_percent": "integer",
-    "ramp_tms": "integer",
-}
-EMERGENCY_ACTIONS = {
-    "zero_export": {"export_limit_w": 0},
-    "zero_generation": {"generation_limit_w": 0},
-    "generation_limit": {},  # generation_limit_w from the request
-    "disconnect": {"connect": False},
-    "deenergise": {"energize": False},
-}
 EMERGENCY_PROGRAM = "emergency"
-
-
-MAX_JSON_BYTES = 16 * 1024 * 1024  # JSON bodies; DOE uploads are streamed and bounded by their handler
 
 
 def check_request_text(request: web.Request) -> None:
@@ -136,80 +117,9 @@ def load_tokens(config: ServerConfig) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if hasattr(value, "__dataclass_fields__"):
-        return to_jsonable(value)
-    return value
-
-
-def ok(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(_jsonable(data), status=status, dumps=lambda v: json.dumps(v, default=str))
-
-
-def _int_query(request: web.Request, name: str, default: int | None, low: int = 0, high: int = 10**12) -> Any:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
+def control_base(limits: m.ControlLimits) -> Any:
     try:
-        value = int(raw)
-    except ValueError:
-        raise bad(f"{name}: expected an integer, got {raw!r}") from None
-    if not low <= value <= high:
-        raise bad(f"{name}: must be in {low}..{high}, got {value}")
-    return value
-
-
-def checked_nmi(value: Any, field: str) -> str | None:
-    """An AEMO NMI (10 characters, or 11 with a matching checksum), cleaned; errors name ``field``."""
-    if value is None:
-        return None
-    try:
-        nmi = validate_nmi(value)
-    except NmiError as exc:
-        raise bad(f"{field}: {exc}") from None
-    return nmi.with_checksum if nmi.checksum_given else nmi.nmi
-
-
-def norm_target(target: Any) -> str:
-    if not isinstance(target, str) or not target:
-        raise bad("target: required ('all', 'group:NAME', 'site:LFDI' or 'nmi:NMI')")
-    if target in ("broadcast", "group:all", "group:broadcast"):
-        return "all"
-    return target
-
-
-def _check_fields(body: dict[str, Any], allowed: set[str], required: tuple[str, ...] = ()) -> None:
-    for name in body:
-        if name not in allowed:
-            raise bad(f"{name}: unknown field (expected one of {', '.join(sorted(allowed))})")
-    for name in required:
-        if body.get(name) is None:
-            raise bad(f"{name}: required")
-
-
-def _typed(body: dict[str, Any], name: str, kind: str) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    if kind == "integer" and (isinstance(value, bool) or not isinstance(value, int)):
-        raise bad(f"{name}: expected an integer, got {value!r}")
-    if kind == "number" and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise bad(f"{name}: expected a number, got {value!r}")
-    if kind == "boolean" and not isinstance(value, bool):
-        raise bad(f"{name}: expected true or false, got {value!r}")
-    if kind == "string" and not isinstance(value, str):
-        raise bad(f"{name}: expected a string, got {value!r}")
-    return value
-
-
-def control_base(body: dict[str, Any]) -> Any:
-    kwargs = {name: _typed(body, name, kind) for name, kind in BASE_FIELDS.items()}
-    try:
-        return build_control_base(**kwargs)
+        return build_control_base(**limits.base_kwargs())
     except AdminError as exc:
         raise bad(str(exc)) from None
 
@@ -244,398 +154,93 @@ def base_summary(text: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- the API
 
 
-@dataclass(frozen=True)
-class Route:
-    method: str
-    path: str
-    handler: str
-    write: bool
-    summary: str
-    body: dict[str, str] | None = None  # field -> JSON type, for the OpenAPI document
-    query: tuple[str, ...] = ()
-    content: str = "application/json"
-
-
 ROUTES: list[Route] = [
-    Route("GET", "/api/whoami", "whoami", False, "The caller's token name and role"),
-    Route(
-        "GET", "/api/sites", "sites_list", False, "List/search sites", query=("q", "group", "offset", "limit")
-    ),
-    Route(
-        "POST",
-        "/api/sites",
-        "site_register",
-        True,
-        "Register a site out of band",
-        {
-            "lfdi": "string",
-            "sfdi": "integer",
-            "nmi": "string",
-            "pin": "integer",
-            "label": "string",
-            "groups": "array",
-            "aggregator": "string",
-            "device_category": "string",
-            "reason": "string",
-        },
-    ),
-    Route(
-        "POST",
-        "/api/sites/bulk",
-        "sites_bulk",
-        True,
-        "Register many sites in one transaction",
-        {"sites": "array", "reason": "string"},
-    ),
-    Route("GET", "/api/sites/{site}", "site_detail", False, "Site detail: contact, DER, controls, telemetry"),
-    Route(
-        "DELETE",
-        "/api/sites/{site}",
-        "site_deregister",
-        True,
-        "Deregister (decommission) a site",
-        query=("reason",),
-    ),
-    Route(
-        "PUT",
-        "/api/sites/{site}/groups/{group}",
-        "site_join",
-        True,
-        "Add a site to a group",
-        query=("reason",),
-    ),
-    Route(
-        "DELETE",
-        "/api/sites/{site}/groups/{group}",
-        "site_leave",
-        True,
-        "Remove a site from a group",
-        query=("reason",),
-    ),
-    Route(
-        "DELETE",
-        "/api/sites/{site}/mups",
-        "site_clear_mups",
-        True,
-        "Clear a site's MirrorUsagePoints",
-        query=("reason",),
-    ),
-    Route(
-        "GET",
-        "/api/sites/{site}/does",
-        "site_does",
-        False,
-        "A site's DOE intervals",
-        query=("since", "limit"),
-    ),
-    Route("GET", "/api/groups", "groups_list", False, "Groups (nested) with member counts"),
-    Route(
-        "POST",
-        "/api/groups",
-        "group_create",
-        True,
-        "Create a group",
-        {"name": "string", "parent": "string", "description": "string", "reason": "string"},
-    ),
-    Route(
-        "GET",
-        "/api/groups/{group}",
-        "group_detail",
-        False,
-        "A group and its members",
-        query=("offset", "limit"),
-    ),
-    Route("GET", "/api/programs", "programs_list", False, "DERPrograms with primacy"),
-    Route(
-        "POST",
-        "/api/programs",
-        "program_create",
-        True,
-        "Create a DERProgram",
-        {
-            "key": "string",
-            "primacy": "integer",
-            "description": "string",
-            "group": "string",
-            "reason": "string",
-        },
-    ),
-    Route(
-        "PATCH",
-        "/api/programs/{name}",
-        "program_update",
-        True,
-        'Rename, re-rank, move (group; "" = every site) or switch off a DERProgram, built-ins included',
-        {
-            "description": "string",
-            "primacy": "integer",
-            "group": "string",
-            "enabled": "boolean",
-            "reason": "string",
-        },
-    ),
-    Route("GET", "/api/defaults", "defaults_list", False, "DefaultDERControls"),
-    Route(
-        "PUT",
-        "/api/defaults",
-        "default_set",
-        True,
-        "Set the DefaultDERControl of a program for a target",
-        {
-            "program": "string",
-            "target": "string",
-            "set_grad_w": "integer",
-            "description": "string",
-            "reason": "string",
-            **BASE_FIELDS,
-        },
-    ),
-    Route(
-        "GET",
-        "/api/controls",
-        "controls_list",
-        False,
-        "DERControls",
-        query=("program", "target", "active", "offset", "limit"),
-    ),
-    Route(
-        "POST",
-        "/api/controls",
-        "control_create",
-        True,
-        "Create a DERControl for a site, group or all",
-        {
-            "program": "string",
-            "target": "string",
-            "start": "integer",
-            "duration": "integer",
-            "randomize_start": "integer",
-            "randomize_duration": "integer",
-            "response_required": "string",
-            "description": "string",
-            "reason": "string",
-            **BASE_FIELDS,
-        },
-    ),
-    Route("GET", "/api/controls/{mrid}", "control_detail", False, "A DERControl, its status and responses"),
-    Route(
-        "GET",
-        "/api/controls/{mrid}/acks",
-        "control_acks",
-        False,
-        "Acknowledgements of a control: counts by Response status, non-responders (CSV with format=csv)",
-        query=("within", "format"),
-    ),
-    Route(
-        "POST",
-        "/api/compliance/act",
-        "compliance_act",
-        True,
-        "Answer a compliance finding with a normal, audited control (default: zero export for an hour)",
-        {"site": "string", "duration": "integer", "export_limit_w": "number", "reason": "string"},
-    ),
-    Route(
-        "GET",
-        "/api/telemetry",
-        "telemetry",
-        False,
-        "Telemetry of a site, a group or all sites in real units, with group totals (CSV with format=csv)",
-        query=("site", "group", "from", "to", "format"),
-    ),
-    Route(
-        "GET",
-        "/api/compliance",
-        "compliance",
-        False,
-        "Compliance of a site, a group or all sites over a time range (CSV with format=csv)",
-        query=(
-            "site",
-            "group",
-            "from",
-            "to",
-            "tolerance_w",
-            "tolerance_pct",
-            "settle_s",
-            "silent_posts",
-            "ack_within_s",
-            "persistent_breach_s",
-            "detail",
-            "format",
-        ),
-    ),
-    Route(
-        "POST",
-        "/api/controls/{mrid}/cancel",
-        "control_cancel",
-        True,
-        "Cancel a DERControl",
-        {"reason": "string"},
-    ),
-    Route(
-        "POST",
-        "/api/emergency",
-        "emergency",
-        True,
-        "Emergency command on the emergency program, now",
-        {
-            "target": "string",
-            "action": "string",
-            "generation_limit_w": "number",
-            "duration": "integer",
-            "randomize_duration": "integer",
-            "reason": "string",
-        },
-    ),
-    Route(
-        "POST",
-        "/api/emergency/lift",
-        "emergency_lift",
-        True,
-        "Lift emergency controls, at once, spread by randomisation, or in group waves",
-        {
-            "target": "string",
-            "mrid": "string",
-            "spread": "integer",
-            "waves": "array",
-            "wave_interval": "integer",
-            "reason": "string",
-        },
-    ),
-    Route(
-        "POST",
-        "/api/does",
-        "doe_upload",
-        True,
-        "Bulk DOE upload (CSV or JSON, streamed, atomic)",
-        query=("format", "reason"),
-        content="text/csv",
-    ),
-    Route("GET", "/api/does/uploads", "doe_uploads", False, "DOE uploads", query=("limit",)),
-    Route("GET", "/api/rates", "rates_list", False, "pollRate/postRate overrides"),
-    Route(
-        "PUT",
-        "/api/rates",
-        "rate_set",
-        True,
-        "Set a pollRate/postRate for all, a group or a site",
-        {"resource": "string", "value": "integer", "target": "string", "reason": "string"},
-    ),
-    Route(
-        "DELETE",
-        "/api/rates",
-        "rate_clear",
-        True,
-        "Remove a rate override",
-        query=("resource", "target", "reason"),
-    ),
-    Route("GET", "/api/clients", "clients_list", False, "Client certificates, revocation, last contact"),
-    Route(
-        "POST",
-        "/api/clients/{lfdi}/revoke",
-        "client_revoke",
-        True,
-        "Revoke a client certificate",
-        {"reason": "string"},
-    ),
-    Route(
-        "POST",
-        "/api/clients/{lfdi}/restore",
-        "client_restore",
-        True,
-        "Restore a revoked certificate",
-        {"reason": "string"},
-    ),
-    Route("GET", "/api/aggregators", "aggregators_list", False, "Aggregators and their certificates"),
-    Route(
-        "POST",
-        "/api/aggregators",
-        "aggregator_create",
-        True,
-        "Create an aggregator",
-        {"name": "string", "lfdis": "array", "reason": "string"},
-    ),
-    Route(
-        "POST",
-        "/api/aggregators/{name}/certificates",
-        "aggregator_add_cert",
-        True,
-        "Add a certificate to an aggregator (rotation step 1)",
-        {"lfdi": "string", "reason": "string"},
-    ),
-    Route(
-        "DELETE",
-        "/api/aggregators/{name}/certificates/{lfdi}",
-        "aggregator_remove_cert",
-        True,
-        "Remove (revoke) an aggregator certificate (rotation step 2)",
-        query=("reason",),
-    ),
-    Route(
-        "GET",
-        "/api/audit",
-        "audit",
-        False,
-        "The audit log",
-        query=("actor", "action", "target", "since", "until", "offset", "limit"),
-    ),
-]
-
-
-def openapi_document() -> dict[str, Any]:
-    paths: dict[str, Any] = {}
-    extra = [r for m in EXTENSIONS for r in importlib.import_module(m).ROUTES]
-    for route in ROUTES + extra:
-        op: dict[str, Any] = {
-            "summary": route.summary,
-            "operationId": route.handler,
-            "security": [{"bearer": []}],
-            "x-derlink-role": "operator" if route.write else "viewer",
-            "parameters": [
-                {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-                for p in _path_params(route.path)
-            ]
-            + [{"name": q, "in": "query", "schema": {"type": "string"}} for q in route.query],
-            "responses": {
-                "200": {"description": "OK", "content": {"application/json": {}}},
-                "400": {"description": "invalid request; error names the field"},
-                "401": {"description": "missing or unknown bearer token"},
-                "403": {"description": "the token's role may not do this"},
-                "404": {"description": "not found"},
-            },
-        }
-        if route.body is not None:
-            op["requestBody"] = {
-                "content": {
-                    "application/json": {
-                        "schema": {
-                            "type": "object",
-                            "properties": {k: {"type": v} for k, v in route.body.items()},
-                        }
-                    }
-                }
-            }
-        elif route.content != "application/json":
-            op["requestBody"] = {
-                "content": {
-                    "text/csv": {"schema": {"type": "string"}},
-                    "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
-                    "application/x-ndjson": {"schema": {"type": "string"}},
-                }
-            }
-        paths.setdefault(route.path, {})[route.method.lower()] = op
-    return {
-        "openapi": "3.1.0",
-        "info": {"title": "derlink head-end API", "version": "1"},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "paths": paths,
-    }
-
-
-def _path_params(path: str) -> list[str]:
-    return [part[1:-1] for part in path.split("/") if part.startswith("{")]
+    Route("GET", "/api/whoami", "whoami", False, "The caller's token name and role", m.WhoAmI),
+    Route("GET", "/api/sites", "sites_list", False, "List/search sites", m.SiteList, query=m.SiteSearch),
+    Route("POST", "/api/sites", "site_register", True, "Register a site out of band", m.SiteRegistered,
+          body=m.SiteRegister, status=201),
+    Route("POST", "/api/sites/bulk", "sites_bulk", True, "Register many sites in one transaction",
+          m.BulkRegistered, body=m.SitesBulk, status=201),
+    Route("GET", "/api/sites/{site}", "site_detail", False, "Site detail: contact, DER, controls, telemetry",
+          m.SiteDetail),
+    Route("DELETE", "/api/sites/{site}", "site_deregister", True, "Deregister (decommission) a site",
+          m.Deregistered, query=m.ReasonQuery),
+    Route("PUT", "/api/sites/{site}/groups/{group}", "site_join", True, "Add a site to a group", m.Membership,
+          query=m.ReasonQuery),
+    Route("DELETE", "/api/sites/{site}/groups/{group}", "site_leave", True, "Remove a site from a group",
+          m.Membership, query=m.ReasonQuery),
+    Route("DELETE", "/api/sites/{site}/mups", "site_clear_mups", True, "Clear a site's MirrorUsagePoints",
+          m.MupsCleared, query=m.ReasonQuery),
+    Route("GET", "/api/sites/{site}/does", "site_does", False, "A site's DOE intervals", m.SiteDoes,
+          query=m.SiteDoesQuery),
+    Route("GET", "/api/groups", "groups_list", False, "Groups (nested) with member counts", m.GroupList),
+    Route("POST", "/api/groups", "group_create", True, "Create a group", m.Created, body=m.GroupCreate,
+          status=201),
+    Route("GET", "/api/groups/{group}", "group_detail", False, "A group and its members", m.GroupDetail,
+          query=m.Page),
+    Route("GET", "/api/programs", "programs_list", False, "DERPrograms with primacy", m.ProgramList),
+    Route("POST", "/api/programs", "program_create", True, "Create a DERProgram", m.ProgramCreated,
+          body=m.ProgramCreate, status=201),
+    Route("PATCH", "/api/programs/{name}", "program_update", True,
+          'Rename, re-rank, move (group; "" = every site) or switch off a DERProgram, built-ins included',
+          m.ProgramKey, body=m.ProgramUpdate),
+    Route("GET", "/api/defaults", "defaults_list", False, "DefaultDERControls", m.DefaultList),
+    Route("PUT", "/api/defaults", "default_set", True, "Set the DefaultDERControl of a program for a target",
+          m.Mrid, body=m.DefaultSet),
+    Route("GET", "/api/controls", "controls_list", False, "DERControls", m.ControlList, query=m.ControlQuery),
+    Route("POST", "/api/controls", "control_create", True, "Create a DERControl for a site, group or all",
+          m.ControlCreated, body=m.ControlCreate, status=201),
+    Route("GET", "/api/controls/{mrid}", "control_detail", False, "A DERControl, its status and responses",
+          m.ControlDetail | m.DoeControl),
+    Route("GET", "/api/controls/{mrid}/acks", "control_acks", False,
+          "Acknowledgements of a control: counts by Response status, non-responders (CSV with format=csv)",
+          m.AckSummary, query=m.AckQuery, csv=True),
+    Route("POST", "/api/compliance/act", "compliance_act", True,
+          "Answer a compliance finding with a normal, audited control (default: zero export for an hour)",
+          m.Mrid, body=m.ComplianceAct, status=201),
+    Route("GET", "/api/telemetry", "telemetry", False,
+          "Telemetry of a site, a group or all sites in real units, with group totals (CSV with format=csv)",
+          m.Telemetry, query=m.Scope, csv=True),
+    Route("GET", "/api/compliance", "compliance", False,
+          "Compliance of a site, a group or all sites over a time range (CSV with format=csv)",
+          m.ComplianceReport, query=m.ComplianceQuery, csv=True),
+    Route("POST", "/api/controls/{mrid}/cancel", "control_cancel", True, "Cancel a DERControl",
+          m.ControlCancelled, body=m.ReasonBody),
+    Route("POST", "/api/emergency", "emergency", True, "Emergency command on the emergency program, now",
+          m.EmergencyIssued, body=m.Emergency, status=201),
+    Route("POST", "/api/emergency/lift", "emergency_lift", True,
+          "Lift emergency controls, at once, spread by randomisation, or in group waves", m.Lifted,
+          body=m.EmergencyLift),
+    Route("POST", "/api/does", "doe_upload", True, "Bulk DOE upload (CSV or JSON, streamed, atomic)",
+          m.DoeUploaded, query=m.DoeUploadQuery, status=201, upload=True),
+    Route("GET", "/api/does/uploads", "doe_uploads", False, "DOE uploads", m.DoeUploadList, query=m.Limit),
+    Route("GET", "/api/rates", "rates_list", False, "pollRate/postRate overrides", m.RateList),
+    Route("PUT", "/api/rates", "rate_set", True, "Set a pollRate/postRate for all, a group or a site",
+          m.RateItem, body=m.RateSet),
+    Route("DELETE", "/api/rates", "rate_clear", True, "Remove a rate override", m.RateCleared,
+          query=m.RateClear),
+    Route("GET", "/api/clients", "clients_list", False, "Client certificates, revocation, last contact",
+          m.ClientList),
+    Route("POST", "/api/clients/{lfdi}/revoke", "client_revoke", True, "Revoke a client certificate",
+          m.Revoked, body=m.ReasonBody),
+    Route("POST", "/api/clients/{lfdi}/restore", "client_restore", True, "Restore a revoked certificate",
+          m.Revoked, body=m.ReasonBody),
+    Route("GET", "/api/aggregators", "aggregators_list", False, "Aggregators and their certificates",
+          m.AggregatorList),
+    Route("POST", "/api/aggregators", "aggregator_create", True, "Create an aggregator", m.Created,
+          body=m.AggregatorCreate, status=201),
+    Route("POST", "/api/aggregators/{name}/certificates", "aggregator_add_cert", True,
+          "Add a certificate to an aggregator (rotation step 1)", m.CertificateAdded, body=m.CertificateAdd,
+          status=201),
+    Route("DELETE", "/api/aggregators/{name}/certificates/{lfdi}", "aggregator_remove_cert", True,
+          "Remove (revoke) an aggregator certificate (rotation step 2)", m.CertificateRemoved,
+          query=m.ReasonQuery),
+    Route("GET", "/api/audit", "audit", False, "The audit log", m.AuditLog, query=m.AuditQuery),
+]  # fmt: skip
 
 
 OPERATOR = web.RequestKey("operator", Operator)
+PUBLIC = ("/api/openapi.json", "/api/docs")  # the API's description is readable without a token
 
 
 class HeadEnd:
@@ -670,7 +275,7 @@ class HeadEnd:
     async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         try:
             check_request_text(request)
-            if request.path.startswith("/api/") and request.path != "/api/openapi.json":
+            if request.path.startswith("/api/") and request.path not in PUBLIC:
                 operator = self.authenticate(request)
                 request[OPERATOR] = operator
                 resource = request.match_info.route.resource
@@ -700,26 +305,12 @@ class HeadEnd:
 
     @staticmethod
     async def body(request: web.Request) -> dict[str, Any]:
-        if not request.can_read_body:
-            return {}
-        try:
-            data = load_json(await request.read(), max_bytes=MAX_JSON_BYTES)
-        except InputError as exc:
-            raise HeadEndError(400, exc.detail, exc.field) from None
-        if not isinstance(data, dict):
-            raise bad("body: expected a JSON object")
-        return data
+        """A JSON object body for routes outside this module's table (server.headend.incidents_api)."""
+        return (await parse_body(m.Document, request)).root
 
     @staticmethod
     def actor(request: web.Request) -> str:
         return request[OPERATOR].name
-
-    @staticmethod
-    def reason(request: web.Request, body: dict[str, Any] | None = None) -> str | None:
-        value = (body or {}).get("reason", request.query.get("reason"))
-        if value is not None and (not isinstance(value, str) or len(value) > 256):
-            raise bad("reason: a string of at most 256 characters")
-        return value
 
     async def _site_row(self, conn: Any, ref: str) -> Any:
         if ref.startswith("nmi:"):
@@ -736,20 +327,25 @@ class HeadEnd:
 
     # -- basics
 
-    async def whoami(self, request: web.Request) -> web.Response:
+    async def whoami(self, request: web.Request) -> Any:
         op = request[OPERATOR]
-        return ok({"name": op.name, "role": op.role})
+        return {"name": op.name, "role": op.role}
+
+    def routes(self) -> list[Route]:
+        return ROUTES + [r for ext in EXTENSIONS for r in importlib.import_module(ext).ROUTES]
 
     async def openapi(self, request: web.Request) -> web.Response:
-        return ok(openapi_document())
+        return ok(openapi_document(self.routes()))
+
+    async def docs(self, request: web.Request) -> web.Response:
+        return web.Response(text=docs_page(openapi_document(self.routes())), content_type="text/html")
 
     # -- sites
 
-    async def sites_list(self, request: web.Request) -> web.Response:
-        offset = _int_query(request, "offset", 0)
-        limit = _int_query(request, "limit", 50, 1, 1000)
+    async def sites_list(self, request: web.Request, query: m.SiteSearch) -> Any:
+        offset, limit = query.offset, query.limit
         cond: list[Any] = []
-        q = request.query.get("q")
+        q = query.q
         if q:
             like = f"%{q}%"
             cond.append(
@@ -757,7 +353,7 @@ class HeadEnd:
                     sites.c.lfdi.like(f"{q.upper()}%"), sites.c.nmi.like(f"{q}%"), sites.c.label.like(like)
                 )
             )
-        group = request.query.get("group")
+        group = query.group
         async with self.store.read() as conn:
             if group:
                 gid = (await conn.execute(sa.select(groups.c.id).where(groups.c.name == group))).scalar()
@@ -786,8 +382,8 @@ class HeadEnd:
                 )
             ).all()
         names: dict[int, list[str]] = {}
-        for m in member_rows:
-            names.setdefault(m.site_id, []).append(m.name)
+        for member in member_rows:
+            names.setdefault(member.site_id, []).append(member.name)
         items = [
             {
                 "id": row.id,
@@ -802,55 +398,28 @@ class HeadEnd:
             }
             for row in rows
         ]
-        return ok({"total": total, "offset": offset, "items": items})
+        return {"total": total, "offset": offset, "items": items}
 
-    async def site_register(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(
-            body,
-            {"lfdi", "sfdi", "nmi", "pin", "label", "groups", "aggregator", "device_category", "reason"},
-            ("lfdi",),
-        )
-        for name, kind in (
-            ("lfdi", "string"),
-            ("nmi", "string"),
-            ("label", "string"),
-            ("sfdi", "integer"),
-            ("pin", "integer"),
-            ("aggregator", "string"),
-            ("device_category", "string"),
-        ):
-            _typed(body, name, kind)
-        group_names = body.get("groups") or []
-        if not isinstance(group_names, list) or not all(isinstance(g, str) for g in group_names):
-            raise bad("groups: expected a list of group names")
-        if body.get("label") is not None and len(body["label"]) > 128:
-            raise bad("label: at most 128 characters")
+    async def site_register(self, request: web.Request, body: m.SiteRegister) -> Any:
         site_id = await self.admin.register_site(
-            body["lfdi"],
-            sfdi=body.get("sfdi"),
-            nmi=checked_nmi(body.get("nmi"), "nmi"),
-            pin=body.get("pin"),
-            aggregator=body.get("aggregator"),
-            groups_=group_names,
-            label=body.get("label"),
-            device_category=body.get("device_category"),
+            body.lfdi,
+            sfdi=body.sfdi,
+            nmi=body.nmi,
+            pin=body.pin,
+            aggregator=body.aggregator,
+            groups_=body.groups or [],
+            label=body.label,
+            device_category=body.device_category,
             actor=self.actor(request),
-            reason=self.reason(request, body),
+            reason=body.reason,
         )
-        return ok({"id": site_id, "lfdi": operator_lfdi(body["lfdi"]), "href": f"/edev/{site_id}"}, 201)
+        return {"id": site_id, "lfdi": operator_lfdi(body.lfdi), "href": f"/edev/{site_id}"}
 
-    async def sites_bulk(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"sites", "reason"}, ("sites",))
-        if not isinstance(body["sites"], list):
-            raise bad("sites: expected a list of site objects")
-        count = await bulk_register(
-            self.store, body["sites"], actor=self.actor(request), reason=self.reason(request, body)
-        )
-        return ok({"registered": count}, 201)
+    async def sites_bulk(self, request: web.Request, body: m.SitesBulk) -> Any:
+        count = await bulk_register(self.store, body.sites, actor=self.actor(request), reason=body.reason)
+        return {"registered": count}
 
-    async def site_detail(self, request: web.Request) -> web.Response:
+    async def site_detail(self, request: web.Request) -> Any:
         ref = request.match_info["site"]
         now = self.store.clock()
         async with self.store.read() as conn:
@@ -954,7 +523,7 @@ class HeadEnd:
                     "default": base_summary(default.base) if default is not None else None,
                 }
             )
-        return ok(
+        return (
             {
                 "id": site.id,
                 "lfdi": site.lfdi,
@@ -1003,9 +572,9 @@ class HeadEnd:
             "created": row.creation_time,
         }
 
-    async def site_deregister(self, request: web.Request) -> web.Response:
+    async def site_deregister(self, request: web.Request, query: m.ReasonQuery) -> Any:
         ref = request.match_info["site"]
-        actor, reason = self.actor(request), self.reason(request)
+        actor, reason = self.actor(request), query.reason
         now = self.store.clock()
         async with self.store.write() as conn:
             site = await self._site_row(conn, ref)
@@ -1034,45 +603,40 @@ class HeadEnd:
             await self.admin._audit(
                 conn, actor, "site.deregister", site.lfdi, reason, nmi=site.nmi, removed=counts
             )
-        return ok({"deregistered": site.lfdi, "removed": counts})
+        return {"deregistered": site.lfdi, "removed": counts}
 
-    async def site_join(self, request: web.Request) -> web.Response:
-        return await self._membership(request, True)
+    async def site_join(self, request: web.Request, query: m.ReasonQuery) -> Any:
+        return await self._membership(request, True, query.reason)
 
-    async def site_leave(self, request: web.Request) -> web.Response:
-        return await self._membership(request, False)
+    async def site_leave(self, request: web.Request, query: m.ReasonQuery) -> Any:
+        return await self._membership(request, False, query.reason)
 
-    async def _membership(self, request: web.Request, member: bool) -> web.Response:
+    async def _membership(self, request: web.Request, member: bool, reason: str | None) -> Any:
         async with self.store.read() as conn:
             site = await self._site_row(conn, request.match_info["site"])
         group = request.match_info["group"]
         await self.admin.set_membership(
-            site.lfdi, group, member, actor=self.actor(request), reason=self.reason(request)
+            site.lfdi, group, member, actor=self.actor(request), reason=reason
         )
-        return ok({"site": site.lfdi, "group": group, "member": member})
+        return {"site": site.lfdi, "group": group, "member": member}
 
-    async def site_clear_mups(self, request: web.Request) -> web.Response:
-        actor, reason = self.actor(request), self.reason(request)
+    async def site_clear_mups(self, request: web.Request, query: m.ReasonQuery) -> Any:
+        actor, reason = self.actor(request), query.reason
         async with self.store.write() as conn:
             site = await self._site_row(conn, request.match_info["site"])
             removed = (await conn.execute(mups.delete().where(mups.c.site_id == site.id))).rowcount
             await self.admin._audit(conn, actor, "site.clear_mups", site.lfdi, reason, removed=removed)
-        return ok({"site": site.lfdi, "removed": removed})
+        return {"site": site.lfdi, "removed": removed}
 
-    async def site_does(self, request: web.Request) -> web.Response:
+    async def site_does(self, request: web.Request, query: m.SiteDoesQuery) -> Any:
         async with self.store.read() as conn:
             site = await self._site_row(conn, request.match_info["site"])
-        items = await site_intervals(
-            self.store,
-            site.id,
-            since=_int_query(request, "since", None),
-            limit=_int_query(request, "limit", 500, 1, 10000),
-        )
-        return ok({"site": site.lfdi, "items": items})
+        items = await site_intervals(self.store, site.id, since=query.since, limit=query.limit)
+        return {"site": site.lfdi, "items": items}
 
     # -- groups and programs
 
-    async def groups_list(self, request: web.Request) -> web.Response:
+    async def groups_list(self, request: web.Request) -> Any:
         async with self.store.read() as conn:
             rows = (await conn.execute(sa.select(groups).order_by(groups.c.id))).all()
             direct = dict(
@@ -1103,28 +667,21 @@ class HeadEnd:
             }
             for row in rows
         ]
-        return ok({"items": items})
+        return {"items": items}
 
-    async def group_create(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"name", "parent", "description", "reason"}, ("name",))
-        for name in ("name", "parent", "description"):
-            _typed(body, name, "string")
-        if body["name"] in ("all", "broadcast"):
-            raise bad(f"name: {body['name']!r} is the built-in broadcast group")
+    async def group_create(self, request: web.Request, body: m.GroupCreate) -> Any:
         gid = await self.admin.create_group(
-            body["name"],
-            parent=body.get("parent"),
-            description=body.get("description"),
+            body.name,
+            parent=body.parent,
+            description=body.description,
             actor=self.actor(request),
-            reason=self.reason(request, body),
+            reason=body.reason,
         )
-        return ok({"id": gid, "name": body["name"]}, 201)
+        return {"id": gid, "name": body.name}
 
-    async def group_detail(self, request: web.Request) -> web.Response:
+    async def group_detail(self, request: web.Request, query: m.Page) -> Any:
         name = request.match_info["group"]
-        offset = _int_query(request, "offset", 0)
-        limit = _int_query(request, "limit", 100, 1, 1000)
+        offset, limit = query.offset, query.limit
         async with self.store.read() as conn:
             row = (await conn.execute(sa.select(groups).where(groups.c.name == name))).first()
             if row is None:
@@ -1145,7 +702,7 @@ class HeadEnd:
             progs = (
                 await conn.execute(sa.select(programs.c.key).where(programs.c.group_id == row.id))
             ).scalars()
-            return ok(
+            return (
                 {
                     "name": row.name,
                     "parent": parent,
@@ -1154,11 +711,11 @@ class HeadEnd:
                     "programs": list(progs),
                     "fsa": row.id,
                     "total_sites": total,
-                    "sites": [dict(m._mapping) for m in page],
+                    "sites": [dict(row._mapping) for row in page],
                 }
             )
 
-    async def programs_list(self, request: web.Request) -> web.Response:
+    async def programs_list(self, request: web.Request) -> Any:
         async with self.store.read() as conn:
             rows = (
                 await conn.execute(
@@ -1167,7 +724,7 @@ class HeadEnd:
                     .order_by(programs.c.primacy, programs.c.id)
                 )
             ).all()
-        return ok(
+        return (
             {
                 "items": [
                     {
@@ -1184,40 +741,26 @@ class HeadEnd:
             }
         )
 
-    async def program_update(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"description", "primacy", "group", "enabled", "reason"}, ())
-        kinds = {"description": "string", "primacy": "integer", "group": "string", "enabled": "boolean"}
-        values = {name: _typed(body, name, kind) for name, kind in kinds.items()}
+    async def program_update(self, request: web.Request, body: m.ProgramUpdate) -> Any:
         key = request.match_info["name"]
-        await self.admin.update_program(
-            key, **values, actor=self.actor(request), reason=self.reason(request, body)
-        )
-        return ok({"key": key})
+        values = body.model_dump(exclude={"reason"})
+        await self.admin.update_program(key, **values, actor=self.actor(request), reason=body.reason)
+        return {"key": key}
 
-    async def program_create(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"key", "primacy", "description", "group", "reason"}, ("key", "primacy"))
-        for name, kind in (
-            ("key", "string"),
-            ("primacy", "integer"),
-            ("description", "string"),
-            ("group", "string"),
-        ):
-            _typed(body, name, kind)
+    async def program_create(self, request: web.Request, body: m.ProgramCreate) -> Any:
         pid = await self.admin.create_program(
-            body["key"],
-            primacy=body["primacy"],
-            description=body.get("description"),
-            group=body.get("group"),
+            body.key,
+            primacy=body.primacy,
+            description=body.description,
+            group=body.group,
             actor=self.actor(request),
-            reason=self.reason(request, body),
+            reason=body.reason,
         )
-        return ok({"id": pid, "key": body["key"]}, 201)
+        return {"id": pid, "key": body.key}
 
     # -- defaults
 
-    async def defaults_list(self, request: web.Request) -> web.Response:
+    async def defaults_list(self, request: web.Request) -> Any:
         async with self.store.read() as conn:
             rows = (
                 await conn.execute(
@@ -1227,7 +770,7 @@ class HeadEnd:
                 )
             ).all()
             targets = await _target_names(conn, [row.target for row in rows])
-        return ok(
+        return (
             {
                 "items": [
                     {
@@ -1243,40 +786,31 @@ class HeadEnd:
             }
         )
 
-    async def default_set(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(
-            body,
-            {"program", "target", "set_grad_w", "description", "reason", *BASE_FIELDS},
-            ("program", "target"),
-        )
-        base = control_base(body)
+    async def default_set(self, request: web.Request, body: m.DefaultSet) -> Any:
         mrid = await self.admin.set_default_control(
-            _typed(body, "program", "string"),
-            norm_target(body["target"]),
-            base=base,
-            set_grad_w=_typed(body, "set_grad_w", "integer"),
-            description=_typed(body, "description", "string"),
+            body.program,
+            body.target,
+            base=control_base(body),
+            set_grad_w=body.set_grad_w,
+            description=body.description,
             actor=self.actor(request),
-            reason=self.reason(request, body),
+            reason=body.reason,
         )
-        return ok({"mrid": mrid})
+        return {"mrid": mrid}
 
     # -- controls
 
-    async def controls_list(self, request: web.Request) -> web.Response:
-        offset = _int_query(request, "offset", 0)
-        limit = _int_query(request, "limit", 100, 1, 1000)
+    async def controls_list(self, request: web.Request, query: m.ControlQuery) -> Any:
+        offset, limit = query.offset, query.limit
         now = self.store.clock()
         # The operator's own controls; the pieces a split republished show in their original's detail.
         cond: list[Any] = [controls.c.split_from.is_(None)]
         async with self.store.read() as conn:
-            if request.query.get("program"):
-                cond.append(programs.c.key == request.query["program"])
-            if request.query.get("target"):
-                key = await self.admin._resolve_target(conn, norm_target(request.query["target"]))
-                cond.append(controls.c.target == key)
-            if request.query.get("active") in ("1", "true", "yes"):
+            if query.program:
+                cond.append(programs.c.key == query.program)
+            if query.target:
+                cond.append(controls.c.target == await self.admin._resolve_target(conn, query.target))
+            if query.active:
                 cond += [
                     controls.c.cancelled_at.is_(None),
                     controls.c.superseded_at.is_(None),
@@ -1300,53 +834,30 @@ class HeadEnd:
             item = self._control_json(row, row.program, now, pieces=pieces)
             item["target"] = targets[row.target]
             items.append(item)
-        return ok({"total": total, "offset": offset, "items": items})
+        return {"total": total, "offset": offset, "items": items}
 
-    async def control_create(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        allowed = {
-            "program",
-            "target",
-            "start",
-            "duration",
-            "randomize_start",
-            "randomize_duration",
-            "response_required",
-            "description",
-            "reason",
-            *BASE_FIELDS,
-        }
-        _check_fields(body, allowed, ("program", "target", "duration"))
-        start = body.get("start")
-        if start == "now":
-            start = None
-        for name in ("duration", "randomize_start", "randomize_duration"):
-            _typed(body, name, "integer")
-        if start is not None:
-            _typed({"start": start}, "start", "integer")
+    async def control_create(self, request: web.Request, body: m.ControlCreate) -> Any:
         base = control_base(body)
         mrid = await self.admin.create_control(
-            _typed(body, "program", "string"),
-            norm_target(body["target"]),
-            start=start,
-            duration=body["duration"],
+            body.program,
+            body.target,
+            start=None if body.start == "now" else body.start,
+            duration=body.duration,
             base=base,
-            randomize_start=body.get("randomize_start"),
-            randomize_duration=body.get("randomize_duration"),
-            response_required=_typed(body, "response_required", "string")
-            if "response_required" in body
-            else "03",
-            description=_typed(body, "description", "string"),
+            randomize_start=body.randomize_start,
+            randomize_duration=body.randomize_duration,
+            response_required=body.response_required,
+            description=body.description,
             actor=self.actor(request),
-            reason=self.reason(request, body),
+            reason=body.reason,
         )
         # Sites whose DERCapability says they cannot apply it are flagged to the operator (issue 11 item 12).
         async with self.store.read() as conn:
-            key = await self.admin._resolve_target(conn, norm_target(body["target"]))
+            key = await self.admin._resolve_target(conn, body.target)
             unsupported = await unsupported_by_target(conn, key, base)
-        return ok({"mrid": mrid, "unsupported": unsupported}, 201)
+        return {"mrid": mrid, "unsupported": unsupported}
 
-    async def control_detail(self, request: web.Request) -> web.Response:
+    async def control_detail(self, request: web.Request) -> Any:
         mrid = request.match_info["mrid"].upper()
         now = self.store.clock()
         async with self.store.read() as conn:
@@ -1368,7 +879,7 @@ class HeadEnd:
                         )
                     ).first()
                     if found is not None and found.upload_id == doe[2]:
-                        return ok(
+                        return (
                             {
                                 "mrid": mrid,
                                 "program": "doe",
@@ -1407,74 +918,57 @@ class HeadEnd:
         item["pieces"] = [self._control_json(p, p.program, now, targets) for p in piece_rows]
         item["acknowledgements"] = {k: acks[k] for k in ("sites_targeted", "acknowledged", "latest", "none")}
         item["responses"] = await self.admin.responses_for_control(mrid)
-        return ok(item)
+        return item
 
-    async def control_acks(self, request: web.Request) -> web.Response:
+    async def control_acks(self, request: web.Request, query: m.AckQuery) -> Any:
         mrid = request.match_info["mrid"].upper()
-        within = _int_query(request, "within", DEFAULT_WITHIN_S, 0, 10**7)
+        within = DEFAULT_WITHIN_S if query.within is None else query.within
         async with self.store.read() as conn:
             try:
-                if request.query.get("format") == "csv":
+                if query.format == "csv":
                     return web.Response(
                         text=await ack_csv(conn, mrid, within_s=within), content_type="text/csv"
                     )
-                return ok(await ack_summary(conn, mrid, now=self.store.clock(), within_s=within))
+                return await ack_summary(conn, mrid, now=self.store.clock(), within_s=within)
             except UnknownControl as exc:
                 raise HeadEndError(404, str(exc), "mrid") from None
 
-    async def compliance_act(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"site", "duration", "export_limit_w", "reason"}, ("site", "reason"))
-        duration = _typed(body, "duration", "integer")
-        limit = _typed(body, "export_limit_w", "number")
+    async def compliance_act(self, request: web.Request, body: m.ComplianceAct) -> Any:
         mrid = await act_on_finding(
             self.admin,
-            _typed(body, "site", "string"),
-            duration=3600 if duration is None else duration,
-            export_limit_w=0.0 if limit is None else limit,
+            body.site,
+            duration=body.duration,
+            export_limit_w=body.export_limit_w,
             actor=self.actor(request),
-            reason=_typed(body, "reason", "string"),
+            reason=body.reason,
         )
-        return ok({"mrid": mrid}, 201)
+        return {"mrid": mrid}
 
-    async def telemetry(self, request: web.Request) -> web.Response:
-        now = self.store.clock()
-        to = _int_query(request, "to", now)
-        since = _int_query(request, "from", to - 3600)
+    async def telemetry(self, request: web.Request, query: m.Scope) -> Any:
+        to = self.store.clock() if query.to is None else query.to
+        since = to - 3600 if query.from_ is None else query.from_
         try:
             async with self.store.read() as conn:
-                scope = await resolve_scope(
-                    conn, lfdi=request.query.get("site"), group=request.query.get("group")
-                )
+                scope = await resolve_scope(conn, lfdi=query.site, group=query.group)
                 data = await telemetry(conn, scope, since, to)
         except ValueError as exc:
             raise bad(str(exc)) from None
-        if request.query.get("format") == "csv":
+        if query.format == "csv":
             return web.Response(text=telemetry_csv(data), content_type="text/csv")
-        return ok(data)
+        return data
 
-    async def compliance(self, request: web.Request) -> web.Response:
+    async def compliance(self, request: web.Request, query: m.ComplianceQuery) -> Any:
         """The compliance service (server.compliance.assess) over HTTP; rules default to the demo's."""
         now = self.store.clock()
-        to = _int_query(request, "to", now)
-        since = _int_query(request, "from", to - 86400)
-        rules: dict[str, Any] = {}
-        for name in ("tolerance_w", "tolerance_pct", "settle_s"):
-            if request.query.get(name):
-                try:
-                    rules[name] = float(request.query[name])
-                except ValueError:
-                    raise bad(f"{name}: expected a number, got {request.query[name]!r}") from None
-        for name in ("silent_posts", "ack_within_s", "persistent_breach_s"):
-            value = _int_query(request, name, None)
-            if value is not None:
-                rules[name] = value
+        to = now if query.to is None else query.to
+        since = to - 86400 if query.from_ is None else query.from_
+        names = ("tolerance_w", "tolerance_pct", "settle_s")
+        names += ("silent_posts", "ack_within_s", "persistent_breach_s")
+        rules = {n: getattr(query, n) for n in names if getattr(query, n) is not None}
         try:
             parsed = Rules.from_mapping(rules)
             async with self.store.read() as conn:
-                scope = await resolve_scope(
-                    conn, lfdi=request.query.get("site"), group=request.query.get("group")
-                )
+                scope = await resolve_scope(conn, lfdi=query.site, group=query.group)
                 result = await assess(
                     conn,
                     scope,
@@ -1483,93 +977,56 @@ class HeadEnd:
                     now=now,
                     rules=parsed,
                     default_post_rate=self.config.post_rate,
-                    detail=request.query.get("detail") in ("1", "true", "yes"),
+                    detail=query.detail,
                 )
         except ValueError as exc:
             raise bad(str(exc)) from None
-        if request.query.get("format") == "csv":
+        if query.format == "csv":
             return web.Response(text=assessment_csv(result), content_type="text/csv")
-        return ok(result.as_json())
+        return result.as_json()
 
-    async def control_cancel(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"reason"})
+    async def control_cancel(self, request: web.Request, body: m.ReasonBody) -> Any:
         mrid = request.match_info["mrid"]
         try:
-            await self.admin.cancel_control(
-                mrid, actor=self.actor(request), reason=self.reason(request, body)
-            )
+            await self.admin.cancel_control(mrid, actor=self.actor(request), reason=body.reason)
         except AdminError as exc:
             raise HeadEndError(404, str(exc), "mrid") from None
-        return ok({"mrid": mrid.upper(), "status": "cancelled"})
+        return {"mrid": mrid.upper(), "status": "cancelled"}
 
     # -- emergency
 
-    async def emergency(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(
-            body,
-            {"target", "action", "generation_limit_w", "duration", "randomize_duration", "reason"},
-            ("target", "action"),
-        )
-        action = body["action"]
-        if action not in EMERGENCY_ACTIONS:
-            raise bad(f"action: must be one of {', '.join(EMERGENCY_ACTIONS)}, got {action!r}")
-        limits = dict(EMERGENCY_ACTIONS[action])
-        if action == "generation_limit":
-            if body.get("generation_limit_w") is None:
-                raise bad("generation_limit_w: required for action generation_limit")
-            limits["generation_limit_w"] = _typed(body, "generation_limit_w", "number")
-        elif body.get("generation_limit_w") is not None:
-            raise bad("generation_limit_w: only for action generation_limit")
-        duration = _typed(body, "duration", "integer")
-        duration = 86400 if duration is None else duration  # until lifted (a day at most by default)
-        base = control_base(limits)
+    async def emergency(self, request: web.Request, body: m.Emergency) -> Any:
+        limits = {**m.EMERGENCY_ACTIONS[body.action], "generation_limit_w": body.generation_limit_w}
         mrid = await self.admin.create_control(
             EMERGENCY_PROGRAM,
-            norm_target(body["target"]),
+            body.target,
             start=None,
-            duration=duration,
-            base=base,
-            randomize_duration=_typed(body, "randomize_duration", "integer"),
+            duration=body.duration,
+            base=control_base(m.ControlLimits.model_validate(limits)),
+            randomize_duration=body.randomize_duration,
             response_required="03",
-            description=f"Emergency {action}"[:32],
+            description=f"Emergency {body.action}"[:32],
             actor=self.actor(request),
-            reason=self.reason(request, body),
+            reason=body.reason,
         )
-        return ok({"mrid": mrid, "action": action, "target": body["target"], "duration": duration}, 201)
+        return {"mrid": mrid, "action": body.action, "target": body.target, "duration": body.duration}
 
-    async def emergency_lift(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"target", "mrid", "spread", "waves", "wave_interval", "reason"})
-        spread = _typed(body, "spread", "integer")
-        waves = body.get("waves")
-        interval = _typed(body, "wave_interval", "integer")
-        if spread is not None and not 0 < spread < 2**15:
-            raise bad(f"spread: seconds in 1..32767 (randomizeDuration is Int16), got {spread}")
-        if waves is not None:
-            if spread is not None:
-                raise bad("waves: give either spread or waves, not both")
-            if not isinstance(waves, list) or not waves or not all(isinstance(w, str) for w in waves):
-                raise bad("waves: expected a non-empty list of group targets")
-            if interval is None or interval <= 0:
-                raise bad("wave_interval: required, a positive number of seconds")
-        result = await lift_emergency(
+    async def emergency_lift(self, request: web.Request, body: m.EmergencyLift) -> Any:
+        return await lift_emergency(
             self.store,
-            target=norm_target(body["target"]) if body.get("target") is not None else None,
-            mrid=_typed(body, "mrid", "string"),
-            spread=spread,
-            waves=[norm_target(w) for w in waves] if waves else None,
-            wave_interval=interval,
+            target=body.target,
+            mrid=body.mrid,
+            spread=body.spread,
+            waves=body.waves,
+            wave_interval=body.wave_interval,
             actor=self.actor(request),
-            reason=self.reason(request, body),
+            reason=body.reason,
         )
-        return ok(result)
 
     # -- DOE bulk upload
 
-    async def doe_upload(self, request: web.Request) -> web.Response:
-        fmt = request.query.get("format")
+    async def doe_upload(self, request: web.Request, query: m.DoeUploadQuery) -> Any:
+        fmt = query.format
         if fmt is None:
             ctype = request.content_type
             fmt = (
@@ -1577,7 +1034,7 @@ class HeadEnd:
                 if ctype in ("application/json", "application/x-ndjson", "application/jsonl")
                 else "csv"
             )
-        reason = self.reason(request)
+        reason = query.reason
 
         async def chunks() -> Any:
             if request.content_type.startswith("multipart/"):
@@ -1611,23 +1068,24 @@ class HeadEnd:
                     yield chunk
 
             result = await ingest(self.store, spooled(), fmt=fmt, actor=self.actor(request), reason=reason)
-        return ok(result.as_json(), 201)
+        return result.as_json()
 
-    async def doe_uploads(self, request: web.Request) -> web.Response:
-        limit = _int_query(request, "limit", 50, 1, 1000)
+    async def doe_uploads(self, request: web.Request, query: m.Limit) -> Any:
         async with self.store.read() as conn:
             rows = (
-                await conn.execute(sa.select(doe_uploads).order_by(doe_uploads.c.id.desc()).limit(limit))
+                await conn.execute(
+                    sa.select(doe_uploads).order_by(doe_uploads.c.id.desc()).limit(query.limit)
+                )
             ).all()
-        return ok({"items": [dict(row._mapping) for row in rows]})
+        return {"items": [dict(row._mapping) for row in rows]}
 
     # -- rates
 
-    async def rates_list(self, request: web.Request) -> web.Response:
+    async def rates_list(self, request: web.Request) -> Any:
         async with self.store.read() as conn:
             rows = (await conn.execute(sa.select(rate_settings))).all()
             targets = await _target_names(conn, [row.target for row in rows])
-        return ok(
+        return (
             {
                 "defaults": {"poll_rate": self.config.poll_rate, "post_rate": self.config.post_rate},
                 "items": [
@@ -1637,23 +1095,15 @@ class HeadEnd:
             }
         )
 
-    async def rate_set(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"resource", "value", "target", "reason"}, ("resource", "value"))
+    async def rate_set(self, request: web.Request, body: m.RateSet) -> Any:
+        target = body.target or "all"
         await self.admin.set_rate(
-            _typed(body, "resource", "string"),
-            _typed(body, "value", "integer"),
-            norm_target(body.get("target", "all")),
-            actor=self.actor(request),
-            reason=self.reason(request, body),
+            body.resource, body.value, target, actor=self.actor(request), reason=body.reason
         )
-        return ok({"resource": body["resource"], "value": body["value"], "target": body.get("target", "all")})
+        return {"resource": body.resource, "value": body.value, "target": target}
 
-    async def rate_clear(self, request: web.Request) -> web.Response:
-        resource = request.query.get("resource")
-        if not resource:
-            raise bad("resource: required")
-        target = norm_target(request.query.get("target", "all"))
+    async def rate_clear(self, request: web.Request, query: m.RateClear) -> Any:
+        resource, target = query.resource, query.target
         async with self.store.write() as conn:
             key = await self.admin._resolve_target(conn, target)
             removed = (
@@ -1666,13 +1116,13 @@ class HeadEnd:
             if not removed:
                 raise HeadEndError(404, f"resource: no {resource} rate set for {target}", "resource")
             await self.admin._audit(
-                conn, self.actor(request), "rate.clear", target, self.reason(request), resource=resource
+                conn, self.actor(request), "rate.clear", target, query.reason, resource=resource
             )
-        return ok({"resource": resource, "target": target, "removed": True})
+        return {"resource": resource, "target": target, "removed": True}
 
     # -- clients and aggregators
 
-    async def clients_list(self, request: web.Request) -> web.Response:
+    async def clients_list(self, request: web.Request) -> Any:
         async with self.store.read() as conn:
             rows = (
                 await conn.execute(
@@ -1681,7 +1131,7 @@ class HeadEnd:
                     .order_by(clients.c.lfdi)
                 )
             ).all()
-        return ok(
+        return (
             {
                 "items": [
                     {
@@ -1697,22 +1147,18 @@ class HeadEnd:
             }
         )
 
-    async def client_revoke(self, request: web.Request) -> web.Response:
-        return await self._revoke(request, True)
+    async def client_revoke(self, request: web.Request, body: m.ReasonBody) -> Any:
+        return await self._revoke(request, True, body.reason)
 
-    async def client_restore(self, request: web.Request) -> web.Response:
-        return await self._revoke(request, False)
+    async def client_restore(self, request: web.Request, body: m.ReasonBody) -> Any:
+        return await self._revoke(request, False, body.reason)
 
-    async def _revoke(self, request: web.Request, revoked: bool) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"reason"})
+    async def _revoke(self, request: web.Request, revoked: bool, reason: str | None) -> Any:
         lfdi = request.match_info["lfdi"]
-        await self.admin.set_revoked(
-            lfdi, revoked, actor=self.actor(request), reason=self.reason(request, body)
-        )
-        return ok({"lfdi": lfdi.upper(), "revoked": revoked})
+        await self.admin.set_revoked(lfdi, revoked, actor=self.actor(request), reason=reason)
+        return {"lfdi": lfdi.upper(), "revoked": revoked}
 
-    async def aggregators_list(self, request: web.Request) -> web.Response:
+    async def aggregators_list(self, request: web.Request) -> Any:
         async with self.store.read() as conn:
             rows = (await conn.execute(sa.select(aggregators).order_by(aggregators.c.id))).all()
             certs = (
@@ -1729,7 +1175,7 @@ class HeadEnd:
                     )
                 ).all()
             )
-        return ok(
+        return (
             {
                 "items": [
                     {
@@ -1744,28 +1190,20 @@ class HeadEnd:
             }
         )
 
-    async def aggregator_create(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"name", "lfdis", "reason"}, ("name",))
-        _typed(body, "name", "string")
-        lfdis = body.get("lfdis") or []
-        if not isinstance(lfdis, list) or not all(isinstance(x, str) for x in lfdis):
-            raise bad("lfdis: expected a list of LFDIs")
+    async def aggregator_create(self, request: web.Request, body: m.AggregatorCreate) -> Any:
         agg = await self.admin.create_aggregator(
-            body["name"], lfdis=lfdis, actor=self.actor(request), reason=self.reason(request, body)
+            body.name, lfdis=body.lfdis or [], actor=self.actor(request), reason=body.reason
         )
-        return ok({"id": agg, "name": body["name"]}, 201)
+        return {"id": agg, "name": body.name}
 
-    async def aggregator_add_cert(self, request: web.Request) -> web.Response:
-        body = await self.body(request)
-        _check_fields(body, {"lfdi", "reason"}, ("lfdi",))
+    async def aggregator_add_cert(self, request: web.Request, body: m.CertificateAdd) -> Any:
         name = request.match_info["name"]
         await self.admin.add_aggregator_certificate(
-            name, _typed(body, "lfdi", "string"), actor=self.actor(request), reason=self.reason(request, body)
+            name, body.lfdi, actor=self.actor(request), reason=body.reason
         )
-        return ok({"aggregator": name, "added": body["lfdi"].upper()}, 201)
+        return {"aggregator": name, "added": body.lfdi.upper()}
 
-    async def aggregator_remove_cert(self, request: web.Request) -> web.Response:
+    async def aggregator_remove_cert(self, request: web.Request, query: m.ReasonQuery) -> Any:
         """Rotation step 2: the old certificate is revoked (so it cannot re-enrol as a new aggregator);
         the aggregator and its sites stay with the remaining certificates."""
         name, lfdi = request.match_info["name"], request.match_info["lfdi"].upper()
@@ -1788,29 +1226,25 @@ class HeadEnd:
                 self.actor(request),
                 "aggregator.remove_certificate",
                 name,
-                self.reason(request),
+                query.reason,
                 lfdi=lfdi,
             )
-        return ok({"aggregator": name, "removed": lfdi})
+        return {"aggregator": name, "removed": lfdi}
 
     # -- audit
 
-    async def audit(self, request: web.Request) -> web.Response:
-        offset = _int_query(request, "offset", 0)
-        limit = _int_query(request, "limit", 100, 1, 10000)
+    async def audit(self, request: web.Request, query: m.AuditQuery) -> Any:
+        offset, limit = query.offset, query.limit
         cond = []
         for name in ("actor", "action"):
-            if request.query.get(name):
-                value = request.query[name]
+            if value := getattr(query, name):
                 cond.append(audit_log.c[name].like(value.replace("*", "%")))
-        if request.query.get("target"):
-            cond.append(audit_log.c.target.like(f"%{request.query['target']}%"))
-        since = _int_query(request, "since", None)
-        until = _int_query(request, "until", None)
-        if since is not None:
-            cond.append(audit_log.c.at >= since)
-        if until is not None:
-            cond.append(audit_log.c.at < until)
+        if query.target:
+            cond.append(audit_log.c.target.like(f"%{query.target}%"))
+        if query.since is not None:
+            cond.append(audit_log.c.at >= query.since)
+        if query.until is not None:
+            cond.append(audit_log.c.at < query.until)
         async with self.store.read() as conn:
             total = (
                 await conn.execute(sa.select(sa.func.count()).select_from(audit_log).where(*cond))
@@ -1829,15 +1263,21 @@ class HeadEnd:
             item = dict(row._mapping)
             item["detail"] = json.loads(row.detail) if row.detail else None
             items.append(item)
-        return ok({"total": total, "offset": offset, "items": items})
+        return {"total": total, "offset": offset, "items": items}
 
     # -- wiring
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/api/openapi.json", self.openapi)
-        for route in ROUTES:
-            handler: Callable[[web.Request], Awaitable[web.StreamResponse]] = getattr(self, route.handler)
-            app.router.add_route(route.method, route.path, handler)
+        app.router.add_get("/api/docs", self.docs)
+        add_routes(app, ROUTES, {route.handler: getattr(self, route.handler) for route in ROUTES})
+
+    async def answer(self, request: web.Request, handler: str) -> Any:
+        """The JSON answer of the read route ``handler`` for this request (its query and match_info): the
+        console renders the same data the API serves."""
+        route = next(r for r in ROUTES if r.handler == handler)
+        data, _status = await call(route, getattr(self, handler), request)
+        return data
 
 
 async def _live_pieces(conn: Any, ids: list[int]) -> dict[int, int]:
@@ -1877,51 +1317,49 @@ async def _target_names(conn: Any, keys: list[str]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------- operations
 
 
+_BULK = TypeAdapter(list[m.BulkSite])
+
+
 async def bulk_register(
-    store: Store, items: list[Any], *, actor: str, reason: str | None = None, aggregator: str | None = None
+    store: Store,
+    items: list[m.BulkSite] | list[dict[str, Any]],
+    *,
+    actor: str,
+    reason: str | None = None,
+    aggregator: str | None = None,
 ) -> int:
     """Register many sites in one transaction (all or none); errors name the item index and field."""
+    if items and not isinstance(items[0], m.BulkSite):
+        try:
+            items = _BULK.validate_python(items)
+        except ValidationError as exc:
+            where, message = first_error(exc)
+            raise HeadEndError(400, f"sites{where}: {message}", f"sites{where}") from None
     now = store.clock()
     values = []
     wanted_groups: list[tuple[str, list[str]]] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        where = f"sites[{i}]"
-        if not isinstance(item, dict):
-            raise bad(f"{where}: expected an object")
-        unknown = set(item) - {"lfdi", "nmi", "pin", "label", "groups", "aggregator", "device_category"}
-        if unknown:
-            raise bad(f"{where}.{sorted(unknown)[0]}: unknown field")
-        try:
-            lfdi = operator_lfdi(item.get("lfdi") or "")
-        except IdentityError as exc:
-            raise bad(f"{where}.lfdi: {exc}") from None
-        if lfdi in seen:
-            raise bad(f"{where}.lfdi: {lfdi} appears twice")
-        seen.add(lfdi)
-        pin = item.get("pin")
-        if pin is not None and (not isinstance(pin, int) or not 0 <= pin <= 999999):
-            raise bad(f"{where}.pin: must be 0..999999")
-        nmi = checked_nmi(item.get("nmi"), f"{where}.nmi")
+        assert isinstance(item, m.BulkSite)
+        if item.lfdi in seen:
+            raise bad(f"sites[{i}].lfdi: {item.lfdi} appears twice")
+        seen.add(item.lfdi)
         values.append(
             dict(
-                lfdi=lfdi,
-                sfdi=sfdi_from_lfdi(lfdi),
-                aggregator_id=item.get("aggregator") or aggregator,
-                device_category=item.get("device_category"),
+                lfdi=item.lfdi,
+                sfdi=sfdi_from_lfdi(item.lfdi),
+                aggregator_id=item.aggregator or aggregator,
+                device_category=item.device_category,
                 enabled=True,
                 changed_time=now,
                 registered_time=now,
-                pin=pin,
-                nmi=nmi,
-                label=item.get("label"),
+                pin=item.pin,
+                nmi=item.nmi,
+                label=item.label,
             )
         )
-        gl = item.get("groups") or []
-        if not isinstance(gl, list) or not all(isinstance(g, str) for g in gl):
-            raise bad(f"{where}.groups: expected a list of group names")
-        if gl:
-            wanted_groups.append((lfdi, gl))
+        if item.groups:
+            wanted_groups.append((item.lfdi, item.groups))
     if not values:
         return 0
     async with store.write() as conn:
@@ -1985,8 +1423,6 @@ async def lift_emergency(
       for k x ``wave_interval`` seconds, so wave k is released at now + k x interval. Sites of the
       lifted target that are in no wave are released with the first wave.
     """
-    if (target is None) == (mrid is None):
-        raise bad("target: give either target or mrid")
     now = store.clock()
     admin = store.admin
     async with store.write() as conn:
