@@ -11,7 +11,8 @@ from aiohttp import web
 from openapi_spec_validator import validate
 
 from server.config import ServerConfig
-from server.headend.api import HeadEnd, create_headend_app
+from server.headend.api import ROUTES, create_headend_app
+from server.headend.incidents_api import ROUTES as INCIDENT_ROUTES
 from server.store import Store
 from tests.browser import chromium, needs_chromium
 
@@ -27,7 +28,7 @@ async def headend(tmp_path):
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = f"http://127.0.0.1:{runner.addresses[0][1]}"
     async with aiohttp.ClientSession(base, headers={"Authorization": f"Bearer {TOKENS[0]['token']}"}) as s:
-        yield s, HeadEnd(store, config).routes()
+        yield s, ROUTES + INCIDENT_ROUTES
     await runner.cleanup()
     await store.close()
 

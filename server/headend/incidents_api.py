@@ -31,9 +31,9 @@ from server.incidents.webhook import notify
 from server.logsafe import escape_control
 
 from . import models as m
-from .api import HeadEnd
+from .core import HeadEnd
 from .errors import HeadEndError
-from .routing import Route, add_routes
+from .routing import Route
 
 ROUTES = [
     Route("GET", "/api/incidents", "incidents_list", False, "Incidents", m.IncidentList,
@@ -163,5 +163,4 @@ def register(head: HeadEnd, app: web.Application) -> None:
     handlers = {"incidents_list": incidents_list, "incidents_raise": incidents_raise,
                 "incidents_get": incidents_get, "incidents_act": incidents_act,
                 "incidents_from_compliance": incidents_from_compliance}  # fmt: skip
-    add_routes(app, ROUTES, handlers)
-    head.writes |= {(route.method, route.path) for route in ROUTES if route.write}
+    head.mount(app, ROUTES, handlers)
