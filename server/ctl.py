@@ -198,10 +198,21 @@ def _cell(value: Any, key: str = "") -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"))
+        return _fields(value, key)
     if _is_timestamp(key, value):  # the operator's local time with its offset; --json keeps Unix seconds
         return datetime.fromtimestamp(value, UTC).astimezone().isoformat(sep=" ", timespec="seconds")
     return str(value)
+
+
+def _fields(value: Any, key: str = "") -> str:
+    """Nested data as readable fields, not JSON: ``name: value; name: value``, lists comma separated
+    (objects in a list separated by `` | ``); ``--json`` keeps the structure."""
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {_fields(v, k)}" for k, v in value.items() if v is not None and v != [])
+    if isinstance(value, list):
+        sep = " | " if any(isinstance(v, dict) for v in value) else ", "
+        return sep.join(_fields(v, key) for v in value)
+    return _cell(value, key)
 
 
 def _is_control(value: Any) -> bool:
@@ -229,11 +240,11 @@ def _nested(value: Any, key: str = "", depth: int = 0) -> Any:
     if depth > 0 and isinstance(value, list) and value and all(_is_control(item) for item in value):
         return "\n".join(_control_line(item) for item in value)
     if depth > 0 and isinstance(value, dict | list) and value:
-        return _control_line(value) if _is_control(value) else json.dumps(value, separators=(", ", ": "))
+        return _control_line(value) if _is_control(value) else _fields(value, key)
     if isinstance(value, dict) and value:
         table = Table(show_header=False, box=None, pad_edge=False)
-        table.add_column(style="dim")
-        table.add_column()
+        table.add_column(style="dim", no_wrap=True)
+        table.add_column(overflow="fold")
         for k, v in value.items():
             table.add_row(k, _nested(v, k, depth + 1))
         return table
@@ -241,7 +252,9 @@ def _nested(value: Any, key: str = "", depth: int = 0) -> Any:
         columns: list[str] = []
         for item in value:
             columns += [k for k in item if k not in columns]
-        table = Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in columns:
+            table.add_column(column, overflow="fold")
         for item in value:
             table.add_row(*(_nested(item.get(c), c, depth + 1) for c in columns))
         return table
@@ -265,19 +278,33 @@ def _show(args: argparse.Namespace, payload: Any, title: str | None = None) -> N
         columns: list[str] = []
         for item in items:
             columns += [k for k in item if k not in columns]
-        table = Table(title=title)
-        for column in columns:
-            table.add_column(column)
-        for item in items:
-            table.add_row(*(_cell(item.get(c), c) for c in columns))
-        console.print(table)
+        cells = [[_cell(item.get(c), c) for c in columns] for item in items]
+        natural = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+        if sum(natural) + 3 * len(columns) + 1 <= console.width:  # a table that fits: nothing cut short
+            table = Table(title=title)
+            for column in columns:
+                table.add_column(column, overflow="fold")
+            for row in cells:
+                table.add_row(*row)
+            console.print(table)
+        else:  # too wide for the terminal: one block of fields per item, identifiers whole
+            first = int(payload.get("offset") or 0)
+            for n, row in enumerate(cells):
+                block = Table(show_header=False, box=None, pad_edge=False, title_justify="left",
+                              title=f"{title or 'item'} #{first + n + 1}", title_style="bold")  # fmt: skip
+                block.add_column(style="dim", no_wrap=True)
+                block.add_column(overflow="fold")
+                for column, text in zip(columns, row, strict=True):
+                    if text:
+                        block.add_row(column, text)
+                console.print(block)
         extra = {k: v for k, v in payload.items() if k != "items"}
         if extra:
             console.print(" ".join(f"{k}={_cell(v, k)}" for k, v in extra.items()))
         return
     table = Table(show_header=False, title=title)
-    table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
     for key, value in payload.items() if isinstance(payload, dict) else [("result", payload)]:
         table.add_row(key, _nested(value, key))
     console.print(table)

@@ -193,13 +193,16 @@ def site_limits(
                 )
         if program.key == "doe":
             for _site, start, duration, exp, imp, gen, upload_id, at in published.does.get(site_id, ()):
+                # A hole (no limit: a site control replaced the rows there, server.store.doe) hides the
+                # older rows and sets nothing; it ranks just below the control that made it.
+                hole = exp is None and imp is None and gen is None
                 windows.append(
                     Window(
                         start,
                         start + duration,
                         at,
                         None,
-                        (at, upload_id, -duration, start),
+                        (at, 0, -1, 0) if hole else (at, upload_id, -duration, start),
                         _doe_setting(exp, imp, gen, upload_id),
                     )
                 )

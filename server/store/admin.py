@@ -18,6 +18,7 @@ from server.store.codec import (
     AdminError,
     to_jsonable,
 )
+from server.store.doe import DOE_PROGRAM, cut_for_control
 from server.store.engine import _insert
 from server.store.pubsub import _enqueue
 from server.store.schema import (
@@ -517,6 +518,9 @@ class Admin:
             pieces: list[str] = []
             if supersede:
                 pieces = await self._split_around(conn, program_id, key, start, start + duration, now)
+                if program == DOE_PROGRAM and key.startswith("s:"):  # and the site's bulk DOE rows
+                    await cut_for_control(conn, int(key[2:]), start, start + duration, now=now, actor=actor,
+                                          mrid=mrid)  # fmt: skip
             await conn.execute(
                 controls.insert().values(
                     mrid=mrid,
@@ -568,34 +572,46 @@ class Admin:
         ).all()
         created = []
         for row in overlapping:
+            created += await self.supersede_with_pieces(conn, row, [(start, end)], now)
+        return created
+
+    async def supersede_with_pieces(
+        self, conn: AsyncConnection, row: Any, cuts: list[tuple[int, int]], now: int
+    ) -> list[str]:
+        """Mark the control ``row`` superseded and publish what is left of it outside ``cuts`` (and after
+        ``now``) as pieces with its settings; returns the pieces' mRIDs."""
+        await conn.execute(
+            controls.update()
+            .where(controls.c.id == row.id)
+            .values(superseded_at=now, version=controls.c.version + 1)
+        )
+        parts = [(row.start, row.start + row.duration)]
+        for cut_start, cut_end in cuts:
+            parts = [p for a, b in parts for p in remainders(a, b, cut_start, cut_end, now=now)]
+        created = []
+        for a, b in parts:
+            a = max(a, now)
+            piece = new_mrid(self.store.pen)
             await conn.execute(
-                controls.update()
-                .where(controls.c.id == row.id)
-                .values(superseded_at=now, version=controls.c.version + 1)
-            )
-            for a, b in remainders(row.start, row.start + row.duration, start, end, now=now):
-                a = max(a, now)
-                piece = new_mrid(self.store.pen)
-                await conn.execute(
-                    controls.insert().values(
-                        mrid=piece,
-                        program_id=program_id,
-                        target=key,
-                        start=a,
-                        duration=b - a,
-                        # Randomisation only at the original's own edges: a cut edge meets the new
-                        # control exactly, so spreading it would open a gap or an overlap.
-                        randomize_start=row.randomize_start if a == row.start else None,
-                        randomize_duration=row.randomize_duration if b == row.start + row.duration else None,
-                        response_required=row.response_required,
-                        base=row.base,
-                        description=row.description,
-                        creation_time=now,
-                        version=0,
-                        split_from=row.split_from or row.id,
-                    )
+                controls.insert().values(
+                    mrid=piece,
+                    program_id=row.program_id,
+                    target=row.target,
+                    start=a,
+                    duration=b - a,
+                    # Randomisation only at the original's own edges: a cut edge meets the new
+                    # control exactly, so spreading it would open a gap or an overlap.
+                    randomize_start=row.randomize_start if a == row.start else None,
+                    randomize_duration=row.randomize_duration if b == row.start + row.duration else None,
+                    response_required=row.response_required,
+                    base=row.base,
+                    description=row.description,
+                    creation_time=now,
+                    version=0,
+                    split_from=row.split_from or row.id,
                 )
-                created.append(piece)
+            )
+            created.append(piece)
         return created
 
     async def cancel_control(self, mrid: str, *, actor: str = "system", reason: str | None = None) -> None:

@@ -48,6 +48,9 @@ sites = sa.Table(
     sa.Column("pin", sa.Integer),
     sa.Column("nmi", sa.String(32), index=True),
     sa.Column("label", sa.String(128)),
+    # Latest contact from the site's own certificate or its aggregator's, to SITE_CONTACT_EVERY seconds
+    # (SitesStore.flush_contacts); indexed so that online/silent counts are index range counts.
+    sa.Column("last_contact", sa.BigInteger, index=True),
 )
 
 groups = sa.Table(
