@@ -294,6 +294,51 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(_flat(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+async def _site_ders(args: argparse.Namespace) -> Any:
+    """``sites ders SITE``: each DER's documents and telemetry; ``--history``: what changed, when;
+    ``--count N``: the server creates (or removes) DER instances until the DERList holds N."""
+    path = f"/api/sites/{args.site}/ders"
+    if args.count is not None:
+        return await _call(args, "PUT", path, body={"count": args.count, "reason": args.reason})
+    if args.history:
+        query = {"der": args.der, "kind": args.kind, "since": args.since, "limit": args.limit}
+        payload = await _call(args, "GET", path + "/history", query=query)
+        if args.json:
+            return payload
+        rows = [
+            {"at": item["at"], "der": item["der"], "document": item["document"], "field": field,
+             "old": _cell(old), "new": _cell(new)}
+            for item in payload["items"]
+            for field, (old, new) in item["changes"].items()
+        ]  # fmt: skip
+        return {"items": rows, "site": payload["site"]}
+    payload = await _call(args, "GET", path)
+    if args.json:
+        return payload
+    out: dict[str, Any] = {"site": payload["site"]}
+    for der in payload["ders"]:
+        fields = {}
+        for kind, doc in der["documents"].items():
+            fields.update({f"{kind}.{k}": _cell(v, k) for k, v in _flat(doc).items()})
+        out[f"DER {der['id']}"] = {"href": der["href"], "changes": der["changes"], **fields}
+    for point in payload["telemetry"]:
+        out[f"telemetry {point['device']}"] = {
+            f"{r['description']}": f"{r['value']:g} {r['unit'] or ''}".strip() for r in point["readings"]
+        } or "no readings"
+    return out
+
+
 def _commands() -> dict[str, Any]:
     """(noun, verb) -> coroutine function(args) returning the payload to show."""
 
@@ -337,6 +382,7 @@ def _commands() -> dict[str, Any]:
         ("sites", "clear-mups"): lambda a: _call(
             a, "DELETE", f"/api/sites/{a.site}/mups", query=q(a, "reason")
         ),
+        ("sites", "ders"): _site_ders,
         ("sites", "does"): lambda a: _call(
             a, "GET", f"/api/sites/{a.site}/does", query=q(a, "since", "limit")
         ),
@@ -636,6 +682,14 @@ def register(subparsers: Any) -> None:
         p.add_argument("site")
         p.add_argument("group")
     reason(v.add_parser("clear-mups", help="delete a site's MirrorUsagePoints")).add_argument("site")
+    p = reason(v.add_parser("ders", help="a site's DERs: nameplate, settings, status, telemetry, history"))
+    p.add_argument("site", help="LFDI or nmi:NMI")
+    p.add_argument("--history", action="store_true", help="what changed in the DER documents, and when")
+    p.add_argument("--der", type=int, help="with --history: one DER (its id)")
+    p.add_argument("--kind", choices=("dercap", "derg", "ders", "dera"), help="with --history: one document")
+    p.add_argument("--since", type=int, help="with --history: changes at or after this Unix time")
+    p.add_argument("--limit", type=int, help="with --history: at most this many changes (default 100)")
+    p.add_argument("--count", type=int, help="set how many DER instances the site's DERList holds")
     p = v.add_parser("does", help="a site's DOE intervals")
     p.add_argument("site")
     p.add_argument("--since", type=int)

@@ -2073,7 +2073,7 @@ def doe_free_mrid(store: Store) -> str:
 
 
 # Modules adding their own routes: each has ``register(head, app)`` (routes kept out of this file).
-EXTENSIONS = ("server.headend.incidents_api",)
+EXTENSIONS = ("server.headend.incidents_api", "server.headend.standing")
 
 
 def create_headend_app(store: Store, config: ServerConfig) -> web.Application:

@@ -1,0 +1,251 @@
+"""Head-end routes for a site's standing data (issue 13 item 6; seed 000 GS06, seed 001 L583).
+
+    GET /api/sites/{site}/ders           each DER: its documents (nameplate, settings, status, availability)
+                                         with values in real units, and the DER MirrorUsagePoints' latest
+                                         readings (per-DER telemetry)
+    GET /api/sites/{site}/ders/history   ?der=<id>&kind=dercap|derg|ders|dera&since=<time>&limit=<n>:
+                                         what changed and when, newest first
+    PUT /api/sites/{site}/ders           {"count": N, "reason"?}: the server creates (or removes) DER
+                                         instances until the site's DERList holds N
+
+How a site gets several DERs: in 2030.5 (§10.10) the server provides the DERList and the client PUTs each
+DER's DERCapability / DERSettings / DERStatus / DERAvailability; there is no client request to create a
+DER. So the server creates them: one at registration (in-band, or out of band by default), or as many as
+the operator declares (``register_site(der_count=N)``, this PUT, ``derlink ctl sites ders SITE --count N``).
+A gateway with as many devices as DERs PUTs each device's documents to its own DER; otherwise it reports
+the site as one aggregated DER (the GFEMS representation of SAPN/CPPCUE handbooks) on the first.
+
+A DER's MirrorUsagePoint is not linked to its DER in 2030.5 (MirrorUsagePoint carries only deviceLFDI):
+the DER telemetry is listed by MirrorUsagePoint (roleFlags isDER), named by its description.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from aiohttp import web
+
+from sep2.identity import IdentityError, operator_lfdi
+from sep2.xml import from_xml
+from server.store import DER_DOCUMENT_TYPES, der_documents, der_history, ders, meter_readings, mups, readings
+from server.store.codec import to_jsonable
+from server.store.schema import sites
+
+from .api import HeadEnd, Route, ok
+from .errors import HeadEndError, bad
+from .telemetry import ROLE_DER, reading_json
+
+ROUTES = [
+    Route("GET", "/api/sites/{site}/ders", "site_ders", False, "A site's DERs: documents and telemetry"),
+    Route(
+        "PUT",
+        "/api/sites/{site}/ders",
+        "site_ders_count",
+        True,
+        "Set how many DER instances the site's DERList holds",
+        body={"count": "integer", "reason": "string"},
+    ),
+    Route(
+        "GET",
+        "/api/sites/{site}/ders/history",
+        "site_ders_history",
+        False,
+        "Changes of a site's DER documents, newest first",
+        query=("der", "kind", "since", "limit"),
+    ),
+]
+KINDS = tuple(DER_DOCUMENT_TYPES)
+
+
+def real_units(data: Any) -> Any:
+    """A document as JSON with each ``{"value", "multiplier"}`` quantity as one number in its unit."""
+    if isinstance(data, dict):
+        if "value" in data and set(data) <= {"value", "multiplier"}:
+            value = data["value"] * 10.0 ** data.get("multiplier", 0)
+            return int(value) if float(value).is_integer() else value
+        return {k: real_units(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [real_units(v) for v in data]
+    return data
+
+
+def _query_int(request: web.Request, name: str, default: int | None, high: int = 2**63 - 1) -> int | None:
+    raw = request.query.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad(f"{name}: expected an integer, got {raw!r}") from None
+    if not 0 <= value <= high:
+        raise bad(f"{name}: must be 0..{high}")
+    return value
+
+
+async def _site(conn: Any, ref: str) -> Any:
+    if ref.startswith("nmi:"):
+        cond = sites.c.nmi == ref[4:]
+    else:
+        try:
+            cond = sites.c.lfdi == operator_lfdi(ref)
+        except IdentityError as exc:
+            raise HeadEndError(404, f"site: {exc}", "site") from None
+    row = (await conn.execute(sa.select(sites.c.id, sites.c.lfdi).where(cond))).first()
+    if row is None:
+        raise HeadEndError(404, f"site: no site {ref!r}", "site")
+    return row
+
+
+def register(head: HeadEnd, app: web.Application) -> None:
+    store = head.store
+
+    async def site_ders(request: web.Request) -> web.Response:
+        async with store.read() as conn:
+            site = await _site(conn, request.match_info["site"])
+            der_ids = (
+                (
+                    await conn.execute(
+                        sa.select(ders.c.id).where(ders.c.site_id == site.id).order_by(ders.c.id)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            docs = (
+                await conn.execute(sa.select(der_documents).where(der_documents.c.der_id.in_(der_ids)))
+            ).all()
+            changes = dict(
+                (
+                    await conn.execute(
+                        sa.select(der_history.c.der_id, sa.func.count())
+                        .where(der_history.c.der_id.in_(der_ids))
+                        .group_by(der_history.c.der_id)
+                    )
+                ).all()
+            )
+            points = (
+                await conn.execute(
+                    sa.select(mups.c.id, mups.c.mrid, mups.c.description, mups.c.role_flags)
+                    .where(mups.c.site_id == site.id)
+                    .order_by(mups.c.id)
+                )
+            ).all()
+            points = [p for p in points if int(p.role_flags or "0", 16) & ROLE_DER]
+            point_ids = [p.id for p in points]
+            latest = (  # the newest reading of each of their MirrorMeterReadings
+                sa.select(sa.func.max(readings.c.id))
+                .join(meter_readings, meter_readings.c.id == readings.c.meter_reading_id)
+                .where(meter_readings.c.mup_id.in_(point_ids))
+                .group_by(readings.c.meter_reading_id)
+            )
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        readings.c.time_start,
+                        readings.c.duration,
+                        readings.c.value,
+                        readings.c.received_at,
+                        meter_readings.c.mrid,
+                        meter_readings.c.description,
+                        meter_readings.c.reading_type,
+                        meter_readings.c.mup_id,
+                        mups.c.mrid.label("mup_mrid"),
+                        mups.c.role_flags,
+                        mups.c.description.label("device"),
+                    )
+                    .join(meter_readings, meter_readings.c.id == readings.c.meter_reading_id)
+                    .join(mups, mups.c.id == meter_readings.c.mup_id)
+                    .where(readings.c.id.in_(latest))
+                    .order_by(meter_readings.c.id)
+                )
+            ).all()
+        by_der: dict[int, dict[str, Any]] = {i: {} for i in der_ids}
+        for row in docs:
+            doc = to_jsonable(from_xml(row.xml.encode(), DER_DOCUMENT_TYPES[row.kind]))
+            by_der[row.der_id][row.kind] = {"updated_at": row.updated_at, **real_units(doc)}
+        return ok(
+            {
+                "site": site.lfdi,
+                "ders": [
+                    {
+                        "id": der_id,
+                        "href": f"/edev/{site.id}/der/{der_id}",
+                        "documents": by_der[der_id],
+                        "changes": changes.get(der_id, 0),
+                    }
+                    for der_id in der_ids
+                ],
+                "telemetry": [
+                    {
+                        "mirror_usage_point": p.mrid,
+                        "device": p.description,
+                        "readings": [reading_json(r) for r in rows if r.mup_id == p.id],
+                    }
+                    for p in points
+                ],
+            }
+        )
+
+    async def site_ders_history(request: web.Request) -> web.Response:
+        der = _query_int(request, "der", None)
+        kind = request.query.get("kind") or None
+        if kind is not None and kind not in KINDS:
+            raise bad(f"kind: one of {', '.join(KINDS)}, got {kind!r}")
+        since = _query_int(request, "since", None)
+        limit = _query_int(request, "limit", 100, 1000) or 100
+        async with store.read() as conn:
+            site = await _site(conn, request.match_info["site"])
+            query = (
+                sa.select(der_history)
+                .join(ders, ders.c.id == der_history.c.der_id)
+                .where(ders.c.site_id == site.id)
+            )
+            if der is not None:
+                query = query.where(der_history.c.der_id == der)
+            if kind is not None:
+                query = query.where(der_history.c.kind == kind)
+            if since is not None:
+                query = query.where(der_history.c.at >= since)
+            rows = (await conn.execute(query.order_by(der_history.c.id.desc()).limit(limit))).all()
+        return ok(
+            {
+                "site": site.lfdi,
+                "items": [
+                    {
+                        "der": row.der_id,
+                        "kind": row.kind,
+                        "document": DER_DOCUMENT_TYPES[row.kind].__name__,
+                        "at": row.at,
+                        "changes": json.loads(row.changes),
+                    }
+                    for row in rows
+                ],
+            }
+        )
+
+    async def site_ders_count(request: web.Request) -> web.Response:
+        body = await head.body(request)
+        unknown = set(body) - {"count", "reason"}
+        if unknown:
+            raise bad(f"{sorted(unknown)[0]}: unknown field")
+        count = body.get("count")
+        if not isinstance(count, int) or isinstance(count, bool):
+            raise bad("count: an integer is required")
+        async with store.read() as conn:
+            site = await _site(conn, request.match_info["site"])
+        added = await head.admin.set_der_count(
+            site.lfdi, count, actor=head.actor(request), reason=head.reason(request, body)
+        )
+        return ok({"site": site.lfdi, "count": count, "added": added})
+
+    handlers = {
+        "site_ders": site_ders,
+        "site_ders_history": site_ders_history,
+        "site_ders_count": site_ders_count,
+    }
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, handlers[route.handler])
+        if route.write:
+            head.writes.add((route.method, route.path))
