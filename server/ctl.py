@@ -316,9 +316,12 @@ async def _site_ders(args: argparse.Namespace) -> Any:
         payload = await _call(args, "GET", path + "/history", query=query)
         if args.json:
             return payload
+        def unit(value: Any, name: str, units: dict[str, str]) -> str:
+            return f"{_cell(value)} {units[name]}" if value is not None and name in units else _cell(value)
+
         rows = [
             {"at": item["at"], "der": item["der"], "document": item["document"], "field": field,
-             "old": _cell(old), "new": _cell(new)}
+             "old": unit(old, field, item["units"]), "new": unit(new, field, item["units"])}
             for item in payload["items"]
             for field, (old, new) in item["changes"].items()
         ]  # fmt: skip
@@ -330,7 +333,11 @@ async def _site_ders(args: argparse.Namespace) -> Any:
     for der in payload["ders"]:
         fields = {}
         for kind, doc in der["documents"].items():
-            fields.update({f"{kind}.{k}": _cell(v, k) for k, v in _flat(doc).items()})
+            units = doc.pop("units", {})
+            fields.update(
+                {f"{kind}.{k}": f"{_cell(v, k)} {units[k]}" if k in units else _cell(v, k)
+                 for k, v in _flat(doc).items()}
+            )  # fmt: skip
         out[f"DER {der['id']}"] = {"href": der["href"], "changes": der["changes"], **fields}
     for point in payload["telemetry"]:
         out[f"telemetry {point['device']}"] = {

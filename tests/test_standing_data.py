@@ -16,16 +16,24 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from sep2 import resources as r
 from server.app import start_server
+from server.store import der_docs
 from tests.test_headend import OPERATOR_TOKEN, TOKENS, VIEWER_TOKEN, Api
-from tests.test_server_harness import Client, Pki, dera, dercap, derg, ders, server_config
+from tests.test_server_harness import BACKENDS, Client, Pki, dera, dercap, derg, ders, server_config
 
 pytest_plugins = ["tests.test_server_harness"]
 
 
-async def test_several_ders_each_with_documents_and_history(pki: Pki, tmp_path: Path) -> None:
-    running = await start_server(server_config(pki, tmp_path / "data", headend_tokens=TOKENS))
+@BACKENDS
+async def test_several_ders_each_with_documents_and_history(
+    pki: Pki, tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running = await start_server(
+        server_config(pki, tmp_path / "data", database_url=database_url, headend_tokens=TOKENS)
+    )
     base = f"http://127.0.0.1:{running.headend_port}"
     op, viewer = Api(base, OPERATOR_TOKEN), Api(base, VIEWER_TOKEN)
     dev = Client(running.base_url, pki.ssl("dev-a"), pki.identities["dev-a"].lfdi)
@@ -75,17 +83,32 @@ async def test_several_ders_each_with_documents_and_history(pki: Pki, tmp_path: 
         history = await viewer.ok("GET", f"/api/sites/{dev.lfdi}/ders/history", params={"der": second})
         items = history["items"]
         assert [(i["kind"], i["document"]) for i in items[:1]] == [("dercap", "DERCapability")]
-        assert items[0]["changes"] == {"rtgMaxW.value": [3, 4]}
+        assert items[0]["changes"] == {"rtgMaxW": [3000, 4000]} and items[0]["units"] == {"rtgMaxW": "W"}
         # First PUTs list every field; repeated ones with only new timestamps left no row.
         assert sorted(i["kind"] for i in items[1:]) == ["dera", "dercap", "derg", "ders"]
         first_cap = next(i for i in items[1:] if i["kind"] == "dercap")
-        assert first_cap["changes"]["rtgMaxW.value"] == [None, 3]
+        assert first_cap["changes"]["rtgMaxW"] == [None, 3000]
         only = await op.ok(
             "GET", f"/api/sites/{dev.lfdi}/ders/history", params={"kind": "dercap", "limit": 2}
         )
         assert [i["kind"] for i in only["items"]] == ["dercap", "dercap"]
         status, err = await op.call("GET", f"/api/sites/{dev.lfdi}/ders/history", params={"kind": "x"})
         assert status == 400 and err["field"] == "kind"
+
+        # History is bounded per DER and document: the oldest changes go first.
+        monkeypatch.setattr(der_docs, "HISTORY_KEEP", 3)
+        for soc in range(5):
+            status = replace(
+                ders(), stateOfChargeStatus=r.StateOfChargeStatus(dateTime=1_700_000_000, value=soc * 100)
+            )
+            assert (await dev.put(f"{hrefs[2]}/ders", status)).status == 204
+        third = int(hrefs[2].rsplit("/", 1)[1])
+        kept = await op.ok(
+            "GET", f"/api/sites/{dev.lfdi}/ders/history", params={"der": third, "kind": "ders"}
+        )
+        assert [i["changes"]["stateOfChargeStatus.value"] for i in kept["items"]] == [
+            [300, 400], [200, 300], [100, 200]
+        ]  # fmt: skip
 
         # The CLI shows the same, fields readable (no JSON in cells), and the history field by field.
         cli = [sys.executable, "-m", "derlink", "ctl", "--url", base, "--token", OPERATOR_TOKEN]
@@ -100,11 +123,13 @@ async def test_several_ders_each_with_documents_and_history(pki: Pki, tmp_path: 
             return out.decode()
 
         shown, listed = await asyncio.gather(
-            ctl("sites", "ders", dev.lfdi), ctl("--json", "sites", "ders", dev.lfdi, "--history")
+            ctl("sites", "ders", dev.lfdi),
+            ctl("--json", "sites", "ders", dev.lfdi, "--history", "--der", str(second)),
         )
         assert all(f"DER {i}" in shown for i in range(1, 4)) and "dercap.rtgMaxW" in shown
+        assert "4000 W" in shown and "4200 W" in shown  # DER 2's nameplate; statWAvail, units named
         assert "{" not in shown, shown
-        assert json.loads(listed)["items"][0]["changes"] == {"rtgMaxW.value": [3, 4]}
+        assert json.loads(listed)["items"][0]["changes"] == {"rtgMaxW": [3000, 4000]}
 
         # Fewer DERs again: the newest go, with their documents and history (audited).
         assert (await op.ok("PUT", f"/api/sites/{dev.lfdi}/ders", {"count": 1}))["added"] == -2

@@ -21,6 +21,7 @@ the DER telemetry is listed by MirrorUsagePoint (roleFlags isDER), named by its 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -57,6 +58,17 @@ ROUTES = [
     ),
 ]
 KINDS = tuple(DER_DOCUMENT_TYPES)
+# 2030.5 quantity types (value x 10^multiplier) and their units.
+UNITS = {"ActivePower": "W", "ReactivePower": "var", "ApparentPower": "VA", "WattHour": "Wh",
+         "AmpereHour": "Ah", "VoltageRMS": "V", "CurrentRMS": "A"}  # fmt: skip
+DOCUMENT_UNITS = {
+    kind: {
+        f.name: UNITS[f.metadata["xsd_type"]]
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("xsd_type") in UNITS
+    }
+    for kind, cls in DER_DOCUMENT_TYPES.items()
+}
 
 
 def real_units(data: Any) -> Any:
@@ -164,7 +176,8 @@ def register(head: HeadEnd, app: web.Application) -> None:
         by_der: dict[int, dict[str, Any]] = {i: {} for i in der_ids}
         for row in docs:
             doc = to_jsonable(from_xml(row.xml.encode(), DER_DOCUMENT_TYPES[row.kind]))
-            by_der[row.der_id][row.kind] = {"updated_at": row.updated_at, **real_units(doc)}
+            units = {k: u for k, u in DOCUMENT_UNITS[row.kind].items() if k in doc}
+            by_der[row.der_id][row.kind] = {"updated_at": row.updated_at, **real_units(doc), "units": units}
         return ok(
             {
                 "site": site.lfdi,
@@ -219,6 +232,9 @@ def register(head: HeadEnd, app: web.Application) -> None:
                         "document": DER_DOCUMENT_TYPES[row.kind].__name__,
                         "at": row.at,
                         "changes": json.loads(row.changes),
+                        "units": {
+                            k: u for k, u in DOCUMENT_UNITS[row.kind].items() if k in json.loads(row.changes)
+                        },
                     }
                     for row in rows
                 ],

@@ -107,11 +107,15 @@ HISTORY_KEEP = 500  # newest history rows kept per DER and document kind
 
 
 def fields(doc: Any) -> dict[str, Any]:
-    """A DER document as flat ``{"rtgMaxW.value": 5000, ...}``, timestamps left out."""
+    """A DER document as flat ``{"rtgMaxW": 5000, "genConnectStatus.value": "01", ...}`` (quantities with
+    their multiplier applied), timestamps left out."""
     out: dict[str, Any] = {}
 
     def walk(value: Any, path: str) -> None:
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "value" in value and set(value) <= {"value", "multiplier"}:
+            power = value.get("multiplier", 0)  # a quantity, in its unit
+            out[path] = value["value"] * 10**power if power >= 0 else round(value["value"] * 10.0**power, 6)
+        elif isinstance(value, dict):
             for key, item in value.items():
                 if key not in _TIMESTAMPS:
                     walk(item, f"{path}.{key}" if path else key)
