@@ -97,6 +97,7 @@ async def test_several_ders_each_with_documents_and_history(
 
         # History is bounded per DER and document: the oldest changes go first.
         monkeypatch.setattr(der_docs, "HISTORY_KEEP", 3)
+        monkeypatch.setattr(der_docs, "PRUNE_EVERY", 1)  # trim on every insert (at random otherwise)
         for soc in range(5):
             status = replace(
                 ders(), stateOfChargeStatus=r.StateOfChargeStatus(dateTime=1_700_000_000, value=soc * 100)
