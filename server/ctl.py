@@ -294,6 +294,18 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _der_count(text: str) -> int:
+    from server.store.admin import MAX_DERS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ders: expected an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_DERS:
+        raise argparse.ArgumentTypeError(f"ders: must be 1..{MAX_DERS}, got {value}")
+    return value
+
+
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -303,6 +315,31 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+async def _site_register(args: argparse.Namespace) -> Any:
+    """Out-of-band registration; ``--ders N``: then the server creates the site's N DER instances
+    (checked by argparse first, so that a bad count registers nothing)."""
+    payload = await _call(
+        args,
+        "POST",
+        "/api/sites",
+        body={
+            "lfdi": args.lfdi,
+            "sfdi": args.sfdi,
+            "nmi": args.nmi,
+            "pin": args.pin,
+            "label": args.label,
+            "groups": args.group or None,
+            "aggregator": args.aggregator,
+            "reason": args.reason,
+        },
+    )
+    if args.ders is not None and args.ders != 1:
+        path = f"/api/sites/{payload['lfdi']}/ders"
+        await _call(args, "PUT", path, body={"count": args.ders, "reason": args.reason})
+        payload["ders"] = args.ders
+    return payload
 
 
 async def _site_ders(args: argparse.Namespace) -> Any:
@@ -358,21 +395,7 @@ def _commands() -> dict[str, Any]:
             a, "GET", "/api/sites", query=q(a, "q", "group", "offset", "limit")
         ),
         ("sites", "show"): lambda a: _call(a, "GET", f"/api/sites/{a.site}"),
-        ("sites", "register"): lambda a: _call(
-            a,
-            "POST",
-            "/api/sites",
-            body={
-                "lfdi": a.lfdi,
-                "sfdi": a.sfdi,
-                "nmi": a.nmi,
-                "pin": a.pin,
-                "label": a.label,
-                "groups": a.group or None,
-                "aggregator": a.aggregator,
-                "reason": a.reason,
-            },
-        ),
+        ("sites", "register"): _site_register,
         ("sites", "bulk"): lambda a: _call(
             a,
             "POST",
@@ -681,6 +704,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label")
     p.add_argument("--group", action="append", help="group membership (repeatable)")
     p.add_argument("--aggregator")
+    p.add_argument("--ders", type=_der_count, help="how many DERs (devices) the site has (default 1)")
     p = reason(v.add_parser("bulk", help="register sites from a JSON list file"))
     p.add_argument("file")
     reason(v.add_parser("deregister", help="decommission a site")).add_argument("site")
@@ -696,7 +720,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--kind", choices=("dercap", "derg", "ders", "dera"), help="with --history: one document")
     p.add_argument("--since", type=int, help="with --history: changes at or after this Unix time")
     p.add_argument("--limit", type=int, help="with --history: at most this many changes (default 100)")
-    p.add_argument("--count", type=int, help="set how many DER instances the site's DERList holds")
+    p.add_argument("--count", type=_der_count, help="set how many DER instances the site's DERList holds")
     p = v.add_parser("does", help="a site's DOE intervals")
     p.add_argument("site")
     p.add_argument("--since", type=int)

@@ -132,6 +132,15 @@ async def test_several_ders_each_with_documents_and_history(
         assert "{" not in shown, shown
         assert json.loads(listed)["items"][0]["changes"] == {"rtgMaxW": [3000, 4000]}
 
+        # Registration can declare them too; a bad count is refused before anything is registered.
+        other = pki.identities["dev-b"].lfdi
+        code = await (await asyncio.create_subprocess_exec(
+            *cli, "sites", "register", other, "--ders", "0", env=env, stderr=asyncio.subprocess.PIPE
+        )).wait()  # fmt: skip
+        assert code == 2
+        await ctl("sites", "register", other, "--nmi", "4102000556", "--ders", "2")
+        assert len((await op.ok("GET", f"/api/sites/{other}/ders"))["ders"]) == 2
+
         # Fewer DERs again: the newest go, with their documents and history (audited).
         assert (await op.ok("PUT", f"/api/sites/{dev.lfdi}/ders", {"count": 1}))["added"] == -2
         assert (await dev.get(f"/edev/{site_id}/der")).doc(r.DERList).all == 1
