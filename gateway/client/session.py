@@ -916,6 +916,10 @@ class Sep2Client:
         if layout != self._der_layout:
             self._der_layout = layout
             log.info("DER documents: %s", ", ".join(f"{device} -> {href}" for href, device in layout))
+            if len(devices) > len(self._der_hrefs) > 0 and len(devices) > 1:
+                log.info("the server's DERList holds %d DER for %d devices: the site is reported as one "
+                         "aggregated DER (the DNSP can declare %d)", len(self._der_hrefs), len(devices),
+                         len(devices))  # fmt: skip
         return targets
 
     async def _put_der_documents(self) -> None:
