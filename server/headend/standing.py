@@ -13,7 +13,9 @@ DER's DERCapability / DERSettings / DERStatus / DERAvailability; there is no cli
 DER. So the server creates them: one at registration (in-band, or out of band by default), or as many as
 the operator declares (``register_site(der_count=N)``, this PUT, ``derlink ctl sites ders SITE --count N``).
 A gateway with as many devices as DERs PUTs each device's documents to its own DER; otherwise it reports
-the site as one aggregated DER (the GFEMS representation of SAPN/CPPCUE handbooks) on the first.
+the site as one aggregated DER on the first, which is how CSIP-AUS treats a multi-DER site (procedures
+MUL-01...03; the GFEMS totals of the SAPN/CPPCUE handbooks). Controls stay site-wide: CSIP-AUS delivers
+DERPrograms through FunctionSetAssignments only (no per-DER ``AssociatedDERProgramListLink`` is published).
 
 A DER's MirrorUsagePoint is not linked to its DER in 2030.5 (MirrorUsagePoint carries only deviceLFDI):
 the DER telemetry is listed by MirrorUsagePoint (roleFlags isDER), named by its description.
