@@ -39,17 +39,28 @@ pytest_plugins = ["tests.test_gateway_runtime_harness"]
 TOKEN = "multider-viewer-token-0123"
 
 
-@pytest.fixture
-async def lab3(tmp_path: Path, gw_pki: Pki) -> AsyncIterator[Lab]:
+def three_devices(tmp_path: Path, gw_pki: Pki, der_count: int) -> Any:
+    """PV 5 kW + battery 5 kW / 13.5 kWh + meter (the lab's default site) and a second PV of 3 kW."""
     pv2 = DeviceConfig(
         name="pv2", kind="pv", unit_id=4, rated_w=3000.0, serial="PV2-0002",
         pv_profile=ProfileConfig(kind="constant", peak_w=2500.0), response_delay_s=0.1, ramp_time_s=0.0,
     )  # fmt: skip
-    async with make_lab(
-        tmp_path, gw_pki, sim_kwargs={"battery": True}, extra_devices=[pv2], der_count=3,
+    return make_lab(
+        tmp_path, gw_pki, sim_kwargs={"battery": True}, extra_devices=[pv2], der_count=der_count,
         headend_enabled=True, headend_port=0,
         headend_tokens=[{"name": "op", "token": TOKEN, "role": "viewer"}],
-    ) as made:  # fmt: skip
+    )  # fmt: skip
+
+
+@pytest.fixture
+async def lab3(tmp_path: Path, gw_pki: Pki) -> AsyncIterator[Lab]:
+    async with three_devices(tmp_path, gw_pki, 3) as made:
+        yield made
+
+
+@pytest.fixture
+async def lab1(tmp_path: Path, gw_pki: Pki) -> AsyncIterator[Lab]:
+    async with three_devices(tmp_path, gw_pki, 1) as made:
         yield made
 
 
@@ -141,3 +152,33 @@ async def der_power(lab: Lab) -> dict[str, float]:
 
 async def _count(probe: Any, n: int) -> bool:
     return len(await probe) == n
+
+
+async def test_one_aggregated_der_by_default_then_three_once_the_dnsp_declares_them(lab1: Lab) -> None:
+    """The default stays as before (and as CSIP-AUS MUL-01...03 expect): one DER with the site's totals.
+    The DNSP then declares three; the gateway sees the longer DERList at its next DeviceCapability poll."""
+    lab = lab1
+    gw = await lab.gateway()
+    assert gw.client is not None
+    await gw.client.wait_ready(10)
+
+    async def documents(n: int) -> bool:
+        docs = await der_docs(lab)
+        return len(docs) == n and all(len(d) == 4 for d in docs.values())
+
+    await wait_until(lambda: documents(1), 10, "four documents on the one DER")
+    (only,) = (await der_docs(lab)).values()
+    assert watts(only["dercap"].rtgMaxW) == 13000  # 5 + 3 + 5 kW: the GFEMS total
+
+    await lab.admin.set_der_count(lab.lfdi, 3, reason="2 PV inverters + battery")
+    await wait_until(lambda: documents(3), 15, "four documents on each of three DERs")
+    caps = [d["dercap"] for d in (await der_docs(lab)).values()]
+    assert sorted(watts(c.rtgMaxW) for c in caps) == [3000, 5000, 5000]
+    # The first DER's nameplate went from the site's total to its own device's: kept as history.
+    url = f"http://127.0.0.1:{lab.server.headend_port}/api/sites/{lab.lfdi}/ders/history"
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+        async with http.get(url, params={"kind": "dercap"}) as reply:
+            history = (await reply.json())["items"]
+    first = min(i["der"] for i in history)
+    changes = [i["changes"] for i in history if i["der"] == first]
+    assert changes[0]["rtgMaxW"][0] == 13000 and changes[0]["rtgMaxW"][1] in (3000, 5000), changes
