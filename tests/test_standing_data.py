@@ -152,3 +152,16 @@ async def test_several_ders_each_with_documents_and_history(
         await viewer.close()
         await dev.close()
         await running.stop()
+
+
+def test_what_counts_as_a_change() -> None:
+    """Quantities compare in their unit (5 x 10^3 W == 5000 x 10^0 W); timestamps are no change; a stored
+    document that no longer parses is treated as absent (the client's PUT must not fail on it)."""
+    a = replace(dercap(), rtgMaxW=r.ActivePower(value=5, multiplier=3))
+    b = replace(dercap(), rtgMaxW=r.ActivePower(value=5000, multiplier=0))
+    assert der_docs.diff(der_docs.fields(a), der_docs.fields(b)) == {}
+    assert der_docs.diff(der_docs.fields(derg(1)), der_docs.fields(derg(2))) == {}
+    volts = r.DERSettings(updatedTime=1, setMaxW=r.ActivePower(value=1, multiplier=0),
+                          setVRef=r.VoltageRMS(value=2301, multiplier=-1))  # fmt: skip
+    assert der_docs.fields(volts)["setVRef"] == 230.1
+    assert der_docs._stored_fields("<DERCapability", "dercap") == {}

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from sep2.xml import from_xml, to_xml
+from sep2.xml import Sep2XmlError, from_xml, to_xml
 from server.errors import NotFound
 from server.store.base import StoreBase
 from server.store.codec import to_jsonable
@@ -74,6 +74,7 @@ class DersStore(StoreBase):
         doc = dataclasses.replace(doc, href=None)
         xml = to_xml(doc).decode()
         now = self.clock()
+        new = fields(doc)
 
         async def work(conn: AsyncConnection) -> Any:
             self.touch(("der", site_id))
@@ -86,8 +87,7 @@ class DersStore(StoreBase):
                 )
             ).scalar()
             if before != xml:
-                old = {} if before is None else fields(from_xml(before.encode(), DER_DOCUMENT_TYPES[kind]))
-                changes = diff(old, fields(doc))
+                changes = diff(_stored_fields(before, kind), new)
                 if changes or before is None:
                     await _record(conn, der_id, kind, now, changes)
             stmt = _insert(conn, der_documents).values(der_id=der_id, kind=kind, xml=xml, updated_at=now)
@@ -128,6 +128,17 @@ def fields(doc: Any) -> dict[str, Any]:
 
     walk(to_jsonable(doc), "")
     return out
+
+
+def _stored_fields(xml: str | None, kind: str) -> dict[str, Any]:
+    """The fields of the stored document; none if there is none, or if it no longer parses (a document
+    stored by another version must not make the client's PUT fail)."""
+    if xml is None:
+        return {}
+    try:
+        return fields(from_xml(xml.encode(), DER_DOCUMENT_TYPES[kind]))
+    except Sep2XmlError:
+        return {}
 
 
 def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
