@@ -35,6 +35,7 @@ from server.headend import (
     outcomes,
     programs,
     sites,
+    standing,
 )
 from server.headend.core import HeadEnd, Operator
 from server.headend.doe import doe_mrid
@@ -45,7 +46,7 @@ from server.store import Store
 log = logging.getLogger("derlink.headend")
 
 MODULES: tuple[ModuleType, ...] = (
-    core, sites, groups, programs, controls, outcomes, emergencies, does, clients, audit
+    core, sites, standing, groups, programs, controls, outcomes, emergencies, does, clients, audit
 )  # fmt: skip
 ROUTES: list[Route] = [route for module in MODULES for route in module.ROUTES]  # incidents_api has its own
 
