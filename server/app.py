@@ -13,7 +13,6 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
@@ -397,11 +396,10 @@ async def start_server(
 async def _start_workers(config: ServerConfig, port: int) -> list[asyncio.subprocess.Process]:
     """The other ``workers - 1`` processes, on the same port; each answers one line when it listens and
     stops when its standard input closes (so also when this process dies)."""
-    import dataclasses
     import json
     import sys
 
-    values = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    values = config.model_dump(mode="json")
     values.update(port=port, admin_enabled=False, headend_enabled=False, dnssd=False)
     document = json.dumps({k: v for k, v in values.items() if v is not None}).encode() + b"\n"
     started: list[asyncio.subprocess.Process] = []

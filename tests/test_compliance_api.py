@@ -141,7 +141,13 @@ async def test_telemetry_export_in_real_units_with_devices_phases_and_group_tota
         # What the gateway posts (its own mapping): site meter W, V per phase (x10^-1), Hz (x10^-2); a DER.
         snapshot = gm.SiteSnapshot(
             site=gm.Measurements(w=-1234.0 - i, v={"A": 230.7, "B": 241.3}, hz=50.02),
-            ders=[gm.DeviceSnapshot("inv-1", 4, 5000.0, 0x0F, measurements=gm.Measurements(w=2100.0))],
+            ders=[
+                gm.DeviceSnapshot("inv-1", 4, 5000.0, 0x0F, measurements=gm.Measurements(w=2100.0)),
+                gm.DeviceSnapshot(
+                    "bat-1", 80, 5000.0, 0x0F, rtg_max_wh=10_000.0,
+                    measurements=gm.Measurements(w=-800.0 - i, soc_pct=40.0),
+                ),
+            ],
         )
         for point, doc in gm.site_readings(lfdi, snapshot, now - 30, 60):
             await store.upsert_mup(scope, gm.mirror_usage_point(point, lfdi, doc.MirrorMeterReading))
@@ -152,9 +158,19 @@ async def test_telemetry_export_in_real_units_with_devices_phases_and_group_tota
     assert by[("site meter", "V", "A")] == (230.7, "V") and by[("site meter", "V", "B")] == (241.3, "V")
     assert by[("site meter", "Hz", None)] == (50.02, "Hz")
     assert by[("DER: DER inv-1", "W reverse (generation)", None)] == (2100.0, "W")
+    assert by[("DER: DER bat-1", "W reverse (generation)", None)] == (-800.0, "W")  # charging
+    assert by[("DER: DER bat-1", "Wh", None)] == (4000.0, "Wh")  # 40 % of 10 kWh
+    # Each series is tagged with its role (issue 13 item 5): site meter, PV or battery.
+    roles = {x["device"]: x["role"] for x in first}
+    assert roles == {"site meter": "site meter", "DER: DER inv-1": "PV", "DER: DER bat-1": "battery"}
     assert data["group_totals"] == [{"time": now - 30, "site_power_w": -2469.0, "sites": 2, "unit": "W"}]
+    assert data["der_totals"] == [
+        {"time": now - 30, "role": "PV", "power_w": 4200.0, "devices": 2, "unit": "W"},
+        {"time": now - 30, "role": "battery", "power_w": -1601.0, "devices": 2, "unit": "W"},
+    ]
     async with w.op.session.get(f"{w.base}/api/telemetry?site={lfdis[1]}&format=csv&from={now - 60}") as resp:
         rows = list(csv.DictReader(io.StringIO(await resp.text())))
     assert {(row["quantity"], row["value"], row["unit"]) for row in rows} >= {("V", "230.7", "V")}
+    assert {row["role"] for row in rows} == {"site meter", "PV", "battery"}
     status, err = await w.op.call("GET", f"/api/telemetry?from={now}&to={now}")
     assert status == 400 and "to:" in err["error"]

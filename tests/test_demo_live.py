@@ -1,5 +1,6 @@
-"""The demo's live table fits an 80-column terminal without wrapping, and when output is not a terminal
-each interval ends with a line carrying the measured power (what the README promises)."""
+"""The demo's live table fits an 80-column terminal without wrapping, when output is not a terminal each
+interval ends with a line carrying the measured power (what the README promises), and the table never
+disagrees with the verdict judged from the server's stored telemetry (issue 13)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
+from derlink.demo.compliance import Verdict, judge
 from derlink.demo.live import LiveView
 from derlink.demo.samples import Sample
 from derlink.demo.scenario import applicable_segments, load_scenario
@@ -65,3 +67,53 @@ def test_plain_output_carries_the_measured_power_of_each_interval() -> None:
         assert f"interval {seg.index} done:" in line
         assert f"site export {(10_400 + seg.index) / 1000:.2f} kW" in line
         assert "PV 10.25 kW" in line and "battery -5.00 kW at 100 %" in line
+
+
+def _spike_run(stored_spike: bool) -> tuple[SimpleNamespace, LiveView, Verdict, list[str]]:
+    """Stuck-inverter timeline (DOE 3 kW, 1.5 kW, default 5 kW): the live meter, sampled 4 times a second,
+    sees one 2.9 kW export spike in the 1.5 kW interval; the server stored one reading a second, with or
+    without that spike."""
+    scenario = load_scenario("stuck-inverter")
+    t0 = 1_000_000
+    demo = SimpleNamespace(s=scenario, segments=applicable_segments(scenario), t0=t0)
+    spike_at = t0 + 14.25
+    out = io.StringIO()
+    view = LiveView(Console(file=out, width=200), live=False)
+    stored = []
+    with view:
+        for q in range(4 * 21):
+            t = t0 + q / 4
+            view.update(demo, sample(t, -2_900.0 if t == spike_at else -1_400.0))
+        for t in range(t0, t0 + 21):
+            stored.append((t, -2_900.0 if stored_spike and t == int(spike_at) else -1_400.0))
+        verdict = Verdict(judge(scenario, demo.segments, t0, stored), [])
+        before = _checks(demo, view)
+        verdict.seen_live_not_stored = view.reconcile(demo, verdict)  # what Demo.run does
+    assert before[1] == "✗"  # the provisional check: the live meter saw it
+    return demo, view, verdict, out.getvalue().splitlines()
+
+
+def _checks(demo: SimpleNamespace, view: LiveView) -> list[str]:
+    lines = rendered(demo, view, 80)
+    return [line.split()[-1] for line in lines if re.match(r"\d\d:\d\d ", line)]
+
+
+def test_a_spike_the_server_did_not_store_is_marked_as_such_in_the_table() -> None:
+    """Issue 13: the live table showed an interval over its limit and the verdict said PASS. Now, once the
+    verdict is in, the table shows the verdict's check and says that the server has no reading of it."""
+    demo, view, verdict, plain = _spike_run(stored_spike=False)
+    assert verdict.passed and verdict.breached == []  # the stored readings were all within
+    assert _checks(demo, view) == ["✓", "✗*", "✓"]
+    note = "* 11:47 live exp 2.90 kW over exp≤1.5 imp≤5: no server reading of it"
+    assert view.notes == [note] and note in plain  # in the table, and in plain output
+    assert max(len(line) for line in rendered(demo, view, 80)) <= 80
+    (seen,) = verdict.summary()["seen_live_not_stored"]
+    assert seen["interval"] == 2 and seen["live_readings_over"] == 1 and seen["stored_readings"] == 4
+    assert seen["live_worst_excess_w"] == 1300.0  # 2900 - (1500 + max(2 % of 1500, 100 W))
+
+
+def test_a_spike_the_server_stored_fails_the_verdict_and_the_table_agrees() -> None:
+    demo, view, verdict, _ = _spike_run(stored_spike=True)
+    assert not verdict.passed and [i.index for i in verdict.breached] == [2]
+    assert _checks(demo, view) == ["✓", "✗", "✓"]
+    assert view.notes == [] and verdict.summary()["seen_live_not_stored"] == []

@@ -6,7 +6,6 @@ server POSTs a Notification to the notificationURI when the subscribed resource 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 
 from aiohttp import web
@@ -161,7 +160,7 @@ async def test_emergency_first_and_a_broadcast_rendered_once(tmp_path, database_
         rows = await store.due_notifications(time.time() + 1, limit=100)
         assert [row.program_id for row in rows] == [1] * 5 + [2] * 5  # emergency (primacy 1) first
 
-        sender = NotificationSender(store, dataclasses.replace(ServerConfig(), notify_allow=["127.0.0.0/8"]))
+        sender = NotificationSender(store, ServerConfig(notify_allow=["127.0.0.0/8"]))
         emergency = rows[:5]
         shared = await sender.render(emergency)
         # Sites 1-3 share one rendering; site 4 (its own control) and site 5 (another group) render alone.

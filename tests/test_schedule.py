@@ -164,3 +164,64 @@ async def test_a_90_second_step_splits_the_hour_around_it(store: Store) -> None:
     _, rows, _ = await store.program_controls(view, doe.id, Page(0, 10))
     assert [r.mrid for r in rows if event_status(r, T0)[0] in (0, 1)] == [step]
     assert event_status(next(r for r in rows if r.mrid == hour), T0)[0] == 4  # stays superseded
+
+
+async def _live(store: Store, now: int) -> list[tuple[int, int, str]]:
+    """The site's doe program as published: (start - T0, duration, export W) of the events in force."""
+    from server.store import control_base_from_json
+
+    view = await store.site_view(RequestScope(lfdi="A" * 40, kind="device"), 1)
+    doe = next(p for p in view.programs if p.key == "doe")
+    _, rows, _ = await store.program_controls(view, doe.id, Page(0, 100))
+    return [
+        (r.start - T0, r.duration, f"{control_base_from_json(r.base).opModExpLimW.to_watts():g}")
+        for r in rows
+        if event_status(r, now)[0] in (0, 1)
+    ]
+
+
+async def test_a_site_control_inside_a_bulk_doe_row_cuts_it(store: Store) -> None:
+    """A bulk DOE and a control in the same program are split against each other (issue 13 item 1)."""
+    from server.store import build_control_base, doe_uploads
+
+    first = await _upload(store, [(T0, 1800, 3000)])
+    store.clock = lambda: T0 - 3000
+    step = await store.admin.create_control(
+        "doe", f"site:{'A' * 40}", start=T0 + 600, duration=300, base=build_control_base(export_limit_w=1000)
+    )
+    assert await _live(store, T0 - 3000) == [(0, 600, "3000"), (600, 300, "1000"), (900, 900, "3000")]
+    pieces = await site_intervals(store, 1)
+    assert [(p["upload"], p["start"] - T0, p["duration"]) for p in pieces] == [
+        (first, 0, 600),
+        (first, 900, 900),
+    ]
+    # The cut pieces are new events (new mRIDs); the upload history says which control cut them.
+    assert doe_mrid(0, 1, T0, first) not in {p["mrid"] for p in pieces}
+    async with store.read() as conn:
+        cut = (await conn.execute(doe_uploads.select().order_by(doe_uploads.c.id.desc()))).first()
+    assert cut.reason == f"replaced by control {step}" and cut.id > first
+    # Cancelling the control removes its effect; it does not bring the DOE back under it.
+    await store.admin.cancel_control(step)
+    assert await _live(store, T0 - 3000) == [(0, 600, "3000"), (900, 900, "3000")]
+    # A later upload over the same span wins again.
+    await _upload(store, [(T0 + 600, 300, 2000)])
+    assert await _live(store, T0 - 3000) == [(0, 600, "3000"), (600, 300, "2000"), (900, 900, "3000")]
+
+
+async def test_a_bulk_doe_row_inside_a_site_control_supersedes_it_there(store: Store) -> None:
+    from server.store import build_control_base
+
+    hour = await store.admin.create_control(
+        "doe", f"site:{'A' * 40}", start=T0, duration=1800, base=build_control_base(export_limit_w=3000)
+    )
+    store.clock = lambda: T0 - 3000
+    await _upload(store, [(T0 + 600, 300, 1000)])
+    assert await _live(store, T0 - 3000) == [(0, 600, "3000"), (600, 300, "1000"), (900, 900, "3000")]
+    view = await store.site_view(RequestScope(lfdi="A" * 40, kind="device"), 1)
+    doe = next(p for p in view.programs if p.key == "doe")
+    _, rows, _ = await store.program_controls(view, doe.id, Page(0, 100))
+    original = next(r for r in rows if r.mrid == hour)
+    assert event_status(original, T0 - 3000) == (4, T0 - 3000)  # superseded: its clients answer 7
+    # Cancelling the operator's control cancels its pieces; the uploaded row stays.
+    await store.admin.cancel_control(hour)
+    assert await _live(store, T0 - 3000) == [(600, 300, "1000")]

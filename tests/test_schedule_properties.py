@@ -3,8 +3,9 @@ resolution), the published DERControls of a program never overlap (IEEE 2030.5-2
 made unnecessary by splitting), and at every instant the limit the gateway's event engine computes from
 them equals the limit the operator last set for that instant.
 
-Controls (program ``step``, primacy 5) and bulk DOEs (program ``doe``, primacy 10) are issued on separate
-programs: a bulk upload and a control in the *same* program and target are not split against each other.
+Controls are issued on program ``step`` (primacy 5) or on the bulk DOEs' own program ``doe`` (primacy 10):
+a bulk upload and a site control in the same program are split against each other like two controls (the
+newest wins over its own span), whichever came first.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from hypothesis import strategies as st
 from gateway.client import mapping as gm
 from gateway.core.events import EventEngine, Program
 from server.api import Renderer
+from server.compliance.assess import _published as _assessed
+from server.compliance.assess import _site_targets_bulk, site_limits
 from server.headend.doe import ingest, iterate
 from server.store import Page, RequestScope, Store, build_control_base
 
@@ -37,6 +40,7 @@ def _create(res: int) -> st.SearchStrategy:
             st.integers(0, SPAN // res - k),
             st.just(k),
             st.sampled_from(LIMITS),
+            st.sampled_from(("step", "doe")),
         )
     )
 
@@ -93,9 +97,10 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     w.close()
 
 
-def _model(items: list[tuple[int, int, int, bool]], t: int) -> int | None:
-    """The limit the operator last set for instant ``t``: the newest create covering it (None once that
-    one was cancelled: cancelling removes a control's effect, it does not bring back what it replaced)."""
+def _model(items: list[list], t: int) -> int | None:
+    """The limit the operator last set for instant ``t``: the newest create or upload covering it (None
+    once that create was cancelled: cancelling removes a control's effect, it does not bring back what it
+    replaced). ``items``: [start, end, limit, cancelled] in the order the operator issued them."""
     value = None
     for start, end, limit, cancelled in items:
         if start <= t < end:
@@ -123,36 +128,38 @@ async def _run(world: World, ops: list[tuple]) -> None:
     world.now = T0 - 5000
     site_id = await store.admin.register_site(lfdi, nmi=nmi)
     engine = EventEngine(lfdi)
-    creates: list[tuple[int, int, int, bool]] = []
+    issued: dict[str, list[list]] = {"step": [], "doe": []}  # per program, in the operator's order
+    creates: list[list] = []
     mrids: list[str] = []
-    uploads: list[tuple[int, int, int, bool]] = []
     for op in ops:
         world.now += 7
         if op[0] == "create":
-            _, res, slot, k, limit = op
+            _, res, slot, k, limit, program = op
             start = T0 + slot * res
             mrid = await store.admin.create_control(
-                "step",
+                program,
                 f"site:{lfdi}",
                 start=start,
                 duration=k * res,
                 base=build_control_base(export_limit_w=limit),
             )
-            creates.append((start, start + k * res, limit, False))
+            creates.append([start, start + k * res, limit, False])
+            issued[program].append(creates[-1])
             mrids.append(mrid)
         elif op[0] == "cancel":
             if not mrids:
                 continue
             i = op[1] % len(mrids)
             await store.admin.cancel_control(mrids[i])
-            creates[i] = (*creates[i][:3], True)
+            creates[i][3] = True
         else:
             _, res, slot, k, limit = op
             text = "nmi,start,duration,import_limit_w,export_limit_w\n" + "".join(
                 f"{nmi},{T0 + (slot + j) * res},{res},9000,{limit}\n" for j in range(k)
             )
             await ingest(store, iterate([text.encode()]), fmt="csv", actor="prop")
-            uploads.extend((T0 + (slot + j) * res, T0 + (slot + j + 1) * res, limit, False) for j in range(k))
+            rows = [[T0 + (slot + j) * res, T0 + (slot + j + 1) * res, limit, False] for j in range(k)]
+            issued["doe"].extend(rows)
         # The gateway polls after each operator action.
         for program, docs in (await _published(store, lfdi, site_id, world.now)).values():
             core = Program(mrid=program.mrid.upper(), primacy=program.primacy)
@@ -167,15 +174,22 @@ async def _run(world: World, ops: list[tuple]) -> None:
         )
         for (a0, a1), (b0, b1) in itertools.pairwise(live):
             assert a1 <= b0, f"{key}: published controls overlap: [{a0}, {a1}) and [{b0}, {b1})"
-    cuts = sorted({T0, T0 + SPAN} | {t for s, e, _, _ in creates + uploads for t in (s, e)})
+    # The compliance assessment rebuilds the same limits from what was published (server.compliance).
+    async with store.read() as conn:
+        targets, _ = await _site_targets_bulk(conn, [site_id])
+        published_then = await _assessed(conn, [site_id], T0, T0 + SPAN)
+    assessed = site_limits(published_then, targets[site_id], site_id, T0, T0 + SPAN)
+    cuts = sorted({T0, T0 + SPAN} | {t for s, e, _, _ in issued["step"] + issued["doe"] for t in (s, e)})
     instants = sorted({t for c in cuts for t in (c, c - 1)} | set(range(T0, T0 + SPAN, 150)))
     for t in instants:
         if not T0 <= t < T0 + SPAN:
             continue
-        step, doe = _model(creates, t), _model(uploads, t)
+        step, doe = _model(issued["step"], t), _model(issued["doe"], t)
         expected = step if step is not None else doe
         got = engine.evaluate(t).settings.export_limit_w
         assert got == (None if expected is None else float(expected)), (t - T0, step, doe, got)
+        judged = next((seg.export_limit_w for seg in assessed if seg.start <= t < seg.end), None)
+        assert judged == got, ("assessment", t - T0, step, doe, judged)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

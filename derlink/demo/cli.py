@@ -88,6 +88,12 @@ def run_demo(args: argparse.Namespace) -> int:
             console.print(f"  missing Responses: {line}")
         for line in summary.get("failed_actions", []):
             console.print(f"  action failed: {line}")
+    for seen in comp.get("seen_live_not_stored", []):
+        console.print(
+            f"  note: interval {seen['clock']}: the live meter was over the limit "
+            f"({seen['live_readings_over']} readings, worst {seen['live_worst_excess_w']:.0f} W over), "
+            "and no reading the server stored shows it (✗* in the table)"
+        )
     console.print(f"plot: {summary['files']['png']}")
     console.print(f"summary: {summary['files']['json']}")
     if args.keep:

@@ -45,6 +45,9 @@ class Verdict:
     responses: list[dict[str, Any]] = field(default_factory=list)
     # The head-end's assessment of the same site and range (server.compliance.assess), for comparison.
     server: dict[str, Any] | None = None
+    # Intervals the live table saw over the limit where no stored reading is (LiveView.reconcile): the
+    # verdict judges what the server stored, and says what it could not see.
+    seen_live_not_stored: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def breached(self) -> list[IntervalResult]:
@@ -79,6 +82,7 @@ class Verdict:
                 f"{r['what']} ({r['mrid']}): missing status {', '.join(map(str, r['missing']))}"
                 for r in self.missing_responses
             ],
+            "seen_live_not_stored": self.seen_live_not_stored,
         }
 
 

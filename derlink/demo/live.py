@@ -3,7 +3,10 @@
 One row per interval of applicable limits: the DNSP's limit and where it comes from, the limit the gateway
 is actually applying and its source, the measured flow at the connection point, PV, battery and SoC, and
 the comms state. The check column is provisional (the simulator's meter, sampled 4 times a second); the
-verdict at the end is judged from the telemetry the server stored.
+verdict at the end is judged from the telemetry the server stored. So that the two never disagree, once
+the verdict is in (:meth:`LiveView.reconcile`) the column shows the verdict's judgement, and an interval
+where the live meter saw the site over its limit but no stored reading shows it is marked ``✗*`` with a
+note that the server has no reading of it (a spike between two posted readings).
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from derlink.demo.compliance import rules_of
+from server.compliance.judge import excess_w
+
 if TYPE_CHECKING:
+    from derlink.demo.compliance import Verdict
     from derlink.demo.orchestrator import Demo
     from derlink.demo.samples import Sample
     from derlink.demo.scenario import Segment
@@ -64,6 +71,9 @@ class _Row:
     over: int = 0
     gateway: str = ""
     last: Sample | None = None
+    worst_excess_w: float = 0.0  # the live reading furthest over limit + tolerance ...
+    worst_at: float | None = None  # ... when, and its site power
+    worst_site_w: float = 0.0
 
 
 class LiveView:
@@ -76,6 +86,8 @@ class LiveView:
         self._rows: dict[int, _Row] = {}
         self._demo: Demo | None = None
         self._current: int | None = None
+        self._verdict: Verdict | None = None
+        self.notes: list[str] = []  # where the live table and the stored telemetry differed
 
     def __enter__(self) -> LiveView:
         if self.live_enabled:
@@ -113,15 +125,11 @@ class LiveView:
             row.worst_export_w = max(row.worst_export_w, export_w)
             row.worst_import_w = max(row.worst_import_w, import_w)
             row.judged += 1
-            s = demo.s
-            over = (
-                seg.export_limit_w is not None
-                and export_w > seg.export_limit_w + s.tolerance(seg.export_limit_w)
-            ) or (
-                seg.import_limit_w is not None
-                and import_w > seg.import_limit_w + s.tolerance(seg.import_limit_w)
-            )
-            row.over += bool(over)
+            excess, _ = excess_w(rules_of(demo.s), sample.site_w, seg.export_limit_w, seg.import_limit_w)
+            if excess > 0:  # the verdict's own rule (server.compliance.judge)
+                row.over += 1
+                if row.worst_at is None or excess > row.worst_excess_w:
+                    row.worst_excess_w, row.worst_at, row.worst_site_w = excess, sample.t, sample.site_w
         if self._current != seg.index:
             if not self.live_enabled and self._current is not None:
                 self.message(self.interval_result(demo, self._current))
@@ -139,6 +147,56 @@ class LiveView:
         if not self.live_enabled and self._current is not None:
             self.message(self.interval_result(demo, self._current))
             self._current = None
+
+    def reconcile(self, demo: Demo, verdict: Verdict) -> list[dict[str, Any]]:
+        """Take the verdict into the table: each interval's check becomes the verdict's, and each interval
+        whose live readings and stored readings disagree gets a note (also printed in plain output).
+
+        Returns the intervals the live meter saw over the limit while no stored reading did (for the
+        summary: the verdict judges stored telemetry, and says what it could not see)."""
+        self.finish(demo)
+        self._demo, self._verdict, self.notes = demo, verdict, []
+        unseen = []
+        for res in verdict.intervals:
+            row = self._rows.get(res.index)
+            seg = next(x for x in demo.segments if x.index == res.index)
+            if row is not None and row.over and res.compliant is not False:
+                assert row.worst_at is not None
+                at = demo.s.clock_label(demo.s.minute(row.worst_at - demo.t0))
+                limit = limit_text(seg, "").replace("<=", "≤")
+                seen = f"live {_flow(row.worst_site_w)} kW over {limit}"
+                self.notes.append(f"* {at} {seen}: no server reading of it")
+                unseen.append({
+                    "interval": res.index, "clock": res.clock, "live_readings_over": row.over,
+                    "live_worst_excess_w": round(row.worst_excess_w, 1), "live_worst_at_unix": row.worst_at,
+                    "stored_readings": res.readings_judged,
+                })  # fmt: skip
+            elif row is not None and row.judged and not row.over and res.compliant is False:
+                self.notes.append(f"* {res.clock[:5]} over in the server's readings, not in the live meter's")
+            elif row is not None and row.judged and res.compliant is None:
+                self.notes.append(f"* {res.clock[:5]} no server reading in this interval: not judged")
+        if not self.live_enabled:
+            for note in self.notes:
+                self.message(note)
+        if self._live is not None:
+            self._live.update(self.render())
+        return unseen
+
+    def _check(self, seg: Segment, row: _Row | None) -> str:
+        if self._verdict is None:  # provisional, from the live meter
+            if row and row.judged:
+                return "[red]✗[/]" if row.over else "[green]✓[/]"
+            return "[dim]…[/]" if row else ""
+        res = next((i for i in self._verdict.intervals if i.index == seg.index), None)
+        if res is None:
+            return ""
+        if res.compliant is False:
+            return "[red]✗[/]" if not row or row.over or not row.judged else "[red]✗*[/]"
+        if row and row.over:
+            return "[yellow]✗*[/]"  # seen live, not in any stored reading
+        if res.compliant is None:
+            return "[dim]–*[/]" if row and row.judged else "[dim]–[/]"
+        return "[green]✓[/]"
 
     def interval_result(self, demo: Demo, index: int) -> str:
         """One plain line at the end of an interval: what was measured against the limit, and the check."""
@@ -172,11 +230,7 @@ class LiveView:
             row = self._rows.get(seg.index)
             current = seg.index == self._current
             last = row.last if row else None
-            check = ""
-            if row and row.judged:
-                check = "[red]✗[/]" if row.over else "[green]✓[/]"
-            elif row:
-                check = "[dim]…[/]"
+            check = self._check(seg, row)
             battery = "-"
             if last is not None and last.battery_w is not None:
                 battery = f"{last.battery_w / 1000:+.1f} {last.soc_pct:.0f}%"
@@ -197,6 +251,9 @@ class LiveView:
                 style="bold" if current else None,
             )
         legend = "link: cut = comms cut, lost = gateway on its fallback · ok: ✓ within the limit"
+        if self._verdict is not None:
+            legend = "ok: the verdict, from the server's readings; * the live meter saw otherwise"
+            return Group(table, *(Text(n) for n in self.notes), Text(legend, style="dim"))
         clock = Text(f"scenario clock {self._clock(demo)}", style="dim")
         return Group(table, clock, Text(legend, style="dim"))
 

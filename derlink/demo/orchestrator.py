@@ -624,6 +624,8 @@ class Demo:
                 readings = await self.site_readings()
                 verdict = Verdict(judge(self.s, self.segments, self.t0, readings), responses)
                 verdict.server = await self.server_assessment()
+                if self.view is not None and hasattr(self.view, "reconcile"):
+                    verdict.seen_live_not_stored = self.view.reconcile(self, verdict)
                 outbox = {"pending_at_end": pending, "rejected": await self.gateway.client.outbox.rejected()}
                 return self._write(verdict, readings, outbox)
         finally:

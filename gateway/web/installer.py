@@ -514,15 +514,65 @@ def add_installer_parser(gateway_subparsers: argparse._SubParsersAction) -> None
     p.add_argument("--dir", type=Path, default=Path("commissioning"), help="commissioning directory")
     p.add_argument("--listen", type=_listen, default=("0.0.0.0", 8711), metavar="HOST:PORT",
                    help="address to serve the page on (default 0.0.0.0:8711: the local network)")  # fmt: skip
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a self-signed certificate made on first start (kept in --dir); "
+        "its SHA-256 fingerprint is printed, also as a QR code, to check in the browser",
+    )
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate (chain)")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the private key of --tls-cert")
     p.set_defaults(handler=installer_command)
 
 
+def tls_for(args: argparse.Namespace) -> tuple[Any, str] | None:
+    """The page's SSL context and certificate fingerprint, or None for plain HTTP (TlsError: which flag)."""
+    from gateway.web.tls import TlsError, fingerprint, self_signed, server_context
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise TlsError("--tls-cert and --tls-key: give both, or --tls for a self-signed certificate")
+    if args.tls_cert is not None:
+        cert, key = args.tls_cert, args.tls_key
+    elif args.tls:
+        cert, key = self_signed(args.dir, args.listen[0])
+    else:
+        return None
+    ctx = server_context(cert, key)
+    return ctx, fingerprint(cert.read_bytes())
+
+
 def installer_command(args: argparse.Namespace) -> int:
+    import socket
+    import sys
+
+    from gateway.web.tls import TlsError
+
     host, port = args.listen
+    try:
+        tls = tls_for(args)
+        sock = socket.create_server((host, port))
+    except TlsError as exc:
+        print(f"derlink gateway installer: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        from sep2.files import os_error_text
+
+        print(f"derlink gateway installer: {os_error_text(exc, '--listen')}", file=sys.stderr)
+        return 2
+    port = sock.getsockname()[1]
+    url = f"{'https' if tls else 'http'}://{host}:{port}/installer/"
+    if tls is not None:
+        import segno
+
+        print(f"installer page certificate SHA-256 fingerprint: {tls[1]}", flush=True)
+        print("check it against the one your browser shows for the page; or scan:", flush=True)
+        segno.make(f"{url}#sha256={tls[1].replace(':', '')}", error="m").terminal(compact=True)
 
     def announce(pin: str) -> None:
-        print(f"installer page http://{host}:{port}/installer/ — one-time PIN: {pin}", flush=True)
+        print(f"installer page {url} — one-time PIN: {pin}", flush=True)
 
     installer = Installer(args.dir, announce=announce)
-    web.run_app(create_installer_app(installer), host=host, port=port, print=None, access_log=None)
+    ssl_context = tls[0] if tls else None
+    web.run_app(create_installer_app(installer), sock=sock, ssl_context=ssl_context, print=None,
+                access_log=None)  # fmt: skip
     return 0

@@ -18,7 +18,6 @@ from server.store import (
     _group_member_sites,
     _site_targets,
     audit_log,
-    clients,
     controls,
     groups,
     memberships,
@@ -54,17 +53,6 @@ def silent_after(config: Any) -> int:
     return max(60, 3 * max(int(config.poll_rate or 0), int(config.post_rate or 0)))
 
 
-def _last_contact() -> Any:
-    """A site's last contact: its own certificate's, or its aggregator's (correlated, one index lookup)."""
-    own = sa.select(clients.c.last_seen).where(clients.c.lfdi == sites.c.lfdi).scalar_subquery()
-    agg = (
-        sa.select(sa.func.max(clients.c.last_seen))
-        .where(clients.c.aggregator_id == sites.c.aggregator_id, sites.c.aggregator_id.is_not(None))
-        .scalar_subquery()
-    )
-    return sa.func.coalesce(own, agg)
-
-
 def _live(now: int) -> list[Any]:
     return [
         controls.c.cancelled_at.is_(None),
@@ -74,30 +62,24 @@ def _live(now: int) -> list[Any]:
 
 
 async def site_counts(store: Any, now: int, threshold: int, site_cond: Any = None) -> dict[str, int]:
-    """Sites total, online, silent and never heard from, in one pass of joins.
+    """Sites total, online, silent and never heard from: three counts over ``ix_sites_last_contact``.
 
-    The same last contact as :func:`_last_contact` (own certificate, else its aggregator's), but joined
-    rather than correlated: under ``count() FILTER`` a correlated subquery is evaluated once per filter
-    per site, which made the overview take 1.5 s at 100k sites.
+    ``sites.last_contact`` is kept by the contact write path (``SitesStore.flush_contacts``, to 20 s), so
+    these are index range counts rather than a join of every site with the clients it was heard through
+    (1.9 s at 100k sites).
     """
-    own = clients.alias("own")
-    agg = (
-        sa.select(clients.c.aggregator_id, sa.func.max(clients.c.last_seen).label("seen"))
-        .where(clients.c.aggregator_id.is_not(None))
-        .group_by(clients.c.aggregator_id)
-        .subquery("agg")
-    )
-    seen = sa.func.coalesce(own.c.last_seen, agg.c.seen)
-    joined = sites.outerjoin(own, own.c.lfdi == sites.c.lfdi).outerjoin(
-        agg, agg.c.aggregator_id == sites.c.aggregator_id
-    )
+    silent_before = now - threshold
+
+    def count(*cond: Any) -> Any:
+        if site_cond is not None:
+            cond = (*cond, site_cond)
+        return sa.select(sa.func.count()).select_from(sites).where(*cond).scalar_subquery()
+
     query = sa.select(
-        sa.func.count(),
-        sa.func.count().filter(seen >= now - threshold),
-        sa.func.count().filter(seen < now - threshold),
-    ).select_from(joined)
-    if site_cond is not None:
-        query = query.where(site_cond)
+        count(),
+        count(sites.c.last_contact >= silent_before),
+        count(sites.c.last_contact < silent_before),
+    )
     async with store.read() as conn:
         total, online, silent = (await conn.execute(query)).one()
     return {"total": total, "online": online, "silent": silent, "never": total - online - silent}
@@ -194,7 +176,7 @@ async def ack_summary(store: Any, mrid: str, *, offset: int = 0, limit: int = 50
         ).scalar_one()
         non_responders = (
             await conn.execute(
-                sa.select(sites.c.lfdi, sites.c.nmi, sites.c.label, _last_contact().label("last_contact"))
+                sa.select(sites.c.lfdi, sites.c.nmi, sites.c.label, sites.c.last_contact)
                 .where(*silent_cond)
                 .order_by(sites.c.id)
                 .offset(offset)
@@ -255,13 +237,7 @@ async def search_sites(
             counting = sa.select(sa.func.count()).select_from(sites).where(*cond)
         total = (await conn.execute(counting)).scalar_one()
         rows = (
-            await conn.execute(
-                sa.select(sites, _last_contact().label("last_contact"))
-                .where(*cond)
-                .order_by(sites.c.id)
-                .offset(offset)
-                .limit(limit)
-            )
+            await conn.execute(sa.select(sites).where(*cond).order_by(sites.c.id).offset(offset).limit(limit))
         ).all()
         member_rows = (
             await conn.execute(
@@ -506,7 +482,7 @@ async def compliance(
                 )
             ).scalars()
         )
-        silent_q = sa.select(sites.c.lfdi, sites.c.nmi, sites.c.label, _last_contact().label("seen"))
+        silent_q = sa.select(sites.c.lfdi, sites.c.nmi, sites.c.label, sites.c.last_contact.label("seen"))
         if site_cond is not None:
             silent_q = silent_q.where(site_cond)
         sub = silent_q.subquery()

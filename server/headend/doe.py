@@ -34,7 +34,7 @@ from sep2 import resources as r
 from sep2.base import INTEGER_RANGES
 from sep2.power import MULTIPLIER_RANGE
 from server.limits import InputError, check_json_tree, json_decoder
-from server.store import Store, _enqueue, _insert, doe_intervals, doe_uploads, programs, sites
+from server.store import Store, _enqueue, _insert, controls, doe_intervals, doe_uploads, programs, sites
 from server.store.doe import (
     DOE_ID_BASE,
     DOE_PROGRAM,
@@ -575,6 +575,7 @@ async def ingest(
                 rows=sink.rows, sites=len(sink.sites), first_start=sink.first_start, last_end=sink.last_end
             )
         )
+        await _split_site_controls(store, conn, program_id, upload_id, sink, now)
         affected = sorted(sink.sites)
         for i in range(0, len(affected), 5000):
             await _enqueue(
@@ -601,6 +602,47 @@ async def ingest(
         last_end=sink.last_end,
         seconds=round(time.perf_counter() - started, 3),
     )
+
+
+async def _split_site_controls(
+    store: Store, conn: Any, program_id: int, upload_id: int, sink: _Sink, now: int
+) -> None:
+    """The upload's rows replace the site controls of the ``doe`` program that they overlap, as a later
+    control would (newest wins over its own span): each is superseded and what the rows leave of it is
+    published as pieces (:meth:`Admin.supersede_with_pieces`). One query finds the candidates: live site
+    controls of the program overlapping the upload's span (usually none)."""
+    assert sink.first_start is not None and sink.last_end is not None
+    candidates = (
+        await conn.execute(
+            sa.select(controls).where(
+                controls.c.program_id == program_id,
+                controls.c.target >= "s:",
+                controls.c.target < "s;",
+                controls.c.cancelled_at.is_(None),
+                controls.c.superseded_at.is_(None),
+                controls.c.start < sink.last_end,
+                controls.c.start + controls.c.duration > max(sink.first_start, now),
+            )
+        )
+    ).all()
+    for row in candidates:
+        site_id = int(row.target[2:])
+        if site_id not in sink.sites:
+            continue
+        end = row.start + row.duration
+        cuts = (
+            await conn.execute(
+                sa.select(doe_intervals.c.start, doe_intervals.c.duration).where(
+                    doe_intervals.c.site_id == site_id,
+                    doe_intervals.c.upload_id == upload_id,
+                    doe_intervals.c.start > row.start - MAX_DURATION,
+                    doe_intervals.c.start < end,
+                    doe_intervals.c.start + doe_intervals.c.duration > row.start,
+                )
+            )
+        ).all()
+        if cuts:
+            await store.admin.supersede_with_pieces(conn, row, [(a, a + d) for a, d in cuts], now)
 
 
 async def _abandon(sink: _Sink) -> None:

@@ -18,6 +18,7 @@ from server.store.codec import (
     AdminError,
     to_jsonable,
 )
+from server.store.doe import DOE_PROGRAM, cut_for_control
 from server.store.engine import _insert
 from server.store.pubsub import _enqueue
 from server.store.schema import (
@@ -45,6 +46,13 @@ from server.store.schema import (
 )
 from server.store.timeline import remainders
 from server.store.versions import owners
+
+MAX_DERS = 64  # DER instances per EndDevice
+
+
+def _check_der_count(count: Any) -> None:
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_DERS:
+        raise AdminError(f"ders: must be an integer 1..{MAX_DERS}, got {count!r}")
 
 
 class Admin:
@@ -201,10 +209,12 @@ class Admin:
         groups_: Iterable[str] = (),
         label: str | None = None,
         device_category: str | None = None,
+        der_count: int = 1,
         actor: str = "system",
         reason: str | None = None,
     ) -> int:
-        """Out-of-band registration of a site (EndDevice). Returns the site id."""
+        """Out-of-band registration of a site (EndDevice) with ``der_count`` DERs. Returns the site id."""
+        _check_der_count(der_count)
         try:
             lfdi = operator_lfdi(lfdi)
         except IdentityError as exc:
@@ -257,7 +267,8 @@ class Admin:
                     )
                 )
             ).inserted_primary_key[0]
-            await conn.execute(ders.insert().values(site_id=site_id))
+            for _ in range(der_count):
+                await conn.execute(ders.insert().values(site_id=site_id))
             self.store.touch(
                 ("site", site_id), ("client", lfdi), *(("edev", owner) for owner in owners(lfdi, agg_id))
             )
@@ -267,7 +278,10 @@ class Admin:
                 await conn.execute(
                     memberships.insert().values(site_id=site_id, group_id=await self._group_id(conn, name))
                 )
-            await self._audit(conn, actor, "site.register", lfdi, reason, nmi=nmi, groups=list(groups_))
+            extra = {"ders": der_count} if der_count != 1 else {}
+            await self._audit(
+                conn, actor, "site.register", lfdi, reason, nmi=nmi, groups=list(groups_), **extra
+            )
         return site_id
 
     async def deregister_site(self, lfdi: str, *, actor: str = "system", reason: str | None = None) -> None:
@@ -303,6 +317,27 @@ class Admin:
                     stmt.on_conflict_do_update(index_elements=["lfdi"], set_={"revoked": True})
                 )
             await self._audit(conn, actor, "site.deregister", lfdi, reason)
+
+    async def set_der_count(
+        self, lfdi: str, count: int, *, actor: str = "system", reason: str | None = None
+    ) -> int:
+        """The server creates (or removes, newest first) DER instances until the site's DERList holds
+        ``count`` (2030.5 §10.10: the server provides the DERList; the client PUTs each DER's documents).
+        Returns the number added (negative: removed, with their documents and history)."""
+        _check_der_count(count)
+        async with self.store.changing() as conn:
+            site_id = int((await self._resolve_target(conn, f"site:{lfdi}"))[2:])
+            self.store.touch(("der", site_id))
+            query = sa.select(ders.c.id).where(ders.c.site_id == site_id).order_by(ders.c.id)
+            ids = list((await conn.execute(query)).scalars().all())
+            for _ in range(count - len(ids)):
+                await conn.execute(ders.insert().values(site_id=site_id))
+            if len(ids) > count:
+                await conn.execute(ders.delete().where(ders.c.id.in_(ids[count:])))
+            await self._audit(
+                conn, actor, "site.ders", operator_lfdi(lfdi), reason, count=count, was=len(ids)
+            )
+        return count - len(ids)
 
     async def site_id(self, lfdi: str) -> int:
         async with self.store.read() as conn:
@@ -517,6 +552,9 @@ class Admin:
             pieces: list[str] = []
             if supersede:
                 pieces = await self._split_around(conn, program_id, key, start, start + duration, now)
+                if program == DOE_PROGRAM and key.startswith("s:"):  # and the site's bulk DOE rows
+                    await cut_for_control(conn, int(key[2:]), start, start + duration, now=now, actor=actor,
+                                          mrid=mrid)  # fmt: skip
             await conn.execute(
                 controls.insert().values(
                     mrid=mrid,
@@ -568,34 +606,46 @@ class Admin:
         ).all()
         created = []
         for row in overlapping:
+            created += await self.supersede_with_pieces(conn, row, [(start, end)], now)
+        return created
+
+    async def supersede_with_pieces(
+        self, conn: AsyncConnection, row: Any, cuts: list[tuple[int, int]], now: int
+    ) -> list[str]:
+        """Mark the control ``row`` superseded and publish what is left of it outside ``cuts`` (and after
+        ``now``) as pieces with its settings; returns the pieces' mRIDs."""
+        await conn.execute(
+            controls.update()
+            .where(controls.c.id == row.id)
+            .values(superseded_at=now, version=controls.c.version + 1)
+        )
+        parts = [(row.start, row.start + row.duration)]
+        for cut_start, cut_end in cuts:
+            parts = [p for a, b in parts for p in remainders(a, b, cut_start, cut_end, now=now)]
+        created = []
+        for a, b in parts:
+            a = max(a, now)
+            piece = new_mrid(self.store.pen)
             await conn.execute(
-                controls.update()
-                .where(controls.c.id == row.id)
-                .values(superseded_at=now, version=controls.c.version + 1)
-            )
-            for a, b in remainders(row.start, row.start + row.duration, start, end, now=now):
-                a = max(a, now)
-                piece = new_mrid(self.store.pen)
-                await conn.execute(
-                    controls.insert().values(
-                        mrid=piece,
-                        program_id=program_id,
-                        target=key,
-                        start=a,
-                        duration=b - a,
-                        # Randomisation only at the original's own edges: a cut edge meets the new
-                        # control exactly, so spreading it would open a gap or an overlap.
-                        randomize_start=row.randomize_start if a == row.start else None,
-                        randomize_duration=row.randomize_duration if b == row.start + row.duration else None,
-                        response_required=row.response_required,
-                        base=row.base,
-                        description=row.description,
-                        creation_time=now,
-                        version=0,
-                        split_from=row.split_from or row.id,
-                    )
+                controls.insert().values(
+                    mrid=piece,
+                    program_id=row.program_id,
+                    target=row.target,
+                    start=a,
+                    duration=b - a,
+                    # Randomisation only at the original's own edges: a cut edge meets the new
+                    # control exactly, so spreading it would open a gap or an overlap.
+                    randomize_start=row.randomize_start if a == row.start else None,
+                    randomize_duration=row.randomize_duration if b == row.start + row.duration else None,
+                    response_required=row.response_required,
+                    base=row.base,
+                    description=row.description,
+                    creation_time=now,
+                    version=0,
+                    split_from=row.split_from or row.id,
                 )
-                created.append(piece)
+            )
+            created.append(piece)
         return created
 
     async def cancel_control(self, mrid: str, *, actor: str = "system", reason: str | None = None) -> None:
@@ -780,6 +830,7 @@ class Admin:
                     .join(ders, ders.c.id == der_documents.c.der_id)
                     .join(sites, sites.c.id == ders.c.site_id)
                     .where(sites.c.lfdi == lfdi.upper())
+                    .order_by(ders.c.id.desc())  # several DERs: the first one's (dict below)
                 )
             ).all()
         return {row.kind: from_xml(row.xml.encode(), DER_DOCUMENT_TYPES[row.kind]) for row in rows}

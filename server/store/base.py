@@ -40,6 +40,7 @@ class StoreBase:
         self.touch = self.versions.touch
         self.outbox_event = asyncio.Event()
         self._pending_contacts: dict[str, int] = {}
+        self._site_contact_written: dict[str, int] = {}  # lfdi -> when its sites' last_contact was written
         self._group: list[_Job] = []
         self._group_task: asyncio.Task[None] | None = None
         self.commits = 0  # transactions committed by grouped()

@@ -2,6 +2,9 @@
 ``doe`` program. Rows of different lengths may overlap; what is published is the site's non-overlapping
 schedule (:func:`published_pieces`: a later upload wins over its span, an earlier row is cut around it):
 
+* a site control of the ``doe`` program created after rows of the site cuts them over its span: it stores
+  a *hole* (a row with no limits, under an upload of its own, :func:`cut_for_control`), which outranks
+  the older rows like any later upload and is itself never published (the control is);
 * a piece's id in hrefs is ``DOE_ID_BASE + start`` (unique per site, as pieces do not overlap);
 * its mRID is derived, not stored: ``D`` + site (7 hex) + start (9 hex) + version (7 hex) + PEN (8 hex),
   where the version is the newest upload that shaped the piece, so a replaced or cut interval carries a
@@ -19,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.store.codec import build_control_base, to_jsonable
+from server.store.engine import _insert
 from server.store.schema import doe_intervals, doe_uploads
 from server.store.timeline import Piece, Window, paint
 
@@ -92,6 +96,11 @@ def _piece_row(pen: int, program_id: int, piece: Piece[Any], version: int) -> Do
     )
 
 
+def is_hole(row: Any) -> bool:
+    """A row that only cuts older rows (a control replaced them over its span): no limit of its own."""
+    return row.import_w is None and row.export_w is None and row.generation_w is None and row.load_w is None
+
+
 def _rank(row: Any) -> tuple[int, int, int]:
     """A later upload wins; inside one upload the shorter (more specific) row wins."""
     return (row.upload_id, -row.duration, row.start)
@@ -117,7 +126,7 @@ def published_pieces(rows: list[Any]) -> list[tuple[Piece[Any], int]]:
             if other.start + other.duration > row.start and _rank(other) > _rank(row):
                 v = max(v, other.upload_id)
         version[id(row)] = v
-    return [(piece, version[id(piece.item)]) for piece in paint(windows)]
+    return [(piece, version[id(piece.item)]) for piece in paint(windows) if not is_hole(piece.item)]
 
 
 def _window(site_id: int, after: int) -> list[Any]:
@@ -191,3 +200,49 @@ async def doe_control(
 
 def is_doe_program(program_row: Any) -> bool:
     return getattr(program_row, "key", None) == DOE_PROGRAM
+
+
+async def cut_for_control(
+    conn: AsyncConnection, site_id: int, start: int, end: int, *, now: int, actor: str, mrid: str
+) -> int | None:
+    """A site control of the ``doe`` program replaces the site's DOE rows over [start, end): store holes
+    there under an upload of their own (``doe_uploads`` history names the control), so the rows are cut
+    around the control and the cut pieces get new mRIDs. Returns the upload id, or None when no DOE row
+    of the site overlaps (nothing to cut)."""
+    overlapping = (
+        await conn.execute(
+            sa.select(doe_intervals.c.start)
+            .where(
+                doe_intervals.c.site_id == site_id,
+                doe_intervals.c.start > start - MAX_DURATION,
+                doe_intervals.c.start < end,
+                doe_intervals.c.start + doe_intervals.c.duration > start,
+            )
+            .limit(1)
+        )
+    ).first()
+    if overlapping is None:
+        return None
+    spans = [(a, min(a + MAX_DURATION, end)) for a in range(start, end, MAX_DURATION)]
+    upload_id = (
+        await conn.execute(
+            doe_uploads.insert().values(
+                at=now,
+                actor=actor,
+                rows=len(spans),
+                sites=1,
+                first_start=start,
+                last_end=end,
+                reason=f"replaced by control {mrid}",
+            )
+        )
+    ).inserted_primary_key[0]
+    stmt = _insert(conn, doe_intervals)
+    hole = {"import_w": None, "export_w": None, "generation_w": None, "load_w": None, "upload_id": upload_id}
+    for a, b in spans:
+        await conn.execute(
+            stmt.values(site_id=site_id, start=a, duration=b - a, **hole).on_conflict_do_update(
+                index_elements=["site_id", "start", "duration"], set_=hole
+            )
+        )
+    return upload_id

@@ -20,6 +20,8 @@ from server.store.scope import Page, RequestScope
 from server.store.targets import _site_targets
 from server.store.versions import owners
 
+SITE_CONTACT_EVERY = 20  # s: resolution of sites.last_contact (the console's silent threshold is >= 60 s)
+
 
 class SitesStore(StoreBase):
     """Identity and EndDevices."""
@@ -74,9 +76,18 @@ class SitesStore(StoreBase):
         self._pending_contacts[lfdi] = self.clock()
 
     async def flush_contacts(self) -> None:
+        """Write the pending contacts: every client's ``last_seen``, and the ``last_contact`` of the sites
+        it speaks for (its own, or all of an aggregator's) at most once per site per SITE_CONTACT_EVERY s,
+        so that a fleet polling every few seconds costs one site-row write per site per that period."""
         if not self._pending_contacts:
             return
         pending, self._pending_contacts = self._pending_contacts, {}
+        written = self._site_contact_written
+        due = [
+            {"k": k, "t": t}
+            for k, t in pending.items()
+            if k not in written or t - written[k] >= SITE_CONTACT_EVERY
+        ]
         async with self.engine.begin() as conn:  # not a content change: no generation bump
             await conn.execute(
                 clients.update()
@@ -84,6 +95,22 @@ class SitesStore(StoreBase):
                 .values(last_seen=sa.bindparam("t")),
                 [{"k": k, "t": t} for k, t in pending.items()],
             )
+            if due:
+                stale = sa.or_(
+                    sites.c.last_contact.is_(None),
+                    sites.c.last_contact <= sa.bindparam("t") - SITE_CONTACT_EVERY,
+                )
+                values = {"last_contact": sa.bindparam("t")}
+                own = sites.update().where(sites.c.lfdi == sa.bindparam("k"), stale).values(values)
+                await conn.execute(own, due)
+                aggregator = (
+                    sa.select(clients.c.aggregator_id)
+                    .where(clients.c.lfdi == sa.bindparam("k"), clients.c.kind == "aggregator")
+                    .scalar_subquery()
+                )
+                agg = sites.update().where(sites.c.aggregator_id == aggregator, stale).values(values)
+                await conn.execute(agg, due)
+        written.update((d["k"], d["t"]) for d in due)
 
     # --------------------------------------------------------------------------------- sites
 

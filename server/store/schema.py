@@ -48,6 +48,9 @@ sites = sa.Table(
     sa.Column("pin", sa.Integer),
     sa.Column("nmi", sa.String(32), index=True),
     sa.Column("label", sa.String(128)),
+    # Latest contact from the site's own certificate or its aggregator's, to SITE_CONTACT_EVERY seconds
+    # (SitesStore.flush_contacts); indexed so that online/silent counts are index range counts.
+    sa.Column("last_contact", sa.BigInteger, index=True),
 )
 
 groups = sa.Table(
@@ -138,6 +141,19 @@ der_documents = sa.Table(
     sa.Column("kind", sa.String(8), primary_key=True),
     sa.Column("xml", sa.Text, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+)
+
+# Standing data over time (issue 13 item 6, migration q0106multider): one row per PUT that changed a DER
+# document; ``changes`` = JSON {field path: [old, new]} (timestamps ignored), the first PUT lists all.
+der_history = sa.Table(
+    "der_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("der_id", sa.Integer, sa.ForeignKey("ders.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("changes", sa.Text, nullable=False),
+    sa.Index("ix_der_history_der_kind_id", "der_id", "kind", "id"),
 )
 
 mups = sa.Table(
