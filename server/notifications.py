@@ -80,16 +80,25 @@ class _ResumingSSLObject(ssl.SSLObject):
         objects, sessions = cls.objects, cls.sessions
         if session is None:
             previous = objects.pop(key, None)
-            session = previous.session if previous is not None else sessions.pop(key, None)
+            session = _session_of(previous) if previous is not None else sessions.pop(key, None)
         obj = super()._create(incoming, outgoing, server_side, server_hostname, session, context)  # type: ignore[misc]
         objects[key] = obj
         while len(objects) > cls.MAX_OBJECTS:
             name, old = objects.popitem(last=False)
-            if old.session is not None:
-                sessions[name] = old.session
+            if (kept := _session_of(old)) is not None:
+                sessions[name] = kept
         while len(sessions) > cls.MAX_SESSIONS:
             sessions.popitem(last=False)
         return obj
+
+
+def _session_of(obj: ssl.SSLObject) -> ssl.SSLSession | None:
+    """The session to resume, if the connection got one (a handshake that never finished, e.g. to a
+    tarpit, has none: OpenSSL then fails to encode it)."""
+    try:
+        return obj.session
+    except ValueError:
+        return None
 
 
 def notification_client_ssl(config: ServerConfig) -> ssl.SSLContext:

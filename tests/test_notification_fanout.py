@@ -225,3 +225,20 @@ async def test_idle_connections_to_subscribers_are_bounded_and_sessions_resumed(
     finally:
         for s in subscribers:
             await s.stop()
+
+
+def test_a_connection_stuck_in_its_handshake_does_not_break_the_next_one(pki, tmp_path):
+    """A tarpit leaves the last connection to a name mid-handshake: it has no session to resume (OpenSSL
+    cannot encode it), and the next connection to that name just does a full handshake."""
+    import ssl
+
+    from server.notifications import notification_client_ssl
+
+    context = notification_client_ssl(server_config(pki, tmp_path / "data"))
+    stuck = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="127.0.0.1")
+    try:
+        stuck.do_handshake()  # sends the ClientHello; no answer will come
+    except ssl.SSLWantReadError:
+        pass
+    again = context.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="127.0.0.1")
+    assert again.session is None
