@@ -83,6 +83,7 @@ async def hold_idle(
     gen0 = cpu_seconds()
     held = []
     for start in range(0, count, 100):
+
         async def one() -> asyncio.StreamWriter:
             reader, writer = await asyncio.open_connection(
                 "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1"

@@ -230,7 +230,7 @@ async def bare_fanout(pki: str, port: int, sites: int, tarpit_percent: float, bo
     queue = iter(urls)
     cpu, started = cpu_seconds(), time.perf_counter()
     async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context, limit=CONCURRENCY)
+        connector=aiohttp.TCPConnector(ssl=context, limit=CONCURRENCY, force_close=True)
     ) as session:
 
         async def worker() -> None:
