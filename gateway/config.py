@@ -100,6 +100,7 @@ from pydantic import (
 )
 
 from gateway.core import BlackStartConfig, ControlSettings, FallbackConfig
+from sep2.validation import describe
 
 
 class ConfigError(ValueError):
@@ -419,21 +420,9 @@ class _SiteFile(_Table):
     black_start: _BlackStartTable = _BlackStartTable()
 
 
-_MESSAGES = {
-    "missing": "required",
+_MESSAGES = {  # where site.toml words it differently from sep2.validation
     "extra_forbidden": "unknown setting",
-    "int_type": "expected an integer, got {input!r}",
-    "float_type": "expected a number, got {input!r}",
     "bool_type": "expected a boolean, got {input!r}",
-    "string_type": "expected a string, got {input!r}",
-    "list_type": "expected an array, got {input!r}",
-    "model_type": "must be a table",
-    "model_attributes_type": "must be a table",
-    "greater_than_equal": "must be >= {ge}, got {input}",
-    "greater_than": "must be > {gt}, got {input}",
-    "less_than_equal": "must be <= {le}, got {input}",
-    "literal_error": "must be one of {expected}, got {input!r}",
-    "string_too_short": "must not be empty",
     "too_short": "needs {min_length} entries (DRM 0..8), got {actual_length}",
     "too_long": "needs {max_length} entries (DRM 0..8), got {actual_length}",
 }
@@ -441,15 +430,7 @@ _MESSAGES = {
 
 def _config_error(exc: ValidationError) -> ConfigError:
     """The first problem as ``where: what`` (``device[1].port: expected an integer, got '502'``)."""
-    error = exc.errors(include_url=False)[0]
-    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
-    template = _MESSAGES.get(error["type"])
-    if template is None:  # a validator's own ValueError, or a message pydantic words well enough
-        message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
-    else:
-        ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in error.get("ctx", {}).items()}
-        message = template.format(input=error.get("input"), **ctx)
-    return ConfigError(f"{where}: {message}" if where else message)
+    return ConfigError(describe(exc, _MESSAGES))
 
 
 def _limits(table: _LimitsTable, **switches: Any) -> ControlSettings:

@@ -1,91 +1,179 @@
 """Server configuration: a TOML file plus command-line overrides.
 
 Every key has a default so that ``derlink server run`` works with no file at all (SQLite in ``data_dir``).
-Unknown keys are errors that name the key, so a typo never silently falls back to a default.
+The file's shape, types and bounds are a pydantic model (unknown keys forbidden, no coercion: "80" is not a
+port), so every error names its key and a typo never silently falls back to a default. Rules that join
+several settings follow in :func:`check_config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import re
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    with_config,
+)
+from typing_extensions import TypedDict
+
+from sep2.validation import FieldError, describe
 
 
 class ConfigError(ValueError):
     """A configuration file or flag that is not understood; the message names the field."""
 
 
-@dataclass
-class ServerConfig:
+def _path(value: Any) -> Path:
+    if not isinstance(value, str | Path):
+        raise ValueError(f"expected a path string, got {value!r}")
+    return Path(value).expanduser()
+
+
+def _network(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address or network") from None
+    return value
+
+
+def _allow_entry(value: str) -> str:
+    from server.netpolicy import parse_allow_entry
+
+    parse_allow_entry(value)  # its ValueError names the problem
+    return value
+
+
+def _lfdi_key(value: str) -> str:
+    if len(value) != 40 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise ValueError(f"key {value!r} is not a 40-hex-digit LFDI")
+    return value.lower()
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _database_url(value: str) -> str:
+    if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+        raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    return value
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {value!r}")
+    return value
+
+
+def _dns_label(value: str) -> str:
+    if not value or "." in value or len(value) > 63:
+        raise ValueError("1 to 63 characters without dots")
+    return value
+
+
+@with_config(ConfigDict(extra="forbid", strict=True))
+class HeadendToken(TypedDict):
+    name: Annotated[str, Field(min_length=1)]
+    token: Annotated[str, Field(min_length=16)]
+    role: Literal["operator", "viewer"]
+
+
+def _unique_names(tokens: list[HeadendToken]) -> list[HeadendToken]:
+    seen: set[str] = set()
+    for i, entry in enumerate(tokens):
+        if entry["name"] in seen:
+            raise FieldError((i, "name"), f"duplicate name {entry['name']!r}")
+        seen.add(entry["name"])
+    return tokens
+
+
+_Path = Annotated[Path, BeforeValidator(_path)]
+_Count = Annotated[int, Field(ge=0)]
+_Port = Annotated[int, Field(ge=0, le=65535)]
+_Seconds = Annotated[float, Field(gt=0)]
+_AllowList = list[Annotated[str, AfterValidator(_allow_entry)]]
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
     # Where state lives. database_url defaults to SQLite in data_dir.
-    data_dir: Path = Path("derlink-data")
-    database_url: str | None = None
+    data_dir: _Path = Path("derlink-data")
+    database_url: Annotated[str, AfterValidator(_database_url)] | None = None
     # 2030.5 listener (mutual TLS).
     host: str = "127.0.0.1"
-    port: int = 8443
-    cert_dir: Path | None = None  # PKI directory (certs.pki layout); default data_dir / "pki"
-    server_cert: Path | None = None  # explicit files override cert_dir
-    server_key: Path | None = None
-    ca_cert: Path | None = None
+    port: _Port = 8443
+    cert_dir: _Path | None = None  # PKI directory (certs.pki layout); default data_dir / "pki"
+    server_cert: _Path | None = None  # explicit files override cert_dir
+    server_key: _Path | None = None
+    ca_cert: _Path | None = None
     # Client certificate the server presents when POSTing notifications (needs clientAuth). Default: the
     # server's own certificate.
-    notify_cert: Path | None = None
-    notify_key: Path | None = None
+    notify_cert: _Path | None = None
+    notify_key: _Path | None = None
     tls: bool = True  # False only behind a TLS-terminating proxy (trusted_proxies must be set)
     # Admin listener (/metrics, later the head-end API); port 0 picks a free port.
     admin_enabled: bool = True
     admin_host: str = "127.0.0.1"
-    admin_port: int = 8444
+    admin_port: _Port = 8444
     # Behaviour.
-    poll_rate: int = 300  # default pollRate (s) for DeviceCapability and polled lists
-    post_rate: int = 300  # default postRate (s) for MirrorUsagePoints and EndDevices
+    poll_rate: _Count = 300  # default pollRate (s) for DeviceCapability and polled lists
+    post_rate: _Count = 300  # default postRate (s) for MirrorUsagePoints and EndDevices
     inband_registration: bool = True
-    iana_pen: int = 0  # private enterprise number placed in the low 32 bits of generated mRIDs
-    max_body_bytes: int = 64 * 1024
+    iana_pen: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # private enterprise number in generated mRIDs
+    max_body_bytes: _Count = 64 * 1024
     # Connection limits on the 2030.5 listener (server.connlimits).
-    handshake_timeout: float = 10.0  # s for a TLS handshake
-    idle_timeout: float = 15.0  # s without a complete request header (fresh, slow or keep-alive idle)
-    body_timeout: float = 30.0  # s for a request body to arrive
-    max_connections: int = 1000  # in total (capped below the file descriptor limit)
-    max_connections_per_client: int = 64  # per client certificate (an aggregator may need many)
+    handshake_timeout: _Seconds = 10.0  # s for a TLS handshake
+    idle_timeout: _Seconds = 15.0  # s without a complete request header (fresh, slow or keep-alive idle)
+    body_timeout: _Seconds = 30.0  # s for a request body to arrive
+    max_connections: _Count = 1000  # in total (capped below the file descriptor limit)
+    max_connections_per_client: _Count = 64  # per client certificate (an aggregator may need many)
     # Per-client quotas (server.store.quotas): over one, 409 with a 2030.5 Error and nothing stored.
-    max_mups_per_site: int = 16
-    max_readings_per_request: int = 1000
-    max_subscriptions_per_site: int = 32
-    max_responses_per_event: int = 16  # per site and event; a repeated Response (same status) counts once
-    max_list_limit: int = 500
+    max_mups_per_site: _Count = 16
+    max_readings_per_request: _Count = 1000
+    max_subscriptions_per_site: _Count = 32
+    max_responses_per_event: _Count = 16  # per site and event; a repeated Response (same status) counts once
+    max_list_limit: _Count = 500
     cache_enabled: bool | None = None  # None: on for SQLite (single process), off for PostgreSQL
-    cache_max_bytes: int = 64 * 1024 * 1024  # rendered documents kept, least recently used evicted
+    cache_max_bytes: _Count = 64 * 1024 * 1024  # rendered documents kept, least recently used evicted
     # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
     # proxy_cert_header and is trusted only from these peer addresses/networks.
     proxy_cert_header: str = "X-Client-Cert"
-    trusted_proxies: list[str] = field(default_factory=list)
+    trusted_proxies: list[Annotated[str, AfterValidator(_network)]] = []
     # Notification outbox.
-    notify_retry_initial: float = 1.0
-    notify_retry_max: float = 300.0
-    notify_timeout: float = 10.0
+    notify_retry_initial: _Seconds = 1.0
+    notify_retry_max: _Seconds = 300.0
+    notify_timeout: _Seconds = 10.0
     # Notification target policy (server.netpolicy): non-public addresses are refused unless covered by a
     # CIDR or host name ("gw.example", "*.example") here, or in the per-client list keyed by certificate LFDI.
-    notify_allow: list[str] = field(default_factory=list)
-    notify_allow_by_client: dict[str, list[str]] = field(default_factory=dict)
-    log_level: str = "INFO"
+    notify_allow: _AllowList = []
+    notify_allow_by_client: dict[Annotated[str, AfterValidator(_lfdi_key)], _AllowList] = {}
+    log_level: Annotated[str, AfterValidator(_log_level)] = "INFO"
     # Incidents (seed 002): each raise, note and transition is POSTed as JSON to this http(s) URL, signed
     # with HMAC-SHA256 over the body when a secret is set (server.incidents.webhook). Operator-chosen, so
     # the notification target policy does not apply; delivery never blocks the workflow.
-    incident_webhook_url: str | None = None
+    incident_webhook_url: Annotated[str, AfterValidator(_http_url)] | None = None
     incident_webhook_secret: str | None = None
     # Head-end operator API (JSON, its own listener, loopback by default; port 0 picks a free port).
     # Bearer tokens: [{name, token, role = "operator" | "viewer"}]. With none configured, an operator token
     # is generated into data_dir/headend-token on first start (see server.headend.api).
     headend_enabled: bool = True
     headend_host: str = "127.0.0.1"
-    headend_port: int = 8445
-    headend_tokens: list[dict[str, str]] = field(default_factory=list)
+    headend_port: _Port = 8445
+    headend_tokens: Annotated[list[HeadendToken], AfterValidator(_unique_names)] = []
     # TLS on the head-end listener (the server's certificate from the PKI; no client certificate). Plain
     # HTTP is refused on a non-loopback headend_host unless headend_insecure_http forces it.
     headend_tls: bool = False
@@ -95,7 +183,7 @@ class ServerConfig:
     # wildcard.
     dnssd: bool = False
     dnssd_address: str | None = None
-    dnssd_instance: str = "derlink"
+    dnssd_instance: Annotated[str, AfterValidator(_dns_label)] = "derlink"
 
     @property
     def resolved_database_url(self) -> str:
@@ -143,93 +231,22 @@ class ServerConfig:
         return chain, key, ca
 
 
-_FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
-_PATH_FIELDS = {"data_dir", "cert_dir", "server_cert", "server_key", "ca_cert", "notify_cert", "notify_key"}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Check and convert one value to the type of field ``name``; raise ConfigError naming it."""
-    default = _FIELDS[name].default
-    if name in _PATH_FIELDS:
-        if not isinstance(value, str | Path):
-            raise ConfigError(f"{name}: expected a path string, got {value!r}")
-        return Path(value).expanduser()
-    if name == "trusted_proxies":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{name}: expected a list of addresses or networks, got {value!r}")
-        for v in value:
-            try:
-                ipaddress.ip_network(v, strict=False)
-            except ValueError as exc:
-                raise ConfigError(f"{name}: {v!r} is not an IP address or network") from exc
-        return list(value)
-    if name in ("notify_allow", "notify_allow_by_client"):
-        return _allow_lists(name, value)
-    if name == "headend_tokens":
-        return check_tokens(value)
-    if name == "incident_webhook_url" and value is not None:
-        parts = urlsplit(value) if isinstance(value, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"{name}: expected an http:// or https:// URL, got {value!r}")
-        return value
-    if name == "cache_enabled":
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        if value < 0:
-            raise ConfigError(f"{name}: must not be negative, got {value}")
-        if name.endswith("port") and value > 65535:
-            raise ConfigError(f"{name}: {value} is not a TCP port")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{name}: expected a positive number, got {value!r}")
-        return float(value)
-    if not isinstance(value, str) and value is not None:
-        raise ConfigError(f"{name}: expected a string, got {value!r}")
-    return value
-
-
-def _allow_lists(name: str, value: Any) -> Any:
-    from server.netpolicy import parse_allow_entry
-
-    def entries(where: str, items: Any) -> list[str]:
-        if not isinstance(items, list) or not all(isinstance(v, str) for v in items):
-            raise ConfigError(f"{where}: expected a list of host names or CIDRs, got {items!r}")
-        for item in items:
-            try:
-                parse_allow_entry(item)
-            except ValueError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-        return list(items)
-
-    if name == "notify_allow":
-        return entries(name, value)
-    if not isinstance(value, dict):
-        raise ConfigError(f"{name}: expected a table of client LFDI = [hosts or CIDRs], got {value!r}")
-    for lfdi in value:
-        if not re.fullmatch(r"[0-9a-fA-F]{40}", lfdi):
-            raise ConfigError(f"{name}: key {lfdi!r} is not a 40-hex-digit LFDI")
-    return {lfdi.lower(): entries(f"{name}.{lfdi}", items) for lfdi, items in value.items()}
+def _config_error(exc: ValidationError) -> ConfigError:
+    error = exc.errors(include_url=False)[0]
+    if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+        name = str(error["loc"][0])
+        close = [n for n in ServerConfig.model_fields if n.split("_")[0] == name.split("_")[0]]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return ConfigError(f"unknown server setting {name!r}{hint}")
+    return ConfigError(describe(exc))
 
 
 def config_from_mapping(values: dict[str, Any], base: ServerConfig | None = None) -> ServerConfig:
     """Apply ``values`` (from TOML ``[server]`` or flags) over ``base``; unknown names are errors."""
-    config = dataclasses.replace(base) if base else ServerConfig()
-    for name, value in values.items():
-        if name not in _FIELDS:
-            close = [n for n in _FIELDS if n.split("_")[0] == name.split("_")[0]]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown server setting {name!r}{hint}")
-        setattr(config, name, _coerce(name, value))
-    return config
+    try:
+        return ServerConfig.model_validate({**(base.model_dump() if base else {}), **values})
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
 
 def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> ServerConfig:
@@ -245,7 +262,7 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
         values = document.get("server", document)
         if "server" in document and len(document) > 1:
             extra = sorted(k for k in document if k != "server")
-            if any(k in _FIELDS for k in extra):
+            if any(k in ServerConfig.model_fields for k in extra):
                 raise ConfigError(f"{path}: settings {extra} must be inside [server]")
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: [server] must be a table")
@@ -256,7 +273,7 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
 
 
 def check_config(config: ServerConfig) -> None:
-    """Cross-field rules."""
+    """Rules that join several settings."""
     if not config.tls and not config.trusted_proxies:
         raise ConfigError("tls: may only be false behind a TLS-terminating proxy (set trusted_proxies)")
     if config.dnssd:
@@ -270,14 +287,8 @@ def check_config(config: ServerConfig) -> None:
             ) from None
         if address.is_unspecified:
             raise ConfigError(f"dnssd_address: host is {config.host}; name the address clients connect to")
-        if not config.dnssd_instance or "." in config.dnssd_instance or len(config.dnssd_instance) > 63:
-            raise ConfigError("dnssd_instance: 1 to 63 characters without dots")
     if config.headend_enabled:
         check_headend_transport(config)
-    if config.database_url and not config.database_url.startswith(
-        ("sqlite+aiosqlite://", "postgresql+asyncpg://")
-    ):
-        raise ConfigError("database_url: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -300,33 +311,3 @@ def check_headend_transport(config: ServerConfig) -> None:
             f"headend_host: {config.headend_host} is not a loopback address and headend_tls is off; set "
             "headend_tls = true (or headend_insecure_http = true to force plain HTTP)"
         )
-
-
-ROLES = ("operator", "viewer")  # head-end token roles
-
-
-def check_tokens(value: Any) -> list[dict[str, str]]:
-    """Validate ``headend_tokens`` from the config; errors name the entry and key."""
-    if not isinstance(value, list):
-        raise ConfigError(f"headend_tokens: expected a list of {{name, token, role}} tables, got {value!r}")
-    out = []
-    names = set()
-    for i, entry in enumerate(value):
-        where = f"headend_tokens[{i}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where}: expected a table with name, token and role")
-        unknown = set(entry) - {"name", "token", "role"}
-        if unknown:
-            raise ConfigError(f"{where}.{sorted(unknown)[0]}: unknown key (expected name, token, role)")
-        for key in ("name", "token", "role"):
-            if not isinstance(entry.get(key), str) or not entry[key]:
-                raise ConfigError(f"{where}.{key}: required string")
-        if entry["role"] not in ROLES:
-            raise ConfigError(f"{where}.role: must be operator or viewer, got {entry['role']!r}")
-        if len(entry["token"]) < 16:
-            raise ConfigError(f"{where}.token: must be at least 16 characters")
-        if entry["name"] in names:
-            raise ConfigError(f"{where}.name: duplicate name {entry['name']!r}")
-        names.add(entry["name"])
-        out.append(dict(entry))
-    return out

@@ -1,6 +1,6 @@
 """Connection limits for the 2030.5 listener: no client can hold the server's connections or descriptors.
 
-- ``handshake_timeout``: a TLS handshake must finish in this time (asyncio closes the socket otherwise);
+- ``handshake_timeout``: a TLS handshake must finish in this time (``server.tlsconn`` closes it otherwise);
 - ``idle_timeout``: a connection with no complete request header for this long is closed, whether it is
   fresh, sending its header slowly, or idle between keep-alive requests (aiohttp's keep-alive timer,
   which is armed from the start of a connection and stays armed while a header is incomplete);
@@ -30,6 +30,7 @@ from aiohttp import web
 from sep2 import resources as r
 from sep2.xml import to_xml
 from server.errors import RESOURCE_LIMIT
+from server.tlsconn import tls_factory
 
 log = logging.getLogger("derlink.server.connections")
 FD_RESERVE = 64  # descriptors kept for the database, logs, outgoing notifications
@@ -164,15 +165,16 @@ class GuardedSite(web.TCPSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        factory = self.guard.factory(server)
+        if self._ssl_context is not None:  # TLS terminated by server.tlsconn (a fraction of asyncio's memory)
+            factory = tls_factory(self._ssl_context, factory, self.handshake_timeout)
         self._server = await loop.create_server(
-            self.guard.factory(server),
+            factory,
             self._host,
             self._port,
-            ssl=self._ssl_context,
             backlog=self._backlog,
             reuse_address=self._reuse_address,
             reuse_port=self._reuse_port,
-            ssl_handshake_timeout=self.handshake_timeout if self._ssl_context else None,
         )
 
 

@@ -328,6 +328,95 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _der_count(text: str) -> int:
+    from server.store.admin import MAX_DERS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ders: expected an integer, got {text!r}") from None
+    if not 1 <= value <= MAX_DERS:
+        raise argparse.ArgumentTypeError(f"ders: must be 1..{MAX_DERS}, got {value}")
+    return value
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            out.update(_flat(value, name))
+        else:
+            out[name] = value
+    return out
+
+
+async def _site_register(args: argparse.Namespace) -> Any:
+    """Out-of-band registration; ``--ders N``: then the server creates the site's N DER instances
+    (checked by argparse first, so that a bad count registers nothing)."""
+    payload = await _call(
+        args,
+        "POST",
+        "/api/sites",
+        body={
+            "lfdi": args.lfdi,
+            "sfdi": args.sfdi,
+            "nmi": args.nmi,
+            "pin": args.pin,
+            "label": args.label,
+            "groups": args.group or None,
+            "aggregator": args.aggregator,
+            "reason": args.reason,
+        },
+    )
+    if args.ders is not None and args.ders != 1:
+        path = f"/api/sites/{payload['lfdi']}/ders"
+        await _call(args, "PUT", path, body={"count": args.ders, "reason": args.reason})
+        payload["ders"] = args.ders
+    return payload
+
+
+async def _site_ders(args: argparse.Namespace) -> Any:
+    """``sites ders SITE``: each DER's documents and telemetry; ``--history``: what changed, when;
+    ``--count N``: the server creates (or removes) DER instances until the DERList holds N."""
+    path = f"/api/sites/{args.site}/ders"
+    if args.count is not None:
+        return await _call(args, "PUT", path, body={"count": args.count, "reason": args.reason})
+    if args.history:
+        query = {"der": args.der, "kind": args.kind, "since": args.since, "limit": args.limit}
+        payload = await _call(args, "GET", path + "/history", query=query)
+        if args.json:
+            return payload
+        def unit(value: Any, name: str, units: dict[str, str]) -> str:
+            return f"{_cell(value)} {units[name]}" if value is not None and name in units else _cell(value)
+
+        rows = [
+            {"at": item["at"], "der": item["der"], "document": item["document"], "field": field,
+             "old": unit(old, field, item["units"]), "new": unit(new, field, item["units"])}
+            for item in payload["items"]
+            for field, (old, new) in item["changes"].items()
+        ]  # fmt: skip
+        return {"items": rows, "site": payload["site"]}
+    payload = await _call(args, "GET", path)
+    if args.json:
+        return payload
+    out: dict[str, Any] = {"site": payload["site"]}
+    for der in payload["ders"]:
+        fields = {}
+        for kind, doc in der["documents"].items():
+            units = doc.pop("units", {})
+            fields.update(
+                {f"{kind}.{k}": f"{_cell(v, k)} {units[k]}" if k in units else _cell(v, k)
+                 for k, v in _flat(doc).items()}
+            )  # fmt: skip
+        out[f"DER {der['id']}"] = {"href": der["href"], "changes": der["changes"], **fields}
+    for point in payload["telemetry"]:
+        out[f"telemetry {point['device']}"] = {
+            f"{r['description']}": f"{r['value']:g} {r['unit'] or ''}".strip() for r in point["readings"]
+        } or "no readings"
+    return out
+
+
 def _commands() -> dict[str, Any]:
     """(noun, verb) -> coroutine function(args) returning the payload to show."""
 
@@ -340,21 +429,7 @@ def _commands() -> dict[str, Any]:
             a, "GET", "/api/sites", query=q(a, "q", "group", "offset", "limit")
         ),
         ("sites", "show"): lambda a: _call(a, "GET", f"/api/sites/{a.site}"),
-        ("sites", "register"): lambda a: _call(
-            a,
-            "POST",
-            "/api/sites",
-            body={
-                "lfdi": a.lfdi,
-                "sfdi": a.sfdi,
-                "nmi": a.nmi,
-                "pin": a.pin,
-                "label": a.label,
-                "groups": a.group or None,
-                "aggregator": a.aggregator,
-                "reason": a.reason,
-            },
-        ),
+        ("sites", "register"): _site_register,
         ("sites", "bulk"): lambda a: _call(
             a,
             "POST",
@@ -371,6 +446,7 @@ def _commands() -> dict[str, Any]:
         ("sites", "clear-mups"): lambda a: _call(
             a, "DELETE", f"/api/sites/{a.site}/mups", query=q(a, "reason")
         ),
+        ("sites", "ders"): _site_ders,
         ("sites", "does"): lambda a: _call(
             a, "GET", f"/api/sites/{a.site}/does", query=q(a, "since", "limit")
         ),
@@ -662,6 +738,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--label")
     p.add_argument("--group", action="append", help="group membership (repeatable)")
     p.add_argument("--aggregator")
+    p.add_argument("--ders", type=_der_count, help="how many DERs (devices) the site has (default 1)")
     p = reason(v.add_parser("bulk", help="register sites from a JSON list file"))
     p.add_argument("file")
     reason(v.add_parser("deregister", help="decommission a site")).add_argument("site")
@@ -670,6 +747,14 @@ def register(subparsers: Any) -> None:
         p.add_argument("site")
         p.add_argument("group")
     reason(v.add_parser("clear-mups", help="delete a site's MirrorUsagePoints")).add_argument("site")
+    p = reason(v.add_parser("ders", help="a site's DERs: nameplate, settings, status, telemetry, history"))
+    p.add_argument("site", help="LFDI or nmi:NMI")
+    p.add_argument("--history", action="store_true", help="what changed in the DER documents, and when")
+    p.add_argument("--der", type=int, help="with --history: one DER (its id)")
+    p.add_argument("--kind", choices=("dercap", "derg", "ders", "dera"), help="with --history: one document")
+    p.add_argument("--since", type=int, help="with --history: changes at or after this Unix time")
+    p.add_argument("--limit", type=int, help="with --history: at most this many changes (default 100)")
+    p.add_argument("--count", type=_der_count, help="set how many DER instances the site's DERList holds")
     p = v.add_parser("does", help="a site's DOE intervals")
     p.add_argument("site")
     p.add_argument("--since", type=int)

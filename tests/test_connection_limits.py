@@ -2,8 +2,8 @@
 cannot delay another client, and every idle, slow-header, slow-body or stalled-handshake connection is
 closed after its timeout.
 
-Stated bound: with client A holding its maximum and being refused more, client B's GET /dcap completes
-in under BOUND_S seconds (it takes milliseconds; the bound leaves room for a loaded 2-core CI machine)."""
+While client A holds its maximum and is refused more, client B's GET /dcap is served, and served while
+A's connections are still held (before the idle timeout frees them): B never waits on A."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ pytest_plugins = ["tests.test_server_harness"]
 
 PER_CLIENT = 8
 TIMEOUT_S = 1.0
-BOUND_S = 2.0
+IDLE_S = 3.0  # long enough that B is served while A still holds its quota, even on a loaded machine
 
 
 async def _open(port: int, context: ssl.SSLContext) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -40,8 +40,8 @@ async def test_one_client_at_its_limit_cannot_delay_another(pki, tmp_path):
     config = server_config(
         pki,
         tmp_path / "data",
-        idle_timeout=TIMEOUT_S,
-        body_timeout=TIMEOUT_S,
+        idle_timeout=IDLE_S,
+        body_timeout=IDLE_S,
         handshake_timeout=TIMEOUT_S,
         max_connections_per_client=PER_CLIENT,
     )
@@ -69,14 +69,14 @@ async def test_one_client_at_its_limit_cannot_delay_another(pki, tmp_path):
             assert from_xml(body, r.Error).reasonCode == 2
             writer.close()
         # B is served promptly meanwhile.
-        t0 = time.monotonic()
         reply = await b.get("/dcap")
-        elapsed = time.monotonic() - t0
-        assert reply.status == 200 and elapsed < BOUND_S, elapsed
+        assert reply.status == 200
+        assert running.connection_guard.total == PER_CLIENT + 1  # A's quota still held while B was served
+        assert not any(reader.at_eof() for reader, _writer in held)
         # A's idle and slow-header connections are closed by the server after the idle timeout.
         for reader, _writer in held:
-            assert await _closed_within(reader, TIMEOUT_S + 5.0) == b""
-        assert time.monotonic() - started >= TIMEOUT_S * 0.9
+            assert await _closed_within(reader, IDLE_S + 5.0) == b""
+        assert time.monotonic() - started >= IDLE_S * 0.9
         for _ in range(40):
             if running.connection_guard.total <= 1:
                 break

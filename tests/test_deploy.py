@@ -42,7 +42,7 @@ def test_example_server_configs_load(name: str) -> None:
 
 def test_example_server_config_names_every_setting() -> None:
     text = (DEPLOY / "server.toml").read_text()
-    missing = [f.name for f in dataclasses.fields(ServerConfig) if not named(text, f.name)]
+    missing = [name for name in ServerConfig.model_fields if not named(text, name)]
     assert missing == []
 
 

@@ -175,9 +175,11 @@ async def make_lab(
     *,
     sim_kwargs: dict[str, Any] | None = None,
     extra_devices: list[DeviceConfig] | None = None,
+    der_count: int = 1,
     **server_overrides: Any,
 ) -> AsyncIterator[Lab]:
-    """``extra_devices`` join the simulated site (e.g. controllable loads)."""
+    """``extra_devices`` join the simulated site (e.g. controllable loads); the site is registered with
+    ``der_count`` DER instances."""
     sim_args = dict(pv_available_w=5000.0, load_w=500.0, battery=False, response_delay_s=0.1, ramp_time_s=0.0)
     sim_args.update(sim_kwargs or {})
     config = default_site_config(**sim_args)
@@ -188,7 +190,7 @@ async def make_lab(
     proxy = LinkProxy(server.port)
     await proxy.start()
     await sim.start()
-    await server.store.admin.register_site(pki.gateway.lfdi, pin=PIN, nmi="4102000077")
+    await server.store.admin.register_site(pki.gateway.lfdi, pin=PIN, nmi="4102000077", der_count=der_count)
     lab = Lab(tmp, pki, server, proxy, sim)
     try:
         yield lab

@@ -29,16 +29,27 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
-def make_venv(where: Path, *requirements: str) -> Path:
-    """A venv with only ``requirements`` (installed by this interpreter's pip, so the venv needs none)."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
-    python = where / "bin" / "python"
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-compile", *requirements],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return where / "bin"
+@pytest.fixture(scope="module")
+def venvs(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One clean venv per part, built side by side (pip mostly waits on the mirror, so two at once take
+    about as long as one). Each holds only its extra, installed by this interpreter's pip."""
+    wanted = {
+        "gateway": (f"{wheel}[gateway]", "pytest>=8.0", "pytest-asyncio>=0.23"),
+        "server": (f"{wheel}[server]",),
+    }
+    installs = {}
+    for part, requirements in wanted.items():
+        where = tmp_path_factory.mktemp(f"venv-{part}")
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(where)], check=True)
+        installs[part] = (where / "bin", subprocess.Popen(
+            [sys.executable, "-m", "pip", "--python", where / "bin" / "python", "install", "-q",
+             "--no-compile", *requirements],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        ))
+    for part, (_bin_dir, pip) in installs.items():
+        _out, err = pip.communicate(timeout=600)
+        assert pip.returncode == 0, f"{part}: {err[-2000:]}"
+    return {part: bin_dir for part, (bin_dir, _pip) in installs.items()}
 
 
 def installed(bin_dir: Path, modules: tuple[str, ...]) -> dict[str, bool]:
@@ -54,8 +65,8 @@ def run(*args: str | Path, cwd: Path, timeout: float = 120) -> subprocess.Comple
                           timeout=timeout)
 
 
-def test_gateway_extra_runs_without_server_or_plot_deps(wheel: Path, tmp_path: Path) -> None:
-    bin_dir = make_venv(tmp_path / "venv", f"{wheel}[gateway]", "pytest>=8.0", "pytest-asyncio>=0.23")
+def test_gateway_extra_runs_without_server_or_plot_deps(venvs: dict[str, Path], tmp_path: Path) -> None:
+    bin_dir = venvs["gateway"]
     absent = (*SERVER_ONLY, "matplotlib", "numpy")
     assert installed(bin_dir, absent) == dict.fromkeys(absent, False)
     assert installed(bin_dir, GATEWAY_ONLY) == dict.fromkeys(GATEWAY_ONLY, True)
@@ -83,8 +94,8 @@ def test_gateway_extra_runs_without_server_or_plot_deps(wheel: Path, tmp_path: P
     assert re.fullmatch(r"\d+ passed in [\d.]+s", summary), summary
 
 
-def test_server_extra_runs_the_server_without_modbus(wheel: Path, tmp_path: Path) -> None:
-    bin_dir = make_venv(tmp_path / "venv", f"{wheel}[server]")
+def test_server_extra_runs_the_server_without_modbus(venvs: dict[str, Path], tmp_path: Path) -> None:
+    bin_dir = venvs["server"]
     absent = (*GATEWAY_ONLY, "matplotlib", "numpy")
     assert installed(bin_dir, absent) == dict.fromkeys(absent, False)
     assert installed(bin_dir, SERVER_ONLY) == dict.fromkeys(SERVER_ONLY, True)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from aggregator.boffer.derlink_source import site_from_der_documents
 from aggregator.boffer.model import Portfolio
 from sep2.xml import from_xml
-from server.compliance.assess import _published, _site_readings, _site_targets_bulk, site_limits
+from server.compliance.assess import published_controls, site_limits, site_readings, site_targets_bulk
 from server.compliance.targets import resolve_scope, target_sites_query
 from server.store import der_documents, ders, sites
 from server.store.schema import DER_DOCUMENT_TYPES
@@ -86,9 +86,9 @@ async def portfolio_from_store(
         if not rows:
             raise ValueError(f"group: no sites in {group or 'the database'}")
         ids = [row.id for row in rows]
-        targets, _own = await _site_targets_bulk(conn, ids)
-        published = await _published(conn, ids, start, end)
-        series = await _site_readings(conn, ids, start - lookback_s, start)
+        targets, _own = await site_targets_bulk(conn, ids)
+        published = await published_controls(conn, ids, start, end)
+        series = await site_readings(conn, ids, start - lookback_s, start)
         documents = await _der_documents(conn, ids)
     names: list[str] = []
     cols: dict[str, list[np.ndarray]] = defaultdict(list)

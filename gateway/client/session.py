@@ -221,6 +221,7 @@ class Sep2Client:
         self._program_lists: set[str] = set()
         self._subscriptions: dict[str, str] = {}  # subscribed resource path -> Subscription href
         self._der_hrefs: list[r.DER] = []
+        self._der_layout: tuple[tuple[str | None, str], ...] = ()
         self._mups: dict[str, str] = {}  # MirrorUsagePoint mRID -> href
         self._post_rate: int | None = None
         self._next_post: float | None = None
@@ -900,12 +901,26 @@ class Sep2Client:
     # ---------------------------------------------------------------------------- DER documents
 
     def _der_targets(self) -> list[tuple[r.DER, mapping.DeviceSnapshot]]:
+        """Each device to its own DER (in device-name and DERList order) when the server provides enough
+        DERs (2030.5 §10.10: the server creates them); else the site as one aggregated DER on the first
+        (the GFEMS representation). Controls stay site-wide: CSIP-AUS reaches a client's DERPrograms
+        through its EndDevice's FunctionSetAssignments only."""
         if self._site is None or not self._der_hrefs or not self._site.ders:
             return []
         devices = sorted(self._site.ders, key=lambda d: d.device_id)
-        if len(devices) == len(self._der_hrefs):
-            return list(zip(self._der_hrefs, devices, strict=True))
-        return [(self._der_hrefs[0], mapping.aggregate_device(devices))]
+        if len(devices) <= len(self._der_hrefs):
+            targets = list(zip(self._der_hrefs, devices, strict=False))
+        else:
+            targets = [(self._der_hrefs[0], mapping.aggregate_device(devices))]
+        layout = tuple((der.href, device.device_id) for der, device in targets)
+        if layout != self._der_layout:
+            self._der_layout = layout
+            log.info("DER documents: %s", ", ".join(f"{device} -> {href}" for href, device in layout))
+            if len(devices) > len(self._der_hrefs) > 0 and len(devices) > 1:
+                log.info("the server's DERList holds %d DER for %d devices: the site is reported as one "
+                         "aggregated DER (the DNSP can declare %d)", len(self._der_hrefs), len(devices),
+                         len(devices))  # fmt: skip
+        return targets
 
     async def _put_der_documents(self) -> None:
         now = self.now()

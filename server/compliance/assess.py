@@ -354,7 +354,7 @@ def _is_site_power(reading_type_xml: str) -> int | None:
     return None
 
 
-async def _site_targets_bulk(
+async def site_targets_bulk(
     conn: AsyncConnection, site_ids: list[int]
 ) -> tuple[dict[int, list[tuple[str, int]]], dict[int, list[str]]]:
     """Per site: its target keys with specificity (as the 2030.5 side ranks them), and its own groups."""
@@ -381,7 +381,8 @@ async def _site_targets_bulk(
     return out, {site_id: sorted(names[g] for g in gids) for site_id, gids in direct.items()}
 
 
-async def _published(conn: AsyncConnection, site_ids: list[int], t0: int, t1: int) -> Published:
+async def published_controls(conn: AsyncConnection, site_ids: list[int], t0: int, t1: int) -> Published:
+    """Everything that could set these sites' limits over [t0, t1): programs, controls, defaults, DOE rows."""
     progs = list((await conn.execute(sa.select(programs).order_by(programs.c.primacy, programs.c.id))).all())
     by_target: dict[str, list[Any]] = defaultdict(list)
     site_keys = [f"s:{i}" for i in site_ids]
@@ -420,7 +421,7 @@ async def _published(conn: AsyncConnection, site_ids: list[int], t0: int, t1: in
     return Published(progs, by_target, defaults, does)
 
 
-async def _site_readings(
+async def site_readings(
     conn: AsyncConnection, site_ids: list[int], t0: int, t1: int
 ) -> dict[int, list[tuple[int, float, int]]]:
     """Site power readings per site over [t0, t1): (time, W + import, duration)."""
@@ -548,9 +549,9 @@ async def assess_sites(
     for i in range(0, len(site_rows), chunk):
         part = site_rows[i : i + chunk]
         ids = [s.id for s in part]
-        targets, own_groups = await _site_targets_bulk(conn, ids)
-        published = await _published(conn, ids, t0, t1)
-        series = await _site_readings(conn, ids, t0, t1)
+        targets, own_groups = await site_targets_bulk(conn, ids)
+        published = await published_controls(conn, ids, t0, t1)
+        series = await site_readings(conn, ids, t0, t1)
         rates = await _post_rates(conn, targets, default_post_rate)
         caps = await _capabilities(conn, ids)
         acked = await _acknowledged(conn, published, ids)

@@ -4,7 +4,6 @@ header), so a form validates exactly as the API does and shows the API's errors 
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from pathlib import Path
@@ -100,8 +99,7 @@ class Console:
 
     async def api(self, request: web.Request, handler: str) -> dict[str, Any]:
         """Run one of the head-end's read handlers on this request (its query and match_info)."""
-        response = await getattr(self.head, handler)(request)
-        return json.loads(response.text)
+        return await self.head.answer(request, handler)
 
     @web.middleware
     async def guard(self, request: web.Request, handler: Any) -> web.StreamResponse:

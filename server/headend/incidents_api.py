@@ -30,51 +30,30 @@ from server.incidents.repo import IncidentNotFound, Incidents
 from server.incidents.webhook import notify
 from server.logsafe import escape_control
 
-from .api import HeadEnd, HeadEndError, Route, ok
+from . import models as m
+from .core import HeadEnd
+from .errors import HeadEndError
+from .routing import Route
 
 ROUTES = [
-    Route("GET", "/api/incidents", "incidents_list", False, "Incidents", query=("open", "subject")),
-    Route(
-        "POST",
-        "/api/incidents",
-        "incidents_raise",
-        True,
-        "Raise an incident (one open per subject+kind)",
-        body={k: "string" for k in ("subject", "kind", "severity", "text", "holder")},
-    ),
-    Route(
-        "POST",
-        "/api/incidents/from-compliance",
-        "incidents_from_compliance",
-        True,
-        "Assess compliance and raise an incident per site and kind found (breach, silent, non_responder)",
-        body={"site": "string", "group": "string", "from": "integer", "to": "integer"},
-    ),
-    Route("GET", "/api/incidents/{id}", "incidents_get", False, "An incident and its timeline"),
-    Route(
-        "POST",
-        "/api/incidents/{id}/actions",
-        "incidents_act",
-        True,
-        "Triage, refer, respond, ready, resolve, close or note an incident",
-        body={"action": "string", "reason": "string", "referred_to": "string", "root_cause": "string"},
-    ),
-]
+    Route("GET", "/api/incidents", "incidents_list", False, "Incidents", m.IncidentList,
+          query=m.IncidentQuery),
+    Route("POST", "/api/incidents", "incidents_raise", True, "Raise an incident (one open per subject+kind)",
+          m.IncidentRaised, body=m.IncidentRaise, status=201),
+    Route("POST", "/api/incidents/from-compliance", "incidents_from_compliance", True,
+          "Assess compliance and raise an incident per site and kind found (breach, silent, non_responder)",
+          m.IncidentsRaised, body=m.IncidentsFromCompliance),
+    Route("GET", "/api/incidents/{id}", "incidents_get", False, "An incident and its timeline", m.Incident),
+    Route("POST", "/api/incidents/{id}/actions", "incidents_act", True,
+          "Triage, refer, respond, ready, resolve, close or note an incident", m.Incident,
+          body=m.IncidentAct),
+]  # fmt: skip
 
 
 def _json(inc: Any) -> dict[str, Any]:
     out = asdict(inc)
     out["timeline"] = [asdict(n) for n in inc.timeline]
     return out
-
-
-def _string(body: dict[str, Any], name: str, required: bool = True) -> str | None:
-    value = body.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise HeadEndError(400, f"{name}: a non-empty string is required", name)
-    return value
 
 
 log = logging.getLogger("derlink.server.incidents")
@@ -133,43 +112,28 @@ def register(head: HeadEnd, app: web.Application) -> None:
     def refused(exc: TransitionRefused) -> HeadEndError:
         return HeadEndError(409 if exc.field == "action" else 400, str(exc), exc.field)
 
-    async def incidents_list(request: web.Request) -> web.Response:
-        items = await repo.list(open_only=request.query.get("open") in ("1", "true"),
-                                subject=request.query.get("subject"))  # fmt: skip
-        return ok({"total": len(items), "items": [_json(i) for i in items]})
+    async def incidents_list(request: web.Request, query: m.IncidentQuery) -> Any:
+        items = await repo.list(open_only=query.open, subject=query.subject)
+        return {"total": len(items), "items": [_json(i) for i in items]}
 
-    async def incidents_raise(request: web.Request) -> web.Response:
-        body = await head.body(request)
+    async def incidents_raise(request: web.Request, body: m.IncidentRaise) -> Any:
+        actor = head.actor(request)
         try:
             inc, created = await repo.raise_incident(
-                _string(body, "subject"), _string(body, "kind"), _string(body, "severity"),
-                head.actor(request), _string(body, "holder", False) or head.actor(request),
-                _string(body, "text"),
-            )  # fmt: skip
+                body.subject, body.kind, body.severity, actor, body.holder or actor, body.text
+            )
         except TransitionRefused as exc:
             raise refused(exc) from None
         announce([inc])
-        return ok({"created": created, "incident": _json(inc)}, status=201 if created else 200)
+        return {"created": created, "incident": _json(inc)}, 201 if created else 200
 
-    async def incidents_from_compliance(request: web.Request) -> web.Response:
-        body = await head.body(request)
-        unknown = sorted(set(body) - {"site", "group", "from", "to"})
-        if unknown:
-            raise HeadEndError(400, f"{unknown[0]}: unknown field", unknown[0])
-        now = head.store.clock()
-        bounds = {}
-        for name, default in (("to", int(now)), ("from", None)):
-            value = body.get(name, default)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise HeadEndError(400, f"{name}: expected an integer (Unix seconds)", name)
-            bounds[name] = value
-        t1 = bounds["to"]
-        t0 = bounds["from"] if bounds["from"] is not None else t1 - 86400
+    async def incidents_from_compliance(request: web.Request, body: m.IncidentsFromCompliance) -> Any:
+        t1 = int(head.store.clock()) if body.to is None else body.to
+        t0 = t1 - 86400 if body.from_ is None else body.from_
         try:
             async with head.store.read() as conn:
-                scope = await resolve_scope(conn, lfdi=_string(body, "site", False),
-                                            group=_string(body, "group", False))  # fmt: skip
-                result = await assess(conn, scope, t0, t1, now=int(now),
+                scope = await resolve_scope(conn, lfdi=body.site, group=body.group)
+                result = await assess(conn, scope, t0, t1, now=int(head.store.clock()),
                                       default_post_rate=head.config.post_rate, keep_sites=False)  # fmt: skip
         except ValueError as exc:
             field = str(exc).split(":", 1)[0] if ":" in str(exc) else None
@@ -177,31 +141,26 @@ def register(head: HeadEnd, app: web.Application) -> None:
         findings = findings_from(result)
         outcome = await repo.raise_from_findings(findings, COMPLIANCE_REPORTER, head.actor(request))
         announce([await repo.get(i) for i in outcome["created"] + outcome["noted"]])
-        return ok({"scope": result.scope, "from": t0, "to": t1, "findings": len(findings), **outcome})
+        return {"scope": result.scope, "from": t0, "to": t1, "findings": len(findings), **outcome}
 
-    async def incidents_get(request: web.Request) -> web.Response:
+    async def incidents_get(request: web.Request) -> Any:
         try:
-            return ok(_json(await repo.get(request.match_info["id"])))
+            return _json(await repo.get(request.match_info["id"]))
         except IncidentNotFound as exc:
             raise HeadEndError(404, str(exc), "id") from None
 
-    async def incidents_act(request: web.Request) -> web.Response:
-        body = await head.body(request)
+    async def incidents_act(request: web.Request, body: m.IncidentAct) -> Any:
         try:
-            inc = await repo.act(request.match_info["id"], _string(body, "action"), head.actor(request),
-                                 _string(body, "reason"), referred_to=_string(body, "referred_to", False),
-                                 root_cause=_string(body, "root_cause", False))  # fmt: skip
+            inc = await repo.act(request.match_info["id"], body.action, head.actor(request), body.reason,
+                                 referred_to=body.referred_to, root_cause=body.root_cause)  # fmt: skip
         except IncidentNotFound as exc:
             raise HeadEndError(404, str(exc), "id") from None
         except TransitionRefused as exc:
             raise refused(exc) from None
         announce([inc])
-        return ok(_json(inc))
+        return _json(inc)
 
     handlers = {"incidents_list": incidents_list, "incidents_raise": incidents_raise,
                 "incidents_get": incidents_get, "incidents_act": incidents_act,
                 "incidents_from_compliance": incidents_from_compliance}  # fmt: skip
-    for route in ROUTES:
-        app.router.add_route(route.method, route.path, handlers[route.handler])
-        if route.write:
-            head.writes.add((route.method, route.path))
+    head.mount(app, ROUTES, handlers)

@@ -47,6 +47,13 @@ from server.store.schema import (
 from server.store.timeline import remainders
 from server.store.versions import owners
 
+MAX_DERS = 64  # DER instances per EndDevice
+
+
+def _check_der_count(count: Any) -> None:
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_DERS:
+        raise AdminError(f"ders: must be an integer 1..{MAX_DERS}, got {count!r}")
+
 
 class Admin:
     """The operator side of the store: what the head-end API, tests and demos call.
@@ -202,10 +209,12 @@ class Admin:
         groups_: Iterable[str] = (),
         label: str | None = None,
         device_category: str | None = None,
+        der_count: int = 1,
         actor: str = "system",
         reason: str | None = None,
     ) -> int:
-        """Out-of-band registration of a site (EndDevice). Returns the site id."""
+        """Out-of-band registration of a site (EndDevice) with ``der_count`` DERs. Returns the site id."""
+        _check_der_count(der_count)
         try:
             lfdi = operator_lfdi(lfdi)
         except IdentityError as exc:
@@ -258,7 +267,8 @@ class Admin:
                     )
                 )
             ).inserted_primary_key[0]
-            await conn.execute(ders.insert().values(site_id=site_id))
+            for _ in range(der_count):
+                await conn.execute(ders.insert().values(site_id=site_id))
             self.store.touch(
                 ("site", site_id), ("client", lfdi), *(("edev", owner) for owner in owners(lfdi, agg_id))
             )
@@ -268,7 +278,10 @@ class Admin:
                 await conn.execute(
                     memberships.insert().values(site_id=site_id, group_id=await self._group_id(conn, name))
                 )
-            await self._audit(conn, actor, "site.register", lfdi, reason, nmi=nmi, groups=list(groups_))
+            extra = {"ders": der_count} if der_count != 1 else {}
+            await self._audit(
+                conn, actor, "site.register", lfdi, reason, nmi=nmi, groups=list(groups_), **extra
+            )
         return site_id
 
     async def deregister_site(self, lfdi: str, *, actor: str = "system", reason: str | None = None) -> None:
@@ -304,6 +317,27 @@ class Admin:
                     stmt.on_conflict_do_update(index_elements=["lfdi"], set_={"revoked": True})
                 )
             await self._audit(conn, actor, "site.deregister", lfdi, reason)
+
+    async def set_der_count(
+        self, lfdi: str, count: int, *, actor: str = "system", reason: str | None = None
+    ) -> int:
+        """The server creates (or removes, newest first) DER instances until the site's DERList holds
+        ``count`` (2030.5 §10.10: the server provides the DERList; the client PUTs each DER's documents).
+        Returns the number added (negative: removed, with their documents and history)."""
+        _check_der_count(count)
+        async with self.store.changing() as conn:
+            site_id = int((await self._resolve_target(conn, f"site:{lfdi}"))[2:])
+            self.store.touch(("der", site_id))
+            query = sa.select(ders.c.id).where(ders.c.site_id == site_id).order_by(ders.c.id)
+            ids = list((await conn.execute(query)).scalars().all())
+            for _ in range(count - len(ids)):
+                await conn.execute(ders.insert().values(site_id=site_id))
+            if len(ids) > count:
+                await conn.execute(ders.delete().where(ders.c.id.in_(ids[count:])))
+            await self._audit(
+                conn, actor, "site.ders", operator_lfdi(lfdi), reason, count=count, was=len(ids)
+            )
+        return count - len(ids)
 
     async def site_id(self, lfdi: str) -> int:
         async with self.store.read() as conn:
@@ -796,6 +830,7 @@ class Admin:
                     .join(ders, ders.c.id == der_documents.c.der_id)
                     .join(sites, sites.c.id == ders.c.site_id)
                     .where(sites.c.lfdi == lfdi.upper())
+                    .order_by(ders.c.id.desc())  # several DERs: the first one's (dict below)
                 )
             ).all()
         return {row.kind: from_xml(row.xml.encode(), DER_DOCUMENT_TYPES[row.kind]) for row in rows}

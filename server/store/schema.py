@@ -143,6 +143,19 @@ der_documents = sa.Table(
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
 
+# Standing data over time (issue 13 item 6, migration q0106multider): one row per PUT that changed a DER
+# document; ``changes`` = JSON {field path: [old, new]} (timestamps ignored), the first PUT lists all.
+der_history = sa.Table(
+    "der_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("der_id", sa.Integer, sa.ForeignKey("ders.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("changes", sa.Text, nullable=False),
+    sa.Index("ix_der_history_der_kind_id", "der_id", "kind", "id"),
+)
+
 mups = sa.Table(
     "mups",
     metadata,

@@ -4,7 +4,8 @@ A token names one thing documents are built from: ``("site", id)`` (the site's r
 existence), ``("target", key)`` (programs, controls and defaults aimed at ``all`` / ``g:<id>`` / ``s:<id>``),
 ``("rate", key)``, ``("edev", owner)`` / ``("mup", owner)`` / ``("rsp", owner)`` (a client's lists of
 EndDevices, mirrors and Responses; ``owner`` is ``d:<LFDI>`` or ``a:<aggregator id>``), ``("der", site)``,
-``("sub", site)``, ``("client", LFDI)`` (the certificate's scope), ``("groups", 0)``.
+``("sub", site)``, ``("client", LFDI)`` (the certificate's scope), ``("groups", 0)``;
+``("aggregators", 0)`` and ``("incidents", 0)`` name writes that no cached document reads.
 
 Readers record the tokens they read (:meth:`Versions.depends`, a no-op outside :meth:`Versions.reading`).
 Writers name what they touched; after the commit each named token takes the next value of one global
