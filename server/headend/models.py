@@ -85,6 +85,9 @@ class ControlLimits(Body):
     generation_limit_w: Watts | None = Field(None, description="opModGenLimW, W")
     load_limit_w: Watts | None = Field(None, description="opModLoadLimW, W")
     target_w: float | None = Field(None, description="opModTargetW, W (negative: import)")
+    storage_target_w: float | None = Field(
+        None, description="csipaus:opModStorageTargetW (CSIP-AUS v1.3), W: + discharge, - charge"
+    )
     connect: bool | None = Field(None, description="opModConnect")
     energize: bool | None = Field(None, description="opModEnergize")
     fixed_w_percent: Annotated[int, Field(ge=-10000, le=10000)] | None = Field(
@@ -108,6 +111,7 @@ class Limits(Answer):
     generation_limit_w: float | None = None
     load_limit_w: float | None = None
     target_w: float | None = None
+    storage_target_w: float | None = None
     connect: bool | None = None
     energize: bool | None = None
     fixed_w_percent: int | None = None
