@@ -347,7 +347,7 @@ def _not_broadcast(name: str) -> str:
 class GroupCreate(Body):
     name: Annotated[str, Field(min_length=1), AfterValidator(_not_broadcast)]
     parent: str | None = None
-    description: str | None = None
+    description: Annotated[str, Field(max_length=128)] | None = None
     reason: Reason | None = None
 
 
@@ -371,6 +371,7 @@ class GroupDetail(Answer):
 
 
 Primacy = Annotated[int, Field(ge=0, le=255, description="2030.5 primacy (UInt8): lower wins")]
+String32 = Annotated[str, Field(max_length=32, description="2030.5 String32")]
 
 
 class ProgramItem(Answer):
@@ -390,13 +391,13 @@ class ProgramList(Answer):
 class ProgramCreate(Body):
     key: Annotated[str, Field(min_length=1)]
     primacy: Primacy
-    description: str | None = None
+    description: String32 | None = None
     group: str | None = None
     reason: Reason | None = None
 
 
 class ProgramUpdate(Body):
-    description: str | None = None
+    description: Annotated[String32, Field(min_length=1)] | None = None
     primacy: Primacy | None = None
     group: str | None = Field(None, description='"" = every site')
     enabled: bool | None = None
@@ -432,7 +433,7 @@ class DefaultSet(ControlLimits):
     program: str
     target: Target
     set_grad_w: Annotated[int, Field(ge=0, le=UINT32)] | None = Field(None, description="setGradW, 1/100 %/s")
-    description: Annotated[str, Field(max_length=32)] | None = None
+    description: String32 | None = None
     reason: Reason | None = None
 
 
@@ -465,7 +466,7 @@ class ControlCreate(ControlLimits):
     response_required: Annotated[str, Field(pattern="^[0-9a-fA-F]{2}$")] | None = Field(
         "03", description="responseRequired (HexBinary8); default 03: received and started"
     )
-    description: Annotated[str, Field(max_length=32)] | None = None
+    description: String32 | None = None
     reason: Reason | None = None
 
 
