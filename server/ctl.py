@@ -24,6 +24,7 @@ LIMIT_FLAGS = (
     ("generation_limit_w", float),
     ("load_limit_w", float),
     ("target_w", float),
+    ("storage_target_w", float),  # CSIP-AUS v1.3 opModStorageTargetW: + discharge, - charge
     ("fixed_w_percent", int),
     ("max_lim_w_percent", int),
     ("ramp_tms", int),

@@ -3,7 +3,8 @@
 A DERControlBase field is checked against the site's last DERCapability: the CSIP-AUS limits against
 ``csipaus:doeModesSupported`` (bit 0 opModExpLimW, 1 opModImpLimW, 2 opModGenLimW, 3 opModLoadLimW), the
 2030.5 modes against ``modesSupported`` (DERControlType bits: 2 opModConnect, 3 opModEnergize, 7 opModFixedW,
-20 opModMaxLimW, 22 opModTargetW). A site that never reported a DERCapability is not flagged: nothing is
+20 opModMaxLimW, 22 opModTargetW), and CSIP-AUS v1.3's ``opModStorageTargetW`` against
+``csipaus:vppModesSupported`` bit 0. A site that never reported a DERCapability is not flagged: nothing is
 known. The head-end still publishes the control; it tells the operator which sites said they cannot apply it.
 """
 
@@ -20,6 +21,7 @@ from server.store import _group_member_sites, der_documents, ders, sites
 
 DOE_BITS = {"opModExpLimW": 0, "opModImpLimW": 1, "opModGenLimW": 2, "opModLoadLimW": 3}
 MODE_BITS = {"opModConnect": 2, "opModEnergize": 3, "opModFixedW": 7, "opModMaxLimW": 20, "opModTargetW": 22}
+VPP_BITS = {"opModStorageTargetW": 0}  # CSIP-AUS v1.3 csipaus:vppModesSupported
 #: At most this many sites' capabilities are read when a control is created (a broadcast to a large fleet
 #: reports how many it checked).
 CHECK_LIMIT = 10_000
@@ -50,14 +52,12 @@ def unsupported_modes(base: r.DERControlBase, cap: r.DERCapability | None) -> li
     """The fields ``base`` sets that ``cap`` says the DER does not support ([] when cap is None)."""
     if cap is None:
         return []
-    doe, modes = _bits(cap.doeModesSupported), _bits(cap.modesSupported)
     out = []
-    for name, bit in DOE_BITS.items():
-        if getattr(base, name, None) is not None and not (doe or 0) >> bit & 1:
-            out.append(name)
-    for name, bit in MODE_BITS.items():
-        if getattr(base, name, None) is not None and not (modes or 0) >> bit & 1:
-            out.append(name)
+    for bits, field in ((DOE_BITS, "doeModesSupported"), (MODE_BITS, "modesSupported"),
+                        (VPP_BITS, "vppModesSupported")):  # fmt: skip
+        supported = _bits(getattr(cap, field, None)) or 0
+        out += [name for name, bit in bits.items() if getattr(base, name, None) is not None
+                and not supported >> bit & 1]  # fmt: skip
     return out
 
 
