@@ -212,6 +212,7 @@ class GatewayRuntime:
     def _make_client(self) -> Sep2Client:
         from certs.tls import client_ssl_context, server_ssl_context
         from gateway.client import ClientConfig, Sep2Client
+        from gateway.client.mapping import device_category
 
         s = self.settings
         srv = s.server
@@ -232,6 +233,7 @@ class GatewayRuntime:
             default_poll_rate=srv.default_poll_rate_s,
             default_post_rate=srv.default_post_rate_s,
             nmi=srv.nmi,
+            device_category=device_category([d.role for d in s.devices]),
         )
         listener = None
         if srv.mode == "subscribe":
@@ -585,7 +587,16 @@ class GatewayRuntime:
                     modes_supported=modes,
                     vpp_modes_supported=m.VPP_STORAGE_TARGET_W if is_battery and v13 else 0,  # CSIP-AUS v1.3
                     rtg_max_va=info.rated_va,
+                    rtg_max_var=info.rated_var,
+                    rtg_max_var_neg=info.rated_var_neg,
+                    rtg_min_pf_over=info.min_pf_over,
+                    rtg_min_pf_under=info.min_pf_under,
                     rtg_max_wh=info.capacity_wh if is_battery else None,
+                    set_min_wh=(
+                        info.capacity_wh * info.reserve_pct / 100
+                        if is_battery and info.capacity_wh is not None and info.reserve_pct is not None
+                        else None
+                    ),
                     rtg_max_charge_w=info.max_charge_w if is_battery else None,
                     rtg_max_discharge_w=info.max_discharge_w if is_battery else None,
                     connected=last.connected is not False if last else True,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import math
 import re
 import subprocess
 import time
@@ -335,8 +336,11 @@ class ProcedureRun:
         if not self.finished and self.active:
             self.failures.append(f"timed out with steps still waiting: {sorted(self.active)}")
         # The official runner checks the criteria when the tester ends the test, which leaves the client
-        # a moment after the last step (e.g. to PUT its DER documents): up to ``settle_s`` here.
-        settle = time.monotonic() + settle_s
+        # a moment after the last step (e.g. to PUT its DER documents): up to ``settle_s`` here, counted
+        # from the end of the last control the procedure created (a tester waits for the control to run
+        # its course before asking for its Completed Response, e.g. LOA-11's five consecutive controls).
+        last_end = max((end for _, end in self.controls), default=0)
+        settle = time.monotonic() + settle_s + max(0.0, last_end - self.clock())
         while True:
             problems = []
             for check in (self.spec.get("Criteria") or {}).get("checks") or []:
@@ -414,8 +418,8 @@ class ProcedureRun:
             for key, value in vars(doc).items():
                 if hasattr(value, "to_watts"):
                     names[key] = value.to_watts()
-                elif hasattr(value, "value") and hasattr(value, "multiplier"):
-                    names[key] = value.value * 10.0 ** (value.multiplier or 0)
+                elif isinstance(number := _number(value), int | float) and not isinstance(number, bool):
+                    names[key] = number
         if "setMaxW" in names:
             names["maxExportW"] = names.get("setMaxDischargeRateW", names["setMaxW"])
             names["maxImportW"] = names.get("setMaxChargeRateW", names["setMaxW"])
@@ -483,7 +487,9 @@ class ProcedureRun:
         if "primacy" in values:
             program = next((k for k, p, _ in self.programs if p == values["primacy"]), program)
         duration = max(1, round(scaled(values["duration_seconds"])))
-        start = int(values["start"])
+        # 2030.5 times are whole seconds. Rounded up, so that a compressed control (a 60 s control lasts 3 s)
+        # loses none of its duration to the rounding (ALL-21's first control, created at ``now``).
+        start = math.ceil(values["start"])
         ramp = values.get("ramp_time_seconds")
         limits = _limits(values)
         base = build_control_base(
@@ -543,7 +549,9 @@ class ProcedureRun:
         if params.get("latest"):
             rows = rows[-1:]
         if params.get("all"):
-            missing = [mrid for mrid in mrids if not any(r[1] == mrid and r[2] == status for r in rows)]
+            names = {mrid: tag for tag, mrid in self.tags.items()}
+            answered = {r[1] for r in rows if r[2] == status}
+            missing = [names.get(mrid, mrid) for mrid in mrids if mrid not in answered]
             return f"controls without a Response status {status}: {missing}" if missing else None
         found = [r for r in rows if status is None or r[2] == status]
         if bool(found) != exists:
@@ -657,6 +665,8 @@ def _number(value: Any) -> float | None:
         return None
     if hasattr(value, "value") and hasattr(value, "multiplier"):
         return value.value * 10.0 ** (value.multiplier or 0)
+    if hasattr(value, "displacement"):  # PowerFactor
+        return value.displacement * 10.0 ** (value.multiplier or 0)
     if hasattr(value, "value"):
         return _number(value.value)
     return value
@@ -679,10 +689,19 @@ def pin_with_check_digit(pin: int) -> int:
 
 
 def registers_in_band(proc: dict[str, Any]) -> bool:
-    """The procedure waits for the client to POST its EndDevice (ALL-02): nothing is registered first."""
-    return any(
+    """The procedure waits for the client to POST its EndDevice (ALL-02), or checks what only the client
+    can declare in that POST (DRA-01: EndDevice.deviceCategory) without registering it out of band first:
+    nothing is registered before the gateway starts."""
+    actions, events, checks = _walk(proc)
+    if any(a["type"] == "register-end-device" for a in actions):
+        return False
+    declares = any(
+        c["type"] == "end-device-contents" and "deviceCategory_anyset" in (c.get("parameters") or {})
+        for c in checks
+    )
+    return declares or any(
         e.get("type") == "POST-request-received" and (e.get("parameters") or {}).get("endpoint") == "/edev"
-        for e in _walk(proc)[1]
+        for e in events
     )
 
 
@@ -698,7 +717,11 @@ def time_limit(proc: dict[str, Any]) -> float:
 
 
 def needs_storage(proc: dict[str, Any]) -> bool:
-    return any(c in ("L", "S-L", "DER-L", "STO", "DER-STO") for c in proc.get("Classes") or [])
+    """Load / storage classes, and a procedure asking for opModFixedW support (DERCapability modesSupported
+    bit 7, DRA-01): in this gateway a battery is the DER that takes a fixed active power setpoint."""
+    wanted = [(c.get("parameters") or {}).get("modesSupported_set", "0") for c in _walk(proc)[2]]
+    fixed_w = any(int(str(bits), 16) & 0x80 for bits in wanted)
+    return fixed_w or any(c in ("L", "S-L", "DER-L", "STO", "DER-STO") for c in proc.get("Classes") or [])
 
 
 def subscribes(proc: dict[str, Any]) -> bool:

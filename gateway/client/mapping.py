@@ -170,6 +170,12 @@ DOE_GEN_LIM_W = 1 << 2
 DOE_LOAD_LIM_W = 1 << 3
 # csipaus VPPControlType bits (CSIP-AUS v1.3 storage extension)
 VPP_STORAGE_TARGET_W = 1 << 0
+# DeviceCategoryType bits (IEEE 2030.5-2018 EndDevice.deviceCategory)
+CATEGORY_SIMPLE_LOADS = 1 << 10
+CATEGORY_EVSE = 1 << 17
+CATEGORY_PV = 1 << 21
+CATEGORY_PV_AND_STORAGE = 1 << 23
+CATEGORY_STORAGE = 1 << 25
 # ConnectStatusType bits
 CONNECT_CONNECTED = 1 << 0
 CONNECT_AVAILABLE = 1 << 1
@@ -212,7 +218,11 @@ class DeviceSnapshot:
     vpp_modes_supported: int = 0
     rtg_max_va: float | None = None
     rtg_max_var: float | None = None
+    rtg_max_var_neg: float | None = None  # var absorbed: negative (2030.5 rtgMaxVarNeg)
+    rtg_min_pf_over: float | None = None  # minimum PF displacement injecting / absorbing vars, 0..1
+    rtg_min_pf_under: float | None = None
     rtg_max_wh: float | None = None
+    set_min_wh: float | None = None  # storage: the reserve it keeps (CSIP-AUS v1.3 DERSettings.setMinWh)
     rtg_max_charge_w: float | None = None
     rtg_max_discharge_w: float | None = None
     set_max_w: float | None = None  # None: rtg_max_w
@@ -252,6 +262,14 @@ def _reactive(var: float | None) -> r.ReactivePower | None:
 
 def _apparent(va: float | None) -> r.ApparentPower | None:
     return r.ApparentPower.from_float(va) if va is not None else None  # type: ignore[return-value]
+
+
+def _pf(displacement: float | None) -> r.PowerFactor | None:
+    return r.PowerFactor(displacement=round(displacement * 1000), multiplier=-3) if displacement else None
+
+
+def _wh(wh: float | None) -> r.WattHour | None:
+    return r.WattHour.from_float(wh) if wh is not None else None  # type: ignore[return-value]
 
 
 def _sum(values: Sequence[float | None]) -> float | None:
@@ -306,7 +324,16 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
         vpp_modes_supported=vpp,
         rtg_max_va=_sum([d.rtg_max_va for d in devices]),
         rtg_max_var=_sum([d.rtg_max_var for d in devices]),
+        rtg_max_var_neg=_sum([d.rtg_max_var_neg for d in devices]),
+        # the aggregate can go as low as its weakest member lets the whole go: the largest minimum
+        rtg_min_pf_over=max(
+            (d.rtg_min_pf_over for d in devices if d.rtg_min_pf_over is not None), default=None
+        ),
+        rtg_min_pf_under=max(
+            (d.rtg_min_pf_under for d in devices if d.rtg_min_pf_under is not None), default=None
+        ),
         rtg_max_wh=_sum([d.rtg_max_wh for d in devices]),
+        set_min_wh=_sum([d.set_min_wh for d in devices]),
         rtg_max_charge_w=_sum([d.rtg_max_charge_w for d in devices]),
         rtg_max_discharge_w=_sum([d.rtg_max_discharge_w for d in devices]),
         set_max_w=sum(d.set_max_w if d.set_max_w is not None else d.rtg_max_w for d in devices),
@@ -339,6 +366,19 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
     )
 
 
+def device_category(roles: Sequence[str]) -> str | None:
+    """EndDevice.deviceCategory (HexBinary32) of a site with devices of these roles (pv, battery, evse,
+    switched_load; a meter adds nothing); None when no role has a category."""
+    bits = 0
+    for role, bit in (("pv", CATEGORY_PV), ("battery", CATEGORY_STORAGE), ("evse", CATEGORY_EVSE),
+                      ("switched_load", CATEGORY_SIMPLE_LOADS)):  # fmt: skip
+        if role in roles:
+            bits |= bit
+    if "pv" in roles and "battery" in roles:
+        bits |= CATEGORY_PV_AND_STORAGE
+    return f"{bits:08X}" if bits else None
+
+
 def der_capability(device: DeviceSnapshot) -> r.DERCapability:
     return r.DERCapability(
         modesSupported=f"{device.modes_supported:08X}",
@@ -346,10 +386,11 @@ def der_capability(device: DeviceSnapshot) -> r.DERCapability:
         rtgMaxDischargeRateW=_power(device.rtg_max_discharge_w),
         rtgMaxVA=_apparent(device.rtg_max_va),
         rtgMaxVar=_reactive(device.rtg_max_var),
+        rtgMaxVarNeg=_reactive(device.rtg_max_var_neg),
         rtgMaxW=r.ActivePower.from_watts(device.rtg_max_w),
-        rtgMaxWh=r.WattHour.from_float(device.rtg_max_wh)  # type: ignore[arg-type]
-        if device.rtg_max_wh is not None
-        else None,
+        rtgMaxWh=_wh(device.rtg_max_wh),
+        rtgMinPFOverExcited=_pf(device.rtg_min_pf_over),
+        rtgMinPFUnderExcited=_pf(device.rtg_min_pf_under),
         type=device.der_type,
         doeModesSupported=f"{device.doe_modes_supported:02X}",
         vppModesSupported=_vpp(device),
@@ -357,6 +398,8 @@ def der_capability(device: DeviceSnapshot) -> r.DERCapability:
 
 
 def der_settings(device: DeviceSnapshot, now: int) -> r.DERSettings:
+    """The settings in force; where the device has no separate setting, its rating (2030.5 §10.10:
+    each setX defaults to rtgX). ``setMinWh`` is the CSIP-AUS v1.3 storage extension's."""
     enabled = device.modes_enabled if device.modes_enabled is not None else device.modes_supported
     doe = device.doe_modes_enabled if device.doe_modes_enabled is not None else device.doe_modes_supported
     return r.DERSettings(
@@ -365,15 +408,18 @@ def der_settings(device: DeviceSnapshot, now: int) -> r.DERSettings:
         setMaxChargeRateW=_power(device.rtg_max_charge_w),
         setMaxDischargeRateW=_power(device.rtg_max_discharge_w),
         setMaxVA=_apparent(device.rtg_max_va),
+        setMaxVar=_reactive(device.rtg_max_var),
+        setMaxVarNeg=_reactive(device.rtg_max_var_neg),
         setMaxW=r.ActivePower.from_watts(
             device.set_max_w if device.set_max_w is not None else device.rtg_max_w
         ),
-        setMaxWh=r.WattHour.from_float(device.rtg_max_wh)  # type: ignore[arg-type]
-        if device.rtg_max_wh is not None
-        else None,
+        setMaxWh=_wh(device.rtg_max_wh),
+        setMinPFOverExcited=_pf(device.rtg_min_pf_over),
+        setMinPFUnderExcited=_pf(device.rtg_min_pf_under),
         updatedTime=now,
         doeModesEnabled=f"{doe:02X}",
         vppModesEnabled=_vpp(device),
+        setMinWh=_wh(device.set_min_wh) if device.vpp_modes_supported else None,
     )
 
 

@@ -115,6 +115,7 @@ class ClientConfig:
     backoff_max: float = 300.0
     pen: int = 0
     nmi: str | None = None  # PUT as the EndDevice's ConnectionPoint at discovery when the server differs
+    device_category: str | None = None  # EndDevice.deviceCategory of an in-band registration (HexBinary32)
 
     def __post_init__(self) -> None:
         problems = []
@@ -571,7 +572,13 @@ class Sep2Client:
             )
         try:
             location = await self._post(
-                href, r.EndDevice(sFDI=sfdi_from_lfdi(lfdi), lFDI=lfdi, changedTime=self.now())
+                href,
+                r.EndDevice(
+                    sFDI=sfdi_from_lfdi(lfdi),
+                    lFDI=lfdi,
+                    changedTime=self.now(),
+                    deviceCategory=self.config.device_category,
+                ),
             )
         except ServerRejected as exc:
             # 2030.5 / CSIP-AUS: a server may refuse a second POST of a registered lFDI; the client finds its

@@ -91,6 +91,16 @@ class DeviceVerifyError(DeviceError):
 
 
 # ------------------------------------------------------------------------------------------------ data
+def _negative(var: Any) -> float | None:
+    """A var absorption rating as 2030.5 signs it (rtgMaxVarNeg < 0), whichever sign SunSpec used."""
+    return -abs(float(var)) if var is not None else None
+
+
+def _magnitude(pf: Any) -> float | None:
+    """A SunSpec power factor rating (signed by quadrant) as a 2030.5 displacement (0..1)."""
+    return abs(float(pf)) if pf is not None else None
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     manufacturer: str
@@ -107,6 +117,14 @@ class DeviceInfo:
     max_charge_w: float | None = None
     max_discharge_w: float | None = None
     capacity_wh: float | None = None
+    # reactive power and power factor ratings: var injected (+, over-excited) and absorbed (-, under-excited);
+    # minimum PF displacement (0..1) when injecting / absorbing (nameplate 120 VArRtgQ1/Q4, PFRtgQ1/Q4;
+    # 702 VarMaxInjRtg/VarMaxAbsRtg, PFOvrExtRtg/PFUndExtRtg)
+    rated_var: float | None = None
+    rated_var_neg: float | None = None
+    min_pf_over: float | None = None
+    min_pf_under: float | None = None
+    reserve_pct: float | None = None  # storage: the reserve kept (124 MinRsvPct / 802 SoCRsvMin), % of Wh
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -403,7 +421,13 @@ class DeviceConnection:
                 max_charge_w=n.get("MaxChaRte"),
                 max_discharge_w=n.get("MaxDisChaRte"),
                 capacity_wh=n.get("WHRtg"),
+                rated_var=n.get("VArRtgQ1"),
+                rated_var_neg=_negative(n.get("VArRtgQ4")),
+                min_pf_over=_magnitude(n.get("PFRtgQ1")),
+                min_pf_under=_magnitude(n.get("PFRtgQ4")),
             )
+            if 124 in self.models:
+                ratings["reserve_pct"] = (await self.read_values(124)).get("MinRsvPct")
         elif 702 in self.models:
             n = await self.read_values(702)
             ratings = dict(
@@ -411,13 +435,19 @@ class DeviceConnection:
                 rated_va=n.get("VAMaxRtg"),
                 max_charge_w=n.get("WChaRteMaxRtg"),
                 max_discharge_w=n.get("WDisChaRteMaxRtg"),
+                rated_var=n.get("VarMaxInjRtg"),
+                rated_var_neg=_negative(n.get("VarMaxAbsRtg")),
+                min_pf_over=_magnitude(n.get("PFOvrExtRtg")),
+                min_pf_under=_magnitude(n.get("PFUndExtRtg")),
             )
             if 713 in self.models:
                 ratings["capacity_wh"] = (await self.read_values(713)).get("WHRtg")
+            if 802 in self.models:
+                ratings["reserve_pct"] = (await self.read_values(802)).get("SoCRsvMin")
         if ratings.get("rated_w") is None and 121 in self.models:
             ratings["rated_w"] = (await self.read_values(121)).get("WMax")
         if kind != "battery":
-            ratings.update(max_charge_w=None, max_discharge_w=None, capacity_wh=None)
+            ratings.update(max_charge_w=None, max_discharge_w=None, capacity_wh=None, reserve_pct=None)
         return DeviceInfo(
             manufacturer=str(common.get("Mn") or ""),
             model=str(common.get("Md") or ""),
