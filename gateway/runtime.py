@@ -63,6 +63,9 @@ if TYPE_CHECKING:
     from gateway.client import Sep2Client
     from gateway.site_runner import SiteRunner, StepReport
 
+#: SunSpec inverter states (101-103 St, 701 InvSt) in which a DER does not operate.
+_IDLE_STATES = frozenset({"OFF", "SLEEPING", "SHUTTING_DOWN", "FAULT", "STANDBY"})
+
 log = logging.getLogger("derlink.gateway.runtime")
 
 
@@ -570,10 +573,15 @@ class GatewayRuntime:
             info = dev.conn.info
             last = dev.last
             rated = info.rated_w or 0.0
-            # operating: measured power flows (a DER de-energised, curtailed to 0 W or dark is not)
-            operating = last is not None and last.connected is not False and abs(last.w or 0.0) >= max(
-                10.0, 0.01 * rated
-            )
+            # operating (ConnectStatusType bit 2, OperationalModeStatusType 2): connected and in an operating
+            # state as the inverter reports it (SunSpec St / InvSt: a battery idling at 0 W, a PV inverter
+            # throttled to 0 W operate; one off, asleep for want of sun, in standby or faulted does not);
+            # without a state, measured power flows
+            if last is not None and last.state is not None:
+                running = last.state not in _IDLE_STATES
+            else:
+                running = last is not None and abs(last.w or 0.0) >= max(10.0, 0.01 * rated)
+            operating = last is not None and last.connected is not False and running
             modes = (
                 m.MODE_CONNECT
                 | m.MODE_MAX_LIM_W
@@ -600,6 +608,7 @@ class GatewayRuntime:
                     rtg_max_charge_w=info.max_charge_w if is_battery else None,
                     rtg_max_discharge_w=info.max_discharge_w if is_battery else None,
                     connected=last.connected is not False if last else True,
+                    available=last.available is not False if last else True,
                     operating=operating,
                     operational_mode=2 if operating else 1,  # OperationalModeStatusType: operational / off
                     set_grad_w=round(grad) if grad is not None else 0,

@@ -598,7 +598,8 @@ class SunSpecDevice:
                 PPVphCA=v_phase[2] * math.sqrt(3),
             )
         self._set_many(inv, vals)
-        conn_bits = 0b111 if unit.on_grid else 0b010  # CONNECTED|AVAILABLE|OPERATING
+        # CONNECTED|AVAILABLE|OPERATING; commanded off it stays AVAILABLE, isolated it is not
+        conn_bits = 0b111 if unit.on_grid else (0b000 if unit.isolated else 0b010)
         self._set_many(
             122,
             {

@@ -120,7 +120,7 @@ async def run_procedure(tmp: Path, pki: Pki, name: str) -> tuple[Result, str | N
     spec = procedures()[name]
     assert not unsupported(spec), unsupported(spec)
     async with procedure_lab(tmp, pki, storage=needs_storage(spec)) as (lab, front):
-        run = ProcedureRun(name, spec, lab.admin, front, lab.lfdi)
+        run = ProcedureRun(name, spec, lab.admin, front, lab.lfdi, site=lab.sim)
         await run.start()
         mode = "subscribe" if subscribes(spec) else "poll"
         data = lab.site_toml(server={"mode": mode, "pin": CACTUS_PIN})

@@ -146,6 +146,7 @@ class Measurements:
     energy_import_wh: float | None = None  # meters: TotWhImp; inverters: energy absorbed
     energy_export_wh: float | None = None  # meters: TotWhExp; inverters: energy generated
     connected: bool | None = None
+    available: bool | None = None  # able to connect and operate (122 PVConn/StorConn bit 1); None: unknown
     state: str | None = None
     available_w: float | None = None  # PV: power available before curtailment (122 WAval)
     limit_pct: float | None = None  # active max-power limit in % of rated, None = no limit enabled
@@ -486,6 +487,7 @@ class DeviceConnection:
         st_symbols = self.model(mid).points["St"].symbols or {}
         state = st_symbols.get(v.get("St")) if v.get("St") is not None else None
         connected = None
+        can_connect = None
         limit_pct = None
         available = None
         soc = None
@@ -494,6 +496,7 @@ class DeviceConnection:
             s = raw[122] = await self.read_values(122)
             bits = s.get("StorConn") if self.info.kind == "battery" else s.get("PVConn")
             connected = bool(bits & 1) if bits is not None else None
+            can_connect = bool(bits & 2) if bits is not None else None
             available = s.get("WAval") if self.info.kind == "pv" else None
         if 123 in self.models:
             c = raw[123] = await self.read_values(123)
@@ -508,8 +511,8 @@ class DeviceConnection:
         return Measurements(
             read_at=self.clock(), w=v.get("W"), va=v.get("VA"), var=v.get("VAr"), pf=v.get("PF"),
             hz=v.get("Hz"), v=v.get("PhVphA"), a=v.get("A"), energy_export_wh=v.get("WH"),
-            connected=connected, state=state, available_w=available, limit_pct=limit_pct,
-            storage_setpoint_w=storage_w, soc_pct=soc, raw=raw,
+            connected=connected, available=can_connect, state=state, available_w=available,
+            limit_pct=limit_pct, storage_setpoint_w=storage_w, soc_pct=soc, raw=raw,
         )  # fmt: skip
 
     async def _read_der(self, raw: dict[int, dict[str, Any]]) -> Measurements:
