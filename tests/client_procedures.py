@@ -808,5 +808,16 @@ def needs_storage(proc: dict[str, Any]) -> bool:
     return fixed_w or bool(classes & {"L", "S-L", "DER-L", "STO", "DER-STO", "M"})
 
 
+def storage_only(proc: dict[str, Any]) -> bool:
+    """The procedure's DER is a storage system on its own: its checks tie the charge / discharge rate to
+    the DER's apparent power rating (STO-03: ``setMaxChargeRateW == setMaxVA``), which a PV + battery
+    site's DER cannot meet. The site then has a battery and no PV."""
+    return any(
+        "setMaxVA" in str(value) and key in ("setMaxChargeRateW", "setMaxDischargeRateW")
+        for c in _walk(proc)[2]
+        for key, value in (c.get("parameters") or {}).items()
+    )
+
+
 def subscribes(proc: dict[str, Any]) -> bool:
     return any(c in ("S-L", "S-G") for c in proc.get("Classes") or [])

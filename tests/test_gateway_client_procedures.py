@@ -39,6 +39,7 @@ from tests.client_procedures import (
     load_procedures,
     needs_storage,
     registers_in_band,
+    storage_only,
     subscribes,
     time_limit,
     unsupported,
@@ -87,7 +88,9 @@ def test_every_client_procedure_is_run_or_says_why_not(capsys: pytest.CaptureFix
 
 
 @contextlib.asynccontextmanager
-async def procedure_lab(tmp: Path, pki: Pki, *, storage: bool) -> AsyncIterator[tuple[Lab, StrictFront]]:
+async def procedure_lab(
+    tmp: Path, pki: Pki, *, storage: bool, pv: bool = True
+) -> AsyncIterator[tuple[Lab, StrictFront]]:
     """Our server (proxy mode) behind a recording mutual-TLS front, a link proxy, a simulated site."""
     server = await start_server(
         _server_config(pki, tmp / "server", tls=False, trusted_proxies=["127.0.0.1"])
@@ -102,8 +105,8 @@ async def procedure_lab(tmp: Path, pki: Pki, *, storage: bool) -> AsyncIterator[
     proxy = LinkProxy(front.port)
     await proxy.start()
     sim = SimulatedSite(
-        default_site_config(pv_available_w=5000.0, load_w=500.0, battery=storage, response_delay_s=0.1,
-                            ramp_time_s=0.0)
+        default_site_config(pv_available_w=5000.0, load_w=500.0, battery=storage, pv=pv,
+                            response_delay_s=0.1, ramp_time_s=0.0)
     )  # fmt: skip
     await sim.start()
     lab = Lab(tmp, pki, server, proxy, sim)
@@ -123,7 +126,8 @@ async def run_procedure(tmp: Path, pki: Pki, name: str) -> tuple[Result, str | N
     """Run one procedure; returns its result and the gateway client's state at the end."""
     spec = procedures()[name]
     assert not unsupported(spec), unsupported(spec)
-    async with procedure_lab(tmp, pki, storage=needs_storage(spec)) as (lab, front):
+    lab_kind = {"storage": needs_storage(spec), "pv": not storage_only(spec)}
+    async with procedure_lab(tmp, pki, **lab_kind) as (lab, front):
         run = ProcedureRun(name, spec, lab.admin, front, lab.lfdi, site=lab.sim)
         await run.start()
         mode = "subscribe" if subscribes(spec) else "poll"
