@@ -731,6 +731,8 @@ def _document_problems(doc: Any, params: dict[str, Any], names: dict[str, float]
             continue
         value = getattr(doc, key, None)
         number = _number(value)
+        if isinstance(number, str) and isinstance(expected, int) and not isinstance(expected, bool):
+            number = int(number, 16)  # a HexBinary bitmap (alarmStatus) against a number
         if isinstance(expected, bool):
             if (value is not None) != expected:
                 return f"{key} {'missing' if expected else 'present'}"
@@ -800,10 +802,15 @@ def time_limit(proc: dict[str, Any]) -> float:
 
 def needs_storage(proc: dict[str, Any]) -> bool:
     """Load / storage classes, multiple DER (M: a PV and a battery behind one EndDevice), and a procedure
-    asking for opModFixedW support (DERCapability modesSupported bit 7, DRA-01): in this gateway a battery
-    is the DER that takes a fixed active power setpoint."""
-    wanted = [(c.get("parameters") or {}).get("modesSupported_set", "0") for c in _walk(proc)[2]]
-    fixed_w = any(int(str(bits), 16) & 0x80 for bits in wanted)
+    sending or asking for opModFixedW (DERCapability modesSupported / DERSettings modesEnabled bit 7: DRA-01,
+    the DR-D/G/L procedures): in this gateway a battery is the DER that takes a fixed active power
+    setpoint."""
+    actions, _, checks = _walk(proc)
+    masks = ("modesSupported_set", "modesEnabled_set")
+    wanted = [(c.get("parameters") or {}).get(key, "0") for c in checks for key in masks]
+    fixed_w = any(int(str(bits), 16) & 0x80 for bits in wanted) or any(
+        "opModFixedW" in (a.get("parameters") or {}) for a in actions
+    )
     classes = set(proc.get("Classes") or [])
     return fixed_w or bool(classes & {"L", "S-L", "DER-L", "STO", "DER-STO", "M"})
 

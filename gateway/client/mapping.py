@@ -42,7 +42,7 @@ isMirror | isDER | isSubmeter (0x0049). Commodity 1 (electricity, secondary mete
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.core.events import Control, ControlSettings, Program, Response, ServerStatus
@@ -234,7 +234,8 @@ class DeviceSnapshot:
     operating: bool = True
     fault: bool = False
     inverter_status: int | None = None  # InverterStatusType
-    operational_mode: int | None = None  # OperationalModeStatusType
+    operational_mode: int | None = None  # OperationalModeStatusType (100 + n: in AS/NZS 4755 DRM n)
+    alarm_status: int | None = None  # AlarmStatusType bitmap; None: the device does not say
     w_available: float | None = None  # DERAvailability.statWAvail
     var_available: float | None = None
     measurements: Measurements = field(default_factory=Measurements)
@@ -270,6 +271,20 @@ def _pf(displacement: float | None) -> r.PowerFactor | None:
 
 def _wh(wh: float | None) -> r.WattHour | None:
     return r.WattHour.from_float(wh) if wh is not None else None  # type: ignore[return-value]
+
+
+def _mode_rank(mode: int) -> int:
+    if mode >= 100:
+        return 1
+    return -(2, 3, 1, 0).index(mode) if mode in (0, 1, 2, 3) else -9
+
+
+def sum_bits(values: Iterable[int]) -> int:
+    """The union of bitmaps."""
+    bits = 0
+    for value in values:
+        bits |= value
+    return bits
 
 
 def _sum(values: Sequence[float | None]) -> float | None:
@@ -344,11 +359,17 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
         available=any(d.available for d in devices),
         operating=any(d.operating for d in devices),
         fault=any(d.fault for d in devices),
-        # the most operational of them (2 operational > 3 test > 1 off > 0 unknown)
+        # a demand response mode (100 + DRM) if one is in force, else the most operational of them
+        # (2 operational > 3 test > 1 off > 0 unknown)
         operational_mode=max(
             (d.operational_mode for d in devices if d.operational_mode is not None),
-            key=lambda mode: (2, 3, 1, 0).index(mode) * -1 if mode in (0, 1, 2, 3) else -9,
+            key=_mode_rank,
             default=None,
+        ),
+        alarm_status=(
+            None
+            if all(d.alarm_status is None for d in devices)
+            else sum_bits(d.alarm_status or 0 for d in devices)
         ),
         w_available=_sum([d.w_available for d in devices]),
         var_available=_sum([d.var_available for d in devices]),
@@ -441,6 +462,7 @@ def der_status(device: DeviceSnapshot, now: int) -> r.DERStatus:
     soc = device.measurements.soc_pct
     connect = r.ConnectStatus(dateTime=now, value=_connect_bits(device))
     return r.DERStatus(
+        alarmStatus=f"{device.alarm_status:08X}" if device.alarm_status is not None else None,
         genConnectStatus=connect if device.der_type != DER_TYPE_STORAGE else None,
         inverterStatus=r.StatusValue(dateTime=now, value=device.inverter_status)
         if device.inverter_status is not None

@@ -917,9 +917,12 @@ class Sep2Client:
     async def _put_der_documents(self) -> None:
         now = self.now()
         for der, device in self._der_targets():
+            # DERCapability (the nameplate) when it changes; the settings in force, the status and the
+            # availability every post interval: a server (and the CSIP-AUS demand response procedures,
+            # DRG-01 / DRL-01 / DRD-01) reads the DERSettings a DER runs with while an instruction is in force
             docs: list[tuple[r.Link | None, Any, bool]] = [
                 (der.DERCapabilityLink, mapping.der_capability(device), True),
-                (der.DERSettingsLink, mapping.der_settings(device, now), True),
+                (der.DERSettingsLink, mapping.der_settings(device, now), False),
                 (der.DERStatusLink, mapping.der_status(device, now), False),
                 (der.DERAvailabilityLink, mapping.der_availability(device, now), False),
             ]
@@ -927,7 +930,7 @@ class Sep2Client:
                 if link is None:
                     continue
                 if only_on_change:
-                    key = to_xml(replace(doc, updatedTime=0) if isinstance(doc, r.DERSettings) else doc)
+                    key = to_xml(doc)
                     if self._put_docs.get(link.href) == key:
                         continue
                 try:

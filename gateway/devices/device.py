@@ -147,6 +147,7 @@ class Measurements:
     energy_export_wh: float | None = None  # meters: TotWhExp; inverters: energy generated
     connected: bool | None = None
     available: bool | None = None  # able to connect and operate (122 PVConn/StorConn bit 1); None: unknown
+    events: int | None = None  # SunSpec event bits (101-103 Evt1, 701 Alrm); None: not implemented
     state: str | None = None
     available_w: float | None = None  # PV: power available before curtailment (122 WAval)
     limit_pct: float | None = None  # active max-power limit in % of rated, None = no limit enabled
@@ -512,7 +513,7 @@ class DeviceConnection:
             read_at=self.clock(), w=v.get("W"), va=v.get("VA"), var=v.get("VAr"), pf=v.get("PF"),
             hz=v.get("Hz"), v=v.get("PhVphA"), a=v.get("A"), energy_export_wh=v.get("WH"),
             connected=connected, available=can_connect, state=state, available_w=available,
-            limit_pct=limit_pct, storage_setpoint_w=storage_w, soc_pct=soc, raw=raw,
+            limit_pct=limit_pct, storage_setpoint_w=storage_w, soc_pct=soc, events=v.get("Evt1"), raw=raw,
         )  # fmt: skip
 
     async def _read_der(self, raw: dict[int, dict[str, Any]]) -> Measurements:
@@ -540,7 +541,7 @@ class DeviceConnection:
             read_at=self.clock(), w=v.get("W"), va=v.get("VA"), var=v.get("Var"), pf=v.get("PF"),
             hz=v.get("Hz"), v=v.get("LNV"), a=v.get("A"), energy_export_wh=v.get("TotWhInj"),
             energy_import_wh=v.get("TotWhAbs"), connected=connected, state=state, limit_pct=limit_pct,
-            storage_setpoint_w=storage_w, soc_pct=soc, raw=raw,
+            storage_setpoint_w=storage_w, soc_pct=soc, events=v.get("Alrm"), raw=raw,
         )  # fmt: skip
 
     # -------------------------------------------------------------------------------- writes
