@@ -115,6 +115,7 @@ class ClientConfig:
     backoff_max: float = 300.0
     pen: int = 0
     nmi: str | None = None  # PUT as the EndDevice's ConnectionPoint at discovery when the server differs
+    device_category: str | None = None  # EndDevice.deviceCategory of an in-band registration (HexBinary32)
 
     def __post_init__(self) -> None:
         problems = []
@@ -572,7 +573,13 @@ class Sep2Client:
             )
         try:
             location = await self._post(
-                href, r.EndDevice(sFDI=sfdi_from_lfdi(lfdi), lFDI=lfdi, changedTime=self.now())
+                href,
+                r.EndDevice(
+                    sFDI=sfdi_from_lfdi(lfdi),
+                    lFDI=lfdi,
+                    changedTime=self.now(),
+                    deviceCategory=self.config.device_category,
+                ),
             )
         except ServerRejected as exc:
             # 2030.5 / CSIP-AUS: a server may refuse a second POST of a registered lFDI; the client finds its
@@ -925,9 +932,12 @@ class Sep2Client:
     async def _put_der_documents(self) -> None:
         now = self.now()
         for der, device in self._der_targets():
+            # DERCapability (the nameplate) when it changes; the settings in force, the status and the
+            # availability every post interval: a server (and the CSIP-AUS demand response procedures,
+            # DRG-01 / DRL-01 / DRD-01) reads the DERSettings a DER runs with while an instruction is in force
             docs: list[tuple[r.Link | None, Any, bool]] = [
                 (der.DERCapabilityLink, mapping.der_capability(device), True),
-                (der.DERSettingsLink, mapping.der_settings(device, now), True),
+                (der.DERSettingsLink, mapping.der_settings(device, now), False),
                 (der.DERStatusLink, mapping.der_status(device, now), False),
                 (der.DERAvailabilityLink, mapping.der_availability(device, now), False),
             ]
@@ -935,7 +945,7 @@ class Sep2Client:
                 if link is None:
                     continue
                 if only_on_change:
-                    key = to_xml(replace(doc, updatedTime=0) if isinstance(doc, r.DERSettings) else doc)
+                    key = to_xml(doc)
                     if self._put_docs.get(link.href) == key:
                         continue
                 try:
