@@ -207,4 +207,3 @@ if __name__ == "__main__":
     if cli.reconnect is None:
         cli.reconnect = 20.0 if cli.cold else 1.0
     sys.exit(asyncio.run(main(cli)))
-

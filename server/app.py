@@ -26,7 +26,7 @@ from sep2.dnssd import Advertiser
 from sep2.identity import lfdi_from_cert_der
 from sep2.xml import to_xml
 from server.api import CACHE_UNTIL, SCOPE, SEP_XML, Handlers
-from server.config import ServerConfig
+from server.config import ConfigError, ServerConfig
 from server.connlimits import ConnectionGuard, GuardedSite, quiet_accept_errors, watch_fds
 from server.errors import (
     INVALID_FORMAT,
@@ -40,6 +40,7 @@ from server.limits import paging_cache_key
 from server.netpolicy import TargetPolicy
 from server.store import RequestScope, Store, make_engine, migrate
 from server.store.versions import DocumentCache
+from server.workers import VersionBus
 
 access_log = logging.getLogger("derlink.server.access")
 log = logging.getLogger("derlink.server")
@@ -312,6 +313,8 @@ class RunningServer:
     advertiser: Advertiser | None = None  # when config.dnssd
     target_policy: TargetPolicy | None = None  # where notifications may go (server.netpolicy)
     connection_guard: ConnectionGuard | None = None  # connection counts and limits (server.connlimits)
+    bus: VersionBus | None = None  # changes told to and heard from the other processes (server.workers)
+    workers: list[asyncio.subprocess.Process] = field(default_factory=list)  # the other processes
 
     @property
     def base_url(self) -> str:
@@ -321,12 +324,15 @@ class RunningServer:
     async def stop(self) -> None:
         if self.advertiser is not None:  # goodbye first, so clients stop finding a server that is going away
             await self.advertiser.stop()
+        await _stop_workers(self.workers)
         for task in self.tasks:
             task.cancel()
         # gather (not a suppressing await per task) so that a cancellation of stop() itself propagates.
         await asyncio.gather(*self.tasks, return_exceptions=True)
         for runner in self.runners:
             await runner.cleanup()
+        if self.bus is not None:
+            await self.bus.stop()
         await self.store.close()
 
 
@@ -339,8 +345,11 @@ async def _flush_contacts_forever(store: Store, every: float) -> None:
             log.exception("could not record client contact times")
 
 
-async def start_server(config: ServerConfig, store: Store | None = None) -> RunningServer:
+async def start_server(
+    config: ServerConfig, store: Store | None = None, *, worker: bool = False
+) -> RunningServer:
     """Migrate, open the store, start the listeners and the notification sender. Port 0 picks a free port.
+    With ``workers`` > 1 the other server processes are started too (``worker``: this is one of them).
 
     A failure part-way (database, certificates, a port in use) releases what was already opened, so the
     caller can report it in one line (server.faults) and nothing is left running.
@@ -358,16 +367,97 @@ async def start_server(config: ServerConfig, store: Store | None = None) -> Runn
 
     store.quotas = Quotas.from_config(config)
     opened: list[web.AppRunner] = []
+    bus = None
+    if config.workers > 1 and config.is_sqlite:
+        await store.close()
+        raise ConfigError("workers: more than one server process needs PostgreSQL (set database_url)")
     try:
-        return await _start_listeners(config, store, opened)
+        if not config.is_sqlite and (config.workers > 1 or worker):
+            bus = VersionBus(store.versions, config.resolved_database_url)
+            await bus.start()
+        running = await _start_listeners(config, store, opened, reuse_port=config.workers > 1 or worker)
     except BaseException:
         for runner in opened:
             await runner.cleanup()
+        if bus is not None:
+            await bus.stop()
         await store.close()
         raise
+    running.bus = bus
+    if config.workers > 1 and not worker:
+        try:
+            running.workers = await _start_workers(config, running.port)
+        except BaseException:
+            await running.stop()
+            raise
+    return running
 
 
-async def _start_listeners(config: ServerConfig, store: Store, opened: list[web.AppRunner]) -> RunningServer:
+async def _start_workers(config: ServerConfig, port: int) -> list[asyncio.subprocess.Process]:
+    """The other ``workers - 1`` processes, on the same port; each answers one line when it listens and
+    stops when its standard input closes (so also when this process dies)."""
+    import json
+    import sys
+
+    values = config.model_dump(mode="json")  # read back as a TOML [server] table would be
+    values.update(port=port, admin_enabled=False, headend_enabled=False, dnssd=False)
+    document = json.dumps({k: v for k, v in values.items() if v is not None}).encode() + b"\n"
+    started: list[asyncio.subprocess.Process] = []
+    try:
+        for _ in range(config.workers - 1):
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", "from server.app import worker_main; worker_main()",
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            started.append(proc)
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(document)
+            await proc.stdin.drain()
+            line = await asyncio.wait_for(proc.stdout.readline(), 120)
+            if not line.startswith(b"ready"):
+                raise RuntimeError(f"server worker process {proc.pid} did not start (exit {proc.returncode})")
+    except BaseException:
+        await _stop_workers(started)
+        raise
+    return started
+
+
+async def _stop_workers(workers: list[asyncio.subprocess.Process]) -> None:
+    for proc in workers:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    for proc in workers:
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def worker_main() -> None:
+    """Entry point of a worker process (``_start_workers``): its configuration arrives on stdin."""
+    import json
+    import sys
+
+    from server.config import config_from_mapping
+    from server.logsafe import configure_logging
+
+    config = config_from_mapping(json.loads(sys.stdin.readline()))
+    configure_logging(config.log_level)
+
+    async def serve() -> None:
+        running = await start_server(config, worker=True)
+        print("ready", flush=True)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, sys.stdin.read)  # until the first process closes it (or dies)
+        await running.stop()
+
+    asyncio.run(serve())
+
+
+async def _start_listeners(
+    config: ServerConfig, store: Store, opened: list[web.AppRunner], *, reuse_port: bool = False
+) -> RunningServer:
     from server.notifications import NotificationSender
 
     metrics = Metrics()
@@ -391,6 +481,7 @@ async def _start_listeners(config: ServerConfig, store: Store, opened: list[web.
         handshake_timeout=config.handshake_timeout,
         ssl_context=context,
         backlog=512,
+        reuse_port=reuse_port or None,
     )
     await site.start()
     port = runner.addresses[0][1]

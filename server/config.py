@@ -147,7 +147,9 @@ class ServerConfig(BaseModel):
     max_subscriptions_per_site: _Count = 32
     max_responses_per_event: _Count = 16  # per site and event; a repeated Response (same status) counts once
     max_list_limit: _Count = 500
-    cache_enabled: bool | None = None  # None: on for SQLite (single process), off for PostgreSQL
+    cache_enabled: bool | None = None  # None: on for SQLite, and for PostgreSQL with workers > 1
+    # Server processes sharing the 2030.5 port (SO_REUSEPORT) and a PostgreSQL database (server.workers).
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     cache_max_bytes: _Count = 64 * 1024 * 1024  # rendered documents kept, least recently used evicted
     # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
     # proxy_cert_header and is trusted only from these peer addresses/networks.
@@ -157,6 +159,10 @@ class ServerConfig(BaseModel):
     notify_retry_initial: _Seconds = 1.0
     notify_retry_max: _Seconds = 300.0
     notify_timeout: _Seconds = 10.0
+    # Notifications sent at once (server.notifications), and at most notify_per_host to one subscriber
+    # (scheme, host, port).
+    notify_concurrency: Annotated[int, Field(ge=1)] = 256
+    notify_per_host: Annotated[int, Field(ge=1)] = 4
     # Notification target policy (server.netpolicy): non-public addresses are refused unless covered by a
     # CIDR or host name ("gw.example", "*.example") here, or in the per-client list keyed by certificate LFDI.
     notify_allow: _AllowList = []
@@ -197,7 +203,11 @@ class ServerConfig(BaseModel):
 
     @property
     def cache_active(self) -> bool:
-        return self.is_sqlite if self.cache_enabled is None else self.cache_enabled
+        # PostgreSQL: on when this server's processes tell each other what they changed (workers > 1); a
+        # single process may share its database with independently started ones, so it asks every time.
+        if self.cache_enabled is None:
+            return self.is_sqlite or self.workers > 1
+        return self.cache_enabled
 
     @property
     def proxy_mode(self) -> bool:
@@ -287,6 +297,8 @@ def check_config(config: ServerConfig) -> None:
             ) from None
         if address.is_unspecified:
             raise ConfigError(f"dnssd_address: host is {config.host}; name the address clients connect to")
+    if config.workers > 1 and config.is_sqlite:
+        raise ConfigError("workers: more than one server process needs PostgreSQL (set database_url)")
     if config.headend_enabled:
         check_headend_transport(config)
 

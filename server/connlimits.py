@@ -154,9 +154,9 @@ class GuardedSite(web.TCPSite):
 
     def __init__(
         self, runner: web.BaseRunner, host: str, port: int, *, guard: ConnectionGuard,
-        handshake_timeout: float, ssl_context: Any = None, backlog: int = 128,
+        handshake_timeout: float, ssl_context: Any = None, backlog: int = 128, reuse_port: bool | None = None,
     ) -> None:  # fmt: skip
-        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog)
+        super().__init__(runner, host, port, ssl_context=ssl_context, backlog=backlog, reuse_port=reuse_port)
         self.guard = guard
         self.handshake_timeout = handshake_timeout
 

@@ -5,6 +5,20 @@ transaction (``server.store._enqueue``). This sender renders the subscribed reso
 (honouring the subscription's ``limit``), wraps it in a Notification and POSTs it over mutual TLS to the
 ``notificationURI``. A failure keeps the row and schedules a retry with exponential backoff (capped, never
 dropped); rows survive restarts because they live in the database.
+
+So that nobody waits behind anybody else:
+
+* due rows are claimed in batches (one compare-and-set statement), most urgent first (the watched
+  program's primacy: emergency controls before DOEs and defaults), and each claimed row is sent by its own
+  task as soon as a slot is free; a slow send never holds a batch;
+* every send has its own timeout (``notify_timeout``), ``notify_concurrency`` sends run at once and at most
+  ``notify_per_host`` of them to one subscriber (scheme, host, port), so a tarpit holds a few slots at
+  most; once a send to a subscriber has timed out, its other due rows are deferred without connecting
+  until the retry time;
+* a broadcast is rendered once: sites that see the same lists (same groups, nothing aimed at them alone)
+  share one rendering, with their own hrefs put in;
+* connections to subscribers are kept alive and TLS sessions resumed on reconnection;
+* outcomes are recorded in batches.
 """
 
 from __future__ import annotations
@@ -14,7 +28,11 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
+from xml.sax.saxutils import escape
 
 import aiohttp
 
@@ -24,9 +42,54 @@ from server.api import SEP_XML, Renderer
 from server.config import ServerConfig
 from server.errors import BadRequest, NotFound
 from server.netpolicy import CURRENT_TARGET, PolicyResolver, Target, TargetPolicy
-from server.store import RequestScope, Store
+from server.store import Page, RequestScope, SiteView, Store
 
 log = logging.getLogger("derlink.server.notifications")
+
+SHARED_KINDS = ("derc", "actderc", "dderc")  # lists that depend only on the site's targets
+_SITE = 0  # stand-in site and subscription ids of a shared rendering (ids start at 1)
+_SUB = 0
+_HREF_MARK = "urn:derlink:subscribed-resource"
+
+
+class _ResumingSSLObject(ssl.SSLObject):
+    """Resumes the TLS session of the last connection to the same server name (asyncio offers no hook).
+
+    The last connection's object is kept per name for a while, then only its ``session`` (a TLS 1.3
+    ticket or a 1.2 session, about a kilobyte); the next handshake to that name offers it. A server that
+    does not know it just does a full handshake. Sessions belong to one context:
+    :func:`enable_session_resumption` makes a subclass per context.
+    """
+
+    objects: OrderedDict[str, ssl.SSLObject]  # the newest connections (their tickets may still arrive)
+    sessions: OrderedDict[str, ssl.SSLSession]  # older ones: just the session
+    MAX_OBJECTS = 512
+    MAX_SESSIONS = 20_000
+
+    @classmethod
+    def _create(  # type: ignore[override]
+        cls,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        session: ssl.SSLSession | None = None,
+        context: ssl.SSLContext | None = None,
+    ) -> ssl.SSLObject:
+        key = server_hostname or ""
+        objects, sessions = cls.objects, cls.sessions
+        if session is None:
+            previous = objects.pop(key, None)
+            session = previous.session if previous is not None else sessions.pop(key, None)
+        obj = super()._create(incoming, outgoing, server_side, server_hostname, session, context)  # type: ignore[misc]
+        objects[key] = obj
+        while len(objects) > cls.MAX_OBJECTS:
+            name, old = objects.popitem(last=False)
+            if old.session is not None:
+                sessions[name] = old.session
+        while len(sessions) > cls.MAX_SESSIONS:
+            sessions.popitem(last=False)
+        return obj
 
 
 def notification_client_ssl(config: ServerConfig) -> ssl.SSLContext:
@@ -38,7 +101,47 @@ def notification_client_ssl(config: ServerConfig) -> ssl.SSLContext:
     from certs.tls import client_ssl_context
 
     chain, key, ca = config.notify_files()
-    return client_ssl_context(chain, key, ca, check_hostname=False)
+    context = client_ssl_context(chain, key, ca, check_hostname=False)
+    return enable_session_resumption(context)
+
+
+def enable_session_resumption(context: ssl.SSLContext) -> ssl.SSLContext:
+    """Client connections made with ``context`` resume the last TLS session with the same server name."""
+    context.sslobject_class = type(
+        "ResumingSSLObject", (_ResumingSSLObject,), {"objects": OrderedDict(), "sessions": OrderedDict()}
+    )
+    return context
+
+
+class _BoundedPoolConnector(aiohttp.TCPConnector):
+    """Keeps at most ``max_idle`` idle connections for reuse. Each idle TLS connection holds asyncio's
+    256 KiB read buffer, so a broadcast to 100k subscribers must not leave 100k of them open.
+    (``_release`` and ``_conns`` are aiohttp's own; tests/test_notification_fanout.py exercises them.)"""
+
+    def __init__(self, *, max_idle: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_idle = max_idle
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        full = sum(len(idle) for idle in self._conns.values()) >= self._max_idle
+        super()._release(key, protocol, should_close=should_close or full)
+
+
+def destination(uri: str) -> str:
+    """The subscriber a notification goes to: scheme, host and port (limits and health are per subscriber)."""
+    try:
+        parts = urlsplit(uri)
+        return f"{parts.scheme}://{(parts.hostname or '').lower()}:{parts.port or 443}"
+    except ValueError:
+        return uri
+
+
+@dataclass(slots=True)
+class _Outcomes:
+    """Results waiting to be written in one transaction."""
+
+    delivered: list[tuple[int, int]]
+    failed: list[tuple[int, float, str]]
 
 
 class NotificationSender:
@@ -50,77 +153,216 @@ class NotificationSender:
         self.metrics = metrics
         self.policy = policy or TargetPolicy.from_config(config)
         self.renderer = Renderer(store, config)
-        self.concurrency = 16
+        self.concurrency = config.notify_concurrency
+        self.per_host = config.notify_per_host
+        self.in_flight: dict[str, int] = {}  # sends under way, by destination
+        self.unresponsive: dict[str, float] = {}  # destination -> until when its rows wait unsent
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slot_free = asyncio.Event()
+        self._outcomes = _Outcomes([], [])
+        self._outcome_event = asyncio.Event()
+        self.rendered = 0  # documents rendered (a shared rendering counts once)
 
     def backoff(self, attempts: int) -> float:
         return min(self.config.notify_retry_initial * (2**attempts), self.config.notify_retry_max)
 
     async def run(self) -> None:
         context = notification_client_ssl(self.config)
-        timeout = aiohttp.ClientTimeout(total=self.config.notify_timeout)
+        timeout = aiohttp.ClientTimeout(
+            total=self.config.notify_timeout, sock_connect=min(self.config.notify_timeout, 5.0)
+        )
         # The policy sees every address the connector is about to connect to (names re-resolved per
         # connection, no DNS cache), so a subscription whose name now points somewhere forbidden is
-        # refused before any packet leaves.
-        connector = aiohttp.TCPConnector(
+        # refused before any packet leaves. Connections stay open for the next notification.
+        connector = _BoundedPoolConnector(
+            max_idle=self.concurrency,
             ssl=context,
             limit=self.concurrency,
             use_dns_cache=False,
             resolver=PolicyResolver(self.policy),
             socket_factory=self.policy.socket_factory,
+            keepalive_timeout=30.0,
         )
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            while True:
-                try:
-                    await self.deliver_due(session)
-                except Exception:
-                    log.exception("notification pass failed")
-                await self._sleep_until_due()
+        recorder = asyncio.create_task(self._record_outcomes(), name="derlink-notification-outcomes")
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+                while True:
+                    try:
+                        started = await self.dispatch(session)
+                    except Exception:
+                        log.exception("notification pass failed")
+                        started = 0
+                    if not started:
+                        await self._sleep_until_due()
+                    else:  # more may be due: claim them in batches, not a slot at a time
+                        await self._room_for(max(1, self.concurrency // 8))
+        finally:
+            for task in [*self._tasks, recorder]:
+                task.cancel()
+            await asyncio.gather(*self._tasks, recorder, return_exceptions=True)
+
+    async def _room_for(self, slots: int) -> None:
+        """Wait (briefly) until ``slots`` sends could start."""
+        deadline = time.monotonic() + 0.05
+        while self.concurrency - len(self._tasks) < slots and (left := deadline - time.monotonic()) > 0:
+            self._slot_free.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self._slot_free.wait()
 
     async def _sleep_until_due(self) -> None:
-        next_due = await self.store.next_notification_time()
-        delay = 5.0 if next_due is None else max(0.0, min(5.0, next_due - time.time()))
         self.store.outbox_event.clear()
-        if delay > 0:
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
-            # arrives as the event fires, and then RunningServer.stop() would wait forever.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self.store.outbox_event.wait()
-
-    async def deliver_due(self, session: aiohttp.ClientSession) -> int:
-        now = time.time()
-        rows = await self.store.due_notifications(now, limit=self.concurrency * 4)
-        semaphore = asyncio.Semaphore(self.concurrency)
-
-        async def one(row: Any) -> None:
-            async with semaphore:
-                # Another server process on the same database may have taken it meanwhile.
-                lease = time.time() + self.config.notify_timeout + 5.0
-                if await self.store.claim_notification(row.outbox_id, now, lease):
-                    await self.deliver(session, row)
-
-        await asyncio.gather(*(one(row) for row in rows))
-        return len(rows)
-
-    async def deliver(self, session: aiohttp.ClientSession, row: Any) -> None:
-        scope = RequestScope(
-            lfdi=row.owner_lfdi,
-            kind="aggregator" if row.owner_kind == "aggregator" else "device",
-            aggregator_id=row.owner_aggregator,
-        )
-        subscription_href = f"/edev/{row.site_id}/sub/{row.id}"
+        self._slot_free.clear()
+        if len(self._tasks) >= self.concurrency:
+            delay = 5.0  # woken by a free slot
+        else:
+            next_due = await self.store.next_notification_time()
+            delay = 5.0 if next_due is None else max(0.0, min(5.0, next_due - time.time()))
+        if delay <= 0:
+            # Due rows that could not start: their subscribers are busy (a send ending sets _slot_free) or
+            # unresponsive (until a known time); or the pass failed (try again in a second).
+            delay = min([1.0, *(until - time.time() for until in self.unresponsive.values())])
+            delay = max(delay, 0.01)
+        waits = [
+            asyncio.ensure_future(self.store.outbox_event.wait()),
+            asyncio.ensure_future(self._slot_free.wait()),
+        ]
         try:
-            resource = await self.renderer.subscribed_resource(row, scope)
+            # asyncio.wait with a timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+            # that arrives as the event fires, and then RunningServer.stop() would wait forever.
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def dispatch(self, session: aiohttp.ClientSession) -> int:
+        """Claim what there is room for, most urgent first, render it and start its sends."""
+        free = self.concurrency - len(self._tasks)
+        if free <= 0:
+            return 0
+        now = time.time()
+        self.unresponsive = {d: t for d, t in self.unresponsive.items() if t > now}
+        taking: dict[str, int] = dict(self.in_flight)
+        chosen: list[Any] = []
+        deferred: dict[str, list[int]] = {}
+        page, offset = max(64, free * 2), 0
+        for _ in range(8):  # rows of busy subscribers are skipped; look a few pages further
+            rows = await self.store.due_notifications(now, limit=page, offset=offset)
+            for row in rows:
+                dest = destination(row.notification_uri)
+                if dest in self.unresponsive:
+                    deferred.setdefault(dest, []).append(row.outbox_id)
+                elif taking.get(dest, 0) < self.per_host:
+                    taking[dest] = taking.get(dest, 0) + 1
+                    chosen.append(row)
+                    if len(chosen) >= free:
+                        break
+            if len(chosen) >= free or len(rows) < page:
+                break
+            offset += page
+        for dest, ids in deferred.items():
+            until = self.unresponsive[dest]
+            await self.store.defer_notifications(
+                ids,
+                now,
+                until,
+                f"not attempted: {dest} did not answer within {self.config.notify_timeout:g} s",
+            )
+            self._count("deferred", len(ids))
+        if not chosen:
+            return 0
+        lease = now + self.config.notify_timeout + 30.0
+        claimed = await self.store.claim_notifications([row.outbox_id for row in chosen], now, lease)
+        chosen = [row for row in chosen if row.outbox_id in claimed]
+        bodies = await self.render(chosen)
+        for row, body in zip(chosen, bodies, strict=True):
+            dest = destination(row.notification_uri)
+            self.in_flight[dest] = self.in_flight.get(dest, 0) + 1
+            task = asyncio.create_task(self._send(session, row, body, dest))
+            self._tasks.add(task)
+        return len(chosen)
+
+    # ------------------------------------------------------------------------------------- rendering
+
+    async def render(self, rows: list[Any]) -> list[bytes]:
+        """The Notification body of each row; rows that see the same document share one rendering."""
+        shareable = [row for row in rows if row.kind in SHARED_KINDS and _visible(row)]
+        alone, groups = await self.store.notification_sharing(sorted({row.site_id for row in shareable}))
+        templates: dict[tuple[Any, ...], bytes] = {}
+        bodies: list[bytes] = []
+        for row in rows:
+            if row.kind in SHARED_KINDS and _visible(row) and row.site_id not in alone:
+                key = (row.kind, row.program_id, row.limit, groups[row.site_id])
+                template = templates.get(key)
+                if template is None:
+                    template = templates[key] = await self._template(row)
+                bodies.append(_fill(template, row))
+            else:
+                bodies.append(await self._render_one(row))
+        return bodies
+
+    async def _render_one(self, row: Any) -> bytes:
+        self.rendered += 1
+        try:
+            resource = await self.renderer.subscribed_resource(row, _owner_scope(row))
             status = 0
         except NotFound:
             resource, status = None, 4  # the watched resource no longer exists
-        note = r.Notification(
-            subscribedResource=row.subscribed_href,
-            Resource=resource,
-            status=status,
-            subscriptionURI=subscription_href,
+        return to_xml(
+            r.Notification(
+                subscribedResource=row.subscribed_href,
+                Resource=resource,
+                status=status,
+                subscriptionURI=f"/edev/{row.site_id}/sub/{row.id}",
+            )
         )
-        body = to_xml(note)
+
+    async def _template(self, row: Any) -> bytes:
+        """The row's document for a stand-in site with the same targets (nothing aimed at it alone)."""
+        self.rendered += 1
+        resource: Any = None
+        status = 0
+        try:
+            real = await self.store.site_view(_owner_scope(row), row.site_id)
+            view = SiteView(
+                site=_StandIn(_SITE),  # type: ignore[arg-type]
+                targets=[(f"s:{_SITE}", 1000)] + [t for t in real.targets if not t[0].startswith("s:")],
+                programs=real.programs,
+            )
+            if row.kind == "dderc":
+                resource = await self.renderer.default_control(view, row.program_id)
+            else:
+                page = Page(start=0, limit=max(1, row.limit))
+                resource, _ = await self.renderer.control_list(
+                    view, row.program_id, page, active=row.kind == "actderc"
+                )
+        except NotFound:
+            resource, status = None, 4
+        return to_xml(
+            r.Notification(
+                subscribedResource=_HREF_MARK,
+                Resource=resource,
+                status=status,
+                subscriptionURI=f"/edev/{_SITE}/sub/{_SUB}",
+            )
+        )
+
+    # --------------------------------------------------------------------------------------- sending
+
+    async def _send(self, session: aiohttp.ClientSession, row: Any, body: bytes, dest: str) -> None:
+        try:
+            await self.deliver(session, row, body, dest)
+        except Exception:
+            log.exception("notification to %s failed unexpectedly", row.notification_uri)
+        finally:
+            self.in_flight[dest] -= 1
+            if not self.in_flight[dest]:
+                del self.in_flight[dest]
+            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            self._slot_free.set()
+
+    async def deliver(self, session: aiohttp.ClientSession, row: Any, body: bytes, dest: str) -> None:
+        subscription_href = f"/edev/{row.site_id}/sub/{row.id}"
         try:
             host, _port = self.policy.check_uri(row.notification_uri)
             CURRENT_TARGET.set(Target(owner_lfdi=row.owner_lfdi, host=host))
@@ -129,9 +371,9 @@ class NotificationSender:
             ) as response:
                 await response.read()
                 if 200 <= response.status < 300:
-                    await self.store.notification_delivered(row.outbox_id, row.seq)
+                    self._outcome(delivered=(row.outbox_id, row.seq))
                     self._count("delivered")
-                    log.info(
+                    log.debug(
                         "notification delivered subscription=%s uri=%s",
                         subscription_href,
                         row.notification_uri,
@@ -140,13 +382,73 @@ class NotificationSender:
                 error = f"HTTP {response.status}"
         except BadRequest as exc:  # the policy has changed since the subscription was accepted
             error = f"refused by the notification policy: {exc.detail}"
-        except (aiohttp.ClientError, TimeoutError, OSError, ssl.SSLError) as exc:
+        except TimeoutError:
+            error = f"no answer within {self.config.notify_timeout:g} s"
+            # Its other rows wait until this one's retry instead of each holding a slot for the timeout.
+            self.unresponsive[dest] = max(
+                self.unresponsive.get(dest, 0.0), time.time() + self.backoff(row.attempts)
+            )
+        except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         retry_in = self.backoff(row.attempts)
-        await self.store.notification_failed(row.outbox_id, time.time() + retry_in, error)
+        self._outcome(failed=(row.outbox_id, time.time() + retry_in, error))
         self._count("failed")
         log.warning("notification to %s failed (%s); retry in %.1fs", row.notification_uri, error, retry_in)
 
-    def _count(self, outcome: str) -> None:
+    def _outcome(self, *, delivered: tuple[int, int] | None = None, failed: Any = None) -> None:
+        if delivered is not None:
+            self._outcomes.delivered.append(delivered)
+        if failed is not None:
+            self._outcomes.failed.append(failed)
+        self._outcome_event.set()
+
+    async def _record_outcomes(self) -> None:
+        while True:
+            await self._outcome_event.wait()
+            await asyncio.sleep(0.02)  # let the sends finishing together share one transaction
+            try:
+                await self.flush_outcomes()
+            except Exception:
+                log.exception("could not record notification outcomes")
+                await asyncio.sleep(1.0)
+
+    async def flush_outcomes(self) -> None:
+        self._outcome_event.clear()
+        # If this fails, the rows stay leased and are sent again when the lease ends (at least once).
+        outcomes, self._outcomes = self._outcomes, _Outcomes([], [])
+        await self.store.notifications_delivered(outcomes.delivered)
+        for outbox_id, next_attempt_at, error in outcomes.failed:
+            await self.store.notification_failed(outbox_id, next_attempt_at, error)
+
+    def _count(self, outcome: str, n: int = 1) -> None:
         if self.metrics is not None:
-            self.metrics.notifications.labels(outcome).inc()
+            self.metrics.notifications.labels(outcome).inc(n)
+
+
+@dataclass(frozen=True, slots=True)
+class _StandIn:
+    id: int
+
+
+def _owner_scope(row: Any) -> RequestScope:
+    return RequestScope(
+        lfdi=row.owner_lfdi,
+        kind="aggregator" if row.owner_kind == "aggregator" else "device",
+        aggregator_id=row.owner_aggregator,
+    )
+
+
+def _visible(row: Any) -> bool:
+    """The subscription's owner still reaches the site (``RequestScope.site_condition``)."""
+    if row.owner_kind == "aggregator":
+        return row.site_aggregator is not None and row.site_aggregator == row.owner_aggregator
+    return row.site_lfdi == row.owner_lfdi
+
+
+def _fill(template: bytes, row: Any) -> bytes:
+    site = str(row.site_id).encode()
+    return (
+        template.replace(f"/edev/{_SITE}/sub/{_SUB}<".encode(), b"/edev/%s/sub/%d<" % (site, row.id))
+        .replace(f"/edev/{_SITE}/".encode(), b"/edev/" + site + b"/")
+        .replace(_HREF_MARK.encode(), escape(row.subscribed_href).encode())
+    )

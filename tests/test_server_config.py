@@ -51,6 +51,8 @@ def test_toml_file_and_flag_overrides(tmp_path):
         ("database_url = 'mysql://x'", "database_url"),
         ("tls = false", "tls"),
         ("notify_retry_max = 0", "notify_retry_max"),
+        ("notify_per_host = 0", "notify_per_host"),
+        ("workers = 2", "workers"),  # more than one process needs PostgreSQL
         ("[server\nport=1", "server.toml"),
     ],
 )

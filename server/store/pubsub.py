@@ -15,7 +15,12 @@ from server.store.quotas import QuotaExceeded
 from server.store.schema import (
     SUBSCRIPTION_KINDS,
     clients,
+    controls,
+    default_controls,
+    doe_intervals,
+    memberships,
     outbox,
+    programs,
     sites,
     subscriptions,
 )
@@ -160,8 +165,11 @@ class SubscriptionsStore(StoreBase):
 
     # --------------------------------------------------------------------------------- outbox (internal)
 
-    async def due_notifications(self, now: float, limit: int = 50) -> list[sa.Row]:
-        """Outbox rows due for delivery, with their subscription and its owner's scope."""
+    async def due_notifications(self, now: float, limit: int = 50, offset: int = 0) -> list[sa.Row]:
+        """Outbox rows due for delivery, most urgent first: by the primacy of the watched program (the
+        emergency program is primacy 1; lists without a program come last), then by due time. Each row
+        carries its subscription, its owner's scope and the site's owner columns (for the scope check)."""
+        urgency = sa.func.coalesce(programs.c.primacy, 1 << 30)
         async with self.read() as conn:
             rows = (
                 await conn.execute(
@@ -172,11 +180,16 @@ class SubscriptionsStore(StoreBase):
                         subscriptions,
                         clients.c.kind.label("owner_kind"),
                         clients.c.aggregator_id.label("owner_aggregator"),
+                        sites.c.lfdi.label("site_lfdi"),
+                        sites.c.aggregator_id.label("site_aggregator"),
                     )
                     .join(subscriptions, subscriptions.c.id == outbox.c.subscription_id)
+                    .join(sites, sites.c.id == subscriptions.c.site_id)
                     .join(clients, clients.c.lfdi == subscriptions.c.owner_lfdi, isouter=True)
+                    .join(programs, programs.c.id == subscriptions.c.program_id, isouter=True)
                     .where(outbox.c.next_attempt_at <= now)
-                    .order_by(outbox.c.next_attempt_at)
+                    .order_by(urgency, outbox.c.next_attempt_at, outbox.c.id)
+                    .offset(offset)
                     .limit(limit)
                 )
             ).all()
@@ -186,25 +199,40 @@ class SubscriptionsStore(StoreBase):
         async with self.read() as conn:
             return (await conn.execute(sa.select(sa.func.min(outbox.c.next_attempt_at)))).scalar_one()
 
-    async def claim_notification(self, outbox_id: int, due_by: float, lease_until: float) -> bool:
-        """Take a due outbox row for delivery. Server processes sharing a database all see it due; this
-        compare-and-set lets exactly one send it. The claim moves its next attempt to ``lease_until``,
-        so a sender that dies mid-delivery only delays the notification, never drops it."""
+    async def claim_notifications(self, outbox_ids: list[int], due_by: float, lease_until: float) -> set[int]:
+        """Take due outbox rows for delivery, in one statement. Server processes sharing a database all
+        see them due; this compare-and-set lets exactly one send each (on PostgreSQL a concurrent claim
+        waits for the row and then finds it no longer due). The claim moves the next attempt to
+        ``lease_until``, so a sender that dies mid-delivery only delays the notification, never drops it."""
+        if not outbox_ids:
+            return set()
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 outbox.update()
-                .where(outbox.c.id == outbox_id, outbox.c.next_attempt_at <= due_by)
+                .where(outbox.c.id.in_(outbox_ids), outbox.c.next_attempt_at <= due_by)
                 .values(next_attempt_at=lease_until)
+                .returning(outbox.c.id)
             )
-            return result.rowcount == 1
+            return set(result.scalars())
+
+    async def claim_notification(self, outbox_id: int, due_by: float, lease_until: float) -> bool:
+        return bool(await self.claim_notifications([outbox_id], due_by, lease_until))
+
+    async def notifications_delivered(self, delivered: list[tuple[int, int]]) -> None:
+        """Clear delivered rows ``(outbox id, seq)`` in one transaction. A row whose ``seq`` moved while it
+        was in flight (changed again) stays, due at once, so the newer state is delivered too."""
+        if not delivered:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(outbox.delete().where(sa.tuple_(outbox.c.id, outbox.c.seq).in_(delivered)))
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_([i for i, _ in delivered]))
+                .values(attempts=0, next_attempt_at=0.0)
+            )
 
     async def notification_delivered(self, outbox_id: int, seq: int) -> None:
-        async with self.engine.begin() as conn:
-            result = await conn.execute(outbox.delete().where(outbox.c.id == outbox_id, outbox.c.seq == seq))
-            if result.rowcount == 0:  # changed again while in flight: deliver the newer state now
-                await conn.execute(
-                    outbox.update().where(outbox.c.id == outbox_id).values(attempts=0, next_attempt_at=0.0)
-                )
+        await self.notifications_delivered([(outbox_id, seq)])
 
     async def notification_failed(self, outbox_id: int, next_attempt_at: float, error: str) -> None:
         async with self.engine.begin() as conn:
@@ -215,3 +243,47 @@ class SubscriptionsStore(StoreBase):
                     attempts=outbox.c.attempts + 1, next_attempt_at=next_attempt_at, last_error=error[:256]
                 )
             )
+
+    async def defer_notifications(
+        self, outbox_ids: list[int], due_by: float, next_attempt_at: float, error: str
+    ) -> None:
+        """Count a failed attempt for due rows not sent (their subscriber is known to be unresponsive),
+        without claiming them first: the compare-and-set skips rows another process has taken."""
+        if not outbox_ids:
+            return
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.id.in_(outbox_ids), outbox.c.next_attempt_at <= due_by)
+                .values(
+                    attempts=outbox.c.attempts + 1, next_attempt_at=next_attempt_at, last_error=error[:256]
+                )
+            )
+
+    async def notification_sharing(self, site_ids: list[int]) -> tuple[set[int], dict[int, frozenset[int]]]:
+        """For rendering a broadcast once: the sites among ``site_ids`` with anything aimed at them alone
+        (controls, defaults, bulk DOE intervals), and each site's direct groups. Two sites outside the
+        first set with the same groups see the same control lists, up to their hrefs."""
+        if not site_ids:
+            return set(), {}
+        keys = [f"s:{i}" for i in site_ids]
+        own = sa.union(
+            sa.select(controls.c.target).where(controls.c.target.in_(keys)),
+            sa.select(default_controls.c.target).where(default_controls.c.target.in_(keys)),
+            sa.select(sa.literal("s:") + sa.cast(doe_intervals.c.site_id, sa.String)).where(
+                doe_intervals.c.site_id.in_(site_ids)
+            ),
+        )
+        async with self.read() as conn:
+            alone = {int(k[2:]) for k in (await conn.execute(own)).scalars()}
+            member = (
+                await conn.execute(
+                    sa.select(memberships.c.site_id, memberships.c.group_id).where(
+                        memberships.c.site_id.in_(site_ids)
+                    )
+                )
+            ).all()
+        found: dict[int, set[int]] = {i: set() for i in site_ids}
+        for site_id, group_id in member:
+            found[site_id].add(group_id)
+        return alone, {i: frozenset(g) for i, g in found.items()}

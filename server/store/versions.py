@@ -18,7 +18,7 @@ state), so readers may record a token before or after its query.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -49,6 +49,8 @@ class Versions:
         self.seq = 0
         self.epoch = 0
         self._versions: dict[Token, int] = {}
+        # Told of every local bump (server.workers publishes it to the other server processes).
+        self.on_bump: Callable[[Iterable[Token] | None], None] | None = None
 
     def depends(self, *tokens: Token) -> None:
         """Record that the document being built reads ``tokens`` (call before the query)."""
@@ -95,8 +97,12 @@ class Versions:
         finally:
             _touched.reset(reset)
 
-    def bump(self, tokens: Iterable[Token] | None) -> None:
-        """After a commit: every token written moves on (``None``: everything, via the epoch)."""
+    def bump(self, tokens: Iterable[Token] | None, *, local: bool = True) -> None:
+        """After a commit: every token written moves on (``None``: everything, via the epoch). ``local``
+        is False for a commit made by another server process (server.workers), not published again."""
+        if local and self.on_bump is not None:
+            tokens = None if tokens is None else list(tokens)
+            self.on_bump(tokens)
         self.seq += 1
         if tokens is None:
             self.epoch = self.seq

@@ -1,0 +1,390 @@
+"""Emergency broadcast fan-out: from the operator's command to the Notification at every subscribed site.
+
+Run: ``python benchmarks/notify_fanout.py [--sites 2000] [--tarpit-percent 1]`` (goal: 10,000 sites,
+p99 <= 5 s).
+
+Processes: the derlink server (SQLite, default notification settings) pinned to core 0; the subscribers
+pinned to core 1: one aiohttp app over mutual TLS listening on a loopback address of its own per site
+(127.20.x.y), so that every site is a separate subscriber as gateways are, and ``--tarpit-percent`` of the
+sites subscribed at tarpits (127.30.x.y) that accept the connection and never answer. Each site holds one
+Subscription to its emergency DERControlList. The operator issues ``POST /api/emergency`` (target all,
+zero export) on the head-end; the clock starts as the command is sent.
+
+Prints p50/p99 of command -> receipt at the sites that answer, notifications/s, the server's CPU per
+notification (/proc) and the subscribers' CPU; then the same for a second broadcast (lifting the emergency)
+while the connections from the first are still open, and for a third after they have closed (new
+connections, TLS sessions resumed: the count of resumed handshakes is printed). Baseline, same run: a bare
+aiohttp client process on the server's core POSTing a body of the same size once to each of the same
+subscribers with the same TLS and concurrency (no database, no rendering); ``ratio`` = derlink's
+notifications/s over it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from _common import cpu_seconds, loadavg, pick, pki_dir, spawn  # noqa: E402
+
+QUICK_ARGS = ["--sites", "300"]
+TOKEN = "fanout-benchmark-operator-token"
+CONCURRENCY = 256  # ServerConfig.notify_concurrency's default; the baseline uses the same
+
+
+def good_address(i: int) -> str:
+    return f"127.20.{i // 250}.{i % 250 + 1}"
+
+
+def tarpit_address(i: int) -> str:
+    return f"127.30.{i // 250}.{i % 250 + 1}"
+
+
+def is_tarpit(i: int, percent: float) -> bool:
+    return percent > 0 and i % round(100 / percent) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def listening(address: str, port: int) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((address, port))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+# ------------------------------------------------------------------------------------------- subscribers
+
+
+async def serve_receivers(pki: str, sites: int, tarpit_percent: float) -> None:
+    from aiohttp import web
+
+    from certs.pki import load_pki
+    from certs.tls import server_ssl_context
+
+    arrivals: dict[int, float] = {}
+    sizes: list[int] = []
+    resumed: set[int] = set()  # connections whose TLS session was resumed
+
+    async def notified(request: web.Request) -> web.Response:
+        body = await request.read()
+        i = int(request.match_info["i"])
+        arrivals.setdefault(i, time.time())
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        if ssl_object is not None and ssl_object.session_reused:
+            resumed.add(i)
+        if not sizes:
+            sizes.append(len(body))
+        return web.Response(status=201)
+
+    async def stats(_request: web.Request) -> web.Response:
+        return web.json_response(
+            {"arrivals": arrivals, "body_size": sizes[0] if sizes else 0, "resumed": len(resumed)}
+        )
+
+    async def reset(_request: web.Request) -> web.Response:
+        arrivals.clear()
+        resumed.clear()
+        return web.json_response({})
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        while await reader.read(65536):
+            pass
+
+    held: list[asyncio.StreamWriter] = []
+    app = web.Application()
+    app.router.add_post("/n/{i}", notified)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    paths = load_pki(pki)
+    context = server_ssl_context(paths.server_chain, paths.server_key, paths.ca_chain)
+    loop = asyncio.get_running_loop()
+    port, tarpit_port = free_port(), free_port()
+    for i in range(1, sites + 1):
+        if is_tarpit(i, tarpit_percent):
+            await asyncio.start_server(hold, sock=listening(tarpit_address(i), tarpit_port))
+        else:
+            await loop.create_server(runner.server, sock=listening(good_address(i), port), ssl=context)
+    control = web.Application()
+    control.router.add_get("/stats", stats)
+    control.router.add_post("/reset", reset)
+    control_runner = web.AppRunner(control, access_log=None)
+    await control_runner.setup()
+    control_port = free_port()
+    await web.TCPSite(control_runner, "127.0.0.1", control_port).start()
+    print(json.dumps({"port": port, "tarpit_port": tarpit_port, "control_port": control_port}), flush=True)
+    await asyncio.Event().wait()
+
+
+# ------------------------------------------------------------------------------------------------ server
+
+
+async def serve_derlink(
+    pki: str, data_dir: str, sites: int, tarpit_percent: float, port: int, tport: int
+) -> None:
+    import logging
+
+    import sqlalchemy as sa
+
+    from server.app import start_server
+    from server.config import ServerConfig
+    from server.store import Store, make_engine, migrate
+    from server.store.schema import programs, subscriptions
+    from server.store.schema import sites as sites_table
+
+    logging.basicConfig(level=logging.ERROR)
+    config = ServerConfig(
+        data_dir=Path(data_dir),
+        port=0,
+        admin_port=0,
+        headend_port=0,
+        cert_dir=Path(pki),
+        notify_allow=["127.0.0.0/8"],
+        headend_tokens=[{"name": "bench", "token": TOKEN, "role": "operator"}],
+        log_level="ERROR",
+    )
+    engine = make_engine(config.resolved_database_url)
+    await migrate(engine)
+    store = Store(engine)
+    await store.admin.ensure_standard_programs()
+    now = int(time.time())
+    async with engine.begin() as conn:
+        emergency = (
+            await conn.execute(sa.select(programs.c.id).where(programs.c.key == "emergency"))
+        ).scalar_one()
+        await conn.execute(
+            sites_table.insert(),
+            [
+                {
+                    "id": i,
+                    "lfdi": f"{i:040X}",
+                    "sfdi": i,
+                    "enabled": True,
+                    "changed_time": now,
+                    "registered_time": now,
+                }
+                for i in range(1, sites + 1)
+            ],
+        )
+        await conn.execute(
+            subscriptions.insert(),
+            [
+                {
+                    "site_id": i,
+                    "kind": "derc",
+                    "program_id": emergency,
+                    "fsa_key": 0,
+                    "subscribed_href": f"/edev/{i}/derp/{emergency}/derc",
+                    "notification_uri": (
+                        f"https://{tarpit_address(i)}:{tport}/n/{i}"
+                        if is_tarpit(i, tarpit_percent)
+                        else f"https://{good_address(i)}:{port}/n/{i}"
+                    ),
+                    "limit": 5,
+                    "level": "+S1",
+                    "owner_lfdi": f"{i:040X}",
+                    "created_at": now,
+                }
+                for i in range(1, sites + 1)
+            ],
+        )
+    running = await start_server(config, store)
+    print(json.dumps({"headend_port": running.headend_port, "pid": os.getpid()}), flush=True)
+    await asyncio.Event().wait()
+
+
+# ---------------------------------------------------------------------------------------------- baseline
+
+
+async def bare_fanout(pki: str, port: int, sites: int, tarpit_percent: float, body_size: int) -> None:
+    """POST a fixed body once to each answering subscriber: TLS client work with nothing else."""
+    import aiohttp
+
+    from server.config import ServerConfig
+    from server.notifications import notification_client_ssl
+
+    context = notification_client_ssl(ServerConfig(cert_dir=Path(pki)))
+    body = b"x" * body_size
+    urls = [
+        f"https://{good_address(i)}:{port}/n/{i}"
+        for i in range(1, sites + 1)
+        if not is_tarpit(i, tarpit_percent)
+    ]
+    queue = iter(urls)
+    cpu, started = cpu_seconds(), time.perf_counter()
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(ssl=context, limit=CONCURRENCY)
+    ) as session:
+
+        async def worker() -> None:
+            for url in queue:
+                async with session.post(
+                    url, data=body, headers={"Content-Type": "application/sep+xml"}
+                ) as response:
+                    await response.read()
+
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    wall = time.perf_counter() - started
+    print(
+        json.dumps({"rate": len(urls) / wall, "cpu_ms": (cpu_seconds() - cpu) * 1000 / len(urls)}), flush=True
+    )
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+async def broadcast(
+    headend: str, control: str, path: str, body: dict, expected: int, pids: dict[str, int]
+) -> dict:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        await (await session.post(f"{control}/reset")).read()
+        cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        sent = time.time()
+        async with session.post(
+            f"{headend}{path}", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
+        ) as response:
+            assert response.status in (200, 201), await response.text()
+        deadline = time.monotonic() + 120 + expected / 20
+        while True:
+            await asyncio.sleep(0.1)
+            async with session.get(f"{control}/stats") as response:
+                stats = await response.json()
+            if len(stats["arrivals"]) >= expected or time.monotonic() > deadline:
+                break
+        used = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+    latencies = sorted(t - sent for t in stats["arrivals"].values())
+    last = latencies[-1] if latencies else float("nan")
+    return {
+        "received": len(latencies),
+        "p50": pick(latencies, 0.5),
+        "p99": pick(latencies, 0.99),
+        "last": last,
+        "rate": len(latencies) / last if latencies else 0.0,
+        "server_cpu_ms": used["server"] * 1000 / max(1, len(latencies)),
+        "receiver_cpu_s": used["receiver"],
+        "body_size": stats["body_size"],
+        "resumed": stats["resumed"],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sites", type=int, default=2000)
+    parser.add_argument("--tarpit-percent", type=float, default=1.0)
+    parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role:
+        role, *rest = args.role
+        if role == "receiver":
+            asyncio.run(serve_receivers(rest[0], int(rest[1]), float(rest[2])))
+        elif role == "server":
+            asyncio.run(
+                serve_derlink(rest[0], rest[1], int(rest[2]), float(rest[3]), int(rest[4]), int(rest[5]))
+            )
+        elif role == "baseline":
+            asyncio.run(bare_fanout(rest[0], int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4])))
+        return 0
+
+    pki = str(pki_dir())
+    sites, percent = args.sites, args.tarpit_percent
+    good = sum(1 for i in range(1, sites + 1) if not is_tarpit(i, percent))
+    print(f"{sites} subscribed sites, {sites - good} of them tarpits; load average {loadavg()}")
+    receiver, rinfo = spawn(__file__, 1, "--role", "receiver", pki, str(sites), str(percent))
+    procs = [receiver]
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            server, sinfo = spawn(
+                __file__, 0, "--role", "server", pki, tmp, str(sites), str(percent),
+                str(rinfo["port"]), str(rinfo["tarpit_port"]),
+            )  # fmt: skip
+            procs.append(server)
+            headend = f"http://127.0.0.1:{sinfo['headend_port']}"
+            control = f"http://127.0.0.1:{rinfo['control_port']}"
+            pids = {"server": server.pid, "receiver": receiver.pid}
+            first = asyncio.run(
+                broadcast(headend, control, "/api/emergency", {"target": "all", "action": "zero_export",
+                          "reason": "benchmark"}, good, pids)
+            )  # fmt: skip
+            second = asyncio.run(
+                broadcast(
+                    headend,
+                    control,
+                    "/api/emergency/lift",
+                    {"target": "all", "reason": "benchmark"},
+                    good,
+                    pids,
+                )
+            )
+            time.sleep(31)  # past the sender's keep-alive: new connections, TLS sessions resumed
+            third = asyncio.run(
+                broadcast(headend, control, "/api/emergency", {"target": "all", "action": "zero_generation",
+                          "reason": "benchmark"}, good, pids)
+            )  # fmt: skip
+            server.terminate()
+            server.wait(10)
+            asyncio.run(_reset(control))
+            baseline_proc, base = spawn(
+                __file__, 0, "--role", "baseline", pki, str(rinfo["port"]), str(sites), str(percent),
+                str(first["body_size"]),
+            )  # fmt: skip
+            baseline_proc.wait(60)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+    print(
+        f"load generator: none (the server sends); subscribers on core 1, server on core 0; load {loadavg()}"
+    )
+    print(
+        f"baseline: bare aiohttp client, same TLS and concurrency {CONCURRENCY}: {base['rate']:.0f} POST/s, "
+        f"{base['cpu_ms']:.2f} ms CPU each"
+    )
+    for name, f in (("emergency", first), ("lift (kept alive)", second), ("again (resumed)", third)):
+        print(
+            f"{name:18} resumed {f['resumed']:5}  received {f['received']}/{good}  "
+            f"p50 {f['p50']:.2f} s  p99 {f['p99']:.2f} s  "
+            f"last {f['last']:.2f} s  {f['rate']:.0f} notifications/s  "
+            f"server {f['server_cpu_ms']:.2f} ms CPU each  subscribers {f['receiver_cpu_s']:.1f} s CPU"
+        )
+    ratio = first["rate"] / base["rate"]
+    print(f"RESULT notify_fanout_{sites}_p50 {first['p50']:.3f} s")
+    print(f"RESULT notify_fanout_{sites}_p99 {first['p99']:.3f} s goal=<=5")
+    print(f"RESULT notify_fanout_{sites}_per_s {first['rate']:.0f} notifications/s ratio={ratio:.2f}")
+    print(f"RESULT notify_fanout_{sites}_received {first['received'] / good:.4f} fraction goal=>=1")
+    print(f"RESULT notify_fanout_{sites}_server_cpu_ms {first['server_cpu_ms']:.3f} ms")
+    print(f"RESULT notify_fanout_{sites}_receiver_cpu_s {first['receiver_cpu_s']:.2f} s")
+    print(f"RESULT notify_fanout_{sites}_repeat_p99 {second['p99']:.3f} s")
+    print(f"RESULT notify_fanout_{sites}_repeat_server_cpu_ms {second['server_cpu_ms']:.3f} ms")
+    print(f"RESULT notify_fanout_{sites}_resumed_p99 {third['p99']:.3f} s")
+    print(f"RESULT notify_fanout_{sites}_resumed_server_cpu_ms {third['server_cpu_ms']:.3f} ms")
+    return 0
+
+
+async def _reset(control: str) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        await (await session.post(f"{control}/reset")).read()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
