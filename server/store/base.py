@@ -13,11 +13,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sep2 import time as sep2time
 from server.errors import NotFound
 from server.store.engine import make_engine, migrate
+from server.store.fast import FastReads, Reads
 from server.store.quotas import Quotas
 from server.store.schema import (
     sites,
 )
-from server.store.scope import RequestScope
+from server.store.scope import RequestScope, scoped
 from server.store.versions import Token, Versions
 
 T = TypeVar("T")
@@ -31,6 +32,7 @@ class StoreBase:
 
     def __init__(self, engine: AsyncEngine, *, pen: int = 0, clock: Any = sep2time.now) -> None:
         self.engine = engine
+        self.fast = FastReads(engine)  # prepared reads of the hot GETs (server.store.fast)
         self.quotas = Quotas()  # per-client caps (server.store.quotas); start_server sets them from config
         self.pen = pen
         self.clock = clock
@@ -56,6 +58,7 @@ class StoreBase:
         if self._group_task is not None:
             await self._group_task
         await self.flush_contacts()
+        self.fast.close()
         await self.engine.dispose()
 
     @asynccontextmanager
@@ -150,6 +153,17 @@ class StoreBase:
         if row is None:
             raise NotFound(f"no EndDevice {site_id} for this client")
         return row
+
+    async def _site_read(self, db: Reads, scope: RequestScope, site_id: int) -> Any:
+        """:meth:`_site` as a prepared read (outside a write transaction)."""
+        self.depends(("site", site_id))
+        row = await db.first(_SITE[scope.kind], site_id=site_id, **scope.bind())
+        if row is None:
+            raise NotFound(f"no EndDevice {site_id} for this client")
+        return row
+
+
+_SITE = scoped(lambda cond: sa.select(sites).where(sites.c.id == sa.bindparam("site_id"), cond))
 
 
 class _Redo(Exception):

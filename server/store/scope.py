@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2.identity import IdentityError, normalise_lfdi
 from server.errors import BadRequest
+from server.store.fast import Query
 from server.store.schema import (
     sites,
 )
@@ -32,10 +33,28 @@ class RequestScope:
             return sites.c.aggregator_id == self.aggregator_id
         return sites.c.lfdi == self.lfdi
 
+    def bind(self) -> dict[str, Any]:
+        """The parameters of :data:`SCOPE_CONDITIONS` for this client."""
+        if self.kind == "aggregator":
+            return {"scope_agg": self.aggregator_id}
+        return {"scope_lfdi": self.lfdi}
+
     @property
     def owner(self) -> str:
         """The key of this client's lists (``server.store.versions.owners``)."""
         return f"a:{self.aggregator_id}" if self.kind == "aggregator" else f"d:{self.lfdi}"
+
+
+#: :meth:`RequestScope.site_condition` with parameters (:meth:`RequestScope.bind`), for prepared reads.
+SCOPE_CONDITIONS: dict[str, sa.ColumnElement[bool]] = {
+    "device": sites.c.lfdi == sa.bindparam("scope_lfdi"),
+    "aggregator": sites.c.aggregator_id == sa.bindparam("scope_agg"),
+}
+
+
+def scoped(build: Any) -> dict[str, Query]:
+    """One prepared :class:`Query` per kind of client, from ``build(site condition)``."""
+    return {kind: Query(build(cond)) for kind, cond in SCOPE_CONDITIONS.items()}
 
 
 @dataclass(frozen=True, slots=True)
