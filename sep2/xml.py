@@ -181,39 +181,73 @@ def _fast_text(spec: FieldSpec, kind: int, low: int, high: int, value: Any, path
 
 def _fast_encode(out: list[str], obj: Sep2Object, tag: str, head: str, path: str) -> None:
     """Append ``obj`` as element ``tag`` to ``out`` (the bytes, checks and errors of :func:`_encode_into`);
-    ``head``: namespace declarations of the root."""
-    open_at = len(out)
-    out.append("")  # the start tag, filled in once the attributes are known
-    attrs = head
-    has_children = False
-    for field_name, is_attr, kind, low, high, field_tag, xsd_type, spec in _plan(type(obj)):
-        value = getattr(obj, field_name)
-        if value is None or (spec.repeated and not value):
-            if spec.required:
-                raise Sep2XmlError("required field is missing", f"{path}/{field_name}")
-            continue
+    ``head``: namespace declarations of the root. Each class gets a writer of its own (:func:`_writer`)."""
+    writer = _WRITERS.get(type(obj))
+    if writer is None:
+        writer = _WRITERS[type(obj)] = _writer(type(obj))
+    writer(out, obj, tag, head, path)
+
+
+_WRITERS: dict[type, Any] = {}
+
+
+def _writer(cls: type[Sep2Object]) -> Any:
+    """Generate the writer of one class: its fields unrolled, integers and booleans formatted inline (the
+    generic loop over field specs cost more than the text itself)."""
+    env: dict[str, Any] = {"_ft": _fast_text, "_enc": _fast_encode, "Sep2XmlError": Sep2XmlError}
+    env.update(Sep2Object=Sep2Object, _Fallback=_Fallback)
+    code = [
+        "def write(out, obj, tag, head, path):",
+        "    at = len(out)",
+        "    out.append('')",
+        "    attrs = head",
+        "    kids = False",
+    ]
+    for n, (name, is_attr, kind, low, high, field_tag, xsd_type, spec) in enumerate(_plan(cls)):
+        env[f"S{n}"] = spec
+        empty = "not v" if spec.repeated else "v is None"
+        code.append(f"    v = obj.{name}")
+        if spec.required:
+            code.append(f"    if {empty}: raise Sep2XmlError('required field is missing', path + '/{name}')")
+        code.append(f"    if not ({empty}):")
+        where = f"path + '@{name}'" if is_attr else f"path + '/{name}'"
+        slow = f"_ft(S{n}, {kind}, {low}, {high}, v, {where}, {is_attr})"
+        if kind == _INT:
+            text = f"(str(v) if type(v) is int and {low} <= v <= {high} else {slow})"
+        elif kind == _BOOL:
+            text = f"('true' if v is True else 'false' if v is False else {slow})"
+        else:
+            text = slow
         if is_attr:
-            text = _fast_text(spec, kind, low, high, value, f"{path}@{field_name}", True)
-            attrs += f' {field_name}="{text}"'
+            code.append(f"        attrs += ' {name}=\"' + {text} + '\"'")
             continue
-        child_path = f"{path}/{field_name}"
-        for item in value if spec.repeated else (value,):
-            has_children = True
-            if kind >= 0:
-                out.append(
-                    f"<{field_tag}>{_fast_text(spec, kind, low, high, item, child_path, False)}</{field_tag}>"
-                )
-            else:
-                if not isinstance(item, Sep2Object):
-                    raise Sep2XmlError(f"expected a {xsd_type}, got {type(item).__name__}", child_path)
-                if type(item).__name__ != xsd_type:
-                    raise _Fallback  # an xsi:type
-                _fast_encode(out, item, field_tag, "", child_path)
-    if has_children:
-        out[open_at] = f"<{tag}{attrs}>"
-        out.append(f"</{tag}>")
-    else:
-        out[open_at] = f"<{tag}{attrs}/>"
+        code.append("        kids = True")
+        indent = "        "
+        if spec.repeated:
+            code.append("        for v in v:")
+            indent += "    "
+        if kind >= 0:
+            code.append(f"{indent}out.append('<{field_tag}>' + {text} + '</{field_tag}>')")
+        else:
+            env[f"C{n}"] = REGISTRY[xsd_type] if xsd_type in REGISTRY else None
+            code += [
+                f"{indent}if type(v) is not C{n}:",
+                f"{indent}    if not isinstance(v, Sep2Object):",
+                f"{indent}        got = type(v).__name__",
+                f"{indent}        raise Sep2XmlError('expected a {xsd_type}, got ' + got, path + '/{name}')",
+                f"{indent}    if type(v).__name__ != '{xsd_type}':",
+                f"{indent}        raise _Fallback  # an xsi:type",
+                f"{indent}_enc(out, v, '{field_tag}', '', path + '/{name}')",
+            ]
+    code += [
+        "    if kids:",
+        "        out[at] = '<' + tag + attrs + '>'",
+        "        out.append('</' + tag + '>')",
+        "    else:",
+        "        out[at] = '<' + tag + attrs + '/>'",
+    ]
+    exec(compile("\n".join(code), f"<sep2 writer {cls.__name__}>", "exec"), env)
+    return env["write"]
 
 
 def _format_simple(spec: FieldSpec, value: Any, path: str) -> str:
