@@ -111,6 +111,8 @@ class _Fallback(Exception):
 
 _ROOT_NS = f' xmlns="{NS_SEP}" xmlns:csipaus="{NS_CSIP}"'
 _NOTIFICATION_NS = f'{_ROOT_NS} xmlns:xsi="{NS_XSI}"'
+# A character to escape (text or attribute) or one XML cannot hold: such text takes the slow path.
+_SPECIAL = re.compile('[&<>"\\r\\n\\t]|[^\\x20-\\ud7ff\\ue000-\\ufffd\\U00010000-\\U0010ffff]')
 _NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # How the fast writer formats each simple type: int, bool, hex (no escaping needed once valid), text.
 _INT, _BOOL, _HEXT, _TEXT = 0, 1, 2, 3
@@ -195,7 +197,7 @@ def _writer(cls: type[Sep2Object]) -> Any:
     """Generate the writer of one class: its fields unrolled, integers and booleans formatted inline (the
     generic loop over field specs cost more than the text itself)."""
     env: dict[str, Any] = {"_ft": _fast_text, "_enc": _fast_encode, "Sep2XmlError": Sep2XmlError}
-    env.update(Sep2Object=Sep2Object, _Fallback=_Fallback)
+    env.update(Sep2Object=Sep2Object, _Fallback=_Fallback, _hex=_HEX.match, _special=_SPECIAL.search)
     code = [
         "def write(out, obj, tag, head, path):",
         "    at = len(out)",
@@ -216,8 +218,11 @@ def _writer(cls: type[Sep2Object]) -> Any:
             text = f"(str(v) if type(v) is int and {low} <= v <= {high} else {slow})"
         elif kind == _BOOL:
             text = f"('true' if v is True else 'false' if v is False else {slow})"
-        else:
-            text = slow
+        elif kind == _HEXT:
+            text = f"(v if type(v) is str and len(v) <= {2 * high + 1} and _hex(v) else {slow})"
+        else:  # text that needs no escaping is written as it is
+            fits = "" if high < 0 else f" and len(v) <= {high}"
+            text = f"(v if type(v) is str{fits} and not _special(v) else {slow})"
         if is_attr:
             code.append(f"        attrs += ' {name}=\"' + {text} + '\"'")
             continue
