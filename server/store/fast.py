@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from server.store.engine import SQLITE_BUSY_TIMEOUT_MS
+from server.store import engine as _engine
 
 _POSTCOMPILE = "__[POSTCOMPILE_"
 
@@ -124,7 +124,7 @@ class FastReads:
     def _reader(self) -> sqlite3.Connection:
         if self._conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
+            conn.execute(f"PRAGMA busy_timeout={int(_engine.SQLITE_BUSY_TIMEOUT_MS)}")
             conn.execute("PRAGMA query_only=1")
             self._conn = conn
         return self._conn
@@ -278,7 +278,7 @@ def _driver_errors(sql: str) -> Iterator[None]:
 def open_writer(path: str) -> sqlite3.Connection:
     """The writer thread's connection: the pragmas of ``server.store.engine``, transactions explicit."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
+    conn.execute(f"PRAGMA busy_timeout={int(_engine.SQLITE_BUSY_TIMEOUT_MS)}")
     conn.execute("PRAGMA synchronous=FULL")  # committed means on disk before we acknowledge
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
