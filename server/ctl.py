@@ -548,11 +548,8 @@ def _run_command(args: argparse.Namespace) -> int:
                 console.print(f"  {where}: {item.get('message')}")
         return 1
     except OSError as exc:
-        print(
-            f"error: cannot reach the head-end API at {_url(args)} (is the server running? see --url, "
-            f"--data-dir, --config): {exc}",
-            file=sys.stderr,
-        )
+        print(f"error: cannot reach the head-end API at {_url(args)} (is the server running? see --url, "
+              f"--data-dir, --config): {exc}", file=sys.stderr)
         return 1
     _show(args, payload, title=" ".join(k for k in key if k))
     return 0
@@ -564,22 +561,15 @@ def _run_command(args: argparse.Namespace) -> int:
 def _global_options(parser: argparse.ArgumentParser, shown: bool) -> None:
     """The options every ctl command takes. Below the ctl level they are hidden and, when absent, leave
     the value given before the action alone (SUPPRESS)."""
-
     def add(*flags: str, help: str, **kwargs: Any) -> None:
         if not shown:
             kwargs["default"] = argparse.SUPPRESS
         parser.add_argument(*flags, help=help if shown else argparse.SUPPRESS, **kwargs)
 
-    add(
-        "--url",
-        help="head-end API base URL (default $DERLINK_HEADEND_URL, the address the server wrote "
-        f"in DATA_DIR/headend.json, the server config's headend_host/headend_port, or {DEFAULT_URL})",
-    )
-    add(
-        "--token",
-        help="bearer token (default $DERLINK_TOKEN, --token-file, the server config's "
-        "headend_tokens, or DATA_DIR/headend-token)",
-    )
+    add("--url", help="head-end API base URL (default $DERLINK_HEADEND_URL, the address the server wrote "
+        f"in DATA_DIR/headend.json, the server config's headend_host/headend_port, or {DEFAULT_URL})")
+    add("--token", help="bearer token (default $DERLINK_TOKEN, --token-file, the server config's "
+        "headend_tokens, or DATA_DIR/headend-token)")
     add("--token-file", help="file holding the token")
     add("--data-dir", help="the server's data directory (default: the server config's, or ./derlink-data)")
     add("--config", help="the server's configuration file (server.toml)")

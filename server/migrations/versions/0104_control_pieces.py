@@ -22,7 +22,9 @@ def upgrade() -> None:
     # A plain ADD COLUMN, never a table rebuild: on SQLite a rebuild drops the table that responses cascade
     # from. SQLite accepts an inline REFERENCES clause on a column added with a NULL default.
     if op.get_bind().dialect.name == "sqlite":
-        op.execute("ALTER TABLE controls ADD COLUMN split_from INTEGER REFERENCES controls (id)")
+        op.execute(
+            "ALTER TABLE controls ADD COLUMN split_from INTEGER REFERENCES controls (id)"
+        )
     else:
         op.add_column(
             "controls",
