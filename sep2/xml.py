@@ -194,65 +194,105 @@ _WRITERS: dict[type, Any] = {}
 
 
 def _writer(cls: type[Sep2Object]) -> Any:
-    """Generate the writer of one class: its fields unrolled, integers and booleans formatted inline (the
-    generic loop over field specs cost more than the text itself)."""
+    """Generate the writer of one class: its fields unrolled, integers, booleans and plain text formatted
+    inline, and child objects of their declared class written inline too (a few levels deep): the generic
+    loop over field specs, and a call per child, cost more than the text itself."""
     env: dict[str, Any] = {"_ft": _fast_text, "_enc": _fast_encode, "Sep2XmlError": Sep2XmlError}
     env.update(Sep2Object=Sep2Object, _Fallback=_Fallback, _hex=_HEX.match, _special=_SPECIAL.search)
-    code = [
-        "def write(out, obj, tag, head, path):",
-        "    at = len(out)",
-        "    out.append('')",
-        "    attrs = head",
-        "    kids = False",
-    ]
-    for n, (name, is_attr, kind, low, high, field_tag, xsd_type, spec) in enumerate(_plan(cls)):
-        env[f"S{n}"] = spec
-        empty = "not v" if spec.repeated else "v is None"
-        code.append(f"    v = obj.{name}")
-        if spec.required:
-            code.append(f"    if {empty}: raise Sep2XmlError('required field is missing', path + '/{name}')")
-        code.append(f"    if not ({empty}):")
-        where = f"path + '@{name}'" if is_attr else f"path + '/{name}'"
-        slow = f"_ft(S{n}, {kind}, {low}, {high}, v, {where}, {is_attr})"
-        if kind == _INT:
-            text = f"(str(v) if type(v) is int and {low} <= v <= {high} else {slow})"
-        elif kind == _BOOL:
-            text = f"('true' if v is True else 'false' if v is False else {slow})"
-        elif kind == _HEXT:
-            text = f"(v if type(v) is str and len(v) <= {2 * high + 1} and _hex(v) else {slow})"
-        else:  # text that needs no escaping is written as it is
-            fits = "" if high < 0 else f" and len(v) <= {high}"
-            text = f"(v if type(v) is str{fits} and not _special(v) else {slow})"
-        if is_attr:
-            code.append(f"        attrs += ' {name}=\"' + {text} + '\"'")
-            continue
-        code.append("        kids = True")
-        indent = "        "
-        if spec.repeated:
-            code.append("        for v in v:")
-            indent += "    "
-        if kind >= 0:
-            code.append(f"{indent}out.append('<{field_tag}>' + {text} + '</{field_tag}>')")
-        else:
-            env[f"C{n}"] = REGISTRY[xsd_type] if xsd_type in REGISTRY else None
-            code += [
-                f"{indent}if type(v) is not C{n}:",
-                f"{indent}    if not isinstance(v, Sep2Object):",
-                f"{indent}        got = type(v).__name__",
-                f"{indent}        raise Sep2XmlError('expected a {xsd_type}, got ' + got, path + '/{name}')",
-                f"{indent}    if type(v).__name__ != '{xsd_type}':",
-                f"{indent}        raise _Fallback  # an xsi:type",
-                f"{indent}_enc(out, v, '{field_tag}', '', path + '/{name}')",
-            ]
-    code += [
-        "    if kids:",
-        "        out[at] = '<' + tag + attrs + '>'",
-        "        out.append('</' + tag + '>')",
-        "    else:",
-        "        out[at] = '<' + tag + attrs + '/>'",
-    ]
+    code = ["def write(out, o0, tag, head, path):"]
+    _emit(cls, 0, "tag", "head", "path", "    ", code, env, 3)
     exec(compile("\n".join(code), f"<sep2 writer {cls.__name__}>", "exec"), env)
     return env["write"]
+
+
+def _emit(
+    cls: type[Sep2Object],
+    d: int,
+    tag: str,
+    head: str,
+    path: str,
+    ind: str,
+    code: list[str],
+    env: dict[str, Any],
+    inline: int,
+) -> None:
+    """Append the code writing object ``o<d>`` of ``cls`` as element ``tag`` (expressions: ``tag``, ``head``,
+    ``path``, the last evaluated only for errors and children written by :func:`_fast_encode`)."""
+    o, at, attrs, kids, v = f"o{d}", f"at{d}", f"attrs{d}", f"kids{d}", f"v{d}"
+    code += [
+        f"{ind}{at} = len(out)",
+        f"{ind}out.append('')",
+        f"{ind}{attrs} = {head}",
+        f"{ind}{kids} = False",
+    ]
+    for name, is_attr, kind, low, high, field_tag, xsd_type, spec in _plan(cls):
+        key = f"S{len(env)}"
+        env[key] = spec
+        empty = f"not {v}" if spec.repeated else f"{v} is None"
+        code.append(f"{ind}{v} = {o}.{name}")
+        if spec.required:
+            code.append(
+                f"{ind}if {empty}: raise Sep2XmlError('required field is missing', {path} + '/{name}')"
+            )
+        code.append(f"{ind}if not ({empty}):")
+        inner = ind + "    "
+        where = f"{path} + '@{name}'" if is_attr else f"{path} + '/{name}'"
+        slow = f"_ft({key}, {kind}, {low}, {high}, {v}, {where}, {is_attr})"
+        if kind == _INT:
+            text = f"(str({v}) if type({v}) is int and {low} <= {v} <= {high} else {slow})"
+        elif kind == _BOOL:
+            text = f"('true' if {v} is True else 'false' if {v} is False else {slow})"
+        elif kind == _HEXT:
+            text = f"({v} if type({v}) is str and len({v}) <= {2 * high + 1} and _hex({v}) else {slow})"
+        else:  # text that needs no escaping is written as it is
+            fits = "" if high < 0 else f" and len({v}) <= {high}"
+            text = f"({v} if type({v}) is str{fits} and not _special({v}) else {slow})"
+        if is_attr:
+            code.append(f"{inner}{attrs} += ' {name}=\"' + {text} + '\"'")
+            continue
+        code.append(f"{inner}{kids} = True")
+        if spec.repeated:
+            code.append(f"{inner}for {v} in {v}:")
+            inner += "    "
+        if kind >= 0:
+            code.append(f"{inner}out.append('<{field_tag}>' + {text} + '</{field_tag}>')")
+            continue
+        child = REGISTRY.get(xsd_type)
+        ckey = f"C{len(env)}"
+        env[ckey] = child
+        generic = [
+            f"if not isinstance({v}, Sep2Object):",
+            f"    got = type({v}).__name__",
+            f"    raise Sep2XmlError('expected a {xsd_type}, got ' + got, {path} + '/{name}')",
+            f"if type({v}).__name__ != '{xsd_type}':",
+            "    raise _Fallback  # an xsi:type",
+            f"_enc(out, {v}, '{field_tag}', '', {path} + '/{name}')",
+        ]
+        if inline > 0 and child is not None and child is not cls:
+            code.append(f"{inner}if type({v}) is {ckey}:")
+            code.append(f"{inner}    o{d + 1} = {v}")
+            _emit(
+                child,
+                d + 1,
+                repr(field_tag),
+                "''",
+                f"{path} + '/{name}'",
+                inner + "    ",
+                code,
+                env,
+                inline - 1,
+            )
+            code.append(f"{inner}else:")
+            code += [f"{inner}    {line}" for line in generic]
+        else:
+            code += [f"{inner}{line}" for line in generic]
+    code += [
+        f"{ind}if {kids}:",
+        f"{ind}    out[{at}] = '<' + {tag} + {attrs} + '>'",
+        f"{ind}    out.append('</' + {tag} + '>')",
+        f"{ind}else:",
+        f"{ind}    out[{at}] = '<' + {tag} + {attrs} + '/>'",
+    ]
 
 
 def _format_simple(spec: FieldSpec, value: Any, path: str) -> str:
