@@ -9,7 +9,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from sep2 import resources as r
-from sep2.identity import IdentityError, normalise_lfdi
 from sep2.xml import to_xml
 from server.errors import BadRequest, Conflict, NotFound
 from server.store.base import StoreBase
@@ -21,14 +20,9 @@ from server.store.schema import (
     readings,
     sites,
 )
-from server.store.scope import Page, RequestScope, scoped
+from server.store.scope import Page, RequestScope, own_site, own_site_lfdi, scoped
 from server.store.versions import owners
 
-_OWN_SITE = scoped(
-    lambda cond: sa.select(sites.c.id, sites.c.lfdi, sites.c.aggregator_id).where(
-        sites.c.lfdi == sa.bindparam("lfdi"), cond
-    )
-)
 _MUP_OWNER = scoped(
     lambda cond: (
         sa.select(sites.c.lfdi, sites.c.aggregator_id)
@@ -189,10 +183,7 @@ class MeteringStore(StoreBase):
         check_readings(self.quotas, mup.MirrorMeterReading, "MirrorUsagePoint")
         now = self.clock()
         mrid = mup.mRID.upper()
-        try:
-            device_lfdi = normalise_lfdi(mup.deviceLFDI or "")
-        except IdentityError as exc:
-            raise BadRequest(f"MirrorUsagePoint.deviceLFDI: {exc}") from None
+        device_lfdi = own_site_lfdi(mup.deviceLFDI, "MirrorUsagePoint.deviceLFDI")
         values = dict(
             p_description=mup.description,
             p_role_flags=mup.roleFlags,
@@ -202,11 +193,7 @@ class MeteringStore(StoreBase):
         )
 
         def work(db: Writes) -> tuple[int, bool]:
-            site = db.first(_OWN_SITE[scope.kind], lfdi=device_lfdi, **scope.bind())
-            if site is None:
-                raise BadRequest(
-                    f"MirrorUsagePoint.deviceLFDI: {device_lfdi} is not an EndDevice of this client"
-                )
+            site = own_site(db, scope, device_lfdi, "MirrorUsagePoint.deviceLFDI")
             self.touch(*(("mup", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             existing = db.first(_MUP_OF_SITE, site_id=site.id, mrid=mrid)
             if existing is None:

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2.identity import IdentityError, normalise_lfdi
 from server.errors import BadRequest
-from server.store.fast import Query
+from server.store.fast import Query, Writes
 from server.store.schema import (
     sites,
 )
@@ -84,19 +83,25 @@ class SiteView:
         return sorted({p.group_id or 0 for p in self.programs} | direct)
 
 
-async def _own_site(conn: AsyncConnection, scope: RequestScope, lfdi: str | None, field: str) -> Any:
-    """This client's EndDevice (id, lfdi, aggregator_id) for ``lfdi``; otherwise a 400 naming ``field``."""
+_OWN_SITE = scoped(
+    lambda cond: sa.select(sites.c.id, sites.c.lfdi, sites.c.aggregator_id).where(
+        sites.c.lfdi == sa.bindparam("lfdi"), cond
+    )
+)
+
+
+def own_site_lfdi(lfdi: str | None, field: str) -> str:
+    """The normalised LFDI of a posted document's EndDevice field; otherwise a 400 naming ``field``."""
     try:
-        device_lfdi = normalise_lfdi(lfdi or "")
+        return normalise_lfdi(lfdi or "")
     except IdentityError as exc:
         raise BadRequest(f"{field}: {exc}") from None
-    site = (
-        await conn.execute(
-            sa.select(sites.c.id, sites.c.lfdi, sites.c.aggregator_id).where(
-                sites.c.lfdi == device_lfdi, scope.site_condition()
-            )
-        )
-    ).first()
+
+
+def own_site(db: Writes, scope: RequestScope, device_lfdi: str, field: str) -> Any:
+    """This client's EndDevice (id, lfdi, aggregator_id) for ``device_lfdi`` (normalised by
+    :func:`own_site_lfdi`), inside a grouped write; otherwise a 400 naming ``field``."""
+    site = db.first(_OWN_SITE[scope.kind], lfdi=device_lfdi, **scope.bind())
     if site is None:
         raise BadRequest(f"{field}: {device_lfdi} is not an EndDevice of this client")
     return site

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from server.store.fast import Query, Reads
+from server.store.fast import Query, Reads, Writes
 from server.store.schema import (
     groups,
     memberships,
@@ -46,6 +46,11 @@ async def _site_targets(conn: AsyncConnection, site_id: int) -> list[tuple[str, 
 async def site_targets(db: Reads, site_id: int) -> list[tuple[str, int]]:
     """:func:`_site_targets` as a prepared read."""
     return _targets(site_id, await db.all(_GROUPS_OF, site_id=site_id))
+
+
+def site_targets_in(db: Writes, site_id: int) -> list[tuple[str, int]]:
+    """:func:`_site_targets` inside a grouped write (``StoreBase.grouped_sync``)."""
+    return _targets(site_id, db.all(_GROUPS_OF, site_id=site_id))
 
 
 _PROGRAMS = Query(
