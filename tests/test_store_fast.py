@@ -23,6 +23,8 @@ async def _answers(store: Store) -> list:
         out.append(await store.client_counts(scope))
         out.append(await store.rate(view, "derp", 99))
         for program in view.programs:
+            out.append(await store.effective_default(view, program.id))
+            out.append(await store.default_control(view, program.id))
             for page in (Page(0, 50), Page(1, 2), Page(0, 1, after=store.clock() + 500)):
                 for active in (False, True):
                     total, rows, next_change = await store.program_controls(
@@ -45,6 +47,8 @@ async def test_prepared_reads_on_the_stdlib_driver_match_sqlalchemy(tmp_path):
         await admin.create_group("feeder", parent="zone")
         await admin.set_membership(LFDI_A, "feeder")
         await admin.set_rate("derp", 30, "group:zone")
+        await admin.set_default_control("doe", "all", base=build_control_base(export_limit_w=5000))
+        await admin.set_default_control("doe", "group:feeder", base=build_control_base(import_limit_w=7000))
         now = store.clock()
         for i, target in enumerate(["all", "group:zone", f"site:{LFDI_A}", f"site:{LFDI_B}"] * 3):
             await admin.create_control(

@@ -74,6 +74,12 @@ _CONTROL_ROWS = {
     )
     for active in (False, True)
 }
+_DEFAULTS = Query(
+    sa.select(default_controls).where(
+        default_controls.c.program_id.in_(sa.bindparam("programs", expanding=True)),
+        default_controls.c.target.in_(sa.bindparam("keys", expanding=True)),
+    )
+)
 _RATES = Query(
     sa.select(rate_settings.c.target, rate_settings.c.value).where(
         rate_settings.c.resource == sa.bindparam("resource"),
@@ -180,14 +186,7 @@ class ControlsStore(StoreBase):
         self._depends_on_view(view)
         self.program_row(view, program_id)
         rank = dict(view.targets)
-        async with self.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(default_controls).where(
-                        default_controls.c.program_id == program_id, default_controls.c.target.in_(list(rank))
-                    )
-                )
-            ).all()
+        rows = await self.fast.all(_DEFAULTS, programs=[program_id], keys=list(rank))
         if not rows:
             return None
         return max(rows, key=lambda row: (rank[row.target], -row.id))
@@ -205,15 +204,7 @@ class ControlsStore(StoreBase):
         program = self.program_row(view, program_id)
         chain = [program] + [p for p in view.programs if p.primacy > program.primacy]  # by primacy, id
         rank = dict(view.targets)
-        async with self.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(default_controls).where(
-                        default_controls.c.program_id.in_([p.id for p in chain]),
-                        default_controls.c.target.in_(list(rank)),
-                    )
-                )
-            ).all()
+        rows = await self.fast.all(_DEFAULTS, programs=[p.id for p in chain], keys=list(rank))
         best: dict[int, Any] = {}
         for row in rows:  # the most specific default of each program: site, nearest group, all
             held = best.get(row.program_id)
