@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, Self, TypeVar
@@ -25,8 +25,7 @@ from server.store.versions import Token, Versions
 
 T = TypeVar("T")
 GROUP_MAX = 256  # writes committed together at most (bounds one transaction's length)
-_Job = tuple[Callable[[AsyncConnection], Awaitable[Any]], "asyncio.Future[Any]"]
-_SyncJob = tuple[Callable[[Writes], Any], "asyncio.Future[Any]"]
+_Job = tuple[Callable[[Writes], Any], "asyncio.Future[Any]"]
 
 
 class StoreBase:
@@ -47,11 +46,9 @@ class StoreBase:
         self._pending_contacts: dict[str, int] = {}
         self._group: list[_Job] = []
         self._group_task: asyncio.Task[None] | None = None
-        self._sync_group: list[_SyncJob] = []
-        self._sync_group_task: asyncio.Task[None] | None = None
-        self._writer: ThreadPoolExecutor | None = None  # SQLite: the thread running grouped_sync()
+        self._writer: ThreadPoolExecutor | None = None  # SQLite: the thread running grouped()
         self._writer_conn: sqlite3.Connection | None = None
-        self.commits = 0  # transactions committed by grouped() and grouped_sync()
+        self.commits = 0  # transactions committed by grouped()
         self.grouped_writes = 0  # writes they held
 
     @classmethod
@@ -64,8 +61,6 @@ class StoreBase:
     async def close(self) -> None:
         if self._group_task is not None:
             await self._group_task
-        if self._sync_group_task is not None:
-            await self._sync_group_task
         if self._writer is not None:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._close_writer)
             self._writer.shutdown()
@@ -95,14 +90,16 @@ class StoreBase:
         self.versions.bump(changes or None)
         self.outbox_event.set()
 
-    async def grouped(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def grouped(self, work: Callable[[Writes], T]) -> T:
         """Group commit: run ``work`` in one write transaction with the other writes waiting at the moment,
         and return its result only after that transaction has committed (so nothing acknowledged is lost).
 
-        While one group commits (the fsync), new writes queue up and form the next group. ``work`` names
-        what it changes with ``touch``. When one write of a group fails, the group is rolled back, that
-        write gets its error and the others run again in a fresh transaction: ``work`` must have no
-        effects outside ``conn``.
+        ``work`` is a plain function of :class:`server.store.fast.Writes` (prepared statements): the whole
+        group runs in one call, on SQLite in the store's writer thread (one thread hand-off per group, where
+        each statement of an async write took four), elsewhere inside ``run_sync``. While one group commits
+        (the fsync), new writes queue up and form the next group. ``work`` names what it changes with
+        ``touch``. When one write of a group fails, the group is rolled back, that write gets its error and
+        the others run again in a fresh transaction: ``work`` must have no effects outside its transaction.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._group.append((work, future))
@@ -113,64 +110,8 @@ class StoreBase:
     async def _commit_groups(self) -> None:
         try:
             while self._group:
-                group, self._group = self._group[:GROUP_MAX], self._group[GROUP_MAX:]
-                await self._commit_group(group)
-        finally:
-            self._group_task = None
-
-    async def _commit_group(self, group: list[_Job]) -> None:
-        while group:
-            done: list[tuple[asyncio.Future[Any], Any]] = []
-            failed: tuple[int, BaseException] | None = None
-            try:
-                with self.versions.writing(()) as changes:
-                    async with self.engine.begin() as conn:
-                        for i, (work, future) in enumerate(group):
-                            try:
-                                done.append((future, await work(conn)))
-                            except sa.exc.OperationalError:
-                                raise  # the database (busy, disk), not this write: the group fails
-                            except Exception as exc:
-                                failed = (i, exc)
-                                raise _Redo from None
-            except _Redo:
-                assert failed is not None
-                _work, future = group.pop(failed[0])
-                if not future.done():
-                    future.set_exception(failed[1])
-                continue
-            except Exception as exc:  # the transaction itself failed (busy, disk): none of it happened
-                for _work, future in group:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            self.generation += 1
-            self.commits += 1
-            self.grouped_writes += len(done)
-            self.versions.bump(changes or None)
-            self.outbox_event.set()
-            for future, result in done:
-                if not future.done():
-                    future.set_result(result)
-            return
-
-    async def grouped_sync(self, work: Callable[[Writes], T]) -> T:
-        """:meth:`grouped` for a write that is a plain function of :class:`server.store.fast.Writes`: the
-        whole group runs in one call, on SQLite in the store's writer thread (one hand-off per group, where
-        each statement of an async write was four), elsewhere inside ``run_sync``. Same guarantees: the
-        result comes after the commit; one failing write is dropped and the rest run again; ``work`` names
-        what it changes with ``touch`` and has no effects outside its transaction."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._sync_group.append((work, future))
-        if self._sync_group_task is None:
-            self._sync_group_task = asyncio.create_task(self._commit_sync_groups(), name="derlink-group-sync")
-        return await future
-
-    async def _commit_sync_groups(self) -> None:
-        try:
-            while self._sync_group:
-                group = self._sync_group[:GROUP_MAX]
-                self._sync_group = self._sync_group[GROUP_MAX:]
+                group = self._group[:GROUP_MAX]
+                self._group = self._group[GROUP_MAX:]
                 works = [work for work, _future in group]
                 try:
                     if self.fast.sqlite_path is not None:
@@ -200,7 +141,7 @@ class StoreBase:
                     else:
                         future.set_exception(value)
         finally:
-            self._sync_group_task = None
+            self._group_task = None
 
     def _run_works(self, db: Writes, works: list[Any], pending: list[int]) -> tuple[dict[int, Any], Any]:
         """Run the pending works in order; stop at the first that fails: (results, (index, error) or None)."""

@@ -10,14 +10,34 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2.xml import from_xml, to_xml
 from server.errors import NotFound
-from server.store.base import StoreBase
-from server.store.engine import _insert
+from server.store.base import _SITE, StoreBase
+from server.store.fast import Query, Writes
 from server.store.schema import (
     DER_DOCUMENT_TYPES,
     der_documents,
     ders,
 )
 from server.store.scope import Page, RequestScope
+
+_DER = Query(
+    sa.select(ders.c.id).where(ders.c.id == sa.bindparam("der_id"), ders.c.site_id == sa.bindparam("site_id"))
+)
+
+
+def _document_upsert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(der_documents).values(
+        {c: sa.bindparam(f"p_{c}") for c in ("der_id", "kind", "xml", "updated_at")}
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["der_id", "kind"], set_={c: stmt.excluded[c] for c in ("xml", "updated_at")}
+    )
+
+
+_DOCUMENT_UPSERT = Query(_document_upsert)
 
 
 class DersStore(StoreBase):
@@ -70,15 +90,13 @@ class DersStore(StoreBase):
         xml = to_xml(doc).decode()
         now = self.clock()
 
-        async def work(conn: AsyncConnection) -> Any:
+        def work(db: Writes) -> None:
             self.touch(("der", site_id))
-            await self._der(conn, scope, site_id, der_id)
-            stmt = _insert(conn, der_documents).values(der_id=der_id, kind=kind, xml=xml, updated_at=now)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["der_id", "kind"], set_={"xml": xml, "updated_at": now}
-                )
-            )
+            if db.first(_SITE[scope.kind], site_id=site_id, **scope.bind()) is None:
+                raise NotFound(f"no EndDevice {site_id} for this client")
+            if db.first(_DER, der_id=der_id, site_id=site_id) is None:
+                raise NotFound(f"no DER {der_id} on EndDevice {site_id}")
+            db.execute(_DOCUMENT_UPSERT, p_der_id=der_id, p_kind=kind, p_xml=xml, p_updated_at=now)
 
         await self.grouped(work)
 

@@ -78,7 +78,7 @@ class ResponsesStore(StoreBase):
                 p_received_at=now,
             )
 
-        return await self.grouped_sync(work)
+        return await self.grouped(work)
 
     def _response_query(self, scope: RequestScope) -> sa.Select:
         return (

@@ -195,7 +195,7 @@ class _EngineReads(Reads):
 
 
 class Writes:
-    """What a write of :meth:`server.store.base.StoreBase.grouped_sync` may do, synchronously, inside the
+    """What a write of :meth:`server.store.base.StoreBase.grouped` may do, synchronously, inside the
     group's transaction (on SQLite in the store's writer thread; elsewhere inside ``run_sync``)."""
 
     def all(self, query: Query, **params: Any) -> list[Any]:

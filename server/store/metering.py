@@ -214,11 +214,11 @@ class MeteringStore(StoreBase):
             return mup_id, existing is None
 
         try:
-            return await self.grouped_sync(work)
+            return await self.grouped(work)
         except sa.exc.IntegrityError:
             # The same new mRID POSTed twice at once (a client retrying after a timeout): the other one
             # created it, so this one is an update of it now.
-            return await self.grouped_sync(work)
+            return await self.grouped(work)
 
     async def post_meter_readings(
         self, scope: RequestScope, mup_id: int, items: list[r.MirrorMeterReading]
@@ -235,7 +235,7 @@ class MeteringStore(StoreBase):
             self.touch(*(("mup", owner) for owner in owners(found.lfdi, found.aggregator_id)))
             return [_store_meter_reading(db, mup_id, mmr, now) for mmr in items]
 
-        return await self.grouped_sync(work)
+        return await self.grouped(work)
 
     async def delete_mup(self, scope: RequestScope, mup_id: int) -> None:
         async with self.changing() as conn:

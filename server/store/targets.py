@@ -49,7 +49,7 @@ async def site_targets(db: Reads, site_id: int) -> list[tuple[str, int]]:
 
 
 def site_targets_in(db: Writes, site_id: int) -> list[tuple[str, int]]:
-    """:func:`_site_targets` inside a grouped write (``StoreBase.grouped_sync``)."""
+    """:func:`_site_targets` inside a grouped write (``StoreBase.grouped``)."""
     return _targets(site_id, db.all(_GROUPS_OF, site_id=site_id))
 
 
