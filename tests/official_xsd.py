@@ -40,7 +40,7 @@ def official_v13_schema() -> xmlschema.XMLSchema10:
 
 
 def uses_v13(document: bytes) -> bool:
-    return any(f":{name}>".encode() in document for name in V13_ELEMENTS)
+    return any(f":{name}{end}".encode() in document for name in V13_ELEMENTS for end in (">", "/>"))
 
 
 def official_v13_errors(document: bytes) -> list[str]:
