@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,7 @@ from server.store.schema import (
 from server.store.scope import RequestScope, scoped
 from server.store.versions import Token, Versions
 
+log = logging.getLogger("derlink.server.store")
 T = TypeVar("T")
 GROUP_MAX = 256  # writes committed together at most (bounds one transaction's length)
 _Job = tuple[Callable[[Writes], Any], "asyncio.Future[Any]"]
@@ -66,7 +68,10 @@ class StoreBase:
             await asyncio.get_running_loop().run_in_executor(self._writer, self._close_writer)
             self._writer.shutdown()
             self._writer = None
-        await self.flush_contacts()
+        try:
+            await self.flush_contacts()  # last-contact times are advisory: never a reason to fail a stop
+        except Exception as exc:
+            log.warning("could not record the last client contact times at close: %s", exc)
         self.fast.close()
         await self.engine.dispose()
 
