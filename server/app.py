@@ -399,7 +399,7 @@ async def _start_workers(config: ServerConfig, port: int) -> list[asyncio.subpro
     import json
     import sys
 
-    values = config.model_dump(mode="json")  # read back as a TOML [server] table would be
+    values = config.model_dump(mode="json")
     values.update(port=port, admin_enabled=False, headend_enabled=False, dnssd=False)
     document = json.dumps({k: v for k, v in values.items() if v is not None}).encode() + b"\n"
     started: list[asyncio.subprocess.Process] = []

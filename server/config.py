@@ -102,6 +102,7 @@ def _unique_names(tokens: list[HeadendToken]) -> list[HeadendToken]:
 
 _Path = Annotated[Path, BeforeValidator(_path)]
 _Count = Annotated[int, Field(ge=0)]
+_AtLeastOne = Annotated[int, Field(ge=1)]
 _Port = Annotated[int, Field(ge=0, le=65535)]
 _Seconds = Annotated[float, Field(gt=0)]
 _AllowList = list[Annotated[str, AfterValidator(_allow_entry)]]
@@ -148,9 +149,9 @@ class ServerConfig(BaseModel):
     max_responses_per_event: _Count = 16  # per site and event; a repeated Response (same status) counts once
     max_list_limit: _Count = 500
     cache_enabled: bool | None = None  # None: on for SQLite, and for PostgreSQL with workers > 1
-    # Server processes sharing the 2030.5 port (SO_REUSEPORT) and a PostgreSQL database (server.workers).
-    workers: Annotated[int, Field(ge=1, le=64)] = 1
     cache_max_bytes: _Count = 64 * 1024 * 1024  # rendered documents kept, least recently used evicted
+    # Server processes sharing the 2030.5 port (SO_REUSEPORT) and a PostgreSQL database (server.workers).
+    workers: _AtLeastOne = 1
     # Running behind a TLS-terminating proxy: the client certificate (PEM, URL-encoded) arrives in
     # proxy_cert_header and is trusted only from these peer addresses/networks.
     proxy_cert_header: str = "X-Client-Cert"
@@ -159,10 +160,8 @@ class ServerConfig(BaseModel):
     notify_retry_initial: _Seconds = 1.0
     notify_retry_max: _Seconds = 300.0
     notify_timeout: _Seconds = 10.0
-    # Notifications sent at once (server.notifications), and at most notify_per_host to one subscriber
-    # (scheme, host, port).
-    notify_concurrency: Annotated[int, Field(ge=1)] = 256
-    notify_per_host: Annotated[int, Field(ge=1)] = 4
+    notify_concurrency: _AtLeastOne = 256  # notifications sent at once (server.notifications) ...
+    notify_per_host: _AtLeastOne = 4  # ... and at most this many to one subscriber (scheme, host, port)
     # Notification target policy (server.netpolicy): non-public addresses are refused unless covered by a
     # CIDR or host name ("gw.example", "*.example") here, or in the per-client list keyed by certificate LFDI.
     notify_allow: _AllowList = []

@@ -388,6 +388,7 @@ async def _site_ders(args: argparse.Namespace) -> Any:
         payload = await _call(args, "GET", path + "/history", query=query)
         if args.json:
             return payload
+
         def unit(value: Any, name: str, units: dict[str, str]) -> str:
             return f"{_cell(value)} {units[name]}" if value is not None and name in units else _cell(value)
 
