@@ -582,10 +582,12 @@ class ProcedureRun:
         if params.get("latest"):
             rows = rows[-1:]
         if params.get("all"):
-            names = {mrid: tag for tag, mrid in self.tags.items()}
+            names = {mrid: f"control #{i + 1}" for i, (mrid, _) in enumerate(self.controls)}
+            names.update({mrid: tag for tag, mrid in self.tags.items()})
             answered = {r[1] for r in rows if r[2] == status}
             missing = [names.get(mrid, mrid) for mrid in mrids if mrid not in answered]
-            return f"controls without a Response status {status}: {missing}" if missing else None
+            got = {names.get(mrid, mrid): [r[2] for r in rows if r[1] == mrid] for mrid in mrids}
+            return f"controls without a Response status {status}: {missing} (got {got})" if missing else None
         found = [r for r in rows if status is None or r[2] == status]
         if bool(found) != exists:
             what = "missing" if exists else "present"

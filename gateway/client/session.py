@@ -636,8 +636,13 @@ class Sep2Client:
             value = max(value, self.config.subscribed_poll_rate)
         return value
 
-    async def _walk(self) -> None:
-        """Walk EndDevice -> FSAs -> programs -> controls; drop programs no longer assigned."""
+    async def _walk(self, *, known_lists: bool = True) -> None:
+        """Walk EndDevice -> FSAs -> programs -> controls; drop programs no longer assigned.
+
+        ``known_lists=False`` (the FSA list's own poll) reads only the program lists not yet known: each
+        known one is polled at its own pollRate (``derp:`` jobs), and reading it here as well would ask
+        for the same list twice in a row, which a server may answer with changes in between (a control
+        created between the two reads supersedes one created just before, before either has started)."""
         assert self.end_device is not None
         link = self.end_device.FunctionSetAssignmentsListLink
         seen_lists: set[str] = set()
@@ -650,7 +655,8 @@ class Sep2Client:
                 if fsa.DERProgramListLink is not None:
                     seen_lists.add(_path(fsa.DERProgramListLink.href))
         for list_href in sorted(seen_lists):
-            await self._walk_program_list(list_href, changed=False)
+            if known_lists or list_href not in self._program_lists:
+                await self._walk_program_list(list_href, changed=False)
         for gone in self._program_lists - seen_lists:
             self._drop_list(gone)
         self._program_lists = seen_lists
@@ -1057,7 +1063,7 @@ class Sep2Client:
             if self.dcap is not None and self.dcap.TimeLink is not None:
                 await self._sync_time()
         elif job == "walk":
-            await self._walk()
+            await self._walk(known_lists=False)
             for list_href in self._program_lists:
                 job_name = f"derp:{list_href}"
                 self._due.setdefault(job_name, asyncio.get_running_loop().time() + self._job_rate(job_name))
