@@ -22,24 +22,21 @@ decided, applied to the closed loop and persisted (it survives a restart).
 from __future__ import annotations
 
 import hmac
-import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.core import AggregatorInput, ControlSettings, CustomerPrefs
 from gateway.core.drm import mode_errors
 from gateway.observability import metrics_registry, render
+from sep2.validation import first_error
 
 if TYPE_CHECKING:
     from gateway.ports import RuntimeView
 
 RUNTIME_KEY: web.AppKey[Any] = web.AppKey("runtime", object)
-
-_NUMBER_FIELDS = ("export_limit_w", "import_limit_w", "generation_limit_w", "load_limit_w", "fixed_w_pct",
-                  "max_lim_w_pct", "target_w", "ramp_time_s", "set_grad_w")  # fmt: skip
-_BOOL_FIELDS = ("connect", "energize", "no_load_increase")
-
+_B = TypeVar("_B", bound=BaseModel)
 
 class BadInput(ValueError):
     def __init__(self, field: str, message: str) -> None:
@@ -47,103 +44,106 @@ class BadInput(ValueError):
         super().__init__(f"{field}: {message}")
 
 
-def _number(body: dict[str, Any], key: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BadInput(key, f"must be a finite number, got {value!r}")
-    return float(value)
+# ------------------------------------------------------------------------------------------ bodies
+# Shape, types and bounds as pydantic models (unknown fields forbidden, no coercion, finite numbers);
+# rules that join fields (drm0 and connect, at least one input) follow in the functions below.
+
+_Watts = Annotated[float, Field(ge=0)]
+_Pct = Annotated[float, Field(ge=0, le=100)]
+_Detail = Annotated[str, Field(max_length=200)]
 
 
-def _settings(body: dict[str, Any], allowed: tuple[str, ...]) -> ControlSettings:
-    values: dict[str, Any] = {}
-    for key in allowed:
-        if key in _BOOL_FIELDS:
-            value = body.get(key)
-            if value is not None and not isinstance(value, bool):
-                raise BadInput(key, f"must be true or false, got {value!r}")
-            values[key] = value
-        else:
-            values[key] = _number(body, key)
-    settings = ControlSettings(**values)
-    problems = settings.errors()
-    if problems:
-        raise BadInput(problems[0].split(" ", 1)[0], problems[0])
-    return settings
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
-def _detail(body: dict[str, Any], default: str) -> str:
-    detail = body.get("detail", default)
-    if not isinstance(detail, str) or len(detail) > 200:
-        raise BadInput("detail", "must be a string of at most 200 characters")
-    return detail
+class _Limits(_Body):
+    export_limit_w: _Watts | None = None
+    import_limit_w: _Watts | None = None
+    generation_limit_w: _Watts | None = None
+    load_limit_w: _Watts | None = None
+
+    def settings(self, *names: str) -> ControlSettings:
+        keys = ("export_limit_w", "import_limit_w", "generation_limit_w", "load_limit_w", *names)
+        return ControlSettings(**{k: getattr(self, k) for k in keys})
 
 
-def _check_keys(body: dict[str, Any], allowed: tuple[str, ...]) -> None:
-    unknown = sorted(set(body) - set(allowed))
-    if unknown:
-        raise BadInput(unknown[0], f"unknown field (allowed: {', '.join(allowed)})")
+class EmergencyBody(_Limits):
+    drm0: bool | None = None
+    detail: _Detail | None = None
+    connect: bool | None = None
+    energize: bool | None = None
+    max_lim_w_pct: _Pct | None = None
+    max_consumption_pct: _Pct | None = None
+    no_load_increase: bool | None = None
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise BadInput("body", "must be a JSON object") from None
+class AggregatorBody(_Limits):
+    export_target_w: float | None = None
+    expires_in_s: Annotated[float, Field(gt=0)] | None = None
+    detail: _Detail | None = None
+    target_w: float | None = None
+    fixed_w_pct: Annotated[float, Field(ge=-100, le=100)] | None = None
+
+
+class CustomerBody(_Limits):
+    battery_reserve_pct: _Pct | None = None
+    detail: _Detail | None = None
+
+
+class DrmBody(_Body):
+    modes: list[int]
+
+
+def _parse(model: type[_B], body: Any) -> _B:
     if not isinstance(body, dict):
         raise BadInput("body", "must be a JSON object")
-    return body
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        where, message = first_error(exc)
+        raise BadInput(where or "body", message) from None
 
 
-def emergency_from_body(body: dict[str, Any]) -> tuple[ControlSettings, str]:
-    allowed = ("drm0", "detail", "export_limit_w", "import_limit_w", "generation_limit_w", "load_limit_w",
-               "connect", "energize", "max_lim_w_pct", "max_consumption_pct", "no_load_increase")  # fmt: skip
-    _check_keys(body, allowed)
-    drm0 = body.get("drm0")
-    if drm0 is not None and not isinstance(drm0, bool):
-        raise BadInput("drm0", f"must be true or false, got {drm0!r}")
-    settings = _settings(body, allowed[2:])
-    if drm0:
+async def _body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError:
+        raise BadInput("body", "must be a JSON object") from None
+
+
+def emergency_from_body(body: Any) -> tuple[ControlSettings, str]:
+    b = _parse(EmergencyBody, body)
+    settings = b.settings("connect", "energize", "max_lim_w_pct", "max_consumption_pct", "no_load_increase")
+    if b.drm0:
         if settings.connect is True:
             raise BadInput("connect", "contradicts drm0 (DRM 0 disconnects)")
         settings = ControlSettings(**{**settings.to_dict(), "connect": False})
     if settings.is_empty():
         raise BadInput("body", "give drm0 or at least one limit (e.g. export_limit_w)")
-    default = "local emergency input (DRM 0)" if drm0 else "local emergency input"
-    return settings, _detail(body, default)
+    default = "local emergency input (DRM 0)" if b.drm0 else "local emergency input"
+    return settings, b.detail or default
 
 
-def aggregator_from_body(body: dict[str, Any], now: float) -> AggregatorInput:
-    allowed = ("export_target_w", "expires_in_s", "detail", "target_w", "fixed_w_pct", "export_limit_w",
-               "import_limit_w", "generation_limit_w", "load_limit_w")  # fmt: skip
-    _check_keys(body, allowed)
-    settings = _settings(body, allowed[3:])
-    target = _number(body, "export_target_w")
-    expires = _number(body, "expires_in_s")
-    if expires is not None and expires <= 0:
-        raise BadInput("expires_in_s", f"must be > 0, got {expires:g}")
-    if target is None and settings.is_empty():
+def aggregator_from_body(body: Any, now: float) -> AggregatorInput:
+    b = _parse(AggregatorBody, body)
+    settings = b.settings("target_w", "fixed_w_pct")
+    if b.export_target_w is None and settings.is_empty():
         raise BadInput("body", "give export_target_w, target_w, fixed_w_pct or a limit")
     return AggregatorInput(
         settings=settings,
-        export_target_w=target,
-        expires_at=int(now + expires) if expires is not None else None,
-        detail=_detail(body, "aggregator/HEMS setpoint"),
+        export_target_w=b.export_target_w,
+        expires_at=int(now + b.expires_in_s) if b.expires_in_s is not None else None,
+        detail=b.detail or "aggregator/HEMS setpoint",
     )
 
 
-def customer_from_body(body: dict[str, Any]) -> CustomerPrefs:
-    allowed = ("battery_reserve_pct", "detail", "export_limit_w", "import_limit_w", "generation_limit_w",
-               "load_limit_w")  # fmt: skip
-    _check_keys(body, allowed)
-    reserve = _number(body, "battery_reserve_pct")
-    if reserve is not None and not 0 <= reserve <= 100:
-        raise BadInput("battery_reserve_pct", f"must be within 0..100, got {reserve:g}")
-    settings = _settings(body, allowed[2:])
-    if reserve is None and settings.is_empty():
+def customer_from_body(body: Any) -> CustomerPrefs:
+    b = _parse(CustomerBody, body)
+    settings = b.settings()
+    if b.battery_reserve_pct is None and settings.is_empty():
         raise BadInput("body", "give battery_reserve_pct or a limit")
-    return CustomerPrefs(reserve, settings, _detail(body, "customer preferences"))
+    return CustomerPrefs(b.battery_reserve_pct, settings, b.detail or "customer preferences")
 
 
 def explain(status: dict[str, Any]) -> dict[str, Any]:
@@ -193,10 +193,7 @@ def create_app(runtime: RuntimeView) -> web.Application:
                  "field": "drm.source"}, status=409,
             )  # fmt: skip
         body = await _body(request) if request.method == "PUT" else {"modes": []}
-        _check_keys(body, ("modes",))
-        modes = body.get("modes")
-        if not isinstance(modes, list):
-            raise BadInput("modes", f"must be a list of DRM numbers 0..8, got {modes!r}")
+        modes = _parse(DrmBody, body).modes
         problems = mode_errors(modes)
         if problems:
             raise BadInput("modes", problems[0])

@@ -63,6 +63,35 @@ if TYPE_CHECKING:
     from gateway.client import Sep2Client
     from gateway.site_runner import SiteRunner, StepReport
 
+#: SunSpec inverter states (101-103 St, 701 InvSt) in which a DER does not operate.
+_IDLE_STATES = frozenset({"OFF", "SLEEPING", "SHUTTING_DOWN", "FAULT", "STANDBY"})
+#: SunSpec event bits (101-103 Evt1 = 701 Alrm) -> 2030.5 AlarmStatusType bits: AC over / under voltage
+#: (10, 11) -> 1, 2; over / under frequency (8, 9) -> 3, 4.
+_ALARM_BITS = ((10, 1), (11, 2), (8, 3), (9, 4))
+
+
+def alarm_status(events: int | None) -> int | None:
+    """DERStatus.alarmStatus from an inverter's SunSpec events (None when it reports none)."""
+    if events is None:
+        return None
+    return sum(1 << ours for theirs, ours in _ALARM_BITS if events >> theirs & 1)
+
+
+def dr_mode_status(limits: Any) -> int | None:
+    """DERStatus.operationalModeStatus while a demand response instruction is in force: 100 + the AS/NZS
+    4755 DRM it amounts to, as the CSIP-AUS demand response client procedures read it (DRA-02, DRD-01,
+    DRG-01, DRL-01): disconnect or de-energise -> DRM 0; an opModFixedW setpoint p (% of setMaxW, - is
+    consumption) -> DRM 1 (no consumption, -50 < p < 0), 2 (-75 < p <= -50), 3 (-100 < p <= -75),
+    4 (p <= -100, consume more), 5 (no generation, 0 <= p < 50), 6 (50 <= p < 75), 7 (75 <= p < 100),
+    8 (p >= 100, generate more). None: no such instruction (the DER reports 1 off / 2 operational)."""
+    if limits.connect.value is False or limits.energize.value is False:
+        return 100
+    if limits.fixed_w_pct is None or limits.fixed_w_pct.value is None:
+        return None
+    pct = limits.fixed_w_pct.value
+    level = next(i for i, bound in enumerate((50.0, 75.0, 100.0, float("inf"))) if abs(pct) < bound)
+    return (101 if pct < 0 else 105) + level
+
 log = logging.getLogger("derlink.gateway.runtime")
 
 
@@ -212,6 +241,7 @@ class GatewayRuntime:
     def _make_client(self) -> Sep2Client:
         from certs.tls import client_ssl_context, server_ssl_context
         from gateway.client import ClientConfig, Sep2Client
+        from gateway.client.mapping import device_category
 
         s = self.settings
         srv = s.server
@@ -232,6 +262,7 @@ class GatewayRuntime:
             default_poll_rate=srv.default_poll_rate_s,
             default_post_rate=srv.default_post_rate_s,
             nmi=srv.nmi,
+            device_category=device_category([d.role for d in s.devices]),
         )
         listener = None
         if srv.mode == "subscribe":
@@ -561,6 +592,7 @@ class GatewayRuntime:
         ders = []
         # DERSettings.setGradW reports the ramp rate in force (CSIP-AUS; client procedures ALL-13/ALL-17)
         grad = self.decision.limits.set_grad_w.value if self.decision is not None else None
+        dr_mode = dr_mode_status(self.decision.limits) if self.decision is not None else None
         v13 = self.settings.server.storage_extension
         for dev, is_battery in [(d, False) for d in self.runner.pvs] + [
             (d, True) for d in self.runner.batteries
@@ -568,10 +600,15 @@ class GatewayRuntime:
             info = dev.conn.info
             last = dev.last
             rated = info.rated_w or 0.0
-            # operating: measured power flows (a DER de-energised, curtailed to 0 W or dark is not)
-            operating = last is not None and last.connected is not False and abs(last.w or 0.0) >= max(
-                10.0, 0.01 * rated
-            )
+            # operating (ConnectStatusType bit 2, OperationalModeStatusType 2): connected and in an operating
+            # state as the inverter reports it (SunSpec St / InvSt: a battery idling at 0 W, a PV inverter
+            # throttled to 0 W operate; one off, asleep for want of sun, in standby or faulted does not);
+            # without a state, measured power flows
+            if last is not None and last.state is not None:
+                running = last.state not in _IDLE_STATES
+            else:
+                running = last is not None and abs(last.w or 0.0) >= max(10.0, 0.01 * rated)
+            operating = last is not None and last.connected is not False and running
             modes = (
                 m.MODE_CONNECT
                 | m.MODE_MAX_LIM_W
@@ -585,12 +622,24 @@ class GatewayRuntime:
                     modes_supported=modes,
                     vpp_modes_supported=m.VPP_STORAGE_TARGET_W if is_battery and v13 else 0,  # CSIP-AUS v1.3
                     rtg_max_va=info.rated_va,
+                    rtg_max_var=info.rated_var,
+                    rtg_max_var_neg=info.rated_var_neg,
+                    rtg_min_pf_over=info.min_pf_over,
+                    rtg_min_pf_under=info.min_pf_under,
                     rtg_max_wh=info.capacity_wh if is_battery else None,
+                    set_min_wh=(
+                        info.capacity_wh * info.reserve_pct / 100
+                        if is_battery and info.capacity_wh is not None and info.reserve_pct is not None
+                        else None
+                    ),
                     rtg_max_charge_w=info.max_charge_w if is_battery else None,
                     rtg_max_discharge_w=info.max_discharge_w if is_battery else None,
                     connected=last.connected is not False if last else True,
+                    available=last.available is not False if last else True,
                     operating=operating,
-                    operational_mode=2 if operating else 1,  # OperationalModeStatusType: operational / off
+                    # OperationalModeStatusType: a demand response mode, else operational / off
+                    operational_mode=dr_mode if dr_mode is not None else (2 if operating else 1),
+                    alarm_status=alarm_status(last.events) if last is not None else None,
                     set_grad_w=round(grad) if grad is not None else 0,
                     fault=last is None,
                     w_available=(last.available_w if last and not is_battery else None),

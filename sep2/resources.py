@@ -511,6 +511,8 @@ class DERSettings(SubscribableResource):
     updatedTime: int | None = element("Int64", required=True)
     doeModesEnabled: str | None = element("HexBinary8", ns=NS_CSIP)
     vppModesEnabled: str | None = element("HexBinary8", ns=NS_CSIP)  # v1.3: bit 0 opModStorageTargetW
+    # v1.3 storage extension: the least energy the storage keeps (its reserve), Wh; STO-02 / STO-05
+    setMinWh: WattHour | None = element("WattHour", ns=NS_CSIP)
 
 
 @dataclass(kw_only=True)

@@ -24,6 +24,7 @@ LIMIT_FLAGS = (
     ("generation_limit_w", float),
     ("load_limit_w", float),
     ("target_w", float),
+    ("storage_target_w", float),  # CSIP-AUS v1.3 opModStorageTargetW: + discharge, - charge
     ("fixed_w_percent", int),
     ("max_lim_w_percent", int),
     ("ramp_tms", int),
@@ -201,7 +202,14 @@ def _cell(value: Any, key: str = "") -> str:
         return _fields(value, key)
     if _is_timestamp(key, value):  # the operator's local time with its offset; --json keeps Unix seconds
         return datetime.fromtimestamp(value, UTC).astimezone().isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        unit = next((u for suffix, u in _UNITS if key.lower().endswith(suffix)), None)
+        if unit is not None:  # the API's field names carry the unit: export_limit_w, duration, soc_pct
+            return f"{value:g} {unit}"
     return str(value)
+
+
+_UNITS = (("_wh", "Wh"), ("_w", "W"), ("_var", "var"), ("_pct", "%"), ("duration", "s"), ("_s", "s"))
 
 
 def _fields(value: Any, key: str = "") -> str:

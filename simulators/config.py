@@ -217,6 +217,7 @@ def default_site_config(
     pv_rated_w: float = 5000.0,
     pv_available_w: float | None = None,
     battery: bool = True,
+    pv: bool = True,
     battery_capacity_wh: float = 13500.0,
     load_w: float | None = None,
     speed: float = 1.0,
@@ -231,6 +232,7 @@ def default_site_config(
     ``pv_available_w`` / ``load_w`` make the PV and load constant (handy in tests); otherwise a
     clear-sky day and a household profile are used. Devices share one port (unit IDs 1, 2, 3) unless
     ``separate_ports``, in which case each device gets its own auto-picked port with unit ID 1.
+    ``pv=False`` / ``battery=False`` leave that device out.
     """
     pv_profile = (
         ProfileConfig(kind="constant", peak_w=pv_available_w)
@@ -248,7 +250,7 @@ def default_site_config(
             name="pv", kind="pv", family=family, unit_id=1, port=port, rated_w=pv_rated_w,
             pv_profile=pv_profile, response_delay_s=response_delay_s, ramp_time_s=ramp_time_s,
         ),
-    ]  # fmt: skip
+    ] if pv else []  # fmt: skip
     if battery:
         devices.append(
             DeviceConfig(

@@ -563,7 +563,7 @@ class SunSpecDevice:
         a_total = abs(w) / v if v else 0.0
         a_each = a_total / len(phases)
         limited = unit.limit_pct < 100.0 or unit.limit_w.at(ph.t) < c.rated_w - 1e-6
-        if not unit.connected:
+        if not unit.on_grid:
             st, inv_st = 1, 0  # OFF
         elif unit.is_battery:
             st, inv_st = (5, 4) if limited else (4, 3)
@@ -598,13 +598,14 @@ class SunSpecDevice:
                 PPVphCA=v_phase[2] * math.sqrt(3),
             )
         self._set_many(inv, vals)
-        conn_bits = 0b111 if unit.connected else 0b010  # CONNECTED|AVAILABLE|OPERATING
+        # CONNECTED|AVAILABLE|OPERATING; commanded off it stays AVAILABLE, isolated it is not
+        conn_bits = 0b111 if unit.on_grid else (0b000 if unit.isolated else 0b010)
         self._set_many(
             122,
             {
                 "PVConn": 0 if unit.is_battery else conn_bits,
                 "StorConn": conn_bits if unit.is_battery else 0,
-                "ECPConn": 1 if unit.connected else 0,
+                "ECPConn": 1 if unit.on_grid else 0,
                 "ActWh": c.energy_start_wh + unit.energy_out_wh,
                 "WAval": unit.available_w if not unit.is_battery else c.max_discharge_w,
                 "StActCtl": 1 if unit.limit_pct < 100.0 else 0,
@@ -613,9 +614,9 @@ class SunSpecDevice:
         )
         three = len(phases) == 3
         vals701: dict[str, float | None] = {
-            "St": 1 if unit.connected else 0,
+            "St": 1 if unit.on_grid else 0,
             "InvSt": inv_st,
-            "ConnSt": 1 if unit.connected else 0,
+            "ConnSt": 1 if unit.on_grid else 0,
             "W": w,
             "VA": abs(w),
             "A": a_total,
@@ -647,7 +648,7 @@ class SunSpecDevice:
         assert b is not None
         soc = unit.soc_pct
         reserve = max(b.min_soc_pct, unit.reserve_pct)
-        if not unit.connected:
+        if not unit.on_grid:
             cha_st = 1
         elif soc <= reserve + 0.05:
             cha_st = 2
@@ -689,7 +690,7 @@ class SunSpecDevice:
                 "V": dc_v,
                 "A": dc_w / dc_v,
                 "W": dc_w,
-                "State": 3 if unit.connected else 1,
+                "State": 3 if unit.on_grid else 1,
                 "VMax": dc_v * 1.1,
                 "VMin": dc_v * 0.85,
                 "CellVAvg": 3.3,

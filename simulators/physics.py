@@ -165,7 +165,8 @@ class InverterState:
     battery: BatteryParams | None = None  # battery only
     soc_wh: float = 0.0
     reserve_pct: float = 0.0  # client-set minimum reserve (124 MinRsvPct / 802 SoCRsvMin)
-    connected: bool = True
+    connected: bool = True  # as commanded (SunSpec Conn / ES / SetOp)
+    isolated: bool = False  # its AC isolator is open (the installer's hand): no output whatever is commanded
     tripped_until: float | None = None  # anti-islanding trip: no output until then (inf: grid still down)
     limit_pct: float = 100.0  # commanded max-power limit (100 = none)
     limit_w: Ramp = field(default_factory=lambda: Ramp(0.0, 0.0))  # effective max-power limit, ramping
@@ -178,6 +179,11 @@ class InverterState:
     @property
     def is_battery(self) -> bool:
         return self.battery is not None
+
+    @property
+    def on_grid(self) -> bool:
+        """Connected as commanded and not isolated (what the inverter reports as connected)."""
+        return self.connected and not self.isolated
 
     @property
     def soc_pct(self) -> float:
@@ -316,6 +322,26 @@ class SitePhysics:
             unit.tripped_until = math.inf if not up else t + unit.params.grid_reconnect_s
         self.advance(t)
 
+    def isolate(self, t: float, device: str, isolated: bool) -> None:
+        """Open (True) or close the unit's AC isolator at ``t``, as an installer would: open, the unit
+        stops and reports itself disconnected; closed, it soft-starts (unless commanded off)."""
+        self.advance(t)
+        unit = self.units[device]
+        if unit.isolated and not isolated and unit.connected:
+            target = unit.params.rated_w * unit.limit_pct / 100.0
+            unit.limit_w = Ramp(0.0, target, t0=t, duration=unit.params.reconnect_ramp_s)
+        unit.isolated = isolated
+        self.advance(t)
+
+    def set_source(self, t: float, device: str, watts: float) -> None:
+        """From ``t`` the PV unit's panels give a constant ``watts`` (0: covered, or the DC switched off)."""
+        self.advance(t)
+        unit = self.units[device]
+        if unit.is_battery:
+            raise ValueError(f"{device} is a battery: it has no PV source")
+        unit.available = Profile.constant(float(watts))
+        self.advance(t)
+
     def _untrip(self, unit: InverterState) -> None:
         if unit.tripped_until is not None and self.t >= unit.tripped_until:
             unit.tripped_until = None
@@ -394,7 +420,7 @@ class SitePhysics:
                 hi = min(hi, 0.0)
             if unit.soc_wh >= ceil_wh - 1e-9:
                 lo = max(lo, 0.0)
-        if not unit.connected or self.tripped(unit):
+        if not unit.on_grid or self.tripped(unit):
             lo = hi = 0.0
         return lo, max(hi, lo)
 
@@ -405,7 +431,7 @@ class SitePhysics:
                 max(0.0, unit.available.value(self._local_second(self.t))) if unit.available else 0.0
             )
             unit.available_w = min(unit.available_w, unit.params.rated_w)
-            on = unit.connected and not self.tripped(unit)
+            on = unit.on_grid and not self.tripped(unit)
             unit.output_w = min(unit.available_w, unit.limit_w.at(self.t)) if on else 0.0
             return
         lo, hi = self._battery_bounds(unit, dt)

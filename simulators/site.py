@@ -309,6 +309,14 @@ class SimulatedSite:
         """Drop (False) or restore (True) the grid: see :meth:`SitePhysics.set_grid`."""
         self.physics.set_grid(self.clock.now(), up)
 
+    def isolate(self, device_name: str, isolated: bool = True) -> None:
+        """Open (or close) a PV or battery inverter's AC isolator: see :meth:`SitePhysics.isolate`."""
+        self.physics.isolate(self.clock.now(), self._unit_name("inverter", device_name), isolated)
+
+    def set_pv_source(self, device_name: str, watts: float) -> None:
+        """What a PV inverter's panels give from now on, W (0: no sun / DC isolator open)."""
+        self.physics.set_source(self.clock.now(), self._unit_name("pv", device_name), watts)
+
     @property
     def grid_up(self) -> bool:
         return self.physics.grid_up

@@ -17,8 +17,10 @@ What differs from the official runner, on purpose and stated:
   in ours (``/edev/{e}/derp/{p}/derc``, program ``p`` = the procedure's n-th program);
 * the EndDevice is registered out of band (PIN and all) before the gateway starts, as the official
   procedures' ``register-end-device`` precondition does;
-* ``instructions`` (what a lab engineer watches on the DER) are not checked here; the tests that need
-  physics check the site meter themselves;
+* ``instructions`` that ask the lab engineer to do something to the DER (disconnect it from the grid,
+  stop it generating, power one off: ALL-07, ALL-08, MUL-01) are performed on the simulated site when
+  their step becomes active (:data:`INSTRUCTIONS`); the others (what the engineer watches) are not
+  checked here, and the tests that need physics check the site meter themselves;
 * a procedure that needs an action, event, check or parameter this runner does not implement is not run:
   :func:`unsupported` says why, and the test prints the list. Nothing is reported as passed that did not
   run.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import json
+import math
 import re
 import subprocess
 import time
@@ -38,6 +41,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.client import mapping as m
+from sep2 import resources as r
 from server.store import build_control_base
 
 #: Wall seconds per procedure second (20x faster). At 30x a loaded CI machine can delay a poll past a
@@ -86,8 +90,10 @@ _RATES = {
 }  # fmt: skip
 _CONTROL_PARAMS = {
     "start", "duration_seconds", "primacy", "randomizeStart_seconds", "ramp_time_seconds", "opModEnergize",
-    "opModConnect", "opModImpLimW", "opModExpLimW", "opModGenLimW", "opModLoadLimW", "tag",
+    "opModConnect", "opModImpLimW", "opModExpLimW", "opModGenLimW", "opModLoadLimW", "tag", "opModFixedW",
+    "opModStorageTargetW", "pow_10_multipliers",
 }  # fmt: skip
+_POWERS = ("opModImpLimW", "opModExpLimW", "opModGenLimW", "opModLoadLimW")
 _DEFAULT_PARAMS = {"opModImpLimW", "opModExpLimW", "opModGenLimW", "opModLoadLimW", "setGradW", "cancelled"}
 
 # Official endpoint -> our path pattern ({p}: the procedure's n-th program, {f}: any FSA).
@@ -254,6 +260,9 @@ class ProcedureRun:
     tags: dict[str, str] = field(default_factory=dict)  # control tag -> mRID
     controls: list[tuple[str, int]] = field(default_factory=list)  # (mRID, end) of every control created
     programs: list[tuple[str, int, int]] = field(default_factory=list)  # (key, primacy, id) in order
+    site: Any = None  # simulators.site.SimulatedSite: where the lab engineer's instructions are carried out
+    instructed: list[str] = field(default_factory=list)  # the instructions performed, in order
+    _sources: dict[str, float] = field(default_factory=dict)  # PV source before "stop generating"
     _first_claimed: bool = False
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _started: float = 0.0
@@ -319,7 +328,21 @@ class ProcedureRun:
         }
         now = self.clock()
         self.active = {name: now for name in self.steps if name not in enabled}
+        for name in self.active:
+            await self._instruct(name)
         self._ticker = asyncio.create_task(self._tick())
+
+    async def _instruct(self, step: str) -> None:
+        """Carry out the step's instructions that act on the DER (when the step becomes active, as the
+        official runner shows them to the engineer then)."""
+        if self.site is None:
+            return
+        for text in self.steps[step].get("instructions") or []:
+            for pattern, action in INSTRUCTIONS:
+                if re.match(pattern, text):
+                    action(self)
+                    self.instructed.append(f"{step}: {text}")
+                    break
 
     async def finish(self, limit_s: float, settle_s: float = 10.0) -> Result:
         deadline = time.monotonic() + limit_s
@@ -335,8 +358,11 @@ class ProcedureRun:
         if not self.finished and self.active:
             self.failures.append(f"timed out with steps still waiting: {sorted(self.active)}")
         # The official runner checks the criteria when the tester ends the test, which leaves the client
-        # a moment after the last step (e.g. to PUT its DER documents): up to ``settle_s`` here.
-        settle = time.monotonic() + settle_s
+        # a moment after the last step (e.g. to PUT its DER documents): up to ``settle_s`` here, counted
+        # from the end of the last control the procedure created (a tester waits for the control to run
+        # its course before asking for its Completed Response, e.g. LOA-11's five consecutive controls).
+        last_end = max((end for _, end in self.controls), default=0)
+        settle = time.monotonic() + settle_s + max(0.0, last_end - self.clock())
         while True:
             problems = []
             for check in (self.spec.get("Criteria") or {}).get("checks") or []:
@@ -414,8 +440,8 @@ class ProcedureRun:
             for key, value in vars(doc).items():
                 if hasattr(value, "to_watts"):
                     names[key] = value.to_watts()
-                elif hasattr(value, "value") and hasattr(value, "multiplier"):
-                    names[key] = value.value * 10.0 ** (value.multiplier or 0)
+                elif isinstance(number := _number(value), int | float) and not isinstance(number, bool):
+                    names[key] = number
         if "setMaxW" in names:
             names["maxExportW"] = names.get("setMaxDischargeRateW", names["setMaxW"])
             names["maxImportW"] = names.get("setMaxChargeRateW", names["setMaxW"])
@@ -437,7 +463,9 @@ class ProcedureRun:
         if kind == "enable-steps":
             now = self.clock()
             for step in params["steps"]:
-                self.active.setdefault(step, now)
+                if step not in self.active:
+                    self.active[step] = now
+                    await self._instruct(step)
         elif kind == "remove-steps":
             for step in params["steps"]:
                 self.active.pop(step, None)
@@ -483,13 +511,24 @@ class ProcedureRun:
         if "primacy" in values:
             program = next((k for k, p, _ in self.programs if p == values["primacy"]), program)
         duration = max(1, round(scaled(values["duration_seconds"])))
-        start = int(values["start"])
+        # 2030.5 times are whole seconds. Rounded up, so that a compressed control (a 60 s control lasts 3 s)
+        # loses none of its duration to the rounding (ALL-21's first control, created at ``now``).
+        start = math.ceil(values["start"])
         ramp = values.get("ramp_time_seconds")
         limits = _limits(values)
+        fixed = values.get("opModFixedW")  # percent of setMaxW; 2030.5 SignedPerCent is hundredths
         base = build_control_base(
             **limits, connect=values.get("opModConnect"), energize=values.get("opModEnergize"),
             ramp_tms=round(ramp * 100) if ramp is not None else None,
+            fixed_w_percent=round(fixed * 100) if fixed is not None else None,
         )  # fmt: skip
+        if "opModStorageTargetW" in values:  # CSIP-AUS v1.3: + discharge / - charge, W
+            base.opModStorageTargetW = r.ActivePower.from_watts(float(values["opModStorageTargetW"]))
+        if "pow_10_multipliers" in values:  # every ActivePower of the control with this multiplier (ALL-24)
+            k = int(values["pow_10_multipliers"])
+            for name in (*_POWERS, "opModStorageTargetW"):
+                if (power := getattr(base, name)) is not None:
+                    setattr(base, name, r.ActivePower(value=round(power.to_watts() / 10**k), multiplier=k))
         spread = values.get("randomizeStart_seconds")
         mrid = await self.admin.create_control(
             program, self.target, start=start, duration=duration, base=base,
@@ -543,8 +582,12 @@ class ProcedureRun:
         if params.get("latest"):
             rows = rows[-1:]
         if params.get("all"):
-            missing = [mrid for mrid in mrids if not any(r[1] == mrid and r[2] == status for r in rows)]
-            return f"controls without a Response status {status}: {missing}" if missing else None
+            names = {mrid: f"control #{i + 1}" for i, (mrid, _) in enumerate(self.controls)}
+            names.update({mrid: tag for tag, mrid in self.tags.items()})
+            answered = {r[1] for r in rows if r[2] == status}
+            missing = [names.get(mrid, mrid) for mrid in mrids if mrid not in answered]
+            got = {names.get(mrid, mrid): [r[2] for r in rows if r[1] == mrid] for mrid in mrids}
+            return f"controls without a Response status {status}: {missing} (got {got})" if missing else None
         found = [r for r in rows if status is None or r[2] == status]
         if bool(found) != exists:
             what = "missing" if exists else "present"
@@ -608,6 +651,57 @@ class ProcedureRun:
         return None
 
 
+# ------------------------------------------------------------------------------ the engineer's hands
+
+
+def _inverters(run: ProcedureRun, kind: str | None = None) -> list[str]:
+    return [d.name for d in run.site.config.devices if d.kind in ((kind,) if kind else ("pv", "battery"))]
+
+
+def _isolate(*, isolated: bool, kind: str | None = None) -> Callable[[ProcedureRun], None]:
+    """Open / close the AC isolator of every inverter (of ``kind``)."""
+
+    def act(run: ProcedureRun) -> None:
+        for name in _inverters(run, kind):
+            run.site.isolate(name, isolated)
+
+    return act
+
+
+def _stop_generating(run: ProcedureRun) -> None:
+    """No source for the PV (its panels give 0 W), batteries isolated: the DER neither generates nor
+    consumes active power."""
+    for name in _inverters(run, "pv"):
+        run._sources[name] = run.site.physics.units[name].available_w
+        run.site.set_pv_source(name, 0.0)
+    for name in _inverters(run, "battery"):
+        run.site.isolate(name, True)
+
+
+def _resume_generating(run: ProcedureRun) -> None:
+    for name, watts in run._sources.items():
+        run.site.set_pv_source(name, watts)
+    for name in _inverters(run, "battery"):
+        run.site.isolate(name, False)
+
+
+def _power_off_one(run: ProcedureRun) -> None:
+    """MUL-01: one DER off, "priority to DER capable of generation": the (first) PV inverter."""
+    run.site.isolate((_inverters(run, "pv") or _inverters(run))[0], True)
+
+
+#: Instructions of the procedures that act on the DER (matched from the start of the text) and how the
+#: simulated site carries them out.
+INSTRUCTIONS: list[tuple[str, Callable[[ProcedureRun], None]]] = [
+    (r"Disconnect all DER from the grid", _isolate(isolated=True)),
+    (r"Reconnect all DER to the grid", _isolate(isolated=False)),
+    (r"Stop DER from generating or consuming active power", _stop_generating),
+    (r"Re-enable ability of DER to generate or consume active power", _resume_generating),
+    (r"Power off one DER", _power_off_one),
+    (r"Power off (off )?(the )?remaining DER", _isolate(isolated=True)),
+]
+
+
 def _limits(values: dict[str, Any]) -> dict[str, float]:
     names = {"opModImpLimW": "import_limit_w", "opModExpLimW": "export_limit_w",
              "opModGenLimW": "generation_limit_w", "opModLoadLimW": "load_limit_w"}  # fmt: skip
@@ -615,8 +709,6 @@ def _limits(values: dict[str, Any]) -> dict[str, float]:
 
 
 def _empty_base() -> Any:
-    from sep2 import resources as r
-
     return r.DERControlBase()
 
 
@@ -641,6 +733,8 @@ def _document_problems(doc: Any, params: dict[str, Any], names: dict[str, float]
             continue
         value = getattr(doc, key, None)
         number = _number(value)
+        if isinstance(number, str) and isinstance(expected, int) and not isinstance(expected, bool):
+            number = int(number, 16)  # a HexBinary bitmap (alarmStatus) against a number
         if isinstance(expected, bool):
             if (value is not None) != expected:
                 return f"{key} {'missing' if expected else 'present'}"
@@ -657,6 +751,8 @@ def _number(value: Any) -> float | None:
         return None
     if hasattr(value, "value") and hasattr(value, "multiplier"):
         return value.value * 10.0 ** (value.multiplier or 0)
+    if hasattr(value, "displacement"):  # PowerFactor
+        return value.displacement * 10.0 ** (value.multiplier or 0)
     if hasattr(value, "value"):
         return _number(value.value)
     return value
@@ -679,10 +775,19 @@ def pin_with_check_digit(pin: int) -> int:
 
 
 def registers_in_band(proc: dict[str, Any]) -> bool:
-    """The procedure waits for the client to POST its EndDevice (ALL-02): nothing is registered first."""
-    return any(
+    """The procedure waits for the client to POST its EndDevice (ALL-02), or checks what only the client
+    can declare in that POST (DRA-01: EndDevice.deviceCategory) without registering it out of band first:
+    nothing is registered before the gateway starts."""
+    actions, events, checks = _walk(proc)
+    if any(a["type"] == "register-end-device" for a in actions):
+        return False
+    declares = any(
+        c["type"] == "end-device-contents" and "deviceCategory_anyset" in (c.get("parameters") or {})
+        for c in checks
+    )
+    return declares or any(
         e.get("type") == "POST-request-received" and (e.get("parameters") or {}).get("endpoint") == "/edev"
-        for e in _walk(proc)[1]
+        for e in events
     )
 
 
@@ -698,7 +803,29 @@ def time_limit(proc: dict[str, Any]) -> float:
 
 
 def needs_storage(proc: dict[str, Any]) -> bool:
-    return any(c in ("L", "S-L", "DER-L", "STO", "DER-STO") for c in proc.get("Classes") or [])
+    """Load / storage classes, multiple DER (M: a PV and a battery behind one EndDevice), and a procedure
+    sending or asking for opModFixedW (DERCapability modesSupported / DERSettings modesEnabled bit 7: DRA-01,
+    the DR-D/G/L procedures): in this gateway a battery is the DER that takes a fixed active power
+    setpoint."""
+    actions, _, checks = _walk(proc)
+    masks = ("modesSupported_set", "modesEnabled_set")
+    wanted = [(c.get("parameters") or {}).get(key, "0") for c in checks for key in masks]
+    fixed_w = any(int(str(bits), 16) & 0x80 for bits in wanted) or any(
+        "opModFixedW" in (a.get("parameters") or {}) for a in actions
+    )
+    classes = set(proc.get("Classes") or [])
+    return fixed_w or bool(classes & {"L", "S-L", "DER-L", "STO", "DER-STO", "M"})
+
+
+def storage_only(proc: dict[str, Any]) -> bool:
+    """The procedure's DER is a storage system on its own: its checks tie the charge / discharge rate to
+    the DER's apparent power rating (STO-03: ``setMaxChargeRateW == setMaxVA``), which a PV + battery
+    site's DER cannot meet. The site then has a battery and no PV."""
+    return any(
+        "setMaxVA" in str(value) and key in ("setMaxChargeRateW", "setMaxDischargeRateW")
+        for c in _walk(proc)[2]
+        for key, value in (c.get("parameters") or {}).items()
+    )
 
 
 def subscribes(proc: dict[str, Any]) -> bool:

@@ -3,10 +3,10 @@
 IEEE holds the copyright of sep.xsd, so it is never copied into this repository.
 
 Two profiles: CSIP-AUS v1.2 (``csipaus-core.xsd``) and the v1.3-beta storage extension
-(``csipaus-core-v1.3-beta_storage.xsd``: ``opModStorageTargetW``, ``vppModesSupported``/``Enabled``). The
-beta schema declares its elements in its own namespace; derlink writes them in the CSIP-AUS namespace (as
-the reference server envoy does), so a document is checked against the beta schema with that namespace
-swapped in. A document that uses none of the v1.3 elements must stay valid v1.2.
+(``csipaus-core-v1.3-beta_storage.xsd``: ``opModStorageTargetW``, ``vppModesSupported``/``Enabled``,
+``setMinWh``). The beta schema declares its elements in its own namespace; derlink writes them in the
+CSIP-AUS namespace (as the reference server envoy does), so a document is checked against the beta schema
+with that namespace swapped in. A document that uses none of the v1.3 elements must stay valid v1.2.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import xmlschema
 
-V13_ELEMENTS = ("opModStorageTargetW", "vppModesSupported", "vppModesEnabled")
+V13_ELEMENTS = ("opModStorageTargetW", "vppModesSupported", "vppModesEnabled", "setMinWh")
 _CSIP_NS = '"https://csipaus.org/ns"'
 _V13_NS = '"https://csipaus.org/ns/v1.3-beta/storage"'
 
@@ -40,7 +40,7 @@ def official_v13_schema() -> xmlschema.XMLSchema10:
 
 
 def uses_v13(document: bytes) -> bool:
-    return any(f":{name}>".encode() in document for name in V13_ELEMENTS)
+    return any(f":{name}{end}".encode() in document for name in V13_ELEMENTS for end in (">", "/>"))
 
 
 def official_v13_errors(document: bytes) -> list[str]:

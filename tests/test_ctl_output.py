@@ -31,20 +31,22 @@ def test_a_list_too_wide_for_the_terminal_prints_whole_identifiers(capsys, monke
     assert max(len(line) for line in out.splitlines()) <= 80
     assert out.count(LFDI) == 4 and "…" not in out  # lfdi and target of both sites, whole
     assert "sites list #1" in out and "sites list #2" in out
-    assert "export_limit_w: 1500; modes: opModExpLimW, opModImpLimW" in out  # fields, not JSON
+    assert "export_limit_w: 1500 W; modes: opModExpLimW, opModImpLimW" in out  # fields, not JSON
     assert "{" not in out and '"' not in out
 
 
 def test_a_list_that_fits_stays_a_table(capsys, monkeypatch) -> None:
-    out = _printed(capsys, monkeypatch, {"items": [{"name": "zone-1", "members": 3}], "total": 1})
+    item = {"name": "zone-1", "members": 3, "duration": 90}
+    out = _printed(capsys, monkeypatch, {"items": [item], "total": 1})
     assert "┃ name" in out and "zone-1" in out and "total=1" in out
+    assert "│ 3 " in out and "90 s" in out  # a count stays a number; a duration is in seconds
 
 
 def test_a_long_value_folds_instead_of_being_cut(capsys, monkeypatch) -> None:
     out = _printed(capsys, monkeypatch, {"lfdi": LFDI, "ders": [{"role": "pv", "der": {"w": 5000}}]}, 40)
     assert "…" not in out
     assert LFDI in "".join(line.strip(" │") for line in out.splitlines())  # folded across lines, all there
-    assert "w: 5000" in out
+    assert "w: 5000" in out  # "w" alone is not a unit suffix
 
 
 def test_json_prints_the_structure(capsys, monkeypatch) -> None:

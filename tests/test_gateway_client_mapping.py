@@ -21,6 +21,7 @@ from gateway.core import (
 )
 from sep2 import resources as r
 from sep2.xml import from_xml, to_xml
+from tests.official_xsd import official_errors
 from xsd import validate
 
 LFDI = "3E4F45AB31EDFE5B67E343E5E4562E31984E23E5"
@@ -198,6 +199,45 @@ def test_der_documents_validate_and_carry_the_nameplate() -> None:
     assert m.der_status(PV, 500).inverterStatus.value == 4
     assert m.der_availability(PV, 500).statWAvail.to_watts() == 4200
     assert m.der_settings(PV, 500).setGradW == 200 and m.der_settings(PV, 500).updatedTime == 500
+
+
+def test_reactive_power_and_power_factor_ratings_and_settings_are_reported() -> None:
+    """IEEE 2030.5-2018 DERCapability rtgMaxVar / rtgMaxVarNeg (negative: received) / rtgMinPFOverExcited /
+    rtgMinPFUnderExcited and the DERSettings setX they default to; CSIP-AUS v1.3 storage extension
+    DERSettings.setMinWh (the reserve). The public client procedures STO-02 / STO-05 require each one."""
+    battery = m.DeviceSnapshot(
+        "bat-9", m.DER_TYPE_STORAGE, 5000, m.MODE_CHARGE | m.MODE_DISCHARGE,
+        vpp_modes_supported=m.VPP_STORAGE_TARGET_W, rtg_max_va=5000, rtg_max_var=3000,
+        rtg_max_var_neg=-3000, rtg_min_pf_over=0.8, rtg_min_pf_under=0.85, rtg_max_wh=13500,
+        set_min_wh=1350,
+    )  # fmt: skip
+    cap, settings = m.der_capability(battery), m.der_settings(battery, 500)
+    for doc in (cap, settings):
+        document = to_xml(doc)
+        validate(document)
+        assert official_errors(document) == []
+    assert cap.rtgMaxVar.value * 10**cap.rtgMaxVar.multiplier == 3000
+    assert cap.rtgMaxVarNeg.value * 10**cap.rtgMaxVarNeg.multiplier == -3000
+    assert (cap.rtgMinPFOverExcited.displacement, cap.rtgMinPFOverExcited.multiplier) == (800, -3)
+    assert cap.rtgMinPFUnderExcited.displacement == 850
+    assert settings.setMaxVar == cap.rtgMaxVar and settings.setMaxVarNeg == cap.rtgMaxVarNeg
+    assert settings.setMinPFOverExcited == cap.rtgMinPFOverExcited
+    assert settings.setMinPFUnderExcited == cap.rtgMinPFUnderExcited
+    assert settings.setMinWh.value * 10**settings.setMinWh.multiplier == 1350
+    assert b"csipaus.org/ns" in to_xml(settings) and settings.setMinWh is not None
+    # a v1.2 document (no storage extension) carries no v1.3 element
+    assert m.der_settings(PV, 500).setMinWh is None
+
+
+def test_device_category_names_the_site_devices() -> None:
+    """EndDevice.deviceCategory (IEEE 2030.5-2018 DeviceCategoryType, HexBinary32): bit 21 photovoltaic
+    system, 25 other storage system, 23 combined PV and storage, 17 EVSE, 10 simple misc. loads (DRA-01
+    asks that one is set)."""
+    assert m.device_category(["pv", "meter"]) == f"{1 << 21:08X}"
+    assert m.device_category(["battery"]) == f"{1 << 25:08X}"
+    assert m.device_category(["pv", "battery", "meter"]) == f"{(1 << 21) | (1 << 23) | (1 << 25):08X}"
+    assert m.device_category(["evse", "switched_load"]) == f"{(1 << 17) | (1 << 10):08X}"
+    assert m.device_category(["meter"]) is None
 
 
 def test_aggregate_device_sums_ratings_and_weights_soc_by_energy() -> None:

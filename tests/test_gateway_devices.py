@@ -52,6 +52,11 @@ async def test_scan_identifies_each_device_and_reads_scaled_measurements(family:
         expected_chain = {"legacy": (1, 101, 120, 121, 122, 123), "der": (1, 701, 702, 703, 704, 705)}
         assert pv.info.models == expected_chain[family]
         assert pv.info.rated_w == 5000 and bat.info.max_charge_w == 5000 and bat.info.capacity_wh == 13500
+        # var and PF ratings (120 VArRtgQ1/Q4, PFRtgQ1/Q4; 702 VarMaxInjRtg/AbsRtg, PFOvrExtRtg/UndExtRtg)
+        # signed as 2030.5 signs them: var received negative, PF as a displacement
+        assert pv.info.rated_var == pytest.approx(3000) and pv.info.rated_var_neg == pytest.approx(-3000)
+        assert pv.info.min_pf_over == pytest.approx(0.8) and pv.info.min_pf_under == pytest.approx(0.8)
+        assert pv.info.reserve_pct is None and bat.info.reserve_pct is not None  # 124 MinRsvPct/802 SoCRsvMin
         assert meter.info.models == (1, 201)
 
         m_pv = await pv.read_measurements()

@@ -20,7 +20,8 @@ import pytest
 
 from derlink.cli import main as derlink_main
 from gateway.config import ConfigError, load_settings, settings_from_dict, to_toml
-from gateway.runtime import GatewayRuntime
+from gateway.core.hierarchy import EffectiveLimits, Limit, Setpoint, Source
+from gateway.runtime import GatewayRuntime, alarm_status, dr_mode_status
 from simulators.config import default_site_config
 from simulators.site import SimulatedSite
 from tests.test_gateway_runtime_harness import Pki, tolerance, wait_until
@@ -108,6 +109,32 @@ def test_settings_errors_name_the_field(gw_pki: Pki, tmp_path: Path, change: Any
     with pytest.raises(ConfigError) as info:
         settings_from_dict(data, tmp_path)
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fixed_w_pct", "status"),
+    [
+        (-0.01, 101), (-50, 102), (-75, 103), (-100, 104), (0, 105), (50, 106), (75, 107), (100, 108),
+        (None, None),
+    ],
+)
+def test_a_demand_response_instruction_is_reported_as_its_drm(fixed_w_pct: float | None, status: int) -> None:
+    """DERStatus.operationalModeStatus 100 + the AS/NZS 4755 DRM an opModFixedW setpoint amounts to, as the
+    CSIP-AUS demand response client procedures DRD-01 / DRG-01 / DRL-01 read it; disconnect or
+    de-energise is DRM 0 (DRA-02)."""
+    fixed = None if fixed_w_pct is None else Setpoint(fixed_w_pct, fixed_w_pct, Source.UTILITY, "DERControl")
+    assert dr_mode_status(EffectiveLimits(fixed_w_pct=fixed)) == status
+    assert dr_mode_status(EffectiveLimits(connect=Limit(False, Source.UTILITY), fixed_w_pct=fixed)) == 100
+    assert dr_mode_status(EffectiveLimits(energize=Limit(False, Source.UTILITY))) == 100
+
+
+def test_inverter_events_map_onto_the_2030_5_alarm_bits() -> None:
+    """IEEE 2030.5 AlarmStatusType: 1 over voltage, 2 under voltage, 3 over frequency, 4 under frequency,
+    from SunSpec Evt1 / Alrm AC_OVER_VOLT (10), AC_UNDER_VOLT (11), OVER_FREQUENCY (8), UNDER_FREQUENCY (9);
+    no event is no alarm (alarmStatus 0, DRA-02), no event register is no alarmStatus."""
+    assert alarm_status(0) == 0 and alarm_status(None) is None
+    assert alarm_status(1 << 10 | 1 << 9 | 1 << 0) == 0b10010  # ground fault has no 2030.5 alarm bit
+    assert alarm_status(1 << 11 | 1 << 8) == 0b01100
 
 
 def test_load_settings_reports_bad_toml(tmp_path: Path) -> None:

@@ -21,8 +21,7 @@ from hypothesis import strategies as st
 from gateway.client import mapping as gm
 from gateway.core.events import EventEngine, Program
 from server.api import Renderer
-from server.compliance.assess import _published as _assessed
-from server.compliance.assess import _site_targets_bulk, site_limits
+from server.compliance.assess import published_controls, site_limits, site_targets_bulk
 from server.headend.doe import ingest, iterate
 from server.store import Page, RequestScope, Store, build_control_base
 
@@ -176,8 +175,8 @@ async def _run(world: World, ops: list[tuple]) -> None:
             assert a1 <= b0, f"{key}: published controls overlap: [{a0}, {a1}) and [{b0}, {b1})"
     # The compliance assessment rebuilds the same limits from what was published (server.compliance).
     async with store.read() as conn:
-        targets, _ = await _site_targets_bulk(conn, [site_id])
-        published_then = await _assessed(conn, [site_id], T0, T0 + SPAN)
+        targets, _ = await site_targets_bulk(conn, [site_id])
+        published_then = await published_controls(conn, [site_id], T0, T0 + SPAN)
     assessed = site_limits(published_then, targets[site_id], site_id, T0, T0 + SPAN)
     cuts = sorted({T0, T0 + SPAN} | {t for s, e, _, _ in issued["step"] + issued["doe"] for t in (s, e)})
     instants = sorted({t for c in cuts for t in (c, c - 1)} | set(range(T0, T0 + SPAN, 150)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -15,7 +16,7 @@ from sep2.base import HEX_MAX_BYTES, INTEGER_RANGES, NS_SEP, REGISTRY, STRING_MA
 from sep2.identity import format_sfdi, lfdi_from_cert_der, sfdi_from_lfdi, sfdi_is_valid
 from sep2.mrid import derived_mrid, mrid_pen, new_mrid
 from sep2.power import encode_power_of_ten
-from sep2.xml import Sep2XmlError, from_xml, to_xml
+from sep2.xml import Sep2XmlError, from_xml, to_xml, to_xml_lxml
 from tests.official_xsd import official_errors
 
 ROOT_CLASSES = sorted((c for c in REGISTRY.values() if c.is_root), key=lambda c: c.__name__)
@@ -409,3 +410,46 @@ def test_v13_beta_storage_namespace_is_read_as_csipaus():
     assert b'"https://csipaus.org/ns"' in to_xml(from_xml(document))  # written in the CSIP-AUS namespace
     with pytest.raises(Sep2XmlError, match=r"\{https://csipaus.org/ns/other\}opModExpLimW"):
         from_xml(document.replace(b"ns/v1.3-beta/storage", b"ns/other"))  # any other namespace is refused
+
+
+# ------------------------------------------------------------------------------------------ fast encoder
+
+
+@pytest.mark.parametrize("cls", ROOT_CLASSES, ids=lambda c: c.__name__)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fast_encoder_writes_the_bytes_of_the_lxml_encoder(cls, data):
+    resource = data.draw(resource_strategy(cls))
+    assert to_xml(resource) == to_xml_lxml(resource)
+
+
+@pytest.mark.parametrize(
+    "text", ["a&b<c>d\"e'f", "line\nbreak\ttab\rreturn", "é ünïcödé ✓ 𝄞", "", "]]>", "\x01", "\ufffe"]
+)
+def test_fast_encoder_escapes_text_and_attributes_as_lxml_does(text):
+    """Text and attribute values (description, href) escaped as lxml escapes them; a character XML cannot
+    hold is refused by lxml as before."""
+    doc = r.DERProgram(href=f"/x{text}", mRID="AB", description=text, primacy=1)
+    try:
+        expected = to_xml_lxml(doc)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            to_xml(doc)
+        return
+    assert to_xml(doc) == expected
+
+
+def test_fast_encoder_refuses_what_the_lxml_encoder_refuses():
+    for bad in (
+        r.EndDevice(changedTime=0),
+        r.DefaultDERControl(
+            mRID="00", DERControlBase=r.DERControlBase(opModTargetW=r.ActivePower(value=70000, multiplier=0))
+        ),
+        r.DERProgram(mRID="XYZ", primacy=1),
+        r.DERProgram(mRID="AB", primacy=True),
+        r.DERProgram(mRID="AB", primacy=1, description="x" * 33),
+    ):
+        with pytest.raises(Sep2XmlError) as lxml_error:
+            to_xml_lxml(bad)
+        with pytest.raises(Sep2XmlError, match=re.escape(str(lxml_error.value))):
+            to_xml(bad)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import sqlalchemy as sa
 
 from sep2 import resources as r
 from server.errors import BadRequest
@@ -20,14 +21,14 @@ from server.store import RequestScope, Store
 from tests.test_headend_bulk import _free_port
 from tests.test_server_harness import Client, Pki, end_device, meter_reading, mup
 
-pytest_plugins = ["tests.test_server_harness"]
+pytest_plugins = ["tests.test_server_harness", "tests.postgres_fixture"]
 
 LFDI = "AB" * 20
 T0 = 1_700_000_000
 
 
-async def _store_with_mup(tmp_path: Path) -> tuple[Store, RequestScope, int]:
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'd.sqlite3'}")
+async def _store_with_mup(tmp_path: Path, url: str | None = None) -> tuple[Store, RequestScope, int]:
+    store = await Store.open(url or f"sqlite+aiosqlite:///{tmp_path / 'd.sqlite3'}")
     await store.admin.register_site(LFDI)
     scope = RequestScope(lfdi=LFDI, kind="device")
     mup_id, _ = await store.upsert_mup(scope, mup(LFDI))
@@ -160,5 +161,33 @@ async def test_the_same_new_mup_posted_twice_at_once_creates_it_once(tmp_path):
         results = await asyncio.gather(*(store.upsert_mup(scope, doc) for _ in range(4)))
         assert len({mup_id for mup_id, _ in results}) == 1
         assert sorted(created for _, created in results) == [False, False, False, True]
+    finally:
+        await store.close()
+
+
+async def test_group_commit_on_postgresql_shares_commits_and_drops_only_the_failing_write(
+    tmp_path, postgres_url
+):
+    """The same group commit on PostgreSQL (the writes run inside ``run_sync``, not a writer thread)."""
+    store, scope, mup_id = await _store_with_mup(tmp_path, postgres_url)
+    try:
+        commits = store.commits
+        bad = [
+            meter_reading(1, T0 + 10_000),
+            r.MirrorMeterReading(mRID="AA" * 16, Reading=r.Reading(value=None)),
+        ]
+        posts = [
+            store.post_meter_readings(scope, mup_id, [meter_reading(i, T0 + 300 * (i + 1))])
+            for i in range(32)
+        ]
+        results = await asyncio.gather(
+            *posts[:16], store.post_meter_readings(scope, mup_id, bad), *posts[16:], return_exceptions=True
+        )
+        assert isinstance(results[16], BadRequest) and "Reading.value" in str(results[16])
+        assert not any(isinstance(x, BaseException) for i, x in enumerate(results) if i != 16)
+        assert store.commits - commits < 32 / 4
+        async with store.read() as conn:
+            starts = {row[0] for row in await conn.execute(sa.text("SELECT time_start FROM readings"))}
+        assert {T0 + 300 * (i + 1) for i in range(32)} <= starts and T0 + 10_000 not in starts
     finally:
         await store.close()

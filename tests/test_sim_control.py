@@ -138,3 +138,28 @@ async def test_invalid_enum_write_is_rejected_and_changes_nothing() -> None:
             assert rr.isError() and rr.exception_code == 2
         finally:
             client.close()
+
+
+async def test_an_open_isolator_stops_the_inverter_whatever_is_commanded() -> None:
+    """The installer's hands (client procedures ALL-07 / MUL-01: "disconnect all DER from the grid"): an
+    open AC isolator stops the output and the inverter reports itself neither connected nor available
+    (122 PVConn bits 0 and 1); closing it soft-starts. A PV source at 0 W (ALL-08) leaves it asleep."""
+    cfg = default_site_config(pv_available_w=AVAILABLE, load_w=LOAD_W, battery=False)
+    async with SimulatedSite(cfg) as site:
+        ep = site.endpoint("pv")
+        client = AsyncModbusTcpClient(ep.host, port=ep.port, timeout=2)
+        await client.connect()
+        try:
+            assert await read_point(client, site, "pv", "122.PVConn") == 0b111
+            site.isolate("pv")
+            assert site.inverter_output_w() == 0.0
+            assert await read_point(client, site, "pv", "122.PVConn") == 0
+            assert await read_point(client, site, "pv", "101.St") == 1  # OFF
+            site.isolate("pv", False)
+            site.clock.jump(40.0)  # past the soft-start ramp
+            assert site.inverter_output_w() == pytest.approx(AVAILABLE)
+            site.set_pv_source("pv", 0.0)
+            assert site.inverter_output_w() == 0.0
+            assert await read_point(client, site, "pv", "101.St") == 2  # SLEEPING
+        finally:
+            client.close()

@@ -42,7 +42,7 @@ isMirror | isDER | isSubmeter (0x0049). Commodity 1 (electricity, secondary mete
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.core.events import Control, ControlSettings, Program, Response, ServerStatus
@@ -170,6 +170,12 @@ DOE_GEN_LIM_W = 1 << 2
 DOE_LOAD_LIM_W = 1 << 3
 # csipaus VPPControlType bits (CSIP-AUS v1.3 storage extension)
 VPP_STORAGE_TARGET_W = 1 << 0
+# DeviceCategoryType bits (IEEE 2030.5-2018 EndDevice.deviceCategory)
+CATEGORY_SIMPLE_LOADS = 1 << 10
+CATEGORY_EVSE = 1 << 17
+CATEGORY_PV = 1 << 21
+CATEGORY_PV_AND_STORAGE = 1 << 23
+CATEGORY_STORAGE = 1 << 25
 # ConnectStatusType bits
 CONNECT_CONNECTED = 1 << 0
 CONNECT_AVAILABLE = 1 << 1
@@ -212,7 +218,11 @@ class DeviceSnapshot:
     vpp_modes_supported: int = 0
     rtg_max_va: float | None = None
     rtg_max_var: float | None = None
+    rtg_max_var_neg: float | None = None  # var absorbed: negative (2030.5 rtgMaxVarNeg)
+    rtg_min_pf_over: float | None = None  # minimum PF displacement injecting / absorbing vars, 0..1
+    rtg_min_pf_under: float | None = None
     rtg_max_wh: float | None = None
+    set_min_wh: float | None = None  # storage: the reserve it keeps (CSIP-AUS v1.3 DERSettings.setMinWh)
     rtg_max_charge_w: float | None = None
     rtg_max_discharge_w: float | None = None
     set_max_w: float | None = None  # None: rtg_max_w
@@ -224,7 +234,8 @@ class DeviceSnapshot:
     operating: bool = True
     fault: bool = False
     inverter_status: int | None = None  # InverterStatusType
-    operational_mode: int | None = None  # OperationalModeStatusType
+    operational_mode: int | None = None  # OperationalModeStatusType (100 + n: in AS/NZS 4755 DRM n)
+    alarm_status: int | None = None  # AlarmStatusType bitmap; None: the device does not say
     w_available: float | None = None  # DERAvailability.statWAvail
     var_available: float | None = None
     measurements: Measurements = field(default_factory=Measurements)
@@ -252,6 +263,28 @@ def _reactive(var: float | None) -> r.ReactivePower | None:
 
 def _apparent(va: float | None) -> r.ApparentPower | None:
     return r.ApparentPower.from_float(va) if va is not None else None  # type: ignore[return-value]
+
+
+def _pf(displacement: float | None) -> r.PowerFactor | None:
+    return r.PowerFactor(displacement=round(displacement * 1000), multiplier=-3) if displacement else None
+
+
+def _wh(wh: float | None) -> r.WattHour | None:
+    return r.WattHour.from_float(wh) if wh is not None else None  # type: ignore[return-value]
+
+
+def _mode_rank(mode: int) -> int:
+    if mode >= 100:
+        return 1
+    return -(2, 3, 1, 0).index(mode) if mode in (0, 1, 2, 3) else -9
+
+
+def sum_bits(values: Iterable[int]) -> int:
+    """The union of bitmaps."""
+    bits = 0
+    for value in values:
+        bits |= value
+    return bits
 
 
 def _sum(values: Sequence[float | None]) -> float | None:
@@ -306,7 +339,16 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
         vpp_modes_supported=vpp,
         rtg_max_va=_sum([d.rtg_max_va for d in devices]),
         rtg_max_var=_sum([d.rtg_max_var for d in devices]),
+        rtg_max_var_neg=_sum([d.rtg_max_var_neg for d in devices]),
+        # the aggregate can go as low as its weakest member lets the whole go: the largest minimum
+        rtg_min_pf_over=max(
+            (d.rtg_min_pf_over for d in devices if d.rtg_min_pf_over is not None), default=None
+        ),
+        rtg_min_pf_under=max(
+            (d.rtg_min_pf_under for d in devices if d.rtg_min_pf_under is not None), default=None
+        ),
         rtg_max_wh=_sum([d.rtg_max_wh for d in devices]),
+        set_min_wh=_sum([d.set_min_wh for d in devices]),
         rtg_max_charge_w=_sum([d.rtg_max_charge_w for d in devices]),
         rtg_max_discharge_w=_sum([d.rtg_max_discharge_w for d in devices]),
         set_max_w=sum(d.set_max_w if d.set_max_w is not None else d.rtg_max_w for d in devices),
@@ -317,11 +359,17 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
         available=any(d.available for d in devices),
         operating=any(d.operating for d in devices),
         fault=any(d.fault for d in devices),
-        # the most operational of them (2 operational > 3 test > 1 off > 0 unknown)
+        # a demand response mode (100 + DRM) if one is in force, else the most operational of them
+        # (2 operational > 3 test > 1 off > 0 unknown)
         operational_mode=max(
             (d.operational_mode for d in devices if d.operational_mode is not None),
-            key=lambda mode: (2, 3, 1, 0).index(mode) * -1 if mode in (0, 1, 2, 3) else -9,
+            key=_mode_rank,
             default=None,
+        ),
+        alarm_status=(
+            None
+            if all(d.alarm_status is None for d in devices)
+            else sum_bits(d.alarm_status or 0 for d in devices)
         ),
         w_available=_sum([d.w_available for d in devices]),
         var_available=_sum([d.var_available for d in devices]),
@@ -339,6 +387,19 @@ def aggregate_device(devices: Sequence[DeviceSnapshot], device_id: str = "site")
     )
 
 
+def device_category(roles: Sequence[str]) -> str | None:
+    """EndDevice.deviceCategory (HexBinary32) of a site with devices of these roles (pv, battery, evse,
+    switched_load; a meter adds nothing); None when no role has a category."""
+    bits = 0
+    for role, bit in (("pv", CATEGORY_PV), ("battery", CATEGORY_STORAGE), ("evse", CATEGORY_EVSE),
+                      ("switched_load", CATEGORY_SIMPLE_LOADS)):  # fmt: skip
+        if role in roles:
+            bits |= bit
+    if "pv" in roles and "battery" in roles:
+        bits |= CATEGORY_PV_AND_STORAGE
+    return f"{bits:08X}" if bits else None
+
+
 def der_capability(device: DeviceSnapshot) -> r.DERCapability:
     return r.DERCapability(
         modesSupported=f"{device.modes_supported:08X}",
@@ -346,10 +407,11 @@ def der_capability(device: DeviceSnapshot) -> r.DERCapability:
         rtgMaxDischargeRateW=_power(device.rtg_max_discharge_w),
         rtgMaxVA=_apparent(device.rtg_max_va),
         rtgMaxVar=_reactive(device.rtg_max_var),
+        rtgMaxVarNeg=_reactive(device.rtg_max_var_neg),
         rtgMaxW=r.ActivePower.from_watts(device.rtg_max_w),
-        rtgMaxWh=r.WattHour.from_float(device.rtg_max_wh)  # type: ignore[arg-type]
-        if device.rtg_max_wh is not None
-        else None,
+        rtgMaxWh=_wh(device.rtg_max_wh),
+        rtgMinPFOverExcited=_pf(device.rtg_min_pf_over),
+        rtgMinPFUnderExcited=_pf(device.rtg_min_pf_under),
         type=device.der_type,
         doeModesSupported=f"{device.doe_modes_supported:02X}",
         vppModesSupported=_vpp(device),
@@ -357,6 +419,8 @@ def der_capability(device: DeviceSnapshot) -> r.DERCapability:
 
 
 def der_settings(device: DeviceSnapshot, now: int) -> r.DERSettings:
+    """The settings in force; where the device has no separate setting, its rating (2030.5 §10.10:
+    each setX defaults to rtgX). ``setMinWh`` is the CSIP-AUS v1.3 storage extension's."""
     enabled = device.modes_enabled if device.modes_enabled is not None else device.modes_supported
     doe = device.doe_modes_enabled if device.doe_modes_enabled is not None else device.doe_modes_supported
     return r.DERSettings(
@@ -365,15 +429,18 @@ def der_settings(device: DeviceSnapshot, now: int) -> r.DERSettings:
         setMaxChargeRateW=_power(device.rtg_max_charge_w),
         setMaxDischargeRateW=_power(device.rtg_max_discharge_w),
         setMaxVA=_apparent(device.rtg_max_va),
+        setMaxVar=_reactive(device.rtg_max_var),
+        setMaxVarNeg=_reactive(device.rtg_max_var_neg),
         setMaxW=r.ActivePower.from_watts(
             device.set_max_w if device.set_max_w is not None else device.rtg_max_w
         ),
-        setMaxWh=r.WattHour.from_float(device.rtg_max_wh)  # type: ignore[arg-type]
-        if device.rtg_max_wh is not None
-        else None,
+        setMaxWh=_wh(device.rtg_max_wh),
+        setMinPFOverExcited=_pf(device.rtg_min_pf_over),
+        setMinPFUnderExcited=_pf(device.rtg_min_pf_under),
         updatedTime=now,
         doeModesEnabled=f"{doe:02X}",
         vppModesEnabled=_vpp(device),
+        setMinWh=_wh(device.set_min_wh) if device.vpp_modes_supported else None,
     )
 
 
@@ -395,6 +462,7 @@ def der_status(device: DeviceSnapshot, now: int) -> r.DERStatus:
     soc = device.measurements.soc_pct
     connect = r.ConnectStatus(dateTime=now, value=_connect_bits(device))
     return r.DERStatus(
+        alarmStatus=f"{device.alarm_status:08X}" if device.alarm_status is not None else None,
         genConnectStatus=connect if device.der_type != DER_TYPE_STORAGE else None,
         inverterStatus=r.StatusValue(dateTime=now, value=device.inverter_status)
         if device.inverter_status is not None

@@ -115,6 +115,7 @@ class ClientConfig:
     backoff_max: float = 300.0
     pen: int = 0
     nmi: str | None = None  # PUT as the EndDevice's ConnectionPoint at discovery when the server differs
+    device_category: str | None = None  # EndDevice.deviceCategory of an in-band registration (HexBinary32)
 
     def __post_init__(self) -> None:
         problems = []
@@ -572,7 +573,13 @@ class Sep2Client:
             )
         try:
             location = await self._post(
-                href, r.EndDevice(sFDI=sfdi_from_lfdi(lfdi), lFDI=lfdi, changedTime=self.now())
+                href,
+                r.EndDevice(
+                    sFDI=sfdi_from_lfdi(lfdi),
+                    lFDI=lfdi,
+                    changedTime=self.now(),
+                    deviceCategory=self.config.device_category,
+                ),
             )
         except ServerRejected as exc:
             # 2030.5 / CSIP-AUS: a server may refuse a second POST of a registered lFDI; the client finds its
@@ -629,8 +636,13 @@ class Sep2Client:
             value = max(value, self.config.subscribed_poll_rate)
         return value
 
-    async def _walk(self) -> None:
-        """Walk EndDevice -> FSAs -> programs -> controls; drop programs no longer assigned."""
+    async def _walk(self, *, known_lists: bool = True) -> None:
+        """Walk EndDevice -> FSAs -> programs -> controls; drop programs no longer assigned.
+
+        ``known_lists=False`` (the FSA list's own poll) reads only the program lists not yet known: each
+        known one is polled at its own pollRate (``derp:`` jobs), and reading it here as well would ask
+        for the same list twice in a row, which a server may answer with changes in between (a control
+        created between the two reads supersedes one created just before, before either has started)."""
         assert self.end_device is not None
         link = self.end_device.FunctionSetAssignmentsListLink
         seen_lists: set[str] = set()
@@ -643,7 +655,8 @@ class Sep2Client:
                 if fsa.DERProgramListLink is not None:
                     seen_lists.add(_path(fsa.DERProgramListLink.href))
         for list_href in sorted(seen_lists):
-            await self._walk_program_list(list_href, changed=False)
+            if known_lists or list_href not in self._program_lists:
+                await self._walk_program_list(list_href, changed=False)
         for gone in self._program_lists - seen_lists:
             self._drop_list(gone)
         self._program_lists = seen_lists
@@ -925,9 +938,12 @@ class Sep2Client:
     async def _put_der_documents(self) -> None:
         now = self.now()
         for der, device in self._der_targets():
+            # DERCapability (the nameplate) when it changes; the settings in force, the status and the
+            # availability every post interval: a server (and the CSIP-AUS demand response procedures,
+            # DRG-01 / DRL-01 / DRD-01) reads the DERSettings a DER runs with while an instruction is in force
             docs: list[tuple[r.Link | None, Any, bool]] = [
                 (der.DERCapabilityLink, mapping.der_capability(device), True),
-                (der.DERSettingsLink, mapping.der_settings(device, now), True),
+                (der.DERSettingsLink, mapping.der_settings(device, now), False),
                 (der.DERStatusLink, mapping.der_status(device, now), False),
                 (der.DERAvailabilityLink, mapping.der_availability(device, now), False),
             ]
@@ -935,7 +951,7 @@ class Sep2Client:
                 if link is None:
                     continue
                 if only_on_change:
-                    key = to_xml(replace(doc, updatedTime=0) if isinstance(doc, r.DERSettings) else doc)
+                    key = to_xml(doc)
                     if self._put_docs.get(link.href) == key:
                         continue
                 try:
@@ -1047,7 +1063,7 @@ class Sep2Client:
             if self.dcap is not None and self.dcap.TimeLink is not None:
                 await self._sync_time()
         elif job == "walk":
-            await self._walk()
+            await self._walk(known_lists=False)
             for list_href in self._program_lists:
                 job_name = f"derp:{list_href}"
                 self._due.setdefault(job_name, asyncio.get_running_loop().time() + self._job_rate(job_name))

@@ -91,6 +91,16 @@ class DeviceVerifyError(DeviceError):
 
 
 # ------------------------------------------------------------------------------------------------ data
+def _negative(var: Any) -> float | None:
+    """A var absorption rating as 2030.5 signs it (rtgMaxVarNeg < 0), whichever sign SunSpec used."""
+    return -abs(float(var)) if var is not None else None
+
+
+def _magnitude(pf: Any) -> float | None:
+    """A SunSpec power factor rating (signed by quadrant) as a 2030.5 displacement (0..1)."""
+    return abs(float(pf)) if pf is not None else None
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     manufacturer: str
@@ -107,6 +117,14 @@ class DeviceInfo:
     max_charge_w: float | None = None
     max_discharge_w: float | None = None
     capacity_wh: float | None = None
+    # reactive power and power factor ratings: var injected (+, over-excited) and absorbed (-, under-excited);
+    # minimum PF displacement (0..1) when injecting / absorbing (nameplate 120 VArRtgQ1/Q4, PFRtgQ1/Q4;
+    # 702 VarMaxInjRtg/VarMaxAbsRtg, PFOvrExtRtg/PFUndExtRtg)
+    rated_var: float | None = None
+    rated_var_neg: float | None = None
+    min_pf_over: float | None = None
+    min_pf_under: float | None = None
+    reserve_pct: float | None = None  # storage: the reserve kept (124 MinRsvPct / 802 SoCRsvMin), % of Wh
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
@@ -128,6 +146,8 @@ class Measurements:
     energy_import_wh: float | None = None  # meters: TotWhImp; inverters: energy absorbed
     energy_export_wh: float | None = None  # meters: TotWhExp; inverters: energy generated
     connected: bool | None = None
+    available: bool | None = None  # able to connect and operate (122 PVConn/StorConn bit 1); None: unknown
+    events: int | None = None  # SunSpec event bits (101-103 Evt1, 701 Alrm); None: not implemented
     state: str | None = None
     available_w: float | None = None  # PV: power available before curtailment (122 WAval)
     limit_pct: float | None = None  # active max-power limit in % of rated, None = no limit enabled
@@ -403,7 +423,13 @@ class DeviceConnection:
                 max_charge_w=n.get("MaxChaRte"),
                 max_discharge_w=n.get("MaxDisChaRte"),
                 capacity_wh=n.get("WHRtg"),
+                rated_var=n.get("VArRtgQ1"),
+                rated_var_neg=_negative(n.get("VArRtgQ4")),
+                min_pf_over=_magnitude(n.get("PFRtgQ1")),
+                min_pf_under=_magnitude(n.get("PFRtgQ4")),
             )
+            if 124 in self.models:
+                ratings["reserve_pct"] = (await self.read_values(124)).get("MinRsvPct")
         elif 702 in self.models:
             n = await self.read_values(702)
             ratings = dict(
@@ -411,13 +437,19 @@ class DeviceConnection:
                 rated_va=n.get("VAMaxRtg"),
                 max_charge_w=n.get("WChaRteMaxRtg"),
                 max_discharge_w=n.get("WDisChaRteMaxRtg"),
+                rated_var=n.get("VarMaxInjRtg"),
+                rated_var_neg=_negative(n.get("VarMaxAbsRtg")),
+                min_pf_over=_magnitude(n.get("PFOvrExtRtg")),
+                min_pf_under=_magnitude(n.get("PFUndExtRtg")),
             )
             if 713 in self.models:
                 ratings["capacity_wh"] = (await self.read_values(713)).get("WHRtg")
+            if 802 in self.models:
+                ratings["reserve_pct"] = (await self.read_values(802)).get("SoCRsvMin")
         if ratings.get("rated_w") is None and 121 in self.models:
             ratings["rated_w"] = (await self.read_values(121)).get("WMax")
         if kind != "battery":
-            ratings.update(max_charge_w=None, max_discharge_w=None, capacity_wh=None)
+            ratings.update(max_charge_w=None, max_discharge_w=None, capacity_wh=None, reserve_pct=None)
         return DeviceInfo(
             manufacturer=str(common.get("Mn") or ""),
             model=str(common.get("Md") or ""),
@@ -456,6 +488,7 @@ class DeviceConnection:
         st_symbols = self.model(mid).points["St"].symbols or {}
         state = st_symbols.get(v.get("St")) if v.get("St") is not None else None
         connected = None
+        can_connect = None
         limit_pct = None
         available = None
         soc = None
@@ -464,6 +497,7 @@ class DeviceConnection:
             s = raw[122] = await self.read_values(122)
             bits = s.get("StorConn") if self.info.kind == "battery" else s.get("PVConn")
             connected = bool(bits & 1) if bits is not None else None
+            can_connect = bool(bits & 2) if bits is not None else None
             available = s.get("WAval") if self.info.kind == "pv" else None
         if 123 in self.models:
             c = raw[123] = await self.read_values(123)
@@ -478,8 +512,8 @@ class DeviceConnection:
         return Measurements(
             read_at=self.clock(), w=v.get("W"), va=v.get("VA"), var=v.get("VAr"), pf=v.get("PF"),
             hz=v.get("Hz"), v=v.get("PhVphA"), a=v.get("A"), energy_export_wh=v.get("WH"),
-            connected=connected, state=state, available_w=available, limit_pct=limit_pct,
-            storage_setpoint_w=storage_w, soc_pct=soc, raw=raw,
+            connected=connected, available=can_connect, state=state, available_w=available,
+            limit_pct=limit_pct, storage_setpoint_w=storage_w, soc_pct=soc, events=v.get("Evt1"), raw=raw,
         )  # fmt: skip
 
     async def _read_der(self, raw: dict[int, dict[str, Any]]) -> Measurements:
@@ -507,7 +541,7 @@ class DeviceConnection:
             read_at=self.clock(), w=v.get("W"), va=v.get("VA"), var=v.get("Var"), pf=v.get("PF"),
             hz=v.get("Hz"), v=v.get("LNV"), a=v.get("A"), energy_export_wh=v.get("TotWhInj"),
             energy_import_wh=v.get("TotWhAbs"), connected=connected, state=state, limit_pct=limit_pct,
-            storage_setpoint_w=storage_w, soc_pct=soc, raw=raw,
+            storage_setpoint_w=storage_w, soc_pct=soc, events=v.get("Alrm"), raw=raw,
         )  # fmt: skip
 
     # -------------------------------------------------------------------------------- writes

@@ -95,6 +95,7 @@ def base_summary(text: str) -> dict[str, Any]:
         ("generation_limit_w", "opModGenLimW"),
         ("load_limit_w", "opModLoadLimW"),
         ("target_w", "opModTargetW"),
+        ("storage_target_w", "opModStorageTargetW"),
     ):
         value = getattr(base, attr, None)
         if value is not None:

@@ -85,6 +85,9 @@ class ControlLimits(Body):
     generation_limit_w: Watts | None = Field(None, description="opModGenLimW, W")
     load_limit_w: Watts | None = Field(None, description="opModLoadLimW, W")
     target_w: float | None = Field(None, description="opModTargetW, W (negative: import)")
+    storage_target_w: float | None = Field(
+        None, description="csipaus:opModStorageTargetW (CSIP-AUS v1.3), W: + discharge, - charge"
+    )
     connect: bool | None = Field(None, description="opModConnect")
     energize: bool | None = Field(None, description="opModEnergize")
     fixed_w_percent: Annotated[int, Field(ge=-10000, le=10000)] | None = Field(
@@ -108,6 +111,7 @@ class Limits(Answer):
     generation_limit_w: float | None = None
     load_limit_w: float | None = None
     target_w: float | None = None
+    storage_target_w: float | None = None
     connect: bool | None = None
     energize: bool | None = None
     fixed_w_percent: int | None = None
@@ -343,7 +347,7 @@ def _not_broadcast(name: str) -> str:
 class GroupCreate(Body):
     name: Annotated[str, Field(min_length=1), AfterValidator(_not_broadcast)]
     parent: str | None = None
-    description: str | None = None
+    description: Annotated[str, Field(max_length=128)] | None = None
     reason: Reason | None = None
 
 
@@ -367,6 +371,7 @@ class GroupDetail(Answer):
 
 
 Primacy = Annotated[int, Field(ge=0, le=255, description="2030.5 primacy (UInt8): lower wins")]
+String32 = Annotated[str, Field(max_length=32, description="2030.5 String32")]
 
 
 class ProgramItem(Answer):
@@ -386,13 +391,13 @@ class ProgramList(Answer):
 class ProgramCreate(Body):
     key: Annotated[str, Field(min_length=1)]
     primacy: Primacy
-    description: str | None = None
+    description: String32 | None = None
     group: str | None = None
     reason: Reason | None = None
 
 
 class ProgramUpdate(Body):
-    description: str | None = None
+    description: Annotated[String32, Field(min_length=1)] | None = None
     primacy: Primacy | None = None
     group: str | None = Field(None, description='"" = every site')
     enabled: bool | None = None
@@ -428,7 +433,7 @@ class DefaultSet(ControlLimits):
     program: str
     target: Target
     set_grad_w: Annotated[int, Field(ge=0, le=UINT32)] | None = Field(None, description="setGradW, 1/100 %/s")
-    description: Annotated[str, Field(max_length=32)] | None = None
+    description: String32 | None = None
     reason: Reason | None = None
 
 
@@ -461,7 +466,7 @@ class ControlCreate(ControlLimits):
     response_required: Annotated[str, Field(pattern="^[0-9a-fA-F]{2}$")] | None = Field(
         "03", description="responseRequired (HexBinary8); default 03: received and started"
     )
-    description: Annotated[str, Field(max_length=32)] | None = None
+    description: String32 | None = None
     reason: Reason | None = None
 
 

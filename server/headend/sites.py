@@ -8,10 +8,12 @@ import sqlalchemy as sa
 from aiohttp import web
 from pydantic import TypeAdapter, ValidationError
 
+from sep2 import resources as r
 from sep2.identity import operator_lfdi, sfdi_from_lfdi
 from sep2.validation import first_error
+from sep2.xml import from_xml
 from server.headend import models as m
-from server.headend.capabilities import unsupported_modes
+from server.headend.capabilities import combined, unsupported_modes
 from server.headend.core import (
     HeadEnd,
     base_summary,
@@ -36,6 +38,7 @@ from server.store import (
     control_base_from_json,
     controls,
     default_controls,
+    der_documents,
     ders,
     event_status,
     groups,
@@ -218,6 +221,15 @@ async def site_detail(head: HeadEnd, request: web.Request) -> Any:
         ).scalar_one()
     async with head.store.read() as conn:
         names = await target_names(conn, [k for k, _ in await _site_targets(conn, site.id)])
+        caps = (  # every DER's: a site with several can do what any of them can
+            await conn.execute(
+                sa.select(der_documents.c.xml)
+                .join(ders, ders.c.id == der_documents.c.der_id)
+                .where(ders.c.site_id == site.id, der_documents.c.kind == "dercap")
+                .order_by(ders.c.id)
+            )
+        ).scalars()
+        site_cap = combined([from_xml(xml.encode(), r.DERCapability) for xml in caps])
     der_docs = await head.admin.site_der_documents(site.lfdi)
     last_seen = max((c.last_seen for c in contact if c.last_seen), default=None)
     # Active and next controls per program, as the site itself sees them over 2030.5.
@@ -232,7 +244,7 @@ async def site_detail(head: HeadEnd, request: web.Request) -> Any:
         upcoming = [row for row in live if row.start > now]
         default = await head.store.default_control(view, program.id)
         for row in active + upcoming[:1]:  # flagged in the site's view too (issue 11 item 12)
-            modes = unsupported_modes(control_base_from_json(row.base), der_docs.get("dercap"))
+            modes = unsupported_modes(control_base_from_json(row.base), site_cap)
             if modes:
                 unsupported.append({"mrid": row.mrid, "program": program.key, "modes": modes})
         program_controls.append(

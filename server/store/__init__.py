@@ -9,7 +9,9 @@
   Modules are not named after tables: a submodule would shadow the table of that name on the package.
 * ``admin``: :class:`Admin`, the operator's audited writes and queries.
 * ``versions``: what each cached document depends on and what each write changed (the response cache is
-  invalidated per site, target, rate and client, never wholesale); ``StoreBase.grouped``: group commit.
+  invalidated per site, target, rate and client, never wholesale); ``StoreBase.grouped``: group commit
+  of device writes (prepared statements; on SQLite one call to a writer thread per group).
+* ``fast``: prepared statements, and the reads of the hot GETs (on a SQLite file: the stdlib driver).
 
 Every public :class:`Store` method takes a :class:`RequestScope` first; a site (EndDevice) is reachable only
 through ``StoreBase._site``, which applies the scope filter. Targets of controls are one string key:

@@ -60,6 +60,7 @@ _POWER_FIELDS = {
     "generation_limit_w": "opModGenLimW",
     "load_limit_w": "opModLoadLimW",
     "target_w": "opModTargetW",
+    "storage_target_w": "opModStorageTargetW",  # CSIP-AUS v1.3 storage extension: + discharge, - charge
 }
 
 
@@ -70,6 +71,7 @@ def build_control_base(
     generation_limit_w: float | None = None,
     load_limit_w: float | None = None,
     target_w: float | None = None,
+    storage_target_w: float | None = None,
     connect: bool | None = None,
     energize: bool | None = None,
     fixed_w_percent: int | None = None,
@@ -87,11 +89,12 @@ def build_control_base(
         generation_limit_w=generation_limit_w,
         load_limit_w=load_limit_w,
         target_w=target_w,
+        storage_target_w=storage_target_w,
     )
     for arg, value in given.items():
         if value is None:
             continue
-        if arg != "target_w" and value < 0:
+        if arg not in ("target_w", "storage_target_w") and value < 0:
             raise AdminError(f"{arg}: must not be negative, got {value}")
         try:
             kwargs[_POWER_FIELDS[arg]] = r.ActivePower.from_watts(float(value))

@@ -12,9 +12,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2.xml import Sep2XmlError, from_xml, to_xml
 from server.errors import NotFound
-from server.store.base import StoreBase
+from server.store.base import _SITE, StoreBase
 from server.store.codec import to_jsonable
-from server.store.engine import _insert
+from server.store.fast import Query, Writes
 from server.store.schema import (
     DER_DOCUMENT_TYPES,
     der_documents,
@@ -22,6 +22,37 @@ from server.store.schema import (
     ders,
 )
 from server.store.scope import Page, RequestScope
+
+_DER = Query(
+    sa.select(ders.c.id).where(ders.c.id == sa.bindparam("der_id"), ders.c.site_id == sa.bindparam("site_id"))
+)
+
+
+def _document_upsert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    stmt = insert(der_documents).values(
+        {c: sa.bindparam(f"p_{c}") for c in ("der_id", "kind", "xml", "updated_at")}
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=["der_id", "kind"], set_={c: stmt.excluded[c] for c in ("xml", "updated_at")}
+    )
+
+
+_DOCUMENT_UPSERT = Query(_document_upsert)
+_DOCUMENT_XML = Query(
+    sa.select(der_documents.c.xml).where(
+        der_documents.c.der_id == sa.bindparam("der_id"), der_documents.c.kind == sa.bindparam("kind")
+    )
+)
+_HISTORY_INSERT = Query(
+    der_history.insert().values({c: sa.bindparam(f"h_{c}") for c in ("der_id", "kind", "at", "changes")})
+)
+_HISTORY_THIS = sa.and_(
+    der_history.c.der_id == sa.bindparam("der_id"), der_history.c.kind == sa.bindparam("kind")
+)
 
 
 class DersStore(StoreBase):
@@ -76,28 +107,23 @@ class DersStore(StoreBase):
         now = self.clock()
         new = fields(doc)
 
-        async def work(conn: AsyncConnection) -> Any:
+        def work(db: Writes) -> None:
             self.touch(("der", site_id))
-            await self._der(conn, scope, site_id, der_id)
-            before = (
-                await conn.execute(
-                    sa.select(der_documents.c.xml).where(
-                        der_documents.c.der_id == der_id, der_documents.c.kind == kind
-                    )
-                )
-            ).scalar()
+            if db.first(_SITE[scope.kind], site_id=site_id, **scope.bind()) is None:
+                raise NotFound(f"no EndDevice {site_id} for this client")
+            if db.first(_DER, der_id=der_id, site_id=site_id) is None:
+                raise NotFound(f"no DER {der_id} on EndDevice {site_id}")
+            stored = db.first(_DOCUMENT_XML, der_id=der_id, kind=kind)
+            before = stored.xml if stored is not None else None
             if before != xml:
                 changes = diff(_stored_fields(before, kind), new)
                 if changes or before is None:
-                    await _record(conn, der_id, kind, now, changes)
-            stmt = _insert(conn, der_documents).values(der_id=der_id, kind=kind, xml=xml, updated_at=now)
-            await conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["der_id", "kind"], set_={"xml": xml, "updated_at": now}
-                )
-            )
+                    _record(db, der_id, kind, now, changes)
+            db.execute(_DOCUMENT_UPSERT, p_der_id=der_id, p_kind=kind, p_xml=xml, p_updated_at=now)
 
         await self.grouped(work)
+
+    # --------------------------------------------------------------------------------- telemetry
 
 
 # ------------------------------------------------------------------------------------ standing data
@@ -146,27 +172,23 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
     return {k: [old.get(k), new.get(k)] for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
 
 
-async def _record(conn: AsyncConnection, der_id: int, kind: str, now: int, changes: dict[str, Any]) -> None:
-    await conn.execute(
-        der_history.insert().values(der_id=der_id, kind=kind, at=now, changes=json.dumps(changes))
-    )
+_HISTORY_CUTOFF = Query(
+    sa.select(der_history.c.id)
+    .where(_HISTORY_THIS)
+    .order_by(der_history.c.id.desc())
+    .offset(sa.bindparam("keep", type_=sa.Integer))
+    .limit(1)
+)
+_HISTORY_TRIM = Query(der_history.delete().where(_HISTORY_THIS, der_history.c.id <= sa.bindparam("cutoff")))
+
+
+def _record(db: Writes, der_id: int, kind: str, now: int, changes: dict[str, Any]) -> None:
+    db.execute(_HISTORY_INSERT, h_der_id=der_id, h_kind=kind, h_at=now, h_changes=json.dumps(changes))
     # Bounded: status and availability change with every reading; the oldest rows go first. Trimming at
     # random (not every n-th id, which DERs PUTting in lockstep could always miss) keeps about
     # HISTORY_KEEP + PRUNE_EVERY rows per DER and kind.
     if PRUNE_EVERY > 1 and random.randrange(PRUNE_EVERY):
         return
-    cutoff = (
-        await conn.execute(
-            sa.select(der_history.c.id)
-            .where(der_history.c.der_id == der_id, der_history.c.kind == kind)
-            .order_by(der_history.c.id.desc())
-            .offset(HISTORY_KEEP)
-            .limit(1)
-        )
-    ).scalar()
+    cutoff = db.first(_HISTORY_CUTOFF, der_id=der_id, kind=kind, keep=HISTORY_KEEP)
     if cutoff is not None:
-        await conn.execute(
-            der_history.delete().where(
-                der_history.c.der_id == der_id, der_history.c.kind == kind, der_history.c.id <= cutoff
-            )
-        )
+        db.execute(_HISTORY_TRIM, der_id=der_id, kind=kind, cutoff=cutoff.id)

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.store.codec import build_control_base, to_jsonable
 from server.store.engine import _insert
+from server.store.fast import Query
 from server.store.schema import doe_intervals, doe_uploads
 from server.store.timeline import Piece, Window, paint
 
@@ -135,6 +136,18 @@ def _window(site_id: int, after: int) -> list[Any]:
         doe_intervals.c.start > after - MAX_DURATION,  # keeps the scan an index range
         doe_intervals.c.start + doe_intervals.c.duration > after,
     ]
+
+
+#: Whether a site has a DOE interval ending after ``after`` (``lo`` = ``after - MAX_DURATION``).
+ANY_DOE = Query(
+    sa.select(doe_intervals.c.start)
+    .where(
+        doe_intervals.c.site_id == sa.bindparam("site_id"),
+        doe_intervals.c.start > sa.bindparam("lo"),  # keeps the scan an index range
+        doe_intervals.c.start + doe_intervals.c.duration > sa.bindparam("after"),
+    )
+    .limit(1)
+)
 
 
 async def site_rows(conn: AsyncConnection, site_id: int, after: int) -> list[Any]:

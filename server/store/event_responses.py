@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
 from server.errors import BadRequest, NotFound
 from server.store.base import StoreBase
+from server.store.fast import Query, Writes
 from server.store.quotas import QuotaExceeded
 from server.store.schema import (
     VALID_RESPONSE_STATUSES,
@@ -17,9 +15,28 @@ from server.store.schema import (
     responses,
     sites,
 )
-from server.store.scope import Page, RequestScope, _own_site
-from server.store.targets import _site_targets
+from server.store.scope import Page, RequestScope, own_site, own_site_lfdi
+from server.store.targets import site_targets_in
 from server.store.versions import owners
+
+_CONTROL_BY_MRID = Query(
+    sa.select(controls.c.id).where(
+        controls.c.mrid == sa.bindparam("mrid"), controls.c.target.in_(sa.bindparam("keys", expanding=True))
+    )
+)
+_MINE = (responses.c.site_id == sa.bindparam("site_id")) & (
+    responses.c.control_id == sa.bindparam("control_id")
+)
+_SAME_RESPONSE = Query(sa.select(responses.c.id).where(_MINE, responses.c.status == sa.bindparam("status")))
+_RESPONSE_COUNT = Query(sa.select(sa.func.count().label("n")).where(_MINE))
+_RESPONSE_INSERT = Query(
+    responses.insert().values(
+        {
+            c: sa.bindparam(f"p_{c}")
+            for c in ("site_id", "control_id", "status", "created_time", "received_at")
+        }
+    )
+)
 
 
 class ResponsesStore(StoreBase):
@@ -31,47 +48,35 @@ class ResponsesStore(StoreBase):
             raise BadRequest(f"Response.status: {response.status!r} is not a valid DER response status")
         now = self.clock()
 
-        async def work(conn: AsyncConnection) -> Any:
-            site = await _own_site(conn, scope, response.endDeviceLFDI, "Response.endDeviceLFDI")
+        device_lfdi = own_site_lfdi(response.endDeviceLFDI, "Response.endDeviceLFDI")
+        subject = (response.subject or "").upper()
+
+        def work(db: Writes) -> int:
+            site = own_site(db, scope, device_lfdi, "Response.endDeviceLFDI")
             self.touch(*(("rsp", owner) for owner in owners(site.lfdi, site.aggregator_id)))
-            keys = [k for k, _ in await _site_targets(conn, site.id)]
-            control = (
-                await conn.execute(
-                    sa.select(controls.c.id).where(
-                        controls.c.mrid == (response.subject or "").upper(), controls.c.target.in_(keys)
-                    )
-                )
-            ).first()
+            keys = [k for k, _ in site_targets_in(db, site.id)]
+            control = db.first(_CONTROL_BY_MRID, mrid=subject, keys=keys)
             if control is None:
                 raise BadRequest(
                     f"Response.subject: {response.subject} is not a DERControl of this EndDevice"
                 )
-            mine = (responses.c.site_id == site.id) & (responses.c.control_id == control.id)
-            same = (
-                await conn.execute(
-                    sa.select(responses.c.id).where(mine, responses.c.status == response.status)
-                )
-            ).first()
+            mine = dict(site_id=site.id, control_id=control.id)
+            same = db.first(_SAME_RESPONSE, **mine, status=response.status)
             if same is not None:  # the same Response again (a retry): idempotent, nothing new stored
                 return same.id
-            held = (
-                await conn.execute(sa.select(sa.func.count()).select_from(responses).where(mine))
-            ).scalar_one()
+            held = db.first(_RESPONSE_COUNT, **mine).n
             if held >= self.quotas.responses_per_event:
                 raise QuotaExceeded(
                     f"Response: this EndDevice already sent its maximum of {held} Responses to this event"
                 )
-            return (
-                await conn.execute(
-                    responses.insert().values(
-                        site_id=site.id,
-                        control_id=control.id,
-                        status=response.status,
-                        created_time=response.createdDateTime,
-                        received_at=now,
-                    )
-                )
-            ).inserted_primary_key[0]
+            return db.insert(
+                _RESPONSE_INSERT,
+                p_site_id=site.id,
+                p_control_id=control.id,
+                p_status=response.status,
+                p_created_time=response.createdDateTime,
+                p_received_at=now,
+            )
 
         return await self.grouped(work)
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2 import resources as r
 from sep2.xml import to_xml
 from server.errors import BadRequest, Conflict, NotFound
 from server.store.base import StoreBase
-from server.store.engine import _insert
+from server.store.fast import Query, Writes
 from server.store.quotas import QuotaExceeded, check_readings
 from server.store.schema import (
     meter_readings,
@@ -20,8 +20,116 @@ from server.store.schema import (
     readings,
     sites,
 )
-from server.store.scope import Page, RequestScope, _own_site
+from server.store.scope import Page, RequestScope, own_site, own_site_lfdi, scoped
 from server.store.versions import owners
+
+_MUP_OWNER = scoped(
+    lambda cond: (
+        sa.select(sites.c.lfdi, sites.c.aggregator_id)
+        .join(mups, mups.c.site_id == sites.c.id)
+        .where(mups.c.id == sa.bindparam("mup_id"), cond)
+    )
+)
+_MUP_OF_SITE = Query(
+    sa.select(mups.c.id).where(mups.c.site_id == sa.bindparam("site_id"), mups.c.mrid == sa.bindparam("mrid"))
+)
+_MUP_BY_MRID = Query(sa.select(mups.c.id).where(mups.c.mrid == sa.bindparam("mrid")))
+_MUP_COUNT = Query(sa.select(sa.func.count().label("n")).where(mups.c.site_id == sa.bindparam("site_id")))
+_MUP_FIELDS = ("description", "role_flags", "service_category", "status", "version")
+_MUP_INSERT = Query(
+    mups.insert().values({c: sa.bindparam(f"p_{c}") for c in ("site_id", "mrid", "created_at", *_MUP_FIELDS)})
+)
+_MUP_UPDATE = Query(
+    mups.update()
+    .where(mups.c.id == sa.bindparam("p_id"))
+    .values({c: sa.bindparam(f"p_{c}") for c in _MUP_FIELDS})
+)
+_MMR_OF_MUP = Query(
+    sa.select(meter_readings.c.id).where(
+        meter_readings.c.mup_id == sa.bindparam("mup_id"), meter_readings.c.mrid == sa.bindparam("mrid")
+    )
+)
+_MMR_BY_MRID = Query(sa.select(meter_readings.c.id).where(meter_readings.c.mrid == sa.bindparam("mrid")))
+_MMR_INSERT = Query(
+    meter_readings.insert().values(
+        {c: sa.bindparam(f"p_{c}") for c in ("mup_id", "mrid", "description", "reading_type", "last_update")}
+    )
+)
+
+
+@functools.cache
+def _mmr_update(columns: tuple[str, ...]) -> Query:
+    return Query(
+        meter_readings.update()
+        .where(meter_readings.c.id == sa.bindparam("p_id"))
+        .values({c: sa.bindparam(f"p_{c}") for c in columns})
+    )
+
+
+def _readings_upsert(dialect: str) -> Any:
+    """A reading re-sent for the same interval replaces the earlier value (both dialects: ON CONFLICT)."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    columns = ("meter_reading_id", "value", "quality_flags", "time_start", "duration", "received_at")
+    stmt = insert(readings).values({c: sa.bindparam(f"p_{c}") for c in columns})
+    return stmt.on_conflict_do_update(
+        index_elements=["meter_reading_id", "time_start"],
+        set_={c: stmt.excluded[c] for c in ("value", "quality_flags", "duration", "received_at")},
+    )
+
+
+_READINGS_UPSERT = Query(_readings_upsert)
+
+
+def _reading_type_xml(mmr: r.MirrorMeterReading) -> str:
+    return to_xml(dataclasses.replace(mmr.ReadingType, href=None)).decode()
+
+
+def _store_meter_reading(db: Writes, mup_id: int, mmr: r.MirrorMeterReading, now: int) -> tuple[int, bool]:
+    """A MirrorMeterReading of a MUP and its readings, inside a grouped write. Returns (id, created)."""
+    mrid = (mmr.mRID or "").upper()
+    existing = db.first(_MMR_OF_MUP, mup_id=mup_id, mrid=mrid)
+    if existing is None:
+        if mmr.ReadingType is None:
+            raise BadRequest(f"MirrorMeterReading.ReadingType: required for a new reading (mRID {mrid})")
+        if db.first(_MMR_BY_MRID, mrid=mrid) is not None:  # globally unique, as for the MirrorUsagePoint
+            raise Conflict(f"MirrorMeterReading.mRID: {mrid} is already used by another resource")
+        mmr_id = db.insert(
+            _MMR_INSERT,
+            p_mup_id=mup_id,
+            p_mrid=mrid,
+            p_description=mmr.description,
+            p_reading_type=_reading_type_xml(mmr),
+            p_last_update=mmr.lastUpdateTime,
+        )
+    else:
+        mmr_id = existing.id
+        values: dict[str, Any] = {"p_last_update": mmr.lastUpdateTime}
+        if mmr.ReadingType is not None:
+            values["p_reading_type"] = _reading_type_xml(mmr)
+        if mmr.description is not None:
+            values["p_description"] = mmr.description
+        db.execute(_mmr_update(tuple(k[2:] for k in values)), p_id=mmr_id, **values)
+    batch = []
+    single = [mmr.Reading] if mmr.Reading is not None else []
+    for reading in single + [rd for rs in mmr.MirrorReadingSet for rd in rs.Reading]:
+        if reading.value is None:
+            raise BadRequest(f"Reading.value: required (MirrorMeterReading {mrid})")
+        period = reading.timePeriod
+        batch.append(
+            dict(
+                p_meter_reading_id=mmr_id,
+                p_value=reading.value,
+                p_quality_flags=reading.qualityFlags,
+                p_time_start=period.start if period else None,
+                p_duration=period.duration if period else None,
+                p_received_at=now,
+            )
+        )
+    db.execute(_READINGS_UPSERT, batch)
+    return mmr_id, existing is None
 
 
 class MeteringStore(StoreBase):
@@ -74,50 +182,35 @@ class MeteringStore(StoreBase):
         """POST MirrorUsagePoint: the same mRID for the same device updates it. Returns (id, created)."""
         check_readings(self.quotas, mup.MirrorMeterReading, "MirrorUsagePoint")
         now = self.clock()
+        mrid = mup.mRID.upper()
+        device_lfdi = own_site_lfdi(mup.deviceLFDI, "MirrorUsagePoint.deviceLFDI")
+        values = dict(
+            p_description=mup.description,
+            p_role_flags=mup.roleFlags,
+            p_service_category=mup.serviceCategoryKind,
+            p_status=mup.status,
+            p_version=mup.version,
+        )
 
-        async def work(conn: AsyncConnection) -> Any:
-            site = await _own_site(conn, scope, mup.deviceLFDI, "MirrorUsagePoint.deviceLFDI")
+        def work(db: Writes) -> tuple[int, bool]:
+            site = own_site(db, scope, device_lfdi, "MirrorUsagePoint.deviceLFDI")
             self.touch(*(("mup", owner) for owner in owners(site.lfdi, site.aggregator_id)))
-            values = dict(
-                description=mup.description,
-                role_flags=mup.roleFlags,
-                service_category=mup.serviceCategoryKind,
-                status=mup.status,
-                version=mup.version,
-            )
-            existing = (
-                await conn.execute(
-                    sa.select(mups.c.id).where(mups.c.site_id == site.id, mups.c.mrid == mup.mRID.upper())
-                )
-            ).first()
+            existing = db.first(_MUP_OF_SITE, site_id=site.id, mrid=mrid)
             if existing is None:
                 # mRIDs are globally unique (2030.5 clause 8.2.4.1 / CSIP-AUS): not another site's MUP.
-                taken = (
-                    await conn.execute(sa.select(mups.c.id).where(mups.c.mrid == mup.mRID.upper()))
-                ).first()
-                if taken is not None:
-                    raise Conflict(
-                        f"MirrorUsagePoint.mRID: {mup.mRID.upper()} is already used by another resource"
-                    )
-                held = (
-                    await conn.execute(
-                        sa.select(sa.func.count()).select_from(mups).where(mups.c.site_id == site.id)
-                    )
-                ).scalar_one()
+                if db.first(_MUP_BY_MRID, mrid=mrid) is not None:
+                    raise Conflict(f"MirrorUsagePoint.mRID: {mrid} is already used by another resource")
+                held = db.first(_MUP_COUNT, site_id=site.id).n
                 if held >= self.quotas.mups_per_site:
                     raise QuotaExceeded(
                         f"MirrorUsagePoint: this EndDevice has its maximum of {held} MirrorUsagePoints"
                     )
-                mup_id = (
-                    await conn.execute(
-                        mups.insert().values(site_id=site.id, mrid=mup.mRID.upper(), created_at=now, **values)
-                    )
-                ).inserted_primary_key[0]
+                mup_id = db.insert(_MUP_INSERT, p_site_id=site.id, p_mrid=mrid, p_created_at=now, **values)
             else:
                 mup_id = existing.id
-                await conn.execute(mups.update().where(mups.c.id == mup_id).values(**values))
+                db.execute(_MUP_UPDATE, p_id=mup_id, **values)
             for mmr in mup.MirrorMeterReading:
-                await self._store_meter_reading(conn, mup_id, mmr, now)
+                _store_meter_reading(db, mup_id, mmr, now)
             return mup_id, existing is None
 
         try:
@@ -132,89 +225,17 @@ class MeteringStore(StoreBase):
     ) -> list[tuple[int, bool]]:
         check_readings(self.quotas, items, "MirrorMeterReading")
         now = self.clock()
+        bound = scope.bind()
+        owner_query = _MUP_OWNER[scope.kind]
 
-        async def work(conn: AsyncConnection) -> Any:
-            found = (
-                await conn.execute(
-                    sa.select(sites.c.lfdi, sites.c.aggregator_id)
-                    .join(mups, mups.c.site_id == sites.c.id)
-                    .where(mups.c.id == mup_id, self._mup_condition(scope))
-                )
-            ).first()
+        def work(db: Writes) -> list[tuple[int, bool]]:
+            found = db.first(owner_query, mup_id=mup_id, **bound)
             if found is None:
                 raise NotFound(f"no MirrorUsagePoint {mup_id} for this client")
             self.touch(*(("mup", owner) for owner in owners(found.lfdi, found.aggregator_id)))
-            return [await self._store_meter_reading(conn, mup_id, mmr, now) for mmr in items]
+            return [_store_meter_reading(db, mup_id, mmr, now) for mmr in items]
 
         return await self.grouped(work)
-
-    async def _store_meter_reading(
-        self, conn: AsyncConnection, mup_id: int, mmr: r.MirrorMeterReading, now: int
-    ) -> tuple[int, bool]:
-        mrid = (mmr.mRID or "").upper()
-        existing = (
-            await conn.execute(
-                sa.select(meter_readings.c.id).where(
-                    meter_readings.c.mup_id == mup_id, meter_readings.c.mrid == mrid
-                )
-            )
-        ).first()
-        if existing is None:
-            if mmr.ReadingType is None:
-                raise BadRequest(f"MirrorMeterReading.ReadingType: required for a new reading (mRID {mrid})")
-            taken = (
-                await conn.execute(sa.select(meter_readings.c.id).where(meter_readings.c.mrid == mrid))
-            ).first()
-            if taken is not None:  # globally unique, as for the MirrorUsagePoint
-                raise Conflict(f"MirrorMeterReading.mRID: {mrid} is already used by another resource")
-            mmr_id = (
-                await conn.execute(
-                    meter_readings.insert().values(
-                        mup_id=mup_id,
-                        mrid=mrid,
-                        description=mmr.description,
-                        reading_type=to_xml(dataclasses.replace(mmr.ReadingType, href=None)).decode(),
-                        last_update=mmr.lastUpdateTime,
-                    )
-                )
-            ).inserted_primary_key[0]
-        else:
-            mmr_id = existing.id
-            values: dict[str, Any] = {"last_update": mmr.lastUpdateTime}
-            if mmr.ReadingType is not None:
-                values["reading_type"] = to_xml(dataclasses.replace(mmr.ReadingType, href=None)).decode()
-            if mmr.description is not None:
-                values["description"] = mmr.description
-            await conn.execute(meter_readings.update().where(meter_readings.c.id == mmr_id).values(**values))
-        batch = []
-        single = [mmr.Reading] if mmr.Reading is not None else []
-        for reading in single + [rd for rs in mmr.MirrorReadingSet for rd in rs.Reading]:
-            if reading.value is None:
-                raise BadRequest(f"Reading.value: required (MirrorMeterReading {mrid})")
-            period = reading.timePeriod
-            batch.append(
-                dict(
-                    meter_reading_id=mmr_id,
-                    value=reading.value,
-                    quality_flags=reading.qualityFlags,
-                    time_start=period.start if period else None,
-                    duration=period.duration if period else None,
-                    received_at=now,
-                )
-            )
-        if batch:
-            stmt = _insert(conn, readings)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["meter_reading_id", "time_start"],
-                set_={
-                    "value": stmt.excluded.value,
-                    "quality_flags": stmt.excluded.quality_flags,
-                    "duration": stmt.excluded.duration,
-                    "received_at": stmt.excluded.received_at,
-                },
-            )
-            await conn.execute(stmt, batch)
-        return mmr_id, existing is None
 
     async def delete_mup(self, scope: RequestScope, mup_id: int) -> None:
         async with self.changing() as conn:

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sep2.identity import IdentityError, normalise_lfdi, sfdi_from_lfdi
 from server.errors import BadRequest, Conflict, Forbidden
 from server.store.base import StoreBase
+from server.store.fast import Query
 from server.store.pubsub import _enqueue
 from server.store.schema import (
     aggregators,
@@ -16,11 +17,23 @@ from server.store.schema import (
     mups,
     sites,
 )
-from server.store.scope import Page, RequestScope
-from server.store.targets import _site_targets
+from server.store.scope import Page, RequestScope, scoped
+from server.store.targets import site_targets
 from server.store.versions import owners
 
 SITE_CONTACT_EVERY = 20  # s: resolution of sites.last_contact (the console's silent threshold is >= 60 s)
+_CLIENT = Query(sa.select(clients).where(clients.c.lfdi == sa.bindparam("lfdi")))
+_SITE_ID = Query(sa.select(sites.c.id).where(sites.c.lfdi == sa.bindparam("lfdi")))
+_COUNTS = scoped(
+    lambda cond: sa.select(
+        sa.select(sa.func.count()).select_from(sites).where(cond).scalar_subquery().label("edev"),
+        sa.select(sa.func.count())
+        .select_from(mups)
+        .where(mups.c.site_id.in_(sa.select(sites.c.id).where(cond)))
+        .scalar_subquery()
+        .label("mup"),
+    )
+)
 
 
 class SitesStore(StoreBase):
@@ -32,8 +45,7 @@ class SitesStore(StoreBase):
         An aggregator-role certificate seen for the first time gets its own aggregator, so it can start
         registering sites at once; the operator can attach further certificates to it for rotation.
         """
-        async with self.read() as conn:
-            row = (await conn.execute(sa.select(clients).where(clients.c.lfdi == lfdi))).first()
+        row = await self.fast.first(_CLIENT, lfdi=lfdi)
         if row is None:
             try:
                 row = await self._first_contact(lfdi, role)
@@ -226,26 +238,16 @@ class SitesStore(StoreBase):
         if scope.kind == "aggregator":
             return [("all", 0)]
         self.depends(("edev", scope.owner))
-        async with self.read() as conn:
-            row = (await conn.execute(sa.select(sites.c.id).where(sites.c.lfdi == scope.lfdi))).first()
+        async with self.fast.connect() as db:
+            row = await db.first(_SITE_ID, lfdi=scope.lfdi)
             if row is not None:
                 self.depends(("site", row.id))
-            return await _site_targets(conn, row.id) if row else [("all", 0)]
+            return await site_targets(db, row.id) if row else [("all", 0)]
 
     async def client_counts(self, scope: RequestScope) -> dict[str, int]:
         self.depends(("edev", scope.owner), ("mup", scope.owner))
-        async with self.read() as conn:
-            edev = (
-                await conn.execute(
-                    sa.select(sa.func.count()).select_from(sites).where(scope.site_condition())
-                )
-            ).scalar_one()
-            mup = (
-                await conn.execute(
-                    sa.select(sa.func.count()).select_from(mups).where(self._mup_condition(scope))
-                )
-            ).scalar_one()
-        return {"edev": edev, "mup": mup}
+        row = await self.fast.first(_COUNTS[scope.kind], **scope.bind())
+        return {"edev": row.edev, "mup": row.mup}
 
     async def group_names(self, group_ids: list[int]) -> dict[int, str]:
         if not group_ids:

@@ -12,14 +12,15 @@ import sqlalchemy as sa
 from sep2.mrid import derived_mrid
 from server.errors import NotFound
 from server.store.base import StoreBase
-from server.store.doe import doe_control, doe_controls
+from server.store.doe import ANY_DOE, MAX_DURATION, doe_control, doe_controls
+from server.store.fast import Query
 from server.store.schema import (
     controls,
     default_controls,
     rate_settings,
 )
 from server.store.scope import Page, RequestScope, SiteView
-from server.store.targets import _site_targets, _visible_programs
+from server.store.targets import _visible_programs, site_targets
 from server.store.timeline import event_status
 
 __all__ = ["ControlsStore", "event_status"]
@@ -36,16 +37,66 @@ class EffectiveDefault:
     set_grad_w: int | None
 
 
+def _control_conditions(active_only: bool) -> list[Any]:
+    cond = [
+        controls.c.program_id == sa.bindparam("program_id"),
+        controls.c.target.in_(sa.bindparam("keys", expanding=True)),
+        controls.c.start + controls.c.duration > sa.bindparam("after"),
+    ]
+    if active_only:
+        cond += [
+            controls.c.start <= sa.bindparam("now"),
+            controls.c.cancelled_at.is_(None),
+            controls.c.superseded_at.is_(None),
+        ]
+    return cond
+
+
+_NEXT_CHANGE = sa.func.min(
+    sa.case(
+        (controls.c.start > sa.bindparam("now"), controls.c.start),
+        else_=controls.c.start + controls.c.duration,
+    )
+)
+_COUNT_AND_NEXT = {
+    active: Query(
+        sa.select(sa.func.count().label("n"), _NEXT_CHANGE.label("next")).where(*_control_conditions(active))
+    )
+    for active in (False, True)
+}
+_CONTROL_ROWS = {
+    active: Query(
+        sa.select(controls)
+        .where(*_control_conditions(active))
+        .order_by(controls.c.start, controls.c.creation_time.desc(), controls.c.mrid.desc())
+        .offset(sa.bindparam("offset"))
+        .limit(sa.bindparam("limit"))
+    )
+    for active in (False, True)
+}
+_DEFAULTS = Query(
+    sa.select(default_controls).where(
+        default_controls.c.program_id.in_(sa.bindparam("programs", expanding=True)),
+        default_controls.c.target.in_(sa.bindparam("keys", expanding=True)),
+    )
+)
+_RATES = Query(
+    sa.select(rate_settings.c.target, rate_settings.c.value).where(
+        rate_settings.c.resource == sa.bindparam("resource"),
+        rate_settings.c.target.in_(sa.bindparam("keys", expanding=True)),
+    )
+)
+
+
 class ControlsStore(StoreBase):
     """Programs, controls, defaults and rates seen by a site."""
 
     async def site_view(self, scope: RequestScope, site_id: int) -> SiteView:
         """Everything a site's FSA/program/control resources depend on, read in one go."""
-        async with self.read() as conn:
-            site = await self._site(conn, scope, site_id)
-            targets = await _site_targets(conn, site_id)
-            keys = [k for k, _ in targets]
-            progs = await _visible_programs(conn, keys)
+        async with self.fast.connect() as db:
+            site = await self._site_read(db, scope, site_id)
+            targets = await site_targets(db, site_id)
+            progs = await _visible_programs(db, [k for k, _ in targets])
         view = SiteView(site=site, targets=targets, programs=progs)
         self._depends_on_view(view)
         return view
@@ -62,63 +113,41 @@ class ControlsStore(StoreBase):
         self.program_row(view, program_id)
         now = self.clock()
         keys = [k for k, _ in view.targets]
-        cond = [
-            controls.c.program_id == program_id,
-            controls.c.target.in_(keys),
-            controls.c.start + controls.c.duration > (page.after if page.after is not None else now),
-        ]
-        if active_only:
-            cond += [
-                controls.c.start <= now,
-                controls.c.cancelled_at.is_(None),
-                controls.c.superseded_at.is_(None),
-            ]
+        after = page.after if page.after is not None else now
         # The DOE program also lists the site's bulk DOE intervals (head-end); they are merged by start.
-        with_does = any(p.id == program_id and p.key == "doe" for p in view.programs)
-        async with self.read() as conn:
-            total = (
-                await conn.execute(sa.select(sa.func.count()).select_from(controls).where(*cond))
-            ).scalar_one()
-            rows = list(
-                (
-                    await conn.execute(
-                        sa.select(controls)
-                        .where(*cond)
-                        .order_by(controls.c.start, controls.c.creation_time.desc(), controls.c.mrid.desc())
-                        .offset(0 if with_does else page.start)
-                        .limit(page.start + page.limit if with_does else page.limit)
-                    )
-                ).all()
+        doe_program = with_does = any(p.id == program_id and p.key == "doe" for p in view.programs)
+        params = dict(program_id=program_id, keys=keys, after=after, now=now)
+        async with self.fast.connect() as db:
+            # The list changes by itself when the next control starts or ends.
+            total, next_change = await db.first(_COUNT_AND_NEXT[active_only], **params)
+            rows = await db.all(
+                _CONTROL_ROWS[active_only],
+                **params,
+                offset=0 if doe_program else page.start,
+                limit=page.start + page.limit if doe_program else page.limit,
             )
-            doe_next = None
-            if with_does:
+            if with_does:  # cheap exit for the common case of a site with no DOE intervals
+                lo = after - MAX_DURATION
+                with_does = await db.first(ANY_DOE, site_id=view.site.id, lo=lo, after=after) is not None
+        doe_next = None
+        if with_does:
+            async with self.read() as conn:
                 doe_total, doe_rows, doe_next = await doe_controls(
                     conn,
                     self.pen,
                     view.site.id,
                     program_id,
-                    after=page.after if page.after is not None else now,
+                    after=after,
                     now=now,
                     active_only=active_only,
                     limit=page.start + page.limit,
                 )
-                total += doe_total
-                merged = sorted(rows + doe_rows, key=lambda row: row.mrid, reverse=True)
-                merged.sort(key=lambda row: (row.start, -row.creation_time))
-                rows = merged[page.start : page.start + page.limit]
-            # The list changes by itself when the next control starts or ends.
-            next_change = (
-                await conn.execute(
-                    sa.select(
-                        sa.func.min(
-                            sa.case(
-                                (controls.c.start > now, controls.c.start),
-                                else_=controls.c.start + controls.c.duration,
-                            )
-                        )
-                    ).where(*cond)
-                )
-            ).scalar_one()
+            total += doe_total
+            merged = sorted(rows + doe_rows, key=lambda row: row.mrid, reverse=True)
+            merged.sort(key=lambda row: (row.start, -row.creation_time))
+            rows = merged[page.start : page.start + page.limit]
+        elif doe_program:
+            rows = rows[page.start : page.start + page.limit]
         if doe_next is not None and (next_change is None or doe_next < next_change):
             next_change = doe_next
         return total, rows, next_change
@@ -157,14 +186,7 @@ class ControlsStore(StoreBase):
         self._depends_on_view(view)
         self.program_row(view, program_id)
         rank = dict(view.targets)
-        async with self.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(default_controls).where(
-                        default_controls.c.program_id == program_id, default_controls.c.target.in_(list(rank))
-                    )
-                )
-            ).all()
+        rows = await self.fast.all(_DEFAULTS, programs=[program_id], keys=list(rank))
         if not rows:
             return None
         return max(rows, key=lambda row: (rank[row.target], -row.id))
@@ -182,15 +204,7 @@ class ControlsStore(StoreBase):
         program = self.program_row(view, program_id)
         chain = [program] + [p for p in view.programs if p.primacy > program.primacy]  # by primacy, id
         rank = dict(view.targets)
-        async with self.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(default_controls).where(
-                        default_controls.c.program_id.in_([p.id for p in chain]),
-                        default_controls.c.target.in_(list(rank)),
-                    )
-                )
-            ).all()
+        rows = await self.fast.all(_DEFAULTS, programs=[p.id for p in chain], keys=list(rank))
         best: dict[int, Any] = {}
         for row in rows:  # the most specific default of each program: site, nearest group, all
             held = best.get(row.program_id)
@@ -223,14 +237,7 @@ class ControlsStore(StoreBase):
         )
         rank = dict(targets) if targets else {"all": 0}
         self.depends(*(("rate", key) for key in rank))
-        async with self.read() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(rate_settings).where(
-                        rate_settings.c.resource == resource, rate_settings.c.target.in_(list(rank))
-                    )
-                )
-            ).all()
+        rows = await self.fast.all(_RATES, resource=resource, keys=list(rank))
         if not rows:
             return default
         return max(rows, key=lambda row: rank[row.target]).value

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from sep2.identity import IdentityError, normalise_lfdi
 from server.errors import BadRequest
+from server.store.fast import Query, Writes
 from server.store.schema import (
     sites,
 )
@@ -32,10 +32,28 @@ class RequestScope:
             return sites.c.aggregator_id == self.aggregator_id
         return sites.c.lfdi == self.lfdi
 
+    def bind(self) -> dict[str, Any]:
+        """The parameters of :data:`SCOPE_CONDITIONS` for this client."""
+        if self.kind == "aggregator":
+            return {"scope_agg": self.aggregator_id}
+        return {"scope_lfdi": self.lfdi}
+
     @property
     def owner(self) -> str:
         """The key of this client's lists (``server.store.versions.owners``)."""
         return f"a:{self.aggregator_id}" if self.kind == "aggregator" else f"d:{self.lfdi}"
+
+
+#: :meth:`RequestScope.site_condition` with parameters (:meth:`RequestScope.bind`), for prepared reads.
+SCOPE_CONDITIONS: dict[str, sa.ColumnElement[bool]] = {
+    "device": sites.c.lfdi == sa.bindparam("scope_lfdi"),
+    "aggregator": sites.c.aggregator_id == sa.bindparam("scope_agg"),
+}
+
+
+def scoped(build: Any) -> dict[str, Query]:
+    """One prepared :class:`Query` per kind of client, from ``build(site condition)``."""
+    return {kind: Query(build(cond)) for kind, cond in SCOPE_CONDITIONS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,19 +83,25 @@ class SiteView:
         return sorted({p.group_id or 0 for p in self.programs} | direct)
 
 
-async def _own_site(conn: AsyncConnection, scope: RequestScope, lfdi: str | None, field: str) -> Any:
-    """This client's EndDevice (id, lfdi, aggregator_id) for ``lfdi``; otherwise a 400 naming ``field``."""
+_OWN_SITE = scoped(
+    lambda cond: sa.select(sites.c.id, sites.c.lfdi, sites.c.aggregator_id).where(
+        sites.c.lfdi == sa.bindparam("lfdi"), cond
+    )
+)
+
+
+def own_site_lfdi(lfdi: str | None, field: str) -> str:
+    """The normalised LFDI of a posted document's EndDevice field; otherwise a 400 naming ``field``."""
     try:
-        device_lfdi = normalise_lfdi(lfdi or "")
+        return normalise_lfdi(lfdi or "")
     except IdentityError as exc:
         raise BadRequest(f"{field}: {exc}") from None
-    site = (
-        await conn.execute(
-            sa.select(sites.c.id, sites.c.lfdi, sites.c.aggregator_id).where(
-                sites.c.lfdi == device_lfdi, scope.site_condition()
-            )
-        )
-    ).first()
+
+
+def own_site(db: Writes, scope: RequestScope, device_lfdi: str, field: str) -> Any:
+    """This client's EndDevice (id, lfdi, aggregator_id) for ``device_lfdi`` (normalised by
+    :func:`own_site_lfdi`), inside a grouped write; otherwise a 400 naming ``field``."""
+    site = db.first(_OWN_SITE[scope.kind], lfdi=device_lfdi, **scope.bind())
     if site is None:
         raise BadRequest(f"{field}: {device_lfdi} is not an EndDevice of this client")
     return site

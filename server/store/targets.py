@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from server.store.fast import Query, Reads, Writes
 from server.store.schema import (
     groups,
     memberships,
@@ -14,8 +16,8 @@ from server.store.schema import (
 )
 
 
-async def _site_targets(conn: AsyncConnection, site_id: int) -> list[tuple[str, int]]:
-    """The target keys a site answers to, with a depth (site 1000, groups by nesting depth, all 0)."""
+def _groups_of(site_id: Any) -> sa.Select[Any]:
+    """The groups a site is in, directly or as a descendant: (group id, fewest hops)."""
     direct = sa.select(groups.c.id, groups.c.parent_id, sa.literal(1).label("hop")).where(
         groups.c.id.in_(sa.select(memberships.c.group_id).where(memberships.c.site_id == site_id))
     )
@@ -25,23 +27,47 @@ async def _site_targets(conn: AsyncConnection, site_id: int) -> list[tuple[str, 
             groups.c.id == tree.c.parent_id
         )
     )
-    rows = (await conn.execute(sa.select(tree.c.id, sa.func.min(tree.c.hop)).group_by(tree.c.id))).all()
+    return sa.select(tree.c.id, sa.func.min(tree.c.hop).label("hop")).group_by(tree.c.id)
+
+
+_GROUPS_OF = Query(_groups_of(sa.bindparam("site_id")))
+
+
+def _targets(site_id: int, rows: Iterable[Any]) -> list[tuple[str, int]]:
     # A group's specificity: shallower hops from the site are more specific.
-    targets = [(f"s:{site_id}", 1000)] + [(f"g:{gid}", 500 - hop) for gid, hop in rows] + [("all", 0)]
-    return targets
+    return [(f"s:{site_id}", 1000)] + [(f"g:{gid}", 500 - hop) for gid, hop in rows] + [("all", 0)]
 
 
-async def _visible_programs(conn: AsyncConnection, group_keys: Iterable[str]) -> list[sa.Row]:
-    group_ids = [int(k[2:]) for k in group_keys if k.startswith("g:")]
-    query = (
-        sa.select(programs)
-        .where(
-            programs.c.enabled == sa.true(),
-            sa.or_(programs.c.group_id.is_(None), programs.c.group_id.in_(group_ids)),
-        )
-        .order_by(programs.c.primacy, programs.c.id)
+async def _site_targets(conn: AsyncConnection, site_id: int) -> list[tuple[str, int]]:
+    """The target keys a site answers to, with a depth (site 1000, groups by nesting depth, all 0)."""
+    return _targets(site_id, (await conn.execute(_groups_of(site_id))).all())
+
+
+async def site_targets(db: Reads, site_id: int) -> list[tuple[str, int]]:
+    """:func:`_site_targets` as a prepared read."""
+    return _targets(site_id, await db.all(_GROUPS_OF, site_id=site_id))
+
+
+def site_targets_in(db: Writes, site_id: int) -> list[tuple[str, int]]:
+    """:func:`_site_targets` inside a grouped write (``StoreBase.grouped``)."""
+    return _targets(site_id, db.all(_GROUPS_OF, site_id=site_id))
+
+
+_PROGRAMS = Query(
+    sa.select(programs)
+    .where(
+        programs.c.enabled == sa.true(),
+        sa.or_(
+            programs.c.group_id.is_(None), programs.c.group_id.in_(sa.bindparam("groups", expanding=True))
+        ),
     )
-    return list((await conn.execute(query)).all())
+    .order_by(programs.c.primacy, programs.c.id)
+)
+
+
+async def _visible_programs(db: Reads, group_keys: Iterable[str]) -> list[Any]:
+    group_ids = [int(k[2:]) for k in group_keys if k.startswith("g:")]
+    return await db.all(_PROGRAMS, groups=group_ids)
 
 
 def _group_member_sites(group_id: int) -> sa.Select:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -51,3 +52,26 @@ async def test_control_beyond_the_sites_capability_is_flagged(server, clients):
     assert [(u["mrid"], u["modes"]) for u in view["unsupported_controls"]] == [
         (made["mrid"], ["opModGenLimW", "opModConnect"])
     ]
+
+
+async def test_a_site_with_several_ders_can_do_what_any_of_them_can(server, clients):
+    """Issue 16 item 3: with one DER per device, a storage-only mode is flagged only if no DER of the site
+    supports it (a PV inverter's DERCapability alone does not make the battery's modes unsupported)."""
+    a = clients["dev-a"]
+    assert (await a.post("/edev", end_device(a.lfdi))).status == 201
+    await server.store.admin.set_der_count(a.lfdi, 2)
+    pv = replace(dercap(), doeModesSupported="05")  # export + generation limits
+    battery = replace(dercap(), doeModesSupported="0B", type=83)  # export, import and load limits
+    assert (await a.put("/edev/1/der/1/dercap", pv)).status == 204
+    assert (await a.put("/edev/1/der/2/dercap", battery)).status == 204
+    status, made = await headend(
+        server, "POST", "/api/controls",
+        {"program": "doe", "target": "all", "duration": 600, "load_limit_w": 0, "import_limit_w": 0},
+    )  # fmt: skip
+    assert status == 201 and made["unsupported"] == {"checked": 1, "sites": []}, made
+    body = {"program": "default", "target": "all", "duration": 600, "connect": False}
+    status, made = await headend(server, "POST", "/api/controls", body)
+    assert made["unsupported"] == {"checked": 1, "sites": [{"lfdi": a.lfdi, "modes": ["opModConnect"]}]}
+    status, view = await headend(server, "GET", f"/api/sites/{a.lfdi}")
+    flagged = [u["modes"] for u in view["unsupported_controls"]]
+    assert flagged == [["opModConnect"]], view["unsupported_controls"]
