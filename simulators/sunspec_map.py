@@ -15,15 +15,19 @@ and the chain ends with the end model (ID 0xFFFF, L 0).
 
 from __future__ import annotations
 
-import math
-import struct
 from dataclasses import dataclass, field
 
 import sunspec2.mb as mb
 import sunspec2.mdef as mdef
 from sunspec2.device import get_model_def
 
-from fieldbus.sunspec_types import VALUE_RANGES
+from fieldbus.sunspec_types import (
+    VALUE_RANGES,
+    decode_registers,
+    encode_registers,
+    point_size,
+    scale_factor_scope,
+)
 
 SUNSPEC_BASE_ADDRESS = 40000
 END_MODEL_ID = mb.SUNS_END_MODEL_ID
@@ -93,32 +97,15 @@ class RegisterLayout:
 
     # ----------------------------------------------------------------------------------------------
     def encode_raw(self, regs: list[int], slot: PointSlot, raw: int | float | str | None) -> None:
-        """Write a raw (unscaled) value; None writes the 'not implemented' pattern."""
-        if raw is None:
-            data = mb.create_unimpl_value(slot.type, slot.size * 2)
-        elif slot.type == mdef.TYPE_STRING:
-            data = str(raw).encode("utf-8")[: slot.size * 2].ljust(slot.size * 2, b"\0")
-        elif slot.type == mdef.TYPE_FLOAT32:
-            data = struct.pack(">f", float(raw))
-        elif slot.type == mdef.TYPE_FLOAT64:
-            data = struct.pack(">d", float(raw))
-        else:
+        """Write a raw (unscaled) value; None writes the 'not implemented' pattern. Integers are clamped."""
+        if raw is not None and slot.type in VALUE_RANGES:
             lo, hi = VALUE_RANGES[slot.type]
-            value = min(max(int(raw), lo), hi)
-            data = mb.point_type_info[slot.type].to_data(value)
-        for i in range(slot.size):
-            regs[slot.offset + i] = (data[2 * i] << 8) | data[2 * i + 1]
+            raw = min(max(int(raw), lo), hi)
+        regs[slot.offset : slot.offset + slot.size] = encode_registers(slot.type, slot.size, raw)
 
     def decode_raw(self, regs: list[int], slot: PointSlot) -> int | float | str | None:
         """Read a raw value; None when the register holds the 'not implemented' pattern."""
-        data = b"".join(regs[slot.offset + i].to_bytes(2, "big") for i in range(slot.size))
-        info = mb.point_type_info[slot.type]
-        value = info.data_to(data)
-        if slot.type == mdef.TYPE_STRING:
-            return value if info.is_impl(value) else None
-        if slot.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
-            return None if math.isnan(value) else value
-        return value if info.is_impl(value) else None
+        return decode_registers(slot.type, regs[slot.offset : slot.offset + slot.size])
 
     def set(self, regs: list[int], name: str, value: float | str | None) -> None:
         """Write an engineering value, applying the point's scale factor as currently encoded."""
@@ -162,14 +149,10 @@ def _walk_group(
     scope_sfs: dict[str, str],
 ) -> int:
     """Add a group's points (and nested groups) starting at `offset`; return the next offset."""
-    # scale-factor names resolve to the nearest enclosing group that defines them (SunSpec rule)
-    local_sfs = dict(scope_sfs)
-    for pdef in gdef.get(mdef.POINTS, []):
-        if pdef[mdef.TYPE] == mdef.TYPE_SUNSSF:
-            local_sfs[pdef[mdef.NAME]] = f"{prefix}{pdef[mdef.NAME]}"
+    local_sfs = scale_factor_scope(gdef, prefix, scope_sfs)
     for pdef in gdef.get(mdef.POINTS, []):
         ptype = pdef[mdef.TYPE]
-        size = int(pdef.get(mdef.SIZE) or mb.point_type_info[ptype].len)
+        size = point_size(pdef)
         sf_ref = pdef.get(mdef.SF)
         sf_name = None
         if isinstance(sf_ref, str):

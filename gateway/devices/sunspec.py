@@ -21,7 +21,13 @@ import sunspec2.mb as mb
 import sunspec2.mdef as mdef
 from sunspec2.device import get_model_def
 
-from fieldbus.sunspec_types import VALUE_RANGES
+from fieldbus.sunspec_types import (
+    VALUE_RANGES,
+    decode_registers,
+    encode_registers,
+    point_size,
+    scale_factor_scope,
+)
 
 BASE_ADDRESSES = (40000, 0, 50000)
 SUNS_MARKER = (0x5375, 0x6E53)  # "SunS"
@@ -68,16 +74,11 @@ class ModelMap:
     def raw(self, regs: list[int], name: str) -> int | float | str | None:
         """The raw value of a point from the model's registers (index 0 = ID), None if unimplemented."""
         p = self.point(name)
-        data = b"".join(r.to_bytes(2, "big") for r in regs[p.offset : p.offset + p.size])
-        if len(data) != p.size * 2:
+        if p.offset + p.size > len(regs):
             raise ModelDefinitionError(f"model {self.model_id} point {name} lies beyond the model's data")
-        info = mb.point_type_info[p.type]
-        value = info.data_to(data)
-        if p.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
-            return None if value is None or math.isnan(value) else value
         if p.type == mdef.TYPE_PAD:
             return None
-        return value if info.is_impl(value) else None
+        return decode_registers(p.type, regs[p.offset : p.offset + p.size])
 
     def scale(self, regs: list[int], name: str) -> int:
         """The point's scale factor exponent (0 if it has none); error if the SF is unimplemented."""
@@ -110,27 +111,21 @@ class ModelMap:
 
         The value is rounded to the register's resolution (down if `floor`)."""
         p = self.point(name)
-        if value is None:
-            data = mb.create_unimpl_value(p.type, p.size * 2)
-        elif p.type == mdef.TYPE_STRING:
-            data = str(value).encode()[: p.size * 2].ljust(p.size * 2, b"\0")
-        elif p.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
-            data = mb.point_type_info[p.type].to_data(float(value))
-        else:
-            sf = self.scale(regs, name)
-            scaled = float(value) * 10.0**-sf
-            raw = math.floor(scaled + 1e-9) if floor else round(scaled)
-            lo, hi = VALUE_RANGES.get(p.type, (0, 2 ** (16 * p.size) - 1))
-            if not lo <= raw <= hi:
-                unit = f" (x10^{sf})" if sf else ""
-                raise ValueError(
-                    f"{self.model_id}.{name}: {value} does not fit a {p.type}{unit}; "
-                    f"allowed {lo * 10**sf:g}..{hi * 10**sf:g}"
-                )
-            if p.symbols is not None and p.type.startswith("enum") and raw not in p.symbols:
-                raise ValueError(f"{self.model_id}.{name}: {raw} is not one of {sorted(p.symbols)}")
-            data = mb.point_type_info[p.type].to_data(raw)
-        return [(data[2 * i] << 8) | data[2 * i + 1] for i in range(p.size)]
+        if value is None or p.type in (mdef.TYPE_STRING, mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
+            return encode_registers(p.type, p.size, value)
+        sf = self.scale(regs, name)
+        scaled = float(value) * 10.0**-sf
+        raw = math.floor(scaled + 1e-9) if floor else round(scaled)
+        lo, hi = VALUE_RANGES.get(p.type, (0, 2 ** (16 * p.size) - 1))
+        if not lo <= raw <= hi:
+            unit = f" (x10^{sf})" if sf else ""
+            raise ValueError(
+                f"{self.model_id}.{name}: {value} does not fit a {p.type}{unit}; "
+                f"allowed {lo * 10**sf:g}..{hi * 10**sf:g}"
+            )
+        if p.symbols is not None and p.type.startswith("enum") and raw not in p.symbols:
+            raise ValueError(f"{self.model_id}.{name}: {raw} is not one of {sorted(p.symbols)}")
+        return encode_registers(p.type, p.size, raw)
 
 
 def build_model_map(model_id: int, address: int, length: int, regs: list[int] | None = None) -> ModelMap:
@@ -151,9 +146,7 @@ def build_model_map(model_id: int, address: int, length: int, regs: list[int] | 
 
 
 def _group_size(gdef: dict) -> int:
-    size = sum(
-        int(p.get(mdef.SIZE) or mb.point_type_info[p[mdef.TYPE]].len) for p in gdef.get(mdef.POINTS, [])
-    )
+    size = sum(point_size(p) for p in gdef.get(mdef.POINTS, []))
     for sub in gdef.get(mdef.GROUPS, []):
         count = sub.get(mdef.COUNT, 1)
         size += _group_size(sub) * (count if isinstance(count, int) else 0)
@@ -169,13 +162,10 @@ def _walk(
     regs: list[int] | None,
     limit: int,
 ) -> int:
-    local = dict(sfs)  # SF names resolve to the nearest enclosing group that defines them
-    for pdef in gdef.get(mdef.POINTS, []):
-        if pdef[mdef.TYPE] == mdef.TYPE_SUNSSF:
-            local[pdef[mdef.NAME]] = f"{prefix}{pdef[mdef.NAME]}"
+    local = scale_factor_scope(gdef, prefix, sfs)
     for pdef in gdef.get(mdef.POINTS, []):
         ptype = pdef[mdef.TYPE]
-        size = int(pdef.get(mdef.SIZE) or mb.point_type_info[ptype].len)
+        size = point_size(pdef)
         sf_ref = pdef.get(mdef.SF)
         sf = (local.get(sf_ref) or sf_ref) if isinstance(sf_ref, str) else None
         symbols = pdef.get(mdef.SYMBOLS)
