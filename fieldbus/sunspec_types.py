@@ -6,6 +6,8 @@ refuses to write a value its point cannot hold, and the simulators, which refuse
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import sunspec2.mb as mb
 import sunspec2.mdef as mdef
@@ -65,3 +67,62 @@ def encode_registers(ptype: str, size: int, raw: int | float | str | None) -> li
     else:
         data = mb.point_type_info[ptype].to_data(raw)
     return [(data[2 * i] << 8) | data[2 * i + 1] for i in range(size)]
+
+
+@dataclass(frozen=True, slots=True)
+class PointDef:
+    """One point of a laid-out model: its full name, register offset and definition."""
+
+    name: str  # prefix + "Crv[1].Pt[2].V"
+    offset: int
+    size: int
+    type: str
+    access: str  # "R" | "RW"
+    sf: str | None  # full name of its scale-factor point
+    symbols: dict[int, str] | None
+
+
+# (group definition, its full name prefix, offset where it starts, groups after it) -> (count, indexed)
+CountOf = Callable[[dict, str, int, list[dict]], tuple[int, bool]]
+
+
+def walk_group(
+    gdef: dict,
+    prefix: str,
+    offset: int,
+    add: Callable[[PointDef], None],
+    count_of: CountOf,
+    model_prefix: str | None = None,
+    sfs: dict[str, str] | None = None,
+) -> int:
+    """Lay out a group definition (points, then nested and repeating groups) from ``offset``.
+
+    Each point goes to ``add`` before the next group's count is asked of ``count_of``, so a count held
+    in a point can be read. A scale factor resolves to the nearest enclosing group that defines it, else
+    to the model's top level. Returns the offset after the group.
+    """
+    model_prefix = prefix if model_prefix is None else model_prefix
+    local = scale_factor_scope(gdef, prefix, sfs or {})
+    for pdef in gdef.get(mdef.POINTS, []):
+        sf_ref = pdef.get(mdef.SF)
+        symbols = pdef.get(mdef.SYMBOLS)
+        size = point_size(pdef)
+        add(
+            PointDef(
+                name=f"{prefix}{pdef[mdef.NAME]}",
+                offset=offset,
+                size=size,
+                type=pdef[mdef.TYPE],
+                access=pdef.get(mdef.ACCESS, mdef.ACCESS_R),
+                sf=(local.get(sf_ref) or f"{model_prefix}{sf_ref}") if isinstance(sf_ref, str) else None,
+                symbols={int(s[mdef.VALUE]): s[mdef.NAME] for s in symbols} if symbols else None,
+            )
+        )
+        offset += size
+    subs = gdef.get(mdef.GROUPS, [])
+    for i, sub in enumerate(subs):
+        count, indexed = count_of(sub, prefix, offset, subs[i + 1 :])
+        for index in range(1, count + 1):
+            sub_prefix = f"{prefix}{sub[mdef.NAME]}[{index}]." if indexed else f"{prefix}{sub[mdef.NAME]}."
+            offset = walk_group(sub, sub_prefix, offset, add, count_of, model_prefix, local)
+    return offset

@@ -23,10 +23,10 @@ from sunspec2.device import get_model_def
 
 from fieldbus.sunspec_types import (
     VALUE_RANGES,
+    PointDef,
     decode_registers,
     encode_registers,
-    point_size,
-    scale_factor_scope,
+    walk_group,
 )
 
 SUNSPEC_BASE_ADDRESS = 40000
@@ -140,43 +140,27 @@ class RegisterLayout:
         return regs
 
 
-def _walk_group(
-    layout: RegisterLayout,
-    model_id: int,
-    gdef: dict,
-    prefix: str,
-    offset: int,
-    scope_sfs: dict[str, str],
-) -> int:
-    """Add a group's points (and nested groups) starting at `offset`; return the next offset."""
-    local_sfs = scale_factor_scope(gdef, prefix, scope_sfs)
-    for pdef in gdef.get(mdef.POINTS, []):
-        ptype = pdef[mdef.TYPE]
-        size = point_size(pdef)
-        sf_ref = pdef.get(mdef.SF)
-        sf_name = None
-        if isinstance(sf_ref, str):
-            sf_name = local_sfs.get(sf_ref) or f"{model_id}.{sf_ref}"
-        symbols = pdef.get(mdef.SYMBOLS)
-        slot = PointSlot(
-            name=f"{prefix}{pdef[mdef.NAME]}",
+def _add_model(layout: RegisterLayout, model_id: int, offset: int) -> int:
+    """Add model `model_id`'s points from `offset` (its ID register); return the offset after it."""
+
+    def add(point: PointDef) -> None:
+        layout.points[point.name] = PointSlot(
+            name=point.name,
             model_id=model_id,
-            offset=offset,
-            size=size,
-            type=ptype,
-            access=pdef.get(mdef.ACCESS, mdef.ACCESS_R),
-            sf=sf_name,
-            symbols=frozenset(int(s[mdef.VALUE]) for s in symbols) if symbols else None,
+            offset=point.offset,
+            size=point.size,
+            type=point.type,
+            access=point.access,
+            sf=point.sf,
+            symbols=frozenset(point.symbols) if point.symbols else None,
         )
-        layout.points[slot.name] = slot
-        offset += size
-    for sub in gdef.get(mdef.GROUPS, []):
+
+    def count_of(sub: dict, prefix: str, offset: int, following: list[dict]) -> tuple[int, bool]:
         count_ref = sub.get(mdef.COUNT)
         if count_ref is None:
-            offset = _walk_group(layout, model_id, sub, f"{prefix}{sub[mdef.NAME]}.", offset, local_sfs)
-            continue
+            return 1, False
         try:
-            count = int(count_ref)
+            return int(count_ref), True
         except (TypeError, ValueError):
             key = f"{model_id}.{count_ref}"
             if key not in layout.group_counts:
@@ -184,12 +168,9 @@ def _walk_group(
                     f"model {model_id} group {sub[mdef.NAME]!r} repeats by {count_ref}; "
                     f"give group_counts[{key!r}]"
                 ) from None
-            count = layout.group_counts[key]
-        for index in range(1, count + 1):
-            offset = _walk_group(
-                layout, model_id, sub, f"{prefix}{sub[mdef.NAME]}[{index}].", offset, local_sfs
-            )
-    return offset
+            return layout.group_counts[key], True
+
+    return walk_group(get_model_def(model_id)[mdef.GROUP], f"{model_id}.", offset, add, count_of)
 
 
 _LAYOUT_CACHE: dict[tuple[tuple[int, ...], tuple[tuple[str, int], ...]], RegisterLayout] = {}
@@ -204,9 +185,8 @@ def build_layout(model_ids: tuple[int, ...], group_counts: dict[str, int] | None
     layout = RegisterLayout(model_ids=tuple(model_ids), group_counts=counts)
     offset = 2  # after "SunS"
     for model_id in model_ids:
-        model_def = get_model_def(model_id)
         start = offset
-        end = _walk_group(layout, model_id, model_def[mdef.GROUP], f"{model_id}.", offset, {})
+        end = _add_model(layout, model_id, offset)
         layout.models.append(ModelBlock(model_id=model_id, offset=start, length=end - start - 2))
         offset = end
     layout.models.append(ModelBlock(model_id=END_MODEL_ID, offset=offset, length=0))

@@ -23,10 +23,11 @@ from sunspec2.device import get_model_def
 
 from fieldbus.sunspec_types import (
     VALUE_RANGES,
+    PointDef,
     decode_registers,
     encode_registers,
     point_size,
-    scale_factor_scope,
+    walk_group,
 )
 
 BASE_ADDRESSES = (40000, 0, 50000)
@@ -39,15 +40,7 @@ class ModelDefinitionError(ValueError):
     """The device's model does not fit its definition (e.g. L too short)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    name: str  # "WMaxLimPct", "Crv[1].Pt[2].V"
-    offset: int  # registers from the model's ID register
-    size: int
-    type: str
-    access: str  # "R" | "RW"
-    sf: str | None  # name (in the same model) of its scale-factor point
-    symbols: dict[int, str] | None = None
+Point = PointDef  # one point of a ModelMap
 
 
 @dataclass
@@ -137,8 +130,29 @@ def build_model_map(model_id: int, address: int, length: int, regs: list[int] | 
     mdef_json = get_model_def(model_id)
     group = mdef_json[mdef.GROUP]
     mm = ModelMap(model_id=model_id, address=address, length=length, label=group.get(mdef.LABEL, ""))
-    end = _walk(mm, group, "", 0, {}, regs, 2 + length)
-    if end > 2 + length:
+    limit = 2 + length
+
+    def add(point: PointDef) -> None:
+        mm.points[point.name] = point
+
+    def count_of(sub: dict, prefix: str, offset: int, following: list[dict]) -> tuple[int, bool]:
+        count_ref = sub.get(mdef.COUNT, 1)
+        if isinstance(count_ref, int) and count_ref > 0:
+            return count_ref, count_ref > 1
+        count = None
+        if isinstance(count_ref, str):
+            name = f"{prefix}{count_ref}" if f"{prefix}{count_ref}" in mm.points else count_ref
+            if regs is not None and name in mm.points and len(regs) >= limit:
+                value = mm.raw(regs, name)
+                count = int(value) if isinstance(value, int) else 0
+        if count is None:  # only a trailing group can fill the rest of L
+            size = _group_size(sub)
+            rest = limit - offset - sum(_group_size(s) for s in following)
+            count = max(rest, 0) // size if size else 0
+        return count, True
+
+    end = walk_group(group, "", 0, add, count_of)
+    if end > limit:
         raise ModelDefinitionError(
             f"model {model_id} at {address}: definition needs {end - 2} registers, device says L={length}"
         )
@@ -151,53 +165,3 @@ def _group_size(gdef: dict) -> int:
         count = sub.get(mdef.COUNT, 1)
         size += _group_size(sub) * (count if isinstance(count, int) else 0)
     return size
-
-
-def _walk(
-    mm: ModelMap,
-    gdef: dict,
-    prefix: str,
-    offset: int,
-    sfs: dict[str, str],
-    regs: list[int] | None,
-    limit: int,
-) -> int:
-    local = scale_factor_scope(gdef, prefix, sfs)
-    for pdef in gdef.get(mdef.POINTS, []):
-        ptype = pdef[mdef.TYPE]
-        size = point_size(pdef)
-        sf_ref = pdef.get(mdef.SF)
-        sf = (local.get(sf_ref) or sf_ref) if isinstance(sf_ref, str) else None
-        symbols = pdef.get(mdef.SYMBOLS)
-        mm.points[f"{prefix}{pdef[mdef.NAME]}"] = Point(
-            name=f"{prefix}{pdef[mdef.NAME]}",
-            offset=offset,
-            size=size,
-            type=ptype,
-            access=pdef.get(mdef.ACCESS, mdef.ACCESS_R),
-            sf=sf,
-            symbols={int(s[mdef.VALUE]): s[mdef.NAME] for s in symbols} if symbols else None,
-        )
-        offset += size
-    subs = gdef.get(mdef.GROUPS, [])
-    for i, sub in enumerate(subs):
-        count_ref = sub.get(mdef.COUNT, 1)
-        if isinstance(count_ref, int) and count_ref > 0:
-            count = count_ref
-            indexed = count_ref > 1
-        else:
-            count = None
-            if isinstance(count_ref, str):
-                name = f"{prefix}{count_ref}" if f"{prefix}{count_ref}" in mm.points else count_ref
-                if regs is not None and name in mm.points and len(regs) >= limit:
-                    value = mm.raw(regs, name)
-                    count = int(value) if isinstance(value, int) else 0
-            if count is None:  # only a trailing group can fill the rest of L
-                size = _group_size(sub)
-                rest = limit - offset - sum(_group_size(s) for s in subs[i + 1 :])
-                count = max(rest, 0) // size if size else 0
-            indexed = True
-        for index in range(1, count + 1):
-            sub_prefix = f"{prefix}{sub[mdef.NAME]}[{index}]." if indexed else f"{prefix}{sub[mdef.NAME]}."
-            offset = _walk(mm, sub, sub_prefix, offset, local, regs, limit)
-    return offset
