@@ -15,15 +15,19 @@ and the chain ends with the end model (ID 0xFFFF, L 0).
 
 from __future__ import annotations
 
-import math
-import struct
 from dataclasses import dataclass, field
 
 import sunspec2.mb as mb
 import sunspec2.mdef as mdef
 from sunspec2.device import get_model_def
 
-from fieldbus.sunspec_types import VALUE_RANGES
+from fieldbus.sunspec_types import (
+    VALUE_RANGES,
+    PointDef,
+    decode_registers,
+    encode_registers,
+    walk_group,
+)
 
 SUNSPEC_BASE_ADDRESS = 40000
 END_MODEL_ID = mb.SUNS_END_MODEL_ID
@@ -93,32 +97,15 @@ class RegisterLayout:
 
     # ----------------------------------------------------------------------------------------------
     def encode_raw(self, regs: list[int], slot: PointSlot, raw: int | float | str | None) -> None:
-        """Write a raw (unscaled) value; None writes the 'not implemented' pattern."""
-        if raw is None:
-            data = mb.create_unimpl_value(slot.type, slot.size * 2)
-        elif slot.type == mdef.TYPE_STRING:
-            data = str(raw).encode("utf-8")[: slot.size * 2].ljust(slot.size * 2, b"\0")
-        elif slot.type == mdef.TYPE_FLOAT32:
-            data = struct.pack(">f", float(raw))
-        elif slot.type == mdef.TYPE_FLOAT64:
-            data = struct.pack(">d", float(raw))
-        else:
+        """Write a raw (unscaled) value; None writes the 'not implemented' pattern. Integers are clamped."""
+        if raw is not None and slot.type in VALUE_RANGES:
             lo, hi = VALUE_RANGES[slot.type]
-            value = min(max(int(raw), lo), hi)
-            data = mb.point_type_info[slot.type].to_data(value)
-        for i in range(slot.size):
-            regs[slot.offset + i] = (data[2 * i] << 8) | data[2 * i + 1]
+            raw = min(max(int(raw), lo), hi)
+        regs[slot.offset : slot.offset + slot.size] = encode_registers(slot.type, slot.size, raw)
 
     def decode_raw(self, regs: list[int], slot: PointSlot) -> int | float | str | None:
         """Read a raw value; None when the register holds the 'not implemented' pattern."""
-        data = b"".join(regs[slot.offset + i].to_bytes(2, "big") for i in range(slot.size))
-        info = mb.point_type_info[slot.type]
-        value = info.data_to(data)
-        if slot.type == mdef.TYPE_STRING:
-            return value if info.is_impl(value) else None
-        if slot.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
-            return None if math.isnan(value) else value
-        return value if info.is_impl(value) else None
+        return decode_registers(slot.type, regs[slot.offset : slot.offset + slot.size])
 
     def set(self, regs: list[int], name: str, value: float | str | None) -> None:
         """Write an engineering value, applying the point's scale factor as currently encoded."""
@@ -153,47 +140,27 @@ class RegisterLayout:
         return regs
 
 
-def _walk_group(
-    layout: RegisterLayout,
-    model_id: int,
-    gdef: dict,
-    prefix: str,
-    offset: int,
-    scope_sfs: dict[str, str],
-) -> int:
-    """Add a group's points (and nested groups) starting at `offset`; return the next offset."""
-    # scale-factor names resolve to the nearest enclosing group that defines them (SunSpec rule)
-    local_sfs = dict(scope_sfs)
-    for pdef in gdef.get(mdef.POINTS, []):
-        if pdef[mdef.TYPE] == mdef.TYPE_SUNSSF:
-            local_sfs[pdef[mdef.NAME]] = f"{prefix}{pdef[mdef.NAME]}"
-    for pdef in gdef.get(mdef.POINTS, []):
-        ptype = pdef[mdef.TYPE]
-        size = int(pdef.get(mdef.SIZE) or mb.point_type_info[ptype].len)
-        sf_ref = pdef.get(mdef.SF)
-        sf_name = None
-        if isinstance(sf_ref, str):
-            sf_name = local_sfs.get(sf_ref) or f"{model_id}.{sf_ref}"
-        symbols = pdef.get(mdef.SYMBOLS)
-        slot = PointSlot(
-            name=f"{prefix}{pdef[mdef.NAME]}",
+def _add_model(layout: RegisterLayout, model_id: int, offset: int) -> int:
+    """Add model `model_id`'s points from `offset` (its ID register); return the offset after it."""
+
+    def add(point: PointDef) -> None:
+        layout.points[point.name] = PointSlot(
+            name=point.name,
             model_id=model_id,
-            offset=offset,
-            size=size,
-            type=ptype,
-            access=pdef.get(mdef.ACCESS, mdef.ACCESS_R),
-            sf=sf_name,
-            symbols=frozenset(int(s[mdef.VALUE]) for s in symbols) if symbols else None,
+            offset=point.offset,
+            size=point.size,
+            type=point.type,
+            access=point.access,
+            sf=point.sf,
+            symbols=frozenset(point.symbols) if point.symbols else None,
         )
-        layout.points[slot.name] = slot
-        offset += size
-    for sub in gdef.get(mdef.GROUPS, []):
+
+    def count_of(sub: dict, prefix: str, offset: int, following: list[dict]) -> tuple[int, bool]:
         count_ref = sub.get(mdef.COUNT)
         if count_ref is None:
-            offset = _walk_group(layout, model_id, sub, f"{prefix}{sub[mdef.NAME]}.", offset, local_sfs)
-            continue
+            return 1, False
         try:
-            count = int(count_ref)
+            return int(count_ref), True
         except (TypeError, ValueError):
             key = f"{model_id}.{count_ref}"
             if key not in layout.group_counts:
@@ -201,12 +168,9 @@ def _walk_group(
                     f"model {model_id} group {sub[mdef.NAME]!r} repeats by {count_ref}; "
                     f"give group_counts[{key!r}]"
                 ) from None
-            count = layout.group_counts[key]
-        for index in range(1, count + 1):
-            offset = _walk_group(
-                layout, model_id, sub, f"{prefix}{sub[mdef.NAME]}[{index}].", offset, local_sfs
-            )
-    return offset
+            return layout.group_counts[key], True
+
+    return walk_group(get_model_def(model_id)[mdef.GROUP], f"{model_id}.", offset, add, count_of)
 
 
 _LAYOUT_CACHE: dict[tuple[tuple[int, ...], tuple[tuple[str, int], ...]], RegisterLayout] = {}
@@ -221,9 +185,8 @@ def build_layout(model_ids: tuple[int, ...], group_counts: dict[str, int] | None
     layout = RegisterLayout(model_ids=tuple(model_ids), group_counts=counts)
     offset = 2  # after "SunS"
     for model_id in model_ids:
-        model_def = get_model_def(model_id)
         start = offset
-        end = _walk_group(layout, model_id, model_def[mdef.GROUP], f"{model_id}.", offset, {})
+        end = _add_model(layout, model_id, offset)
         layout.models.append(ModelBlock(model_id=model_id, offset=start, length=end - start - 2))
         offset = end
     layout.models.append(ModelBlock(model_id=END_MODEL_ID, offset=offset, length=0))

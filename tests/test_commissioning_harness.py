@@ -19,7 +19,7 @@ import pytest
 
 from certs.pki import PkiPaths, init_pki, load_pki
 from gateway.commissioning import Options
-from gateway.commissioning.flow import UI
+from gateway.commissioning.common import UI
 from server.app import RunningServer, start_server
 from server.config import ServerConfig
 from simulators.config import default_site_config

@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.commissioning import CommissioningState, NmiError, nmi_checksum, validate_nmi
-from gateway.commissioning.flow import generate_pin, parse_scan_targets, parse_units, static_cap
+from gateway.commissioning.discover import parse_scan_targets, parse_units
+from gateway.commissioning.identity import generate_pin
+from gateway.commissioning.limits import static_cap
 from gateway.commissioning.report import render_html, report_data
 from gateway.commissioning.state import inputs_changed
 from sep2.identity import sfdi_is_valid

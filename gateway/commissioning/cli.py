@@ -207,7 +207,7 @@ def add_commission_parser(gateway_subparsers: argparse._SubParsersAction) -> arg
 
 
 def options_from_args(args: argparse.Namespace) -> Any:
-    from gateway.commissioning.flow import Options
+    from gateway.commissioning.common import Options
 
     interactive = not args.non_interactive and sys.stdin.isatty()
     return Options(

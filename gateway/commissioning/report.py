@@ -10,8 +10,10 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from gateway.commissioning.common import Context
 from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, iso
 from sep2.files import write_atomic
 
@@ -221,3 +223,17 @@ def write_report(state: CommissioningState, directory: Path) -> dict[str, Path]:
     write_atomic(json_path, json.dumps(data, indent=2, sort_keys=True).encode())
     write_atomic(html_path, render_html(data).encode())
     return {"json": json_path, "html": html_path}
+
+
+async def step_report(ctx: Context) -> None:
+    """Step 6, ``report``: write the JSON and HTML reports and say how to start the gateway."""
+    paths = write_report(ctx.state, ctx.opts.work_dir)
+    ctx.state.set("report", {k: str(v) for k, v in paths.items()})
+    ctx.ui.panel(
+        "Commissioning complete",
+        [
+            f"report: {paths['html']} and {paths['json']}",
+            f"gateway configuration: {ctx.opts.site_toml_path}",
+            f"start the gateway: derlink gateway --config {ctx.opts.site_toml_path}",
+        ],
+    )

@@ -21,7 +21,14 @@ import sunspec2.mb as mb
 import sunspec2.mdef as mdef
 from sunspec2.device import get_model_def
 
-from fieldbus.sunspec_types import VALUE_RANGES
+from fieldbus.sunspec_types import (
+    VALUE_RANGES,
+    PointDef,
+    decode_registers,
+    encode_registers,
+    point_size,
+    walk_group,
+)
 
 BASE_ADDRESSES = (40000, 0, 50000)
 SUNS_MARKER = (0x5375, 0x6E53)  # "SunS"
@@ -33,15 +40,7 @@ class ModelDefinitionError(ValueError):
     """The device's model does not fit its definition (e.g. L too short)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
-    name: str  # "WMaxLimPct", "Crv[1].Pt[2].V"
-    offset: int  # registers from the model's ID register
-    size: int
-    type: str
-    access: str  # "R" | "RW"
-    sf: str | None  # name (in the same model) of its scale-factor point
-    symbols: dict[int, str] | None = None
+Point = PointDef  # one point of a ModelMap
 
 
 @dataclass
@@ -68,16 +67,11 @@ class ModelMap:
     def raw(self, regs: list[int], name: str) -> int | float | str | None:
         """The raw value of a point from the model's registers (index 0 = ID), None if unimplemented."""
         p = self.point(name)
-        data = b"".join(r.to_bytes(2, "big") for r in regs[p.offset : p.offset + p.size])
-        if len(data) != p.size * 2:
+        if p.offset + p.size > len(regs):
             raise ModelDefinitionError(f"model {self.model_id} point {name} lies beyond the model's data")
-        info = mb.point_type_info[p.type]
-        value = info.data_to(data)
-        if p.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
-            return None if value is None or math.isnan(value) else value
         if p.type == mdef.TYPE_PAD:
             return None
-        return value if info.is_impl(value) else None
+        return decode_registers(p.type, regs[p.offset : p.offset + p.size])
 
     def scale(self, regs: list[int], name: str) -> int:
         """The point's scale factor exponent (0 if it has none); error if the SF is unimplemented."""
@@ -110,27 +104,21 @@ class ModelMap:
 
         The value is rounded to the register's resolution (down if `floor`)."""
         p = self.point(name)
-        if value is None:
-            data = mb.create_unimpl_value(p.type, p.size * 2)
-        elif p.type == mdef.TYPE_STRING:
-            data = str(value).encode()[: p.size * 2].ljust(p.size * 2, b"\0")
-        elif p.type in (mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
-            data = mb.point_type_info[p.type].to_data(float(value))
-        else:
-            sf = self.scale(regs, name)
-            scaled = float(value) * 10.0**-sf
-            raw = math.floor(scaled + 1e-9) if floor else round(scaled)
-            lo, hi = VALUE_RANGES.get(p.type, (0, 2 ** (16 * p.size) - 1))
-            if not lo <= raw <= hi:
-                unit = f" (x10^{sf})" if sf else ""
-                raise ValueError(
-                    f"{self.model_id}.{name}: {value} does not fit a {p.type}{unit}; "
-                    f"allowed {lo * 10**sf:g}..{hi * 10**sf:g}"
-                )
-            if p.symbols is not None and p.type.startswith("enum") and raw not in p.symbols:
-                raise ValueError(f"{self.model_id}.{name}: {raw} is not one of {sorted(p.symbols)}")
-            data = mb.point_type_info[p.type].to_data(raw)
-        return [(data[2 * i] << 8) | data[2 * i + 1] for i in range(p.size)]
+        if value is None or p.type in (mdef.TYPE_STRING, mdef.TYPE_FLOAT32, mdef.TYPE_FLOAT64):
+            return encode_registers(p.type, p.size, value)
+        sf = self.scale(regs, name)
+        scaled = float(value) * 10.0**-sf
+        raw = math.floor(scaled + 1e-9) if floor else round(scaled)
+        lo, hi = VALUE_RANGES.get(p.type, (0, 2 ** (16 * p.size) - 1))
+        if not lo <= raw <= hi:
+            unit = f" (x10^{sf})" if sf else ""
+            raise ValueError(
+                f"{self.model_id}.{name}: {value} does not fit a {p.type}{unit}; "
+                f"allowed {lo * 10**sf:g}..{hi * 10**sf:g}"
+            )
+        if p.symbols is not None and p.type.startswith("enum") and raw not in p.symbols:
+            raise ValueError(f"{self.model_id}.{name}: {raw} is not one of {sorted(p.symbols)}")
+        return encode_registers(p.type, p.size, raw)
 
 
 def build_model_map(model_id: int, address: int, length: int, regs: list[int] | None = None) -> ModelMap:
@@ -142,8 +130,29 @@ def build_model_map(model_id: int, address: int, length: int, regs: list[int] | 
     mdef_json = get_model_def(model_id)
     group = mdef_json[mdef.GROUP]
     mm = ModelMap(model_id=model_id, address=address, length=length, label=group.get(mdef.LABEL, ""))
-    end = _walk(mm, group, "", 0, {}, regs, 2 + length)
-    if end > 2 + length:
+    limit = 2 + length
+
+    def add(point: PointDef) -> None:
+        mm.points[point.name] = point
+
+    def count_of(sub: dict, prefix: str, offset: int, following: list[dict]) -> tuple[int, bool]:
+        count_ref = sub.get(mdef.COUNT, 1)
+        if isinstance(count_ref, int) and count_ref > 0:
+            return count_ref, count_ref > 1
+        count = None
+        if isinstance(count_ref, str):
+            name = f"{prefix}{count_ref}" if f"{prefix}{count_ref}" in mm.points else count_ref
+            if regs is not None and name in mm.points and len(regs) >= limit:
+                value = mm.raw(regs, name)
+                count = int(value) if isinstance(value, int) else 0
+        if count is None:  # only a trailing group can fill the rest of L
+            size = _group_size(sub)
+            rest = limit - offset - sum(_group_size(s) for s in following)
+            count = max(rest, 0) // size if size else 0
+        return count, True
+
+    end = walk_group(group, "", 0, add, count_of)
+    if end > limit:
         raise ModelDefinitionError(
             f"model {model_id} at {address}: definition needs {end - 2} registers, device says L={length}"
         )
@@ -151,63 +160,8 @@ def build_model_map(model_id: int, address: int, length: int, regs: list[int] | 
 
 
 def _group_size(gdef: dict) -> int:
-    size = sum(
-        int(p.get(mdef.SIZE) or mb.point_type_info[p[mdef.TYPE]].len) for p in gdef.get(mdef.POINTS, [])
-    )
+    size = sum(point_size(p) for p in gdef.get(mdef.POINTS, []))
     for sub in gdef.get(mdef.GROUPS, []):
         count = sub.get(mdef.COUNT, 1)
         size += _group_size(sub) * (count if isinstance(count, int) else 0)
     return size
-
-
-def _walk(
-    mm: ModelMap,
-    gdef: dict,
-    prefix: str,
-    offset: int,
-    sfs: dict[str, str],
-    regs: list[int] | None,
-    limit: int,
-) -> int:
-    local = dict(sfs)  # SF names resolve to the nearest enclosing group that defines them
-    for pdef in gdef.get(mdef.POINTS, []):
-        if pdef[mdef.TYPE] == mdef.TYPE_SUNSSF:
-            local[pdef[mdef.NAME]] = f"{prefix}{pdef[mdef.NAME]}"
-    for pdef in gdef.get(mdef.POINTS, []):
-        ptype = pdef[mdef.TYPE]
-        size = int(pdef.get(mdef.SIZE) or mb.point_type_info[ptype].len)
-        sf_ref = pdef.get(mdef.SF)
-        sf = (local.get(sf_ref) or sf_ref) if isinstance(sf_ref, str) else None
-        symbols = pdef.get(mdef.SYMBOLS)
-        mm.points[f"{prefix}{pdef[mdef.NAME]}"] = Point(
-            name=f"{prefix}{pdef[mdef.NAME]}",
-            offset=offset,
-            size=size,
-            type=ptype,
-            access=pdef.get(mdef.ACCESS, mdef.ACCESS_R),
-            sf=sf,
-            symbols={int(s[mdef.VALUE]): s[mdef.NAME] for s in symbols} if symbols else None,
-        )
-        offset += size
-    subs = gdef.get(mdef.GROUPS, [])
-    for i, sub in enumerate(subs):
-        count_ref = sub.get(mdef.COUNT, 1)
-        if isinstance(count_ref, int) and count_ref > 0:
-            count = count_ref
-            indexed = count_ref > 1
-        else:
-            count = None
-            if isinstance(count_ref, str):
-                name = f"{prefix}{count_ref}" if f"{prefix}{count_ref}" in mm.points else count_ref
-                if regs is not None and name in mm.points and len(regs) >= limit:
-                    value = mm.raw(regs, name)
-                    count = int(value) if isinstance(value, int) else 0
-            if count is None:  # only a trailing group can fill the rest of L
-                size = _group_size(sub)
-                rest = limit - offset - sum(_group_size(s) for s in subs[i + 1 :])
-                count = max(rest, 0) // size if size else 0
-            indexed = True
-        for index in range(1, count + 1):
-            sub_prefix = f"{prefix}{sub[mdef.NAME]}[{index}]." if indexed else f"{prefix}{sub[mdef.NAME]}."
-            offset = _walk(mm, sub, sub_prefix, offset, local, regs, limit)
-    return offset

@@ -29,7 +29,9 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
-from gateway.commissioning.flow import Options, Outcome, parse_scan_targets, parse_units, run_commissioning
+from gateway.commissioning.common import Options
+from gateway.commissioning.discover import parse_scan_targets, parse_units
+from gateway.commissioning.flow import Outcome, run_commissioning
 from gateway.commissioning.state import STEP_TITLES, STEPS, CommissioningState, StateError
 from gateway.web.auth import (
     COOKIE,
