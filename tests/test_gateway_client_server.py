@@ -511,3 +511,57 @@ async def test_configured_nmi_becomes_the_connection_point_at_discovery(lab: Lab
         nmi = (await conn.execute(sa.select(sites.c.nmi).where(sites.c.lfdi == lab.device.lfdi))).scalar_one()
     assert nmi == "4103456789" and client.status.refusals == {}
     assert client._cp_synced == "/edev/1/cp"
+
+
+async def test_a_read_that_spans_a_notification_does_not_undo_it(lab: Lab) -> None:
+    """A poll answered before a change, and applied after the Notification of that change, is older
+    than what the client holds. 2030.5-2018 §12.1.3.1: a DERControl stays in force unless the server
+    cancels or supersedes it, so the stale list must not withdraw the new control (a withdrawal cancels
+    it); the client reads the program again instead."""
+    controller = lab.controller()
+    client = RacingClient.make(lab, controller)
+    await client.start()
+    await client.wait_ready(10)
+    (doe,) = [state for state in client._programs.values() if state.doc.primacy == 10]
+    start = int(time.time()) + 60  # scheduled: the ActiveDERControlList read after it cannot list it
+
+    async def change_during_the_read() -> None:
+        seen = client.status.notifications
+        client.created = await lab.admin.create_control(
+            "doe", f"site:{lab.device.lfdi}", start=start, duration=600,
+            base=build_control_base(export_limit_w=800),
+        )  # fmt: skip
+        await eventually(lambda: client.status.notifications > seen)
+        assert controller.engine.state_of(client.created, client.now()) is EventState.SCHEDULED
+
+    client.race = (doe.doc.DERControlListLink.href, change_during_the_read)
+    client._request_job(f"prog:{doe.doc.mRID.upper()}")
+    await eventually(lambda: client.race is None and client.reads_after_race >= 1)  # read again
+    await asyncio.sleep(0.3)  # and synced
+    assert controller.engine.state_of(client.created, client.now()) is EventState.SCHEDULED
+    assert controller.decide(start + 1).limits.export_w.value == 800
+
+
+class RacingClient(Sep2Client):
+    """Runs ``race[1]`` (a server-side change) between reading the DERControlList ``race[0]`` and
+    returning it: the interleaving a slow link gives, made certain."""
+
+    race: tuple[str, Callable[[], Any]] | None = None
+    created = ""
+    reads_after_race = 0
+
+    @classmethod
+    def make(cls, lab: Lab, controller: SiteController) -> RacingClient:
+        client = lab.client(controller, mode="subscribe", default_poll_rate=3600)
+        client.__class__ = cls
+        return client
+
+    async def _get_list(self, href: str, expected: type, item: str) -> tuple[Any, list[Any]]:
+        answer = await super()._get_list(href, expected, item)
+        if self.race is not None and href == self.race[0]:
+            _, change = self.race
+            await change()
+            self.race = None
+        elif self.race is None and self.created and href.endswith("/derc"):
+            self.reads_after_race += 1
+        return answer

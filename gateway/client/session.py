@@ -159,6 +159,7 @@ class _ProgramState:
     doc: r.DERProgram
     lists: set[str] = field(default_factory=set)  # DERProgramList hrefs that list it
     default: r.DefaultDERControl | None = None
+    notified: int = 0  # Notifications applied to it: a read of it that spans one may be older than it
 
 
 def _path(href: str) -> str:
@@ -684,9 +685,10 @@ class Sep2Client:
         state.doc = doc
         state.lists.add(list_href)
         self._programs[mrid] = state
-        state.default = None
+        notified = state.notified
+        default = None
         if doc.DefaultDERControlLink is not None:
-            state.default = await self._get_optional(doc.DefaultDERControlLink.href, r.DefaultDERControl)
+            default = await self._get_optional(doc.DefaultDERControlLink.href, r.DefaultDERControl)
         controls: dict[str, r.DERControl] = {}
         if doc.DERControlListLink is not None:
             _, items = await self._get_list(doc.DERControlListLink.href, r.DERControlList, "DERControl")
@@ -695,6 +697,12 @@ class Sep2Client:
             _, items = await self._get_list(doc.ActiveDERControlListLink.href, r.DERControlList, "DERControl")
             for c in items:
                 controls.setdefault((c.mRID or "").upper(), c)
+        if state.notified != notified:
+            # A Notification was applied while these GETs ran, and the answers may predate it: syncing
+            # them would withdraw controls it brought (a withdrawal cancels them), so read again instead.
+            self._request_job(f"prog:{mrid}")
+            return
+        state.default = default
         self._sync_program(state, list(controls.values()))
 
     def _core_program(self, state: _ProgramState) -> Any:
@@ -853,8 +861,9 @@ class Sep2Client:
             if state is None:
                 self._request_walk()
                 return False
+            state.notified += 1
             if (doc.results or 0) < (doc.all or 0):  # truncated by the subscription limit: fetch it all
-                self._request_job(f"prog:{state.doc.mRID}")
+                self._request_job(f"prog:{(state.doc.mRID or '').upper()}")
                 return False
             self._sync_program(state, doc.DERControl)
             return True
@@ -863,6 +872,7 @@ class Sep2Client:
             if state is None:
                 self._request_walk()
                 return False
+            state.notified += 1
             state.default = doc
             self.controller.engine.set_program(self._core_program(state))
             return True
@@ -1006,10 +1016,13 @@ class Sep2Client:
             for job, due in sorted(self._due.items(), key=lambda kv: kv[1]):
                 if due > now:
                     continue
+                one_shot = self._job_rate(job) == float("inf")
+                if one_shot:  # taken off the schedule first: a request made while it runs runs it again
+                    del self._due[job]
                 try:
                     await self._run_job(job)
                     self._failures.pop(job, None)
-                    if job in self._due:
+                    if job in self._due and not one_shot:
                         self._due[job] = loop.time() + self._job_rate(job)
                 except RegistrationError as exc:
                     self._failed = exc
@@ -1027,11 +1040,10 @@ class Sep2Client:
                     self._failures[job] = failures + 1
                     delay = min(self._backoff(failures), self._job_rate(job))
                     log.warning("%s failed (%s); retrying in %.1f s", job, exc, delay)
-                    if job in self._due:
+                    if one_shot:  # retried later, or at once if requested again meanwhile
+                        self._due[job] = min(self._due.get(job, float("inf")), loop.time() + delay)
+                    elif job in self._due:
                         self._due[job] = loop.time() + delay
-            for job in [j for j in self._due if j.startswith("prog:")]:
-                if self._due[job] == float("inf"):
-                    del self._due[job]
             wait = min(self._due.values(), default=now + 60) - loop.time()
             self._wake.clear()
             if wait > 0:
