@@ -565,3 +565,14 @@ class RacingClient(Sep2Client):
         elif self.race is None and self.created and href.endswith("/derc"):
             self.reads_after_race += 1
         return answer
+
+
+async def test_the_client_runs_on_the_server_clock(lab: Lab) -> None:
+    """IEEE 2030.5-2018 §11.2 (Time): the client's event times are the server's. A server two minutes
+    ahead of this host gives an offset of about 120 s, within the 1 s resolution of currentTime."""
+    lab.server.store.clock = lambda: int(time.time()) + 120
+    client = lab.client()
+    await client.start()
+    await client.wait_ready(10)
+    assert abs(client.status.server_offset - 120) <= 1.5
+    assert abs(client.now() - (time.time() + 120)) <= 1.5

@@ -162,6 +162,22 @@ class _ProgramState:
     notified: int = 0  # Notifications applied to it: a read of it that spans one may be older than it
 
 
+def clock_offset(current: float, server_time: int, sent: float, received: float) -> float:
+    """The offset (server minus local clock) to use after a Time read sent at ``sent`` and answered at
+    ``received`` (local clock) with ``server_time``.
+
+    The server's clock read some instant of [sent, received] and has 1 s resolution, so every offset in
+    [server_time - received, server_time + 1 - sent] agrees with the sample. The ``current`` offset is
+    kept while it agrees, and only a disagreeing sample moves it (to the middle of that range): a slow
+    answer on a loaded link must not shift the clock by a second and open a gap between a superseded
+    control and the piece that continues it.
+    """
+    low, high = server_time - received - 0.001, server_time + 1 - sent + 0.001  # 1 ms for float error
+    if low <= current <= high:
+        return current
+    return (low + high) / 2
+
+
 def _path(href: str) -> str:
     """The path (and query) of an href, so absolute and relative forms of one resource compare equal."""
     parts = urlsplit(href)
@@ -547,9 +563,7 @@ class Sep2Client:
         doc = await self._get(self.dcap.TimeLink.href, r.Time)
         received = time.time()
         if doc.currentTime is not None:
-            self._offset = doc.currentTime - (sent + received) / 2
-            if abs(self._offset) < 1.0:  # the server's clock has 1 s resolution: don't chase rounding
-                self._offset = 0.0
+            self._offset = clock_offset(self._offset, doc.currentTime, sent, received)
             self.status.server_offset = self._offset
         self._rates["time"] = doc.pollRate or self.config.default_poll_rate
 
