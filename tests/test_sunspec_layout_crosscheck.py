@@ -1,7 +1,9 @@
-"""The gateway's ModelMap and the simulators' RegisterLayout come from one walker (fieldbus.sunspec_types);
-this checks both against a third party, pysunspec2's own ``sunspec2.device.Model``, parsing the same
-register image: every point at the same offset, with the same size and scale-factor point (SunSpec
-Information Model Specification: model layout, repeating groups, scale-factor scope)."""
+"""The gateway's ModelMap and the simulators' RegisterLayout are both laid out by one module
+(fieldbus.sunspec_types, on pysunspec2's model objects), each from its own inputs: the gateway from the
+registers it reads (L and count points), the simulator from its configured counts. This checks both against
+a third party, pysunspec2's own ``sunspec2.device.Model`` parsing the simulator's register image: every
+point at the same offset, with the same size and scale-factor point (SunSpec Information Model
+Specification: model layout, repeating groups, scale-factor scope)."""
 
 from __future__ import annotations
 
