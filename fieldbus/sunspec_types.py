@@ -1,14 +1,24 @@
-"""The integer range of each SunSpec point type: what a register may hold, one value per type being kept
-for "not implemented" (0x8000 for int16, 0xFFFF for uint16 ...), and the point-level helpers (size,
-scale-factor scope, register encoding) both register maps are built from. Shared by the gateway, which
-refuses to write a value its point cannot hold, and the simulators, which refuse to serve one."""
+"""SunSpec model layouts and point types, shared by the gateway and the simulators.
+
+Layout: :func:`model_layout` builds pysunspec2's own model object (``sunspec2.device.Model``) for a model
+id, the values of its repeating-group count points and, for a model read from a device, its ``L``, and lists
+every point pysunspec2 placed: offset from the model's ID register, length, type, access, scale-factor point
+and enum symbols. Offsets, repeating groups, lengths, a legacy model's repetitions counted from ``L`` and
+scale-factor scope (the point's own group, else the model's top level) are all pysunspec2's. Layouts are
+cached per model id, counts and ``L``.
+
+Types: the integer range of each point type, one value per type being kept for "not implemented"
+(0x8000 for int16, 0xFFFF for uint16 ...), and register encoding. The gateway refuses to write a value its
+point cannot hold, and the simulators refuse to serve one."""
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+import sunspec2.device as ss2
 import sunspec2.mb as mb
 import sunspec2.mdef as mdef
 
@@ -31,20 +41,6 @@ VALUE_RANGES: dict[str, tuple[int, int]] = {
     mdef.TYPE_UINT64: (0, 2**64 - 2),
     mdef.TYPE_ACC64: (0, 2**63 - 1),
 }
-
-
-def point_size(pdef: dict) -> int:
-    """Registers a point definition takes: its ``size``, else its type's fixed length."""
-    return int(pdef.get(mdef.SIZE) or mb.point_type_info[pdef[mdef.TYPE]].len)
-
-
-def scale_factor_scope(gdef: dict, prefix: str, enclosing: dict[str, str]) -> dict[str, str]:
-    """SF name -> full point name for a group: the nearest enclosing group that defines it wins."""
-    scope = dict(enclosing)
-    for pdef in gdef.get(mdef.POINTS, []):
-        if pdef[mdef.TYPE] == mdef.TYPE_SUNSSF:
-            scope[pdef[mdef.NAME]] = f"{prefix}{pdef[mdef.NAME]}"
-    return scope
 
 
 def decode_registers(ptype: str, regs: list[int]) -> int | float | str | None:
@@ -71,58 +67,75 @@ def encode_registers(ptype: str, size: int, raw: int | float | str | None) -> li
 
 @dataclass(frozen=True, slots=True)
 class PointDef:
-    """One point of a laid-out model: its full name, register offset and definition."""
+    """One point of a laid-out model: its name within the model, register offset and definition."""
 
-    name: str  # prefix + "Crv[1].Pt[2].V"
-    offset: int
+    name: str  # "Crv[1].Pt[2].V"
+    offset: int  # from the model's ID register
     size: int
     type: str
     access: str  # "R" | "RW"
-    sf: str | None  # full name of its scale-factor point
+    sf: str | None  # name of its scale-factor point within the model
     symbols: dict[int, str] | None
 
 
-# (group definition, its full name prefix, offset where it starts, groups after it) -> (count, indexed)
-CountOf = Callable[[dict, str, int, list[dict]], tuple[int, bool]]
+@dataclass(frozen=True, slots=True)
+class ModelLayout:
+    """One model as pysunspec2 lays it out for given counts (and L)."""
+
+    model_id: int
+    label: str
+    length: int  # registers from the ID register through the last point: L + 2 for a model that fits
+    points: tuple[PointDef, ...]
 
 
-def walk_group(
-    gdef: dict,
-    prefix: str,
-    offset: int,
-    add: Callable[[PointDef], None],
-    count_of: CountOf,
-    model_prefix: str | None = None,
-    sfs: dict[str, str] | None = None,
-) -> int:
-    """Lay out a group definition (points, then nested and repeating groups) from ``offset``.
+def count_points(model_id: int) -> tuple[str, ...]:
+    """The points holding the model's repeating-group counts (always points of its top level)."""
+    return tuple(mdef.get_group_len_points(ss2.get_model_def(model_id)[mdef.GROUP]))
 
-    Each point goes to ``add`` before the next group's count is asked of ``count_of``, so a count held
-    in a point can be read. A scale factor resolves to the nearest enclosing group that defines it, else
-    to the model's top level. Returns the offset after the group.
+
+def model_layout(model_id: int, counts: Mapping[str, int] | None = None, length: int = 0) -> ModelLayout:
+    """Lay out model ``model_id`` with ``counts`` (count point name -> value; every count point needs one).
+
+    ``length`` is the device's L, from which pysunspec2 counts the repetitions of a legacy model (one
+    whose definition gives count 0 and no count point) and accepts model 1 without its pad (L=65). A model
+    with count points is laid out as they say, whatever L: pysunspec2 would otherwise count a group whose
+    point holds 0 from L. 0 lays out the definition as counted. ``sunspec2.device.ModelError`` when a
+    count is missing, or L is no whole number of a legacy model's repetitions.
     """
-    model_prefix = prefix if model_prefix is None else model_prefix
-    local = scale_factor_scope(gdef, prefix, sfs or {})
-    for pdef in gdef.get(mdef.POINTS, []):
-        sf_ref = pdef.get(mdef.SF)
-        symbols = pdef.get(mdef.SYMBOLS)
-        size = point_size(pdef)
-        add(
+    return _model_layout(model_id, tuple(sorted((counts or {}).items())), length)
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_layout(model_id: int, counts: tuple[tuple[str, int], ...], length: int) -> ModelLayout:
+    model_def = ss2.get_model_def(model_id)  # mdef.ModelDefinitionError for a model it does not know
+    model = ss2.Model(model_id, model_len=0 if counts else length, model_def=model_def, data=dict(counts))
+    points: list[PointDef] = []
+    _collect(model, "", points)
+    return ModelLayout(model_id, model_def[mdef.GROUP].get(mdef.LABEL, ""), model.len, tuple(points))
+
+
+def _collect(group: ss2.Group, prefix: str, points: list[PointDef]) -> None:
+    """Points of a pysunspec2 group and its groups, named by path; a scale factor resolves as pysunspec2
+    resolves it, to the point's own group, else the model's top level."""
+    for name, point in group.points.items():
+        sf = point.sf  # None for no scale factor or a constant one
+        if sf is not None and sf in group.points:
+            sf = f"{prefix}{sf}"
+        symbols = point.pdef.get(mdef.SYMBOLS)
+        points.append(
             PointDef(
-                name=f"{prefix}{pdef[mdef.NAME]}",
-                offset=offset,
-                size=size,
-                type=pdef[mdef.TYPE],
-                access=pdef.get(mdef.ACCESS, mdef.ACCESS_R),
-                sf=(local.get(sf_ref) or f"{model_prefix}{sf_ref}") if isinstance(sf_ref, str) else None,
+                name=f"{prefix}{name}",
+                offset=point.offset,
+                size=point.len,
+                type=point.pdef[mdef.TYPE],
+                access=point.pdef.get(mdef.ACCESS, mdef.ACCESS_R),
+                sf=sf,
                 symbols={int(s[mdef.VALUE]): s[mdef.NAME] for s in symbols} if symbols else None,
             )
         )
-        offset += size
-    subs = gdef.get(mdef.GROUPS, [])
-    for i, sub in enumerate(subs):
-        count, indexed = count_of(sub, prefix, offset, subs[i + 1 :])
-        for index in range(1, count + 1):
-            sub_prefix = f"{prefix}{sub[mdef.NAME]}[{index}]." if indexed else f"{prefix}{sub[mdef.NAME]}."
-            offset = walk_group(sub, sub_prefix, offset, add, count_of, model_prefix, local)
-    return offset
+    for name, sub in group.groups.items():
+        if isinstance(sub, list):  # a repeating group: pysunspec2 numbers its instances from 1
+            for g in sub:
+                _collect(g, f"{prefix}{name}[{g.index}].", points)
+        else:
+            _collect(sub, f"{prefix}{name}.", points)

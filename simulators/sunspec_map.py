@@ -1,8 +1,8 @@
-"""SunSpec register maps built from pysunspec2's model definitions.
+"""SunSpec register maps laid out by pysunspec2's own model objects.
 
-Nothing here hand-types an address: every point's offset, size, type, access and scale-factor name comes
-from the JSON model definitions that ship with pysunspec2 (``sunspec2/models/json``), loaded through
-``sunspec2.device.get_model_def``. Encoding and decoding use ``sunspec2.mb.point_type_info``.
+Nothing here hand-types an address: every point's offset, size, type, access and scale-factor name is
+where pysunspec2's ``sunspec2.device.Model`` places it, for the repeating-group counts of the device type
+(``fieldbus.sunspec_types.model_layout``). Encoding and decoding use ``sunspec2.mb.point_type_info``.
 
 A :class:`RegisterLayout` is computed once per device type (model chain + repeating-group counts) and
 shared by every simulated device of that type, so a fleet of thousands of devices holds one layout
@@ -18,15 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import sunspec2.mb as mb
-import sunspec2.mdef as mdef
-from sunspec2.device import get_model_def
 
 from fieldbus.sunspec_types import (
     VALUE_RANGES,
-    PointDef,
+    count_points,
     decode_registers,
     encode_registers,
-    walk_group,
+    model_layout,
 )
 
 SUNSPEC_BASE_ADDRESS = 40000
@@ -142,35 +140,26 @@ class RegisterLayout:
 
 def _add_model(layout: RegisterLayout, model_id: int, offset: int) -> int:
     """Add model `model_id`'s points from `offset` (its ID register); return the offset after it."""
-
-    def add(point: PointDef) -> None:
-        layout.points[point.name] = PointSlot(
-            name=point.name,
+    counts = {}
+    for name in count_points(model_id):
+        key = f"{model_id}.{name}"
+        if key not in layout.group_counts:
+            raise ValueError(f"model {model_id} repeats groups by {name}; give group_counts[{key!r}]")
+        counts[name] = layout.group_counts[key]
+    model = model_layout(model_id, counts)
+    for point in model.points:
+        name = f"{model_id}.{point.name}"
+        layout.points[name] = PointSlot(
+            name=name,
             model_id=model_id,
-            offset=point.offset,
+            offset=offset + point.offset,
             size=point.size,
             type=point.type,
             access=point.access,
-            sf=point.sf,
+            sf=f"{model_id}.{point.sf}" if point.sf else None,
             symbols=frozenset(point.symbols) if point.symbols else None,
         )
-
-    def count_of(sub: dict, prefix: str, offset: int, following: list[dict]) -> tuple[int, bool]:
-        count_ref = sub.get(mdef.COUNT)
-        if count_ref is None:
-            return 1, False
-        try:
-            return int(count_ref), True
-        except (TypeError, ValueError):
-            key = f"{model_id}.{count_ref}"
-            if key not in layout.group_counts:
-                raise ValueError(
-                    f"model {model_id} group {sub[mdef.NAME]!r} repeats by {count_ref}; "
-                    f"give group_counts[{key!r}]"
-                ) from None
-            return layout.group_counts[key], True
-
-    return walk_group(get_model_def(model_id)[mdef.GROUP], f"{model_id}.", offset, add, count_of)
+    return offset + model.length
 
 
 _LAYOUT_CACHE: dict[tuple[tuple[int, ...], tuple[tuple[str, int], ...]], RegisterLayout] = {}

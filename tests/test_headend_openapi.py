@@ -11,8 +11,10 @@ from aiohttp import web
 from openapi_spec_validator import validate
 
 from server.config import ServerConfig
+from server.headend import models as m
 from server.headend.api import ROUTES, create_headend_app
 from server.headend.incidents_api import ROUTES as INCIDENT_ROUTES
+from server.headend.routing import Route, add_routes
 from server.store import Store
 from tests.browser import chromium, needs_chromium
 
@@ -51,9 +53,14 @@ async def test_document_validates_and_describes_every_route(headend) -> None:
     for route in routes:
         op = doc["paths"][route.path][route.method.lower()]
         assert op["x-derlink-role"] == ("operator" if route.write else "viewer")
-        answer = op["responses"][str(route.status)]["content"]["application/json"]["schema"]
-        for option in answer.get("oneOf", [answer]):
-            assert _resolve(doc, option).get("properties") or _resolve(doc, option).get("type") == "object"
+        # every success status the handler may answer (the router refuses others) carries the answer schema
+        successes = {int(code) for code in op["responses"] if code.startswith("2")}
+        assert successes == route.successes, route.handler
+        assert ("403" in op["responses"]) == route.write, route.handler  # only writes check the role
+        for code in successes:
+            answer = op["responses"][str(code)]["content"]["application/json"]["schema"]
+            for option in (_resolve(doc, o) for o in answer.get("oneOf", [answer])):
+                assert option.get("properties") or option.get("type") == "object"
         if route.body is not None:
             body = _resolve(doc, op["requestBody"]["content"]["application/json"]["schema"])
             assert body["additionalProperties"] is False, route.path  # unknown fields are errors
@@ -74,6 +81,9 @@ async def test_document_validates_and_describes_every_route(headend) -> None:
     assert {"export_limit_w", "ramp_tms", "randomize_start"} <= set(create["properties"])
     detail = doc["paths"]["/api/sites/{site}"]["get"]["responses"]["200"]["content"]["application/json"]
     assert "comms" in _resolve(doc, detail["schema"])["properties"]
+    raise_ = doc["paths"]["/api/incidents"]["post"]["responses"]
+    assert {"200", "201"} <= set(raise_) and "created is false" in raise_["200"]["description"]
+    assert "409" in doc["paths"]["/api/incidents/{id}/actions"]["post"]["responses"]
     telemetry = doc["paths"]["/api/telemetry"]["get"]["responses"]["200"]["content"]
     assert set(telemetry) == {"application/json", "text/csv"}
     assert {p["name"] for p in doc["paths"]["/api/telemetry"]["get"]["parameters"]} >= {"from", "to", "site"}
@@ -122,3 +132,26 @@ async def test_docs_page_renders_every_operation_in_chromium(headend) -> None:
             "[...document.querySelectorAll('script[src], link[href], img[src]')].map(e => e.src || e.href)"
         )
         assert external == []  # self-contained: no CDN
+
+
+async def test_a_success_status_the_document_does_not_list_is_an_error() -> None:
+    """The router answers 500 (and logs) when a handler answers a 2xx its route does not document, so the
+    document cannot fall behind the handlers: a route documented 201 whose handler answers 200."""
+    route = Route("POST", "/x", "x_make", True, "Make", m.Mrid, status=201)
+
+    async def x_make(request: web.Request) -> object:
+        return {"mrid": "AB" * 16}, int(request.query.get("status", "201"))
+
+    app = web.Application()
+    add_routes(app, [route], {"x_make": x_make})
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession(f"http://127.0.0.1:{runner.addresses[0][1]}") as session:
+            async with session.post("/x") as reply:
+                assert reply.status == 201
+            async with session.post("/x?status=200") as reply:
+                assert reply.status == 500
+    finally:
+        await runner.cleanup()

@@ -1,10 +1,10 @@
-"""SunSpec model maps for the gateway, computed from pysunspec2's model definitions.
+"""SunSpec model maps for the gateway, laid out by pysunspec2's own model objects.
 
-No register address is typed by hand: each model's point offsets, sizes, types, access and scale-factor
-references come from the JSON definitions pysunspec2 ships (``sunspec2.device.get_model_def``), and values
-are converted with ``sunspec2.mb.point_type_info``. A :class:`ModelMap` is built for every model found
-while walking a device's chain, from its start address and its ``L`` (repeating groups are counted from
-the model's own count points, or from the space ``L`` leaves for them).
+No register address is typed by hand: a :class:`ModelMap` is built for every model found while walking a
+device's chain, from its start address, its ``L`` and the repeating-group counts its count points hold;
+``fieldbus.sunspec_types.model_layout`` has pysunspec2's ``sunspec2.device.Model`` place every point
+(offset, size, type, access, scale-factor point), and values are converted with
+``sunspec2.mb.point_type_info``.
 
 Values: :meth:`ModelMap.decode` returns engineering values (scale factor applied; ``None`` for the
 "not implemented" patterns 0x8000 / 0xFFFF / NaN / empty string); :meth:`ModelMap.encode` is the
@@ -19,15 +19,14 @@ from typing import Any
 
 import sunspec2.mb as mb
 import sunspec2.mdef as mdef
-from sunspec2.device import get_model_def
 
 from fieldbus.sunspec_types import (
     VALUE_RANGES,
     PointDef,
+    count_points,
     decode_registers,
     encode_registers,
-    point_size,
-    walk_group,
+    model_layout,
 )
 
 BASE_ADDRESSES = (40000, 0, 50000)
@@ -122,46 +121,29 @@ class ModelMap:
 
 
 def build_model_map(model_id: int, address: int, length: int, regs: list[int] | None = None) -> ModelMap:
-    """Lay out model `model_id` found at `address` with length `length`.
+    """Lay out model `model_id` found at `address` with length `length`, as pysunspec2 lays it out.
 
-    `regs` (the model's registers from its ID on) resolves repeating-group counts held in points; without
-    it, or when a count is not a point, a trailing repeating group fills the space ``L`` leaves.
+    `regs` (the model's registers from its ID on) gives the repeating-group counts held in points; a count
+    it does not hold (or an unimplemented one) is 0. A legacy model's repetitions are counted from ``L``
+    (``sunspec2.device.ModelError`` if L holds no whole number of them: the scan keeps such a model's place
+    as an unknown model).
     """
-    mdef_json = get_model_def(model_id)
-    group = mdef_json[mdef.GROUP]
-    mm = ModelMap(model_id=model_id, address=address, length=length, label=group.get(mdef.LABEL, ""))
-    limit = 2 + length
-
-    def add(point: PointDef) -> None:
-        mm.points[point.name] = point
-
-    def count_of(sub: dict, prefix: str, offset: int, following: list[dict]) -> tuple[int, bool]:
-        count_ref = sub.get(mdef.COUNT, 1)
-        if isinstance(count_ref, int) and count_ref > 0:
-            return count_ref, count_ref > 1
-        count = None
-        if isinstance(count_ref, str):
-            name = f"{prefix}{count_ref}" if f"{prefix}{count_ref}" in mm.points else count_ref
-            if regs is not None and name in mm.points and len(regs) >= limit:
-                value = mm.raw(regs, name)
-                count = int(value) if isinstance(value, int) else 0
-        if count is None:  # only a trailing group can fill the rest of L
-            size = _group_size(sub)
-            rest = limit - offset - sum(_group_size(s) for s in following)
-            count = max(rest, 0) // size if size else 0
-        return count, True
-
-    end = walk_group(group, "", 0, add, count_of)
-    if end > limit:
+    counts: dict[str, int] = {}
+    names = count_points(model_id)
+    if names:
+        top = {p.name: p for p in model_layout(model_id, dict.fromkeys(names, 0)).points}
+        for name in names:
+            p = top[name]
+            value = None
+            if regs is not None and p.offset + p.size <= len(regs):
+                value = decode_registers(p.type, regs[p.offset : p.offset + p.size])
+            counts[name] = value if isinstance(value, int) else 0
+            if counts[name] > length:  # each repetition takes a register at least
+                raise ModelDefinitionError(f"model {model_id} at {address}: {name}={value} with L={length}")
+    layout = model_layout(model_id, counts, length)
+    if layout.length > 2 + length:
         raise ModelDefinitionError(
-            f"model {model_id} at {address}: definition needs {end - 2} registers, device says L={length}"
+            f"model {model_id} at {address}: definition needs {layout.length - 2} registers, "
+            f"device says L={length}"
         )
-    return mm
-
-
-def _group_size(gdef: dict) -> int:
-    size = sum(point_size(p) for p in gdef.get(mdef.POINTS, []))
-    for sub in gdef.get(mdef.GROUPS, []):
-        count = sub.get(mdef.COUNT, 1)
-        size += _group_size(sub) * (count if isinstance(count, int) else 0)
-    return size
+    return ModelMap(model_id, address, length, layout.label, {p.name: p for p in layout.points})

@@ -39,14 +39,15 @@ ROUTES = [
     Route("GET", "/api/incidents", "incidents_list", False, "Incidents", m.IncidentList,
           query=m.IncidentQuery),
     Route("POST", "/api/incidents", "incidents_raise", True, "Raise an incident (one open per subject+kind)",
-          m.IncidentRaised, body=m.IncidentRaise, status=201),
+          m.IncidentRaised, body=m.IncidentRaise, status=201,
+          also=((200, "one is open for that subject and kind: it gets a note, created is false"),)),
     Route("POST", "/api/incidents/from-compliance", "incidents_from_compliance", True,
           "Assess compliance and raise an incident per site and kind found (breach, silent, non_responder)",
           m.IncidentsRaised, body=m.IncidentsFromCompliance),
     Route("GET", "/api/incidents/{id}", "incidents_get", False, "An incident and its timeline", m.Incident),
     Route("POST", "/api/incidents/{id}/actions", "incidents_act", True,
           "Triage, refer, respond, ready, resolve, close or note an incident", m.Incident,
-          body=m.IncidentAct),
+          body=m.IncidentAct, also=((409, "the action is not allowed in the incident's state"),)),
 ]  # fmt: skip
 
 

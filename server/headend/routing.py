@@ -50,6 +50,12 @@ class Route:
     status: int = 200
     csv: bool = False  # ?format=csv answers text/csv
     upload: bool = False  # the body is a file (CSV, JSON or NDJSON), streamed by the handler
+    also: tuple[tuple[int, str], ...] = ()  # other statuses it answers, each with its meaning
+
+    @property
+    def successes(self) -> set[int]:
+        """The 2xx statuses the route is documented to answer: its handler may answer no other."""
+        return {self.status, *(code for code, _meaning in self.also if 200 <= code < 300)}
 
 
 def _error(exc: ValidationError, messages: dict[str, str] | None = None) -> HeadEndError:
@@ -107,10 +113,15 @@ async def call(route: Route, handler: Handler, request: web.Request) -> tuple[An
         args.append(await parse_body(route.body, request))
     result = await handler(request, *args)
     if isinstance(result, web.StreamResponse):
-        return result, result.status
-    data, status = result if isinstance(result, tuple) else (result, route.status)
-    data = jsonable(data)
-    _checker(route).validate_python(data)  # an answer that breaks its own schema is a bug: 500, logged
+        data, status = result, result.status
+    else:
+        data, status = result if isinstance(result, tuple) else (result, route.status)
+    # An answer its OpenAPI entry does not describe (status or schema) is a bug: 500, logged.
+    if status not in route.successes:
+        raise RuntimeError(f"{route.handler} answered {status}, documented {sorted(route.successes)}")
+    if not isinstance(data, web.StreamResponse):
+        data = jsonable(data)
+        _checker(route).validate_python(data)
     return data, status
 
 
@@ -179,6 +190,16 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
         if route.csv:
             content["text/csv"] = {"schema": {"type": "string"}}
         error = {"application/json": {"schema": ref[ErrorAnswer]}}
+        responses = {
+            str(route.status): "OK",
+            "400": "invalid request; the error names the field",
+            "401": "missing or unknown bearer token",
+            **({"403": "the token's role may not write"} if route.write else {}),
+            "404": "not found",
+            **({"413": "body larger than the head-end accepts (64 MiB)"} if route.body is not None else {}),
+            **{str(code): meaning for code, meaning in route.also},
+            "500": "internal error (logged)",
+        }
         op: dict[str, Any] = {
             "summary": route.summary,
             "operationId": route.handler,
@@ -186,11 +207,8 @@ def openapi_document(routes: list[Route]) -> dict[str, Any]:
             "x-derlink-role": "operator" if route.write else "viewer",
             "parameters": parameters,
             "responses": {
-                str(route.status): {"description": "OK", "content": content},
-                "400": {"description": "invalid request; the error names the field", "content": error},
-                "401": {"description": "missing or unknown bearer token", "content": error},
-                "403": {"description": "the token's role may not do this", "content": error},
-                "404": {"description": "not found", "content": error},
+                code: {"description": meaning, "content": content if code.startswith("2") else error}
+                for code, meaning in sorted(responses.items())
             },
         }
         if route.body is not None:
@@ -275,7 +293,8 @@ def docs_page(document: dict[str, Any]) -> str:
     operations = []
     for path, methods in document["paths"].items():
         for method, op in methods.items():
-            ok_status = next(s for s in op["responses"] if s.startswith("2"))
+            successes = [s for s in op["responses"] if s.startswith("2")]
+            ok_status = successes[0]
             answer = op["responses"][ok_status]["content"]["application/json"]["schema"]
             body = op.get("requestBody", {}).get("content", {})
             json_body = body.get("application/json", {}).get("schema")
@@ -284,7 +303,8 @@ def docs_page(document: dict[str, Any]) -> str:
                     "id": op["operationId"], "method": method.upper(), "path": path, "summary": op["summary"],
                     "role": op["x-derlink-role"], "parameters": op["parameters"],
                     "body": _type(json_body, schemas) if json_body else None,
-                    "body_types": sorted(body), "status": ok_status, "answer": _type(answer, schemas),
+                    "body_types": sorted(body), "status": " or ".join(successes),
+                    "answer": _type(answer, schemas),
                     "csv": "text/csv" in op["responses"][ok_status]["content"],
                 }
             )  # fmt: skip
