@@ -144,7 +144,9 @@ async def test_headend_takes_a_der_target_and_refuses_a_bad_one_naming_the_field
     plist = (await a.get(f"/edev/1/der/{der_ids[1]}/derp")).doc(r.DERProgramList)
     program = plist.DERProgram[0]
     default = (await a.get(program.DefaultDERControlLink.href)).doc(r.DefaultDERControl)
-    assert default.DERControlBase.opModGenLimW.value * 10**default.DERControlBase.opModGenLimW.multiplier == 2000
+    assert (
+        default.DERControlBase.opModGenLimW.value * 10**default.DERControlBase.opModGenLimW.multiplier == 2000
+    )
     # The site's DefaultDERControl is untouched.
     site_default = (await a.get("/edev/1/derp/2/dderc")).doc(r.DefaultDERControl)
     assert site_default.DERControlBase.opModGenLimW is None
