@@ -92,6 +92,38 @@ class LoopConfig:
 
 
 @dataclass(frozen=True)
+class DeviceLimits:
+    """What one device's own DER programs (2030.5 §10.10 DER.AssociatedDERProgramListLink) set for it
+    alone, on top of the site's limits (which still bound the site): ``max_w_pct`` (opModMaxLimW) and
+    ``fixed_w_pct`` (opModFixedW; a PV inverter is held at most there) as % of its rating, ``max_w``
+    (opModGenLimW for that DER) in W, ``connect`` False (opModConnect / opModEnergize false): off."""
+
+    max_w_pct: float | None = None
+    max_w: float | None = None
+    fixed_w_pct: float | None = None
+    connect: bool = True
+
+    @classmethod
+    def from_effective(cls, eff: EffectiveLimits) -> DeviceLimits:
+        return cls(
+            max_w_pct=eff.max_w_pct.value,  # type: ignore[arg-type]
+            max_w=eff.generation_w.value,  # type: ignore[arg-type]
+            fixed_w_pct=eff.fixed_w_pct.value if eff.fixed_w_pct is not None else None,
+            connect=eff.connect.value is not False and eff.energize.value is not False,
+        )
+
+    def cap_w(self, rated_w: float) -> float:
+        """The most this device may generate (or discharge), W."""
+        cap = rated_w
+        for pct in (self.max_w_pct, self.fixed_w_pct):
+            if pct is not None:
+                cap = min(cap, rated_w * max(pct, 0.0) / 100.0)
+        if self.max_w is not None:
+            cap = min(cap, self.max_w)
+        return cap if self.connect else 0.0
+
+
+@dataclass(frozen=True)
 class SiteLimits:
     """The loop's view of the effective limits (W; None = unlimited)."""
 
@@ -108,6 +140,10 @@ class SiteLimits:
     export_target_w: float | None = None  # connection-point setpoint, + export
     set_grad_w: float | None = None  # hundredths of % of rated W per second
     ramp_time_s: float | None = None
+    devices: tuple[tuple[str, DeviceLimits], ...] = ()  # per device (by name): its own DER's controls
+
+    def device(self, name: str) -> DeviceLimits | None:
+        return next((d for n, d in self.devices if n == name), None)
 
     def errors(self) -> list[str]:
         problems = []
@@ -350,7 +386,12 @@ class SiteControlLoop:
     # ------------------------------------------------------------------------------------ modes
     def _pv_caps(self, limits: SiteLimits, pvs: list[PvState]) -> dict[str, float]:
         pct = 100.0 if limits.max_w_pct is None else limits.max_w_pct
-        return {p.name: (p.rated_w * pct / 100.0 if p.connected else 0.0) for p in pvs}
+        caps = {p.name: (p.rated_w * pct / 100.0 if p.connected else 0.0) for p in pvs}
+        for p in pvs:  # a device's own DER controls bound it alone
+            own = limits.device(p.name)
+            if own is not None:
+                caps[p.name] = min(caps[p.name], own.cap_w(p.rated_w))
+        return caps
 
     def _safe(
         self, limits: SiteLimits, pvs: list[PvState], bats: list[BatteryState], faults: tuple[str, ...]
@@ -531,6 +572,11 @@ class SiteControlLoop:
                 lo = -x.max_charge_w * limits.consumption_pct / 100.0
             if limits.max_w_pct is not None:
                 hi = x.max_discharge_w * limits.max_w_pct / 100.0
+            own = limits.device(x.name)
+            if own is not None:  # its own DER's controls: discharge within them, nothing when off
+                hi = min(hi, own.cap_w(x.max_discharge_w))
+                if not own.connect:
+                    lo = 0.0
             if not x.connected:
                 lo = hi = 0.0
             elif x.soc_pct is not None:

@@ -52,7 +52,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gateway.config import LOAD_ROLES, GatewaySettings
-from gateway.control_loop import LoopConfig, SiteLimits
+from gateway.control_loop import DeviceLimits, LoopConfig, SiteLimits
 from gateway.core import Decision, GatewayConfig, SiteController, SiteInputs
 from gateway.core.black_start import HEARTBEAT_S
 from gateway.core.fallback import effective_comms_timeout
@@ -68,6 +68,12 @@ _IDLE_STATES = frozenset({"OFF", "SLEEPING", "SHUTTING_DOWN", "FAULT", "STANDBY"
 #: SunSpec event bits (101-103 Evt1 = 701 Alrm) -> 2030.5 AlarmStatusType bits: AC over / under voltage
 #: (10, 11) -> 1, 2; over / under frequency (8, 9) -> 3, 4.
 _ALARM_BITS = ((10, 1), (11, 2), (8, 3), (9, 4))
+
+
+def device_key(dev: Any) -> str:
+    """The id a device is reported under (DeviceSnapshot.device_id): the key of its DER."""
+    info = dev.conn.info
+    return f"{info.manufacturer}-{info.serial}"[:40] if info.serial else dev.name
 
 
 def alarm_status(events: int | None) -> int | None:
@@ -450,7 +456,7 @@ class GatewayRuntime:
                 except Exception:
                     log.exception("control step after a limit change failed; the loop retries")
             if self.client is not None:
-                pending = controller.engine.pending_responses()
+                pending = controller.pending_responses()
                 if pending:
                     try:
                         await self.client.queue_responses(pending)
@@ -460,7 +466,7 @@ class GatewayRuntime:
                         )
                     else:
                         for response in pending:
-                            controller.engine.acknowledge(response)
+                            controller.acknowledge(response)
             self._save()
         self._wake.set()
         await self._notify()
@@ -469,6 +475,12 @@ class GatewayRuntime:
     def _apply(self, decision: Decision, trigger: tuple[str, float] | None) -> bool:
         """Hand the decision's limits to the closed loop; True if they changed."""
         limits = SiteLimits.from_effective(decision.limits, self._battery_rated_w())
+        if decision.der_limits and self.runner is not None:  # each DER's own controls, on its device
+            by_key = {device_key(d): d.name for d in (*self.runner.pvs, *self.runner.batteries)}
+            limits = replace(limits, devices=tuple(
+                (by_key[key], DeviceLimits.from_effective(eff))
+                for key, eff in sorted(decision.der_limits.items()) if key in by_key
+            ))  # fmt: skip
         if limits == self.site_limits and self.runner is not None and self.runner.limits == limits:
             return False
         self.site_limits = limits
@@ -616,7 +628,7 @@ class GatewayRuntime:
             )
             ders.append(
                 m.DeviceSnapshot(
-                    device_id=f"{info.manufacturer}-{info.serial}"[:40] if info.serial else dev.name,
+                    device_id=device_key(dev),
                     der_type=m.DER_TYPE_STORAGE if is_battery else m.DER_TYPE_PV,
                     rtg_max_w=rated,
                     modes_supported=modes,

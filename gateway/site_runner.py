@@ -292,10 +292,12 @@ class SiteRunner:
         known = (
             d.written_connect if d.written_connect is not _UNKNOWN else (d.last.connected if d.last else None)
         )
-        if known != sp.connect:
-            await d.conn.set_connected(sp.connect)
-            d.written_connect = sp.connect
-            writes.append(f"{d.name}: connect={sp.connect}")
+        own = self.limits.device(d.name)  # its own DER's opModConnect / opModEnergize
+        connect = sp.connect and (own is None or own.connect)
+        if known != connect:
+            await d.conn.set_connected(connect)
+            d.written_connect = connect
+            writes.append(f"{d.name}: connect={connect}")
 
     async def _write_pv(
         self, d: ManagedDevice, sp: Setpoints, writes: list[str], faults: list[str], acks: list[float]

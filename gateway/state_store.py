@@ -94,6 +94,12 @@ def controller_to_dict(controller: SiteController) -> dict[str, Any]:
         "last_contact": controller.last_contact,
         "inputs": inputs_to_dict(controller.inputs),
         "grid": controller.grid.to_dict(),
+        # the DERs' own programs, only when there are any (CSIP-AUS sites: the file is as before)
+        **(
+            {"der_engines": {k: e.to_dict() for k, e in controller.der_engines.items()}}
+            if controller.der_engines
+            else {}
+        ),
         "last_decision": None
         if last is None
         else {
@@ -123,6 +129,10 @@ def controller_from_dict(data: dict[str, Any], config: GatewayConfig) -> LoadedS
     engine.supported_modes = config.supported_modes
     grid = BlackStartState.from_dict(data.get("grid"))  # absent in files from before the black-start hold
     controller = SiteController(config, engine, data["last_contact"], inputs_from_dict(data["inputs"]), grid)
+    for key, held in (data.get("der_engines") or {}).items():
+        der_engine = EventEngine.from_dict(held)
+        der_engine.supported_modes = config.supported_modes
+        controller.der_engines[key] = der_engine
     last = data["last_decision"]
     limits = EffectiveLimits.from_dict(last["limits"]) if last else None
     return LoadedState(controller, None, limits, last["now"] if last else None, data.get("alive_at"))

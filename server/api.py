@@ -6,10 +6,15 @@ URL layout (every path below /edev/{e} is reached through the scoped site lookup
     /edev/{e}/fsa  /edev/{e}/fsa/{f}  /edev/{e}/fsa/{f}/derp
     /edev/{e}/derp/{p}  .../derc  .../derc/{c}  .../actderc  .../dderc
     /edev/{e}/der  /edev/{e}/der/{d}  /edev/{e}/der/{d}/{dercap|derg|ders|dera}
+    /edev/{e}/der/{d}/derp  /edev/{e}/der/{d}/derp/{p}  .../derc  .../derc/{c}  .../actderc  .../dderc
     /edev/{e}/sub  /edev/{e}/sub/{s}
     /mup  /mup/{m}          /rsps  /rsps/1  /rsps/1/rsp  /rsps/1/rsp/{r}
 
 FSA ``0`` holds the programs every site sees; FSA ``g`` holds the programs of group ``g``.
+A DER's own DERProgramList (2030.5 §10.10 ``DER.AssociatedDERProgramListLink``: "DERPrograms having the
+DERControl(s) for this DER") holds the programs with controls or defaults for that DER alone (target
+``d:<der id>``); the DER links it only when it holds one, so a site that never targets a DER (every
+CSIP-AUS site) publishes exactly what it did before.
 Handlers get the request scope from ``request[SCOPE]`` (set by the middleware in ``server.app``).
 """
 
@@ -100,10 +105,13 @@ class Renderer:
         self.store = store
         self.config = config
 
-    def der_control(self, site_id: int, program_id: int, row: Any, now: int) -> r.DERControl:
+    def der_control(
+        self, site_id: int, program_id: int, row: Any, now: int, *, program_href: str | None = None
+    ) -> r.DERControl:
         status, status_time = event_status(row, now)
+        program_href = program_href or f"/edev/{site_id}/derp/{program_id}"
         return r.DERControl(
-            href=f"/edev/{site_id}/derp/{program_id}/derc/{row.id}",
+            href=f"{program_href}/derc/{row.id}",
             replyTo=f"/rsps/{RESPONSE_SET_ID}/rsp",
             responseRequired=row.response_required,
             mRID=row.mrid,
@@ -130,19 +138,22 @@ class Renderer:
         now = self.store.clock()
         site_id = view.site.id
         kind = "actderc" if active else "derc"
+        program_href = view.program_href(program_id)
         doc = r.DERControlList(
-            href=f"/edev/{site_id}/derp/{program_id}/{kind}",
+            href=f"{program_href}/{kind}",
             subscribable=1,
             all=total,
             results=len(rows),
-            DERControl=[self.der_control(site_id, program_id, row, now) for row in rows],
+            DERControl=[
+                self.der_control(site_id, program_id, row, now, program_href=program_href) for row in rows
+            ],
         )
         return doc, float(next_change) if next_change is not None else float("inf")
 
     async def default_control(self, view: SiteView, program_id: int) -> r.DefaultDERControl:
         row = await self.store.effective_default(view, program_id)
         return r.DefaultDERControl(
-            href=f"/edev/{view.site.id}/derp/{program_id}/dderc",
+            href=f"{view.program_href(program_id)}/dderc",
             subscribable=1,
             mRID=row.mrid,
             description=row.description,
@@ -152,11 +163,14 @@ class Renderer:
         )
 
     def program(self, view: SiteView, row: Any) -> r.DERProgram:
-        base = f"/edev/{view.site.id}/derp/{row.id}"
+        base = view.program_href(row.id)
         return r.DERProgram(
             href=base,
             subscribable=1,
-            mRID=row.mrid,
+            # the DER's own program is another resource than the site's: its own (stable) mRID
+            mRID=row.mrid
+            if view.der_id is None
+            else derived_mrid(self.store.pen, "derp", row.id, view.der_id),
             description=row.description,
             version=row.version % 65536,
             ActiveDERControlListLink=r.ListLink(href=f"{base}/actderc"),
@@ -177,6 +191,31 @@ class Renderer:
             results=len(chosen),
             pollRate=await self.store.rate(view, "derp", self.config.poll_rate),
             DERProgram=[self.program(view, p) for p in chosen],
+        )
+
+    async def der_program_list(self, view: SiteView, page: Page) -> r.DERProgramList:
+        """A DER's own DERProgramList (``view`` from ``Store.der_view``)."""
+        chosen = view.programs[page.start : page.start + page.limit]
+        return r.DERProgramList(
+            href=f"/edev/{view.site.id}/der/{view.der_id}/derp",
+            subscribable=1,
+            all=len(view.programs),
+            results=len(chosen),
+            pollRate=await self.store.rate(view, "derp", self.config.poll_rate),
+            DERProgram=[self.program(view, p) for p in chosen],
+        )
+
+    @staticmethod
+    def der(site_id: int, der_id: int, programs: int = 0) -> r.DER:
+        """A DER; it links its own DERProgramList only when that holds a program."""
+        base = f"/edev/{site_id}/der/{der_id}"
+        return r.DER(
+            href=base,
+            AssociatedDERProgramListLink=r.ListLink(href=f"{base}/derp", all=programs) if programs else None,
+            DERAvailabilityLink=r.Link(href=f"{base}/dera"),
+            DERCapabilityLink=r.Link(href=f"{base}/dercap"),
+            DERSettingsLink=r.Link(href=f"{base}/derg"),
+            DERStatusLink=r.Link(href=f"{base}/ders"),
         )
 
     def fsa(self, view: SiteView, fsa_key: int, names: dict[int, str]) -> r.FunctionSetAssignments:
@@ -238,6 +277,16 @@ class Renderer:
         page = Page(start=0, limit=max(1, sub.limit))
         if sub.kind == "edev":  # with the pollRate the client sees on GET (a site's own rate included)
             return await self.end_device_list(scope, page, await self.store.client_targets(scope))
+        if sub.kind in PER_DER_SUBSCRIPTIONS:  # one DER's own lists: the DER id is in fsa_key
+            view = await self.store.der_view(scope, sub.site_id, sub.fsa_key)
+            kind = sub.kind[:-1]
+            if kind == "derp":
+                return await self.der_program_list(view, page)
+            self.store.program_row(view, sub.program_id)
+            if kind == "dderc":
+                return await self.default_control(view, sub.program_id)
+            doc, _ = await self.control_list(view, sub.program_id, page, active=kind == "actderc")
+            return doc
         view = await self.store.site_view(scope, sub.site_id)
         if sub.kind == "fsa":
             return await self.fsa_list(view, page)
@@ -256,11 +305,18 @@ SUBSCRIBABLE_PATHS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^/edev/(?P<e>\d+)/derp/(?P<p>\d+)/derc$"), "derc"),
     (re.compile(r"^/edev/(?P<e>\d+)/derp/(?P<p>\d+)/actderc$"), "actderc"),
     (re.compile(r"^/edev/(?P<e>\d+)/derp/(?P<p>\d+)/dderc$"), "dderc"),
+    # a DER's own lists (kind + "d"; the DER id travels as the fsa key)
+    (re.compile(r"^/edev/(?P<e>\d+)/der/(?P<f>\d+)/derp$"), "derpd"),
+    (re.compile(r"^/edev/(?P<e>\d+)/der/(?P<f>\d+)/derp/(?P<p>\d+)/derc$"), "dercd"),
+    (re.compile(r"^/edev/(?P<e>\d+)/der/(?P<f>\d+)/derp/(?P<p>\d+)/actderc$"), "actdercd"),
+    (re.compile(r"^/edev/(?P<e>\d+)/der/(?P<f>\d+)/derp/(?P<p>\d+)/dderc$"), "ddercd"),
 ]
+PER_DER_SUBSCRIPTIONS = frozenset(kind for _, kind in SUBSCRIBABLE_PATHS[-4:])
 
 
 def parse_subscribed_resource(href: str) -> tuple[str, int | None, int | None, int | None]:
-    """(kind, site id, program id, fsa key) of a subscribable href; BadRequest otherwise."""
+    """(kind, site id, program id, fsa key, or DER id for a DER's own lists) of a subscribable href;
+    BadRequest otherwise."""
     path = urlsplit(href).path if "://" in href else href.split("?", 1)[0]
     for pattern, kind in SUBSCRIBABLE_PATHS:
         match = pattern.match(path)
@@ -291,6 +347,9 @@ class Handlers:
         return await read_document(request, expected, self.config.max_body_bytes)
 
     async def view(self, request: web.Request) -> SiteView:
+        """The site's view; under /edev/{e}/der/{d}/derp the DER's own (``Store.der_view``)."""
+        if "d" in request.match_info:
+            return await self.store.der_view(request[SCOPE], _int(request, "e"), _int(request, "d"))
         return await self.store.site_view(request[SCOPE], _int(request, "e"))
 
     # -- client level
@@ -413,7 +472,10 @@ class Handlers:
         now = self.store.clock()
         # Cached only until the event's status can change with time.
         until = row.start if now < row.start else row.start + row.duration
-        return xml_response(self.render.der_control(view.site.id, program_id, row, now), cache_until=until)
+        doc = self.render.der_control(
+            view.site.id, program_id, row, now, program_href=view.program_href(program_id)
+        )
+        return xml_response(doc, cache_until=until)
 
     async def dderc(self, request: web.Request) -> web.Response:
         view = await self.view(request)
@@ -427,31 +489,26 @@ class Handlers:
         page = self.page(request)
         total, ids = await self.store.der_ids(scope, site_id, page)
         view = await self.store.site_view(scope, site_id)
+        held = await self.store.der_programs(view, ids)
         return xml_response(
             r.DERList(
                 href=f"/edev/{site_id}/der",
                 all=total,
                 results=len(ids),
                 pollRate=await self.store.rate(view, "der", self.config.poll_rate),
-                DER=[self._der(site_id, der_id) for der_id in ids],
+                DER=[self.render.der(site_id, der_id, len(held[der_id])) for der_id in ids],
             )
-        )
-
-    @staticmethod
-    def _der(site_id: int, der_id: int) -> r.DER:
-        base = f"/edev/{site_id}/der/{der_id}"
-        return r.DER(
-            href=base,
-            DERAvailabilityLink=r.Link(href=f"{base}/dera"),
-            DERCapabilityLink=r.Link(href=f"{base}/dercap"),
-            DERSettingsLink=r.Link(href=f"{base}/derg"),
-            DERStatusLink=r.Link(href=f"{base}/ders"),
         )
 
     async def der(self, request: web.Request) -> web.Response:
         site_id, der_id = _int(request, "e"), _int(request, "d")
-        await self.store.der_exists(request[SCOPE], site_id, der_id)
-        return xml_response(self._der(site_id, der_id))
+        scope = request[SCOPE]
+        await self.store.der_exists(scope, site_id, der_id)
+        held = await self.store.der_programs(await self.store.site_view(scope, site_id), [der_id])
+        return xml_response(self.render.der(site_id, der_id, len(held[der_id])))
+
+    async def der_derp_list(self, request: web.Request) -> web.Response:
+        return xml_response(await self.render.der_program_list(await self.view(request), self.page(request)))
 
     async def der_document(self, request: web.Request) -> web.Response:
         site_id, der_id, kind = _int(request, "e"), _int(request, "d"), request.match_info["kind"]
@@ -507,10 +564,13 @@ class Handlers:
             raise BadRequest("Subscription.limit: must be at least 1")
         scope = request[SCOPE]
         # The watched resource must exist for this client now.
-        view = await self.store.site_view(scope, site_id)
+        if kind in PER_DER_SUBSCRIPTIONS:  # fsa_key is the DER id: the DER's own view must hold it
+            view = await self.store.der_view(scope, site_id, fsa_key)  # type: ignore[arg-type]
+        else:
+            view = await self.store.site_view(scope, site_id)
         if program_id is not None:
             self.store.program_row(view, program_id)
-        if fsa_key is not None and fsa_key not in view.fsa_keys():
+        if fsa_key is not None and kind not in PER_DER_SUBSCRIPTIONS and fsa_key not in view.fsa_keys():
             raise BadRequest(f"Subscription.subscribedResource: no FunctionSetAssignments {fsa_key}")
         sub_id = await self.store.create_subscription(
             scope,
@@ -701,6 +761,12 @@ class Handlers:
             (f"/edev/{e}/derp/{p}/dderc", {"GET": self.dderc}),
             (f"/edev/{e}/der", {"GET": self.der_list}),
             (f"/edev/{e}/der/{d}", {"GET": self.der}),
+            (f"/edev/{e}/der/{d}/derp", {"GET": self.der_derp_list}),
+            (f"/edev/{e}/der/{d}/derp/{p}", {"GET": self.derp}),
+            (f"/edev/{e}/der/{d}/derp/{p}/derc", {"GET": self.derc_list}),
+            (f"/edev/{e}/der/{d}/derp/{p}/derc/{c}", {"GET": self.derc}),
+            (f"/edev/{e}/der/{d}/derp/{p}/actderc", {"GET": self.actderc_list}),
+            (f"/edev/{e}/der/{d}/derp/{p}/dderc", {"GET": self.dderc}),
             (
                 f"/edev/{e}/der/{d}/{{kind:dercap|derg|ders|dera}}",
                 {"GET": self.der_document, "PUT": self.der_document_put},

@@ -236,7 +236,9 @@ def _control_line(control: dict[str, Any]) -> str:
         for name, value in (control.get("limits") or {}).items()
     )
     start = _cell(control["start"], "start")
-    return f"{control['mrid']} {control.get('status') or ''} {start} for {control['duration']} s: {limits}"
+    der = f" (DER {control['der']})" if control.get("der") is not None else ""
+    status = f"{control.get('status') or ''}{der}"
+    return f"{control['mrid']} {status} {start} for {control['duration']} s: {limits}"
 
 
 def _nested(value: Any, key: str = "", depth: int = 0) -> Any:
@@ -481,6 +483,7 @@ def _commands() -> dict[str, Any]:
             body={
                 "program": a.program,
                 "target": a.target,
+                "der": a.der,
                 "set_grad_w": a.set_grad_w,
                 "reason": a.reason,
                 **_limits(a),
@@ -500,6 +503,7 @@ def _commands() -> dict[str, Any]:
             body={
                 "program": a.program,
                 "target": a.target,
+                "der": a.der,
                 "start": None if a.start in (None, "now") else int(a.start),
                 "duration": a.duration,
                 "randomize_start": a.randomize_start,
@@ -793,6 +797,12 @@ def register(subparsers: Any) -> None:
     p = reason(v.add_parser("set", help="set the default control of a program for a target"))
     p.add_argument("program")
     p.add_argument("target", help="all | group:NAME | site:LFDI | nmi:NMI")
+    p.add_argument(
+        "--der",
+        type=int,
+        help="with a site target: for that DER alone (its id in `sites ders SITE`); 2030.5 DER."
+        "AssociatedDERProgramListLink, not used by CSIP-AUS",
+    )
     p.add_argument("--set-grad-w", type=int)
     limits(p)
 
@@ -806,6 +816,12 @@ def register(subparsers: Any) -> None:
     p = reason(v.add_parser("create", help="create a control for a site, a group or all"))
     p.add_argument("program")
     p.add_argument("target", help="all | group:NAME | site:LFDI | nmi:NMI")
+    p.add_argument(
+        "--der",
+        type=int,
+        help="with a site target: for that DER alone (its id in `sites ders SITE`); 2030.5 DER."
+        "AssociatedDERProgramListLink, not used by CSIP-AUS",
+    )
     p.add_argument("--start", help="Unix seconds or 'now' (default now)")
     p.add_argument("--duration", type=int, required=True)
     p.add_argument("--randomize-start", type=int)

@@ -5,8 +5,9 @@ creates them, here declared at registration). The gateway reads three devices ov
 (simulated SunSpec site), PUTs each device's DERCapability / DERSettings / DERStatus / DERAvailability to
 its own DER and posts each device's telemetry to its own DER MirrorUsagePoint (roleFlags isDER, CSIP-AUS
 MUL-02). The head-end shows them (GET /api/sites/{site}/ders).
-Controls stay site-wide (connection point): CSIP-AUS reaches DERPrograms through the EndDevice's
-FunctionSetAssignments only, so a DOE is met by the devices together.
+A site-wide DOE (connection point; the only target CSIP-AUS uses) is met by the devices together. A control
+for one DER alone (IEEE 2030.5-2018 §10.10, DER.AssociatedDERProgramListLink: "DERPrograms having the
+DERControl(s) for this DER") reaches only the device mapped to that DER.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from tests.test_gateway_runtime_harness import Lab, Pki, make_lab, tolerance, wa
 
 pytest_plugins = ["tests.test_gateway_runtime_harness"]
 TOKEN = "multider-viewer-token-0123"
+OPERATOR = "multider-operator-token-0123"
 
 
 def three_devices(tmp_path: Path, gw_pki: Pki, der_count: int) -> Any:
@@ -48,7 +50,8 @@ def three_devices(tmp_path: Path, gw_pki: Pki, der_count: int) -> Any:
     return make_lab(
         tmp_path, gw_pki, sim_kwargs={"battery": True}, extra_devices=[pv2], der_count=der_count,
         headend_enabled=True, headend_port=0,
-        headend_tokens=[{"name": "op", "token": TOKEN, "role": "viewer"}],
+        headend_tokens=[{"name": "op", "token": TOKEN, "role": "viewer"},
+                        {"name": "dnsp", "token": OPERATOR, "role": "operator"}],
     )  # fmt: skip
 
 
@@ -182,3 +185,58 @@ async def test_one_aggregated_der_by_default_then_three_once_the_dnsp_declares_t
     first = min(i["der"] for i in history)
     changes = [i["changes"] for i in history if i["der"] == first]
     assert changes[0]["rtgMaxW"][0] == 13000 and changes[0]["rtgMaxW"][1] in (3000, 5000), changes
+
+
+def device_row(lab: Lab, name: str) -> dict[str, Any]:
+    return next(d for d in lab.sim.status()["devices"] if d["name"] == name)
+
+
+async def test_a_control_for_one_der_reaches_only_its_device(lab3: Lab) -> None:
+    """IEEE 2030.5-2018 §10.10: a DER's AssociatedDERProgramListLink lists "DERPrograms having the
+    DERControl(s) for this DER". The DNSP gives PV #2's DER an opModMaxLimW of 40 % through the head-end; the
+    gateway follows that DER's link and writes the limit to that inverter alone: the other inverter's
+    written limit is unchanged, and the gateway answers the control (Response to its replyTo)."""
+    lab = lab3
+    gw = await lab.gateway()
+    assert gw.client is not None
+    await gw.client.wait_ready(10)
+
+    async def all_documents() -> bool:
+        docs = await der_docs(lab)
+        return len(docs) == 3 and all(len(d) == 4 for d in docs.values())
+
+    await wait_until(all_documents, 10, "four documents on each of three DERs")
+    docs = await der_docs(lab)
+    (pv2_der,) = [i for i, d in docs.items() if watts(d["dercap"].rtgMaxW) == 3000]  # pv2 is the 3 kW one
+    await wait_until(lambda: device_row(lab, "pv2")["output_w"] > 2000, 10, "pv2 producing")
+    pv_before = device_row(lab, "pv")["limit_pct"]
+    assert device_row(lab, "pv2")["limit_pct"] == 100.0
+
+    url = f"http://127.0.0.1:{lab.server.headend_port}/api/controls"
+    body = {
+        "program": "doe",
+        "target": lab.target,
+        "der": pv2_der,
+        "duration": 300,
+        "max_lim_w_percent": 4000,
+    }
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {OPERATOR}"}) as http:
+        async with http.post(url, json=body) as reply:
+            assert reply.status == 201, await reply.text()
+            mrid = (await reply.json())["mrid"]
+
+    await wait_until(lambda: abs(device_row(lab, "pv2")["limit_pct"] - 40.0) < 1.0, 15, "pv2 limited to 40 %")
+    await wait_until(lambda: device_row(lab, "pv2")["output_w"] <= 1200 + tolerance(1200), 5, "pv2 output")
+    assert device_row(lab, "pv")["limit_pct"] == pv_before  # the other inverter: as it was
+    assert gw.decision is not None and gw.decision.limits.max_w_pct.value is None  # not site-wide
+    explained = [line for line in gw.decision.explain() if line.startswith("DER ")]
+    # the explanation names the per-DER source: the DER, its device and the DERControl
+    assert any(
+        f"/der/{pv2_der}" in line and "PV2-0002" in line and "max_w_pct: 40%" in line and mrid in line
+        for line in explained
+    ), explained
+
+    async def answered() -> bool:
+        return bool(await lab.admin.responses_for_control(mrid))
+
+    await wait_until(answered, 10, "a Response to the per-DER control")

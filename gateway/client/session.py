@@ -9,7 +9,9 @@ trouble):
    MirrorUsagePointList;
 2. the walk: EndDevice -> FunctionSetAssignmentsList -> DERProgramList -> DERProgram -> DERControlList +
    ActiveDERControlList + DefaultDERControl, all pages of every list, mapped by ``gateway.client.mapping``
-   and fed to the controller's event engine (``sync_program``/``remove_program``);
+   and fed to the controller's event engine (``sync_program``/``remove_program``); when each device has
+   its own DER, each DER's own DERProgramList (2030.5 §10.10 ``AssociatedDERProgramListLink``) too, fed to
+   that device's engine (``SiteController.der_engine``);
 3. steady state: each list is polled again at its own ``pollRate`` (Time and DeviceCapability too), or, in
    subscription mode, Subscriptions are kept on the FSA list, every DERProgramList, DERControlList and
    DefaultDERControl and Notifications to the local HTTPS listener update the engine at once (polling then
@@ -160,6 +162,7 @@ class _ProgramState:
     lists: set[str] = field(default_factory=set)  # DERProgramList hrefs that list it
     default: r.DefaultDERControl | None = None
     notified: int = 0  # Notifications applied to it: a read of it that spans one may be older than it
+    der: str | None = None  # from a DER's own list: the key of the device mapped to that DER
 
 
 def clock_offset(current: float, server_time: int, sent: float, received: float) -> float:
@@ -239,6 +242,7 @@ class Sep2Client:
         self._program_lists: set[str] = set()
         self._subscriptions: dict[str, str] = {}  # subscribed resource path -> Subscription href
         self._der_hrefs: list[r.DER] = []
+        self._der_lists: dict[str, str] = {}  # a mapped DER's own DERProgramList -> its device's key
         self._der_layout: tuple[tuple[str | None, str], ...] = ()
         self._mups: dict[str, str] = {}  # MirrorUsagePoint mRID -> href
         self._post_rate: int | None = None
@@ -349,6 +353,8 @@ class Sep2Client:
         self._site = snapshot
         if first:
             self._due["der_docs"] = 0.0
+            if self._ready.is_set() and self._der_program_lists():  # now known: which device each is for
+                self._due["walk"] = 0.0
             self._wake.set()
 
     @property
@@ -669,6 +675,11 @@ class Sep2Client:
             for fsa in fsas:
                 if fsa.DERProgramListLink is not None:
                     seen_lists.add(_path(fsa.DERProgramListLink.href))
+        # Each DER mapped to one device may link its own DERProgramList (2030.5 §10.10 DER.
+        # AssociatedDERProgramListLink: "DERPrograms having the DERControl(s) for this DER"): its controls
+        # are that device's alone. CSIP-AUS servers link none.
+        self._der_lists = self._der_program_lists()
+        seen_lists |= set(self._der_lists)
         for list_href in sorted(seen_lists):
             if known_lists or list_href not in self._program_lists:
                 await self._walk_program_list(list_href, changed=False)
@@ -698,6 +709,7 @@ class Sep2Client:
         state = self._programs.get(mrid) or _ProgramState(doc=doc)
         state.doc = doc
         state.lists.add(list_href)
+        state.der = self._der_lists.get(list_href)
         self._programs[mrid] = state
         notified = state.notified
         default = None
@@ -741,7 +753,7 @@ class Sep2Client:
                 controls.append(mapping.control(doc, program.mrid))
             except mapping.MappingError as exc:
                 log.warning("DERControl ignored: %s", exc)
-        self.controller.engine.sync_program(program, controls, self.now())
+        self._engine(state).sync_program(program, controls, self.now())
 
     def _forget_program(self, mrid: str, list_href: str) -> None:
         state = self._programs.get(mrid)
@@ -750,7 +762,25 @@ class Sep2Client:
         state.lists.discard(list_href)
         if not state.lists:
             del self._programs[mrid]
-            self.controller.engine.remove_program(mrid, self.now())
+            self._engine(state).remove_program(mrid, self.now())
+
+    def _engine(self, state: _ProgramState) -> Any:
+        """The event engine a program feeds: the site's, or for a DER's own program its device's."""
+        if not state.der:
+            return self.controller.engine
+        href = next((h for h, key in self._der_lists.items() if key == state.der), "")
+        return self.controller.der_engine(state.der, f"{href.removesuffix('/derp')} ({state.der})")
+
+    def _der_program_lists(self) -> dict[str, str]:
+        """Each DER's own DERProgramList -> the key of the device mapped to that DER, when the devices are
+        mapped one to one (an aggregated DER's programs would not say which device they are for)."""
+        if self._site is None or len(self._site.ders) > len(self._der_hrefs):
+            return {}
+        return {
+            _path(der.AssociatedDERProgramListLink.href): device.device_id
+            for der, device in self._der_targets()
+            if der.AssociatedDERProgramListLink is not None
+        }
 
     def _drop_list(self, list_href: str) -> None:
         for mrid in [m for m, s in self._programs.items() if list_href in s.lists]:
@@ -888,7 +918,7 @@ class Sep2Client:
                 return False
             state.notified += 1
             state.default = doc
-            self.controller.engine.set_program(self._core_program(state))
+            self._engine(state).set_program(self._core_program(state))
             return True
         if isinstance(doc, r.DERProgramList):
             if resource_path not in self._program_lists or (doc.results or 0) < (doc.all or 0):
@@ -911,7 +941,7 @@ class Sep2Client:
                 state.lists.add(resource_path)
                 if links_changed:  # e.g. a DefaultDERControl appeared: read it (and subscribe to it)
                     self._request_job(f"prog:{mrid}")
-                self.controller.engine.set_program(self._core_program(state))
+                self._engine(state).set_program(self._core_program(state))
                 changed = True
             for mrid, state in list(self._programs.items()):
                 if resource_path in state.lists and mrid not in listed:
@@ -940,8 +970,8 @@ class Sep2Client:
     def _der_targets(self) -> list[tuple[r.DER, mapping.DeviceSnapshot]]:
         """Each device to its own DER (in device-name and DERList order) when the server provides enough
         DERs (2030.5 §10.10: the server creates them); else the site as one aggregated DER on the first
-        (the GFEMS representation). Controls stay site-wide: CSIP-AUS reaches a client's DERPrograms
-        through its EndDevice's FunctionSetAssignments only."""
+        (the GFEMS representation). A DER mapped to one device may have its own programs
+        (:meth:`_der_program_lists`); CSIP-AUS reaches DERPrograms through the FSAs only."""
         if self._site is None or not self._der_hrefs or not self._site.ders:
             return []
         devices = sorted(self._site.ders, key=lambda d: d.device_id)
@@ -1082,9 +1112,12 @@ class Sep2Client:
     async def _run_job(self, job: str) -> None:
         if job == "dcap":
             before = self.end_device.href if self.end_device else None
+            lists_before = self._der_program_lists()
             await self._discover()
             if self.end_device is not None and self.end_device.href != before:
                 await self._walk()
+            elif self._der_program_lists() != lists_before:  # a DER gained (or lost) its own programs
+                await self._walk(known_lists=False)
         elif job == "time":
             if self.dcap is not None and self.dcap.TimeLink is not None:
                 await self._sync_time()

@@ -78,12 +78,21 @@ class Decision:
     responses: tuple[Response, ...]
     next_wake: int | None
     schedule: ScheduleResult
+    # Per DER (key: the device mapped to it): what the DER's own programs (2030.5 §10.10
+    # DER.AssociatedDERProgramListLink) set for that device alone, inside the site's limits.
+    der_limits: dict[str, EffectiveLimits] = field(default_factory=dict)
 
     def explain(self) -> list[str]:
         head = f"regime {self.regime.value}" + (
             f" (link lost since {self.loss_declared_at})" if self.loss_declared_at is not None else ""
         )
-        return [head, *self.limits.explain()]
+        per_der = [
+            f"DER {key}: {line}"
+            for key, limits in sorted(self.der_limits.items())
+            for line in limits.explain()
+            if "no source sets it" not in line
+        ]
+        return [head, *self.limits.explain(), *per_der]
 
 
 class SiteController:
@@ -101,6 +110,35 @@ class SiteController:
         self.inputs = inputs or SiteInputs()
         self.grid = grid or BlackStartState()
         self.last_decision: Decision | None = None
+        # One event engine per DER that has its own programs (DER.AssociatedDERProgramListLink), by the key
+        # of the device mapped to that DER: its controls apply to that device alone.
+        self.der_engines: dict[str, EventEngine] = {}
+        self.der_labels: dict[str, str] = {}  # key -> how the explanation names the DER (its href)
+
+    def der_engine(self, key: str, label: str | None = None) -> EventEngine:
+        """The event engine of the DER mapped to device ``key`` (created on first use); ``label`` names
+        the DER in the explanation (e.g. its href)."""
+        if label:
+            self.der_labels[key] = label
+        engine = self.der_engines.get(key)
+        if engine is None:
+            engine = self.der_engines[key] = EventEngine(self.config.device_id, self.config.supported_modes)
+        return engine
+
+    def engines(self) -> list[EventEngine]:
+        """The site's engine, then each DER's."""
+        return [self.engine, *(self.der_engines[k] for k in sorted(self.der_engines))]
+
+    def pending_responses(self) -> list[Response]:
+        """Responses not yet acknowledged, of the site's programs and of every DER's."""
+        return [resp for engine in self.engines() for resp in engine.pending_responses()]
+
+    def acknowledge(self, response: Response) -> None:
+        """The server accepted ``response``: the engine that emitted it forgets it."""
+        for engine in self.engines():
+            if response in engine.pending_responses():
+                engine.acknowledge(response)
+                return
 
     def grid_observed(self, now: int, up: bool) -> bool:
         """Record the grid state the meter shows (black-start hold); True if it changed."""
@@ -167,8 +205,21 @@ class SiteController:
         layers, regime, lost, declared, fb_wake = self.layers(now, schedule)
         limits = combine(layers, self.inputs.soc_pct)
         wake = [t for t in (fb_wake, self.engine.next_change_time(now)) if t is not None]
+        der_limits: dict[str, EffectiveLimits] = {}
+        for key in sorted(self.der_engines):
+            engine = self.der_engines[key]
+            responses += tuple(engine.advance(now))
+            held = engine.evaluate(now)
+            change = engine.next_change_time(now)
+            if change is not None:
+                wake.append(change)
+            if held.settings.is_empty():
+                continue
+            der = self.der_labels.get(key, key)
+            details = {name: f"DER {der}: {o.describe()}" for name, o in held.origins.items()}
+            der_limits[key] = combine([Layer(Source.UTILITY, held.settings, f"DER {der} program", details)])
         decision = Decision(
-            now, limits, regime, lost, declared, responses, min(wake) if wake else None, schedule
+            now, limits, regime, lost, declared, responses, min(wake) if wake else None, schedule, der_limits
         )
         self.last_decision = decision
         return decision

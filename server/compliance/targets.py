@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.store import groups, memberships, sites
+from server.store.targets import der_site
 
 
 def target_sites_query(key: str) -> sa.Select:
@@ -15,6 +16,8 @@ def target_sites_query(key: str) -> sa.Select:
         return sa.select(*columns)
     if key.startswith("s:"):
         return sa.select(*columns).where(sites.c.id == int(key[2:]))
+    if key.startswith("d:"):  # one DER of a site
+        return sa.select(*columns).where(sites.c.id.in_(der_site(key)))
     if not key.startswith("g:"):
         raise ValueError(f"target: {key!r} is not all, g:<id> or s:<id>")
     tree = sa.select(groups.c.id).where(groups.c.id == int(key[2:])).cte("subtree", recursive=True)

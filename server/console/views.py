@@ -25,6 +25,7 @@ from server.store import (
     responses,
     sites,
 )
+from server.store.targets import key_sites
 
 RESPONSE_WORDS = {
     1: "received the control",
@@ -141,9 +142,7 @@ async def live_emergencies(store: Any, now: int) -> list[dict[str, Any]]:
 def _recipients_query(key: str) -> Any:
     if key == "all":
         return sa.select(sites.c.id)
-    if key.startswith("g:"):
-        return _group_member_sites(int(key[2:]))
-    return sa.select(sites.c.id).where(sites.c.id == int(key[2:]))
+    return key_sites(key)
 
 
 async def ack_summary(store: Any, mrid: str, *, offset: int = 0, limit: int = 50) -> dict[str, Any] | None:

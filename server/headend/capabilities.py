@@ -74,6 +74,8 @@ async def unsupported_by_target(
         query = query.where(sites.c.id == int(target_key[2:]))
     elif target_key.startswith("g:"):
         query = query.where(sites.c.id.in_(_group_member_sites(int(target_key[2:]))))
+    elif target_key.startswith("d:"):  # one DER alone: its own capability
+        query = query.where(ders.c.id == int(target_key[2:]))
     rows = (await conn.execute(query.order_by(sites.c.id, ders.c.id).limit(CHECK_LIMIT + 1))).all()
     if len(rows) > CHECK_LIMIT:  # the last site may have more DERs than were read: not checked
         rows = [row for row in rows if row.id != rows[-1].id]

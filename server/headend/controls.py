@@ -90,12 +90,14 @@ async def control_create(head: HeadEnd, request: web.Request, body: m.ControlCre
         randomize_duration=body.randomize_duration,
         response_required=body.response_required,
         description=body.description,
+        der=body.der,
         actor=head.actor(request),
         reason=body.reason,
     )
     # Sites whose DERCapability says they cannot apply it are flagged to the operator (issue 11 item 12).
     async with head.store.read() as conn:
         key = await head.admin._resolve_target(conn, body.target)
+        key = f"d:{body.der}" if body.der is not None else key
         unsupported = await unsupported_by_target(conn, key, base)
     return {"mrid": mrid, "unsupported": unsupported}
 

@@ -42,6 +42,7 @@ from server.store import (
     build_control_base,
     control_base_from_json,
     controls,
+    ders,
     groups,
     sites,
 )
@@ -133,7 +134,15 @@ async def target_names(conn: Any, keys: list[str]) -> dict[str, str]:
     """Store target keys ("all", "g:1", "s:2") as operator targets ("all", "group:x", "site:LFDI")."""
     group_ids = {int(k[2:]) for k in keys if k.startswith("g:")}
     site_ids = {int(k[2:]) for k in keys if k.startswith("s:")}
+    der_ids = {int(k[2:]) for k in keys if k.startswith("d:")}
     names: dict[str, str] = {"all": "all"}
+    if der_ids:  # a control for one DER alone: its site (the DER is the control's "der")
+        for der_id, lfdi in await conn.execute(
+            sa.select(ders.c.id, sites.c.lfdi)
+            .join(sites, sites.c.id == ders.c.site_id)
+            .where(ders.c.id.in_(der_ids))
+        ):
+            names[f"d:{der_id}"] = f"site:{lfdi}"
     if group_ids:
         for gid, name in await conn.execute(
             sa.select(groups.c.id, groups.c.name).where(groups.c.id.in_(group_ids))
@@ -147,6 +156,11 @@ async def target_names(conn: Any, keys: list[str]) -> dict[str, str]:
     return {k: names.get(k, k) for k in keys}
 
 
+def der_of(key: str) -> int | None:
+    """The DER id of a ``d:<der id>`` target key (a control for one DER alone), else None."""
+    return int(key[2:]) if key.startswith("d:") else None
+
+
 def control_json(
     row: Any,
     program: str,
@@ -158,6 +172,7 @@ def control_json(
         "mrid": row.mrid,
         "program": program,
         "target": (names or {}).get(row.target, row.target),
+        "der": der_of(row.target),
         "start": row.start,
         "duration": row.duration,
         "status": operator_status(row, now, live_pieces=pieces.get(row.id, 0) if pieces else 0),

@@ -123,6 +123,7 @@ class Control(Answer):
     mrid: str
     program: str
     target: str
+    der: int | None = Field(None, description="the DER of the target site it is for alone, if any")
     start: int
     duration: int
     status: str
@@ -420,6 +421,7 @@ class DefaultItem(Answer):
     mrid: str
     program: str
     target: str
+    der: int | None = None
     limits: Limits
     set_grad_w: int | None
     changed: int | None
@@ -432,6 +434,13 @@ class DefaultList(Answer):
 class DefaultSet(ControlLimits):
     program: str
     target: Target
+    der: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="with a site target: the id of one of its DERs (as in GET /api/sites/{site}/ders, "
+        "the d of /edev/{e}/der/{d}); the control is then for that DER alone, published in its own "
+        "DERProgramList (2030.5 §10.10 DER.AssociatedDERProgramListLink). CSIP-AUS procedures target "
+        "the site only.",
+    )
     set_grad_w: Annotated[int, Field(ge=0, le=UINT32)] | None = Field(None, description="setGradW, 1/100 %/s")
     description: String32 | None = None
     reason: Reason | None = None
@@ -459,6 +468,13 @@ class ControlList(Answer):
 class ControlCreate(ControlLimits):
     program: str
     target: Target
+    der: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="with a site target: the id of one of its DERs (as in GET /api/sites/{site}/ders, "
+        "the d of /edev/{e}/der/{d}); the control is then for that DER alone, published in its own "
+        "DERProgramList (2030.5 §10.10 DER.AssociatedDERProgramListLink). CSIP-AUS procedures target "
+        "the site only.",
+    )
     start: Timestamp | Literal["now"] | None = Field(None, description='Unix seconds; "now" or absent: now')
     duration: Seconds
     randomize_start: Int16 | None = None

@@ -12,6 +12,7 @@ from server.headend.core import (
     HeadEnd,
     base_summary,
     control_base,
+    der_of,
     target_names,
 )
 from server.headend.errors import HeadEndError
@@ -101,6 +102,7 @@ async def defaults_list(head: HeadEnd, request: web.Request) -> Any:
                 "mrid": row.mrid,
                 "program": row.program,
                 "target": targets[row.target],
+                "der": der_of(row.target),
                 "limits": base_summary(row.base),
                 "set_grad_w": row.set_grad_w,
                 "changed": row.changed_time,
@@ -117,6 +119,7 @@ async def default_set(head: HeadEnd, request: web.Request, body: m.DefaultSet) -
         base=control_base(body),
         set_grad_w=body.set_grad_w,
         description=body.description,
+        der=body.der,
         actor=head.actor(request),
         reason=body.reason,
     )

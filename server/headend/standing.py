@@ -14,8 +14,9 @@ DER. So the server creates them: one at registration (in-band, or out of band by
 the operator declares (``register_site(der_count=N)``, this PUT, ``derlink ctl sites ders SITE --count N``).
 A gateway with as many devices as DERs PUTs each device's documents to its own DER; otherwise it reports
 the site as one aggregated DER on the first, which is how CSIP-AUS treats a multi-DER site (procedures
-MUL-01...03; the GFEMS totals of the SAPN/CPPCUE handbooks). Controls stay site-wide: CSIP-AUS delivers
-DERPrograms through FunctionSetAssignments only (no per-DER ``AssociatedDERProgramListLink`` is published).
+MUL-01...03; the GFEMS totals of the SAPN/CPPCUE handbooks). Controls target the site; the operator may
+also give one DER a control (``der`` in POST /api/controls), published in that DER's own DERProgramList
+(2030.5 §10.10 ``AssociatedDERProgramListLink``; see server.api), which CSIP-AUS does not use.
 
 A DER's MirrorUsagePoint is not linked to its DER in 2030.5 (MirrorUsagePoint carries only deviceLFDI):
 the DER telemetry is listed by MirrorUsagePoint (roleFlags isDER), named by its description.

@@ -44,6 +44,7 @@ from server.store.schema import (
     responses,
     sites,
 )
+from server.store.targets import der_key
 from server.store.timeline import remainders
 from server.store.versions import owners
 
@@ -114,6 +115,31 @@ class Admin:
                 raise AdminError(f"target: no site {target!r}")
             return f"s:{row.id}"
         raise AdminError(f"target: {target!r} is not 'all', 'group:NAME', 'site:LFDI' or 'nmi:NMI'")
+
+    async def _der_target(self, conn: AsyncConnection, key: str, der: int | None) -> str:
+        """``key`` itself, or with ``der`` the key of that DER of the site ``key`` (``d:<der id>``): a
+        control for that DER alone, published in its own DERProgramList (2030.5 §10.10
+        DER.AssociatedDERProgramListLink). AdminError naming ``der`` unless the DER is the site's."""
+        if der is None:
+            return key
+        if not isinstance(der, int) or isinstance(der, bool) or der < 1:
+            raise AdminError(f"der: must be a DER id (a positive integer), got {der!r}")
+        if not key.startswith("s:"):
+            raise AdminError(
+                "der: a DER is targeted with its site (target site:LFDI or nmi:NMI), not a group"
+            )
+        site_id = int(key[2:])
+        held = (
+            (await conn.execute(sa.select(ders.c.id).where(ders.c.site_id == site_id).order_by(ders.c.id)))
+            .scalars()
+            .all()
+        )
+        if der not in held:
+            raise AdminError(
+                f"der: the site has no DER {der} (its DERs: {', '.join(map(str, held)) or 'none'})"
+            )
+        self.store.touch(("der", site_id))  # its DER now links (or still links) its own DERProgramList
+        return der_key(der)
 
     async def _program_id(self, conn: AsyncConnection, program: str) -> int:
         row = (await conn.execute(sa.select(programs.c.id).where(programs.c.key == program))).first()
@@ -302,8 +328,15 @@ class Admin:
                     for kind in ("edev", "mup", "rsp")
                 ),
             )
-            await conn.execute(controls.delete().where(controls.c.target == key))
-            await conn.execute(default_controls.delete().where(default_controls.c.target == key))
+            der_keys = [
+                der_key(i)
+                for i in (await conn.execute(sa.select(ders.c.id).where(ders.c.site_id == site_id))).scalars()
+            ]
+            self.store.touch(*(("target", k) for k in der_keys))
+            await conn.execute(controls.delete().where(controls.c.target.in_([key, *der_keys])))
+            await conn.execute(
+                default_controls.delete().where(default_controls.c.target.in_([key, *der_keys]))
+            )
             await conn.execute(rate_settings.delete().where(rate_settings.c.target == key))
             await conn.execute(sites.delete().where(sites.c.id == site_id))
             # Deregistration ends that certificate's access (issue 11 item 4): it cannot re-enrol in-band;
@@ -333,6 +366,10 @@ class Admin:
             for _ in range(count - len(ids)):
                 await conn.execute(ders.insert().values(site_id=site_id))
             if len(ids) > count:
+                gone = [der_key(i) for i in ids[count:]]  # and what targeted those DERs alone
+                self.store.touch(*(("target", k) for k in gone))
+                await conn.execute(controls.delete().where(controls.c.target.in_(gone)))
+                await conn.execute(default_controls.delete().where(default_controls.c.target.in_(gone)))
                 await conn.execute(ders.delete().where(ders.c.id.in_(ids[count:])))
             await self._audit(
                 conn, actor, "site.ders", operator_lfdi(lfdi), reason, count=count, was=len(ids)
@@ -512,10 +549,12 @@ class Admin:
         response_required: str | None = "03",
         description: str | None = None,
         supersede: bool = True,
+        der: int | None = None,
         actor: str = "system",
         reason: str | None = None,
     ) -> str:
-        """Publish a DERControl on ``program`` for ``target``; returns its mRID.
+        """Publish a DERControl on ``program`` for ``target``; returns its mRID. With ``der`` (the id of
+        one of the target site's DERs) it is for that DER alone (:meth:`_der_target`).
 
         With ``supersede`` the new control replaces earlier live controls of the same program and target
         only over its own span: each overlapping one is marked superseded (2030.5 EventStatus 4, so clients
@@ -547,7 +586,7 @@ class Admin:
         mrid = new_mrid(self.store.pen)
         async with self.store.changing() as conn:
             program_id = await self._program_id(conn, program)
-            key = await self._resolve_target(conn, target)
+            key = await self._der_target(conn, await self._resolve_target(conn, target), der)
             self.store.touch(("target", key))
             pieces: list[str] = []
             if supersede:
@@ -572,6 +611,8 @@ class Admin:
                 )
             )
             await _enqueue(conn, now, kinds=("derc", "actderc"), program_id=program_id, target=key)
+            if der is not None:  # the DER's DERProgramList may have gained the program
+                await _enqueue(conn, now, kinds=("derp",), target=key)
             await self._audit(
                 conn,
                 actor,
@@ -579,6 +620,7 @@ class Admin:
                 target,
                 reason,
                 program=program,
+                der=der,
                 mrid=mrid,
                 start=start,
                 duration=duration,
@@ -689,10 +731,12 @@ class Admin:
         base: r.DERControlBase,
         set_grad_w: int | None = None,
         description: str | None = None,
+        der: int | None = None,
         actor: str = "system",
         reason: str | None = None,
     ) -> str:
-        """Create or replace the DefaultDERControl of ``program`` for ``target``; returns its mRID."""
+        """Create or replace the DefaultDERControl of ``program`` for ``target`` (with ``der``: for that
+        DER of the site alone, see :meth:`_der_target`); returns its mRID."""
         if set_grad_w is not None and not 0 <= set_grad_w <= 65535:
             raise AdminError(f"set_grad_w: must be 0..65535, got {set_grad_w}")
         if not isinstance(base, r.DERControlBase):
@@ -701,7 +745,7 @@ class Admin:
         body = json.dumps(to_jsonable(base), separators=(",", ":"))
         async with self.store.changing() as conn:
             program_id = await self._program_id(conn, program)
-            key = await self._resolve_target(conn, target)
+            key = await self._der_target(conn, await self._resolve_target(conn, target), der)
             self.store.touch(("target", key))
             row = (
                 await conn.execute(
@@ -739,9 +783,9 @@ class Admin:
                 )
             # Higher-primacy programs inherit the modes it sets (ControlsStore.effective_default): every
             # DefaultDERControl subscription of the target's sites is notified, not only this program's.
-            await _enqueue(conn, now, kinds=("dderc",), target=key)
+            await _enqueue(conn, now, kinds=("dderc",) + (("derp",) if der is not None else ()), target=key)
             await self._audit(
-                conn, actor, "default.set", target, reason, program=program, base=to_jsonable(base)
+                conn, actor, "default.set", target, reason, program=program, der=der, base=to_jsonable(base)
             )
         return mrid
 

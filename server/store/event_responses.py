@@ -12,11 +12,12 @@ from server.store.quotas import QuotaExceeded
 from server.store.schema import (
     VALID_RESPONSE_STATUSES,
     controls,
+    ders,
     responses,
     sites,
 )
 from server.store.scope import Page, RequestScope, own_site, own_site_lfdi
-from server.store.targets import site_targets_in
+from server.store.targets import der_key, site_targets_in
 from server.store.versions import owners
 
 _CONTROL_BY_MRID = Query(
@@ -24,6 +25,8 @@ _CONTROL_BY_MRID = Query(
         controls.c.mrid == sa.bindparam("mrid"), controls.c.target.in_(sa.bindparam("keys", expanding=True))
     )
 )
+# A site's DERs: a control for one of them alone (target d:<der id>) is also the site's to answer.
+_SITE_DERS = Query(sa.select(ders.c.id).where(ders.c.site_id == sa.bindparam("site_id")))
 _MINE = (responses.c.site_id == sa.bindparam("site_id")) & (
     responses.c.control_id == sa.bindparam("control_id")
 )
@@ -55,6 +58,7 @@ class ResponsesStore(StoreBase):
             site = own_site(db, scope, device_lfdi, "Response.endDeviceLFDI")
             self.touch(*(("rsp", owner) for owner in owners(site.lfdi, site.aggregator_id)))
             keys = [k for k, _ in site_targets_in(db, site.id)]
+            keys += [der_key(row.id) for row in db.all(_SITE_DERS, site_id=site.id)]
             control = db.first(_CONTROL_BY_MRID, mrid=subject, keys=keys)
             if control is None:
                 raise BadRequest(

@@ -13,6 +13,7 @@ from server.store.base import StoreBase
 from server.store.engine import _insert
 from server.store.quotas import QuotaExceeded
 from server.store.schema import (
+    PER_DER_KINDS,
     SUBSCRIPTION_KINDS,
     clients,
     controls,
@@ -25,7 +26,7 @@ from server.store.schema import (
     subscriptions,
 )
 from server.store.scope import Page, RequestScope
-from server.store.targets import _group_member_sites
+from server.store.targets import _group_member_sites, der_site
 
 
 async def _enqueue(
@@ -40,9 +41,11 @@ async def _enqueue(
 ) -> None:
     """Queue a notification for every subscription watching ``kinds`` that the change reaches.
 
-    ``target`` ("all" / "g:<id>" / "s:<id>") selects the affected sites as controls do; ``owner_scope``
-    selects EndDeviceList subscriptions of that client.
+    ``target`` ("all" / "g:<id>" / "s:<id>" / "d:<der id>") selects the affected sites as controls do;
+    ``owner_scope`` selects EndDeviceList subscriptions of that client.
     """
+    if target is not None and target.startswith("d:"):  # one DER's own lists (DER id in fsa_key)
+        kinds = tuple(f"{k}d" for k in kinds if k in PER_DER_KINDS)
     cond: list[Any] = [subscriptions.c.kind.in_(kinds)]
     if program_id is not None:
         cond.append(subscriptions.c.program_id == program_id)
@@ -51,6 +54,11 @@ async def _enqueue(
     if target is not None and target != "all":
         if target.startswith("s:"):
             cond.append(subscriptions.c.site_id == int(target[2:]))
+        elif target.startswith("d:"):
+            cond += [
+                subscriptions.c.site_id.in_(der_site(target)),
+                subscriptions.c.fsa_key == int(target[2:]),
+            ]
         else:
             cond.append(subscriptions.c.site_id.in_(_group_member_sites(int(target[2:]))))
     if owner_scope is not None:

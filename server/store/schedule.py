@@ -17,10 +17,11 @@ from server.store.fast import Query
 from server.store.schema import (
     controls,
     default_controls,
+    ders,
     rate_settings,
 )
 from server.store.scope import Page, RequestScope, SiteView
-from server.store.targets import _visible_programs, site_targets
+from server.store.targets import _visible_programs, der_key, site_targets
 from server.store.timeline import event_status
 
 __all__ = ["ControlsStore", "event_status"]
@@ -101,6 +102,49 @@ class ControlsStore(StoreBase):
         self._depends_on_view(view)
         return view
 
+    async def der_programs(self, view: SiteView, der_ids: list[int]) -> dict[int, list[int]]:
+        """DER id -> the ids of the site's programs (visible, enabled) holding a control or a
+        DefaultDERControl for that DER alone (target ``d:<der id>``), in the site's program order."""
+        self._depends_on_view(view)
+        if not der_ids:
+            return {}
+        keys = [der_key(i) for i in der_ids]
+        self.depends(*(("target", k) for k in keys))
+        held = sa.union(
+            sa.select(controls.c.target, controls.c.program_id).where(controls.c.target.in_(keys)),
+            sa.select(default_controls.c.target, default_controls.c.program_id).where(
+                default_controls.c.target.in_(keys)
+            ),
+        )
+        async with self.read() as conn:
+            rows = (await conn.execute(held)).all()
+        by_der: dict[int, set[int]] = {i: set() for i in der_ids}
+        for target, program_id in rows:
+            by_der[int(target[2:])].add(program_id)
+        order = [p.id for p in view.programs]
+        return {i: [p for p in order if p in held_ids] for i, held_ids in by_der.items()}
+
+    async def der_view(self, scope: RequestScope, site_id: int, der_id: int) -> SiteView:
+        """A DER's own view: its programs (:meth:`der_programs`) whose controls and defaults are those
+        targeting that DER alone. 404 unless the DER is one of the site's."""
+        view = await self.site_view(scope, site_id)
+        self.depends(("der", site_id))
+        async with self.read() as conn:
+            found = (
+                await conn.execute(sa.select(ders.c.id).where(ders.c.id == der_id, ders.c.site_id == site_id))
+            ).first()
+        if found is None:
+            raise NotFound(f"no DER {der_id} on EndDevice {site_id}")
+        ids = set((await self.der_programs(view, [der_id]))[der_id])
+        der_view = SiteView(
+            site=view.site,
+            targets=[(der_key(der_id), 2000)],
+            programs=[p for p in view.programs if p.id in ids],
+            der_id=der_id,
+        )
+        self._depends_on_view(der_view)
+        return der_view
+
     def _depends_on_view(self, view: SiteView) -> None:
         """A site's programs, controls and defaults come from its targets (itself, its groups, all)."""
         self.depends(("site", view.site.id), *(("target", key) for key, _ in view.targets))
@@ -115,7 +159,9 @@ class ControlsStore(StoreBase):
         keys = [k for k, _ in view.targets]
         after = page.after if page.after is not None else now
         # The DOE program also lists the site's bulk DOE intervals (head-end); they are merged by start.
-        doe_program = with_does = any(p.id == program_id and p.key == "doe" for p in view.programs)
+        doe_program = with_does = view.der_id is None and any(
+            p.id == program_id and p.key == "doe" for p in view.programs
+        )
         params = dict(program_id=program_id, keys=keys, after=after, now=now)
         async with self.fast.connect() as db:
             # The list changes by itself when the next control starts or ends.
@@ -163,7 +209,9 @@ class ControlsStore(StoreBase):
         program = self.program_row(view, program_id)
         keys = [k for k, _ in view.targets]
         async with self.read() as conn:
-            if program.key == "doe" and control_id >= 10**12:  # a bulk DOE interval (server.headend.doe)
+            if (
+                program.key == "doe" and control_id >= 10**12 and view.der_id is None
+            ):  # a bulk DOE interval (server.headend.doe)
                 found = await doe_control(conn, self.pen, view.site.id, program_id, control_id)
                 if found is None:
                     raise NotFound(f"no DERControl {control_id} in DERProgram {program_id}")

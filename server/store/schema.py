@@ -223,7 +223,9 @@ subscriptions = sa.Table(
         "site_id", sa.Integer, sa.ForeignKey("sites.id", ondelete="CASCADE"), nullable=False, index=True
     ),
     # What is watched, parsed from subscribedResource by the API layer:
-    # kind in edev | fsa | derp | derc | actderc | dderc; program_id / fsa_key when relevant.
+    # kind in edev | fsa | derp | derc | actderc | dderc; program_id / fsa_key when relevant. The same
+    # lists of one DER's own programs (PER_DER_KINDS + "d": derpd, dercd, actdercd, ddercd) hold the DER's
+    # id in fsa_key.
     sa.Column("kind", sa.String(8), nullable=False),
     sa.Column("program_id", sa.Integer, sa.ForeignKey("programs.id", ondelete="CASCADE")),
     sa.Column("fsa_key", sa.Integer),
@@ -288,7 +290,9 @@ DER_DOCUMENT_TYPES: dict[str, type] = {
 }
 # Response status codes accepted from clients: the one definition the decoder also checks (2030.5 Table 27).
 VALID_RESPONSE_STATUSES = r.RESPONSE_TYPES
-SUBSCRIPTION_KINDS = ("edev", "fsa", "derp", "derc", "actderc", "dderc")
+# The lists of one DER's own programs (DER.AssociatedDERProgramListLink): kind + "d", the DER id in fsa_key.
+PER_DER_KINDS = ("derp", "derc", "actderc", "dderc")
+SUBSCRIPTION_KINDS = ("edev", "fsa", "derp", "derc", "actderc", "dderc", *(f"{k}d" for k in PER_DER_KINDS))
 
 # ---------------------------------------------------------------------- head-end: bulk DOE (migration h0101)
 

@@ -74,6 +74,15 @@ class SiteView:
     site: sa.Row
     targets: list[tuple[str, int]]
     programs: list[sa.Row]
+    # A DER's own view (2030.5 §10.10 DER.AssociatedDERProgramListLink): the programs holding controls or
+    # defaults for that DER alone (target ``d:<der id>``), under /edev/{e}/der/{d}/derp.
+    der_id: int | None = None
+
+    def program_href(self, program_id: int) -> str:
+        """The href of a DERProgram as this view publishes it."""
+        if self.der_id is None:
+            return f"/edev/{self.site.id}/derp/{program_id}"
+        return f"/edev/{self.site.id}/der/{self.der_id}/derp/{program_id}"
 
     def fsa_keys(self) -> list[int]:
         """The site's FunctionSetAssignments: FSA 0 (programs of every site) when it holds a program, each

@@ -1,4 +1,7 @@
-"""Which targets (``all`` / ``g:<id>`` / ``s:<id>``) a site answers to, and a group's member sites."""
+"""Which targets (``all`` / ``g:<id>`` / ``s:<id>``) a site answers to, and a group's member sites.
+
+A fourth kind, ``d:<der id>``, targets one DER of a site: its controls are published only in that DER's
+own DERProgramList (2030.5 §10.10 ``DER.AssociatedDERProgramListLink``), never in the site's FSAs."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server.store.fast import Query, Reads, Writes
 from server.store.schema import (
+    ders,
     groups,
     memberships,
     programs,
+    sites,
 )
 
 
@@ -75,6 +80,27 @@ def _group_member_sites(group_id: int) -> sa.Select:
     tree = sa.select(groups.c.id).where(groups.c.id == group_id).cte("subtree", recursive=True)
     tree = tree.union(sa.select(groups.c.id).where(groups.c.parent_id == tree.c.id))
     return sa.select(memberships.c.site_id).where(memberships.c.group_id.in_(sa.select(tree.c.id)))
+
+
+def der_key(der_id: int) -> str:
+    """The target key of one DER."""
+    return f"d:{der_id}"
+
+
+def der_site(key: str) -> sa.Select:
+    """The site (id) of the DER of a ``d:<der id>`` key."""
+    return sa.select(ders.c.site_id).where(ders.c.id == int(key[2:]))
+
+
+def key_sites(key: str) -> sa.Select:
+    """The ids of the sites a target key reaches (``all``, ``g:``, ``s:``, ``d:``)."""
+    if key == "all":
+        return sa.select(sites.c.id)
+    if key.startswith("g:"):
+        return _group_member_sites(int(key[2:]))
+    if key.startswith("d:"):
+        return der_site(key)
+    return sa.select(sites.c.id).where(sites.c.id == int(key[2:]))
 
 
 # ------------------------------------------------------------------------------------------- admin API
