@@ -17,6 +17,7 @@ from aiohttp import web
 
 from sep2 import resources as r
 from server.config import ServerConfig
+from server.console.views import target_names as console_target_names
 from server.headend.api import create_headend_app
 from server.store import build_control_base
 from tests.test_server_harness import assert_valid_everywhere, end_device, response, subscription
@@ -95,6 +96,12 @@ async def test_a_der_control_is_published_in_that_ders_own_program_list_only(ser
         assert (await a.post(control.replyTo, response(a.lfdi, mrid, 1))).status == 201
     finally:
         await subscriber.stop()
+    # The console names the target as its site and DER, not the store's key.
+    a_site = await admin.site_id(a.lfdi)
+    async with server.store.read() as conn:
+        names = await console_target_names(conn, [f"d:{second}", f"s:{int(a_site)}", "all"])
+    assert names == {f"d:{second}": f"site:{a.lfdi} · DER {second}", f"s:{int(a_site)}": f"site:{a.lfdi}",
+                     "all": "all sites"}  # fmt: skip
 
 
 async def test_headend_takes_a_der_target_and_refuses_a_bad_one_naming_the_field(server, clients):

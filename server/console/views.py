@@ -13,6 +13,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from server.headend.core import der_of
+from server.headend.core import target_names as operator_targets
 from server.headend.doe import site_intervals
 from server.store import (
     _group_member_sites,
@@ -87,20 +89,13 @@ async def site_counts(store: Any, now: int, threshold: int, site_cond: Any = Non
 
 
 async def target_names(conn: Any, keys: list[str]) -> dict[str, str]:
-    group_ids = {int(k[2:]) for k in keys if k.startswith("g:")}
-    site_ids = {int(k[2:]) for k in keys if k.startswith("s:")}
-    names = {"all": "all sites"}
-    if group_ids:
-        for gid, name in await conn.execute(
-            sa.select(groups.c.id, groups.c.name).where(groups.c.id.in_(group_ids))
-        ):
-            names[f"g:{gid}"] = f"group:{name}"
-    if site_ids:
-        for sid, lfdi in await conn.execute(
-            sa.select(sites.c.id, sites.c.lfdi).where(sites.c.id.in_(site_ids))
-        ):
-            names[f"s:{sid}"] = f"site:{lfdi}"
-    return {k: names.get(k, k) for k in keys}
+    """The head-end's operator targets, worded for the page: "all sites", and a control for one DER
+    alone as its site and DER id."""
+    names = await operator_targets(conn, keys)
+    return {
+        k: "all sites" if k == "all" else f"{n} · DER {der}" if (der := der_of(k)) is not None else n
+        for k, n in names.items()
+    }
 
 
 async def live_by_program(store: Any, now: int) -> list[dict[str, Any]]:
