@@ -83,8 +83,8 @@ def watts(power: Any) -> float:
     return power.value * 10.0**power.multiplier
 
 
-async def test_two_pv_and_a_battery_are_three_ders_with_own_documents_and_telemetry(lab3: Lab) -> None:
-    lab = lab3
+async def gateway_with_three_ders(lab: Lab) -> tuple[Any, dict[Any, Any]]:
+    """The gateway started and ready, once each of the three DERs holds its four documents."""
     gw = await lab.gateway()
     assert gw.client is not None
     await gw.client.wait_ready(10)
@@ -94,7 +94,12 @@ async def test_two_pv_and_a_battery_are_three_ders_with_own_documents_and_teleme
         return len(docs) == 3 and all(len(d) == 4 for d in docs.values())
 
     await wait_until(all_documents, 10, "four documents on each of three DERs")
-    docs = await der_docs(lab)
+    return gw, await der_docs(lab)
+
+
+async def test_two_pv_and_a_battery_are_three_ders_with_own_documents_and_telemetry(lab3: Lab) -> None:
+    lab = lab3
+    gw, docs = await gateway_with_three_ders(lab)
     caps = {der_id: d["dercap"] for der_id, d in docs.items()}
     # Each DER carries one device's nameplate (not the site's sum): PV 5 kW, PV 3 kW, battery 5 kW + 13.5 kWh.
     assert sorted(watts(c.rtgMaxW) for c in caps.values()) == [3000, 5000, 5000]
@@ -197,16 +202,7 @@ async def test_a_control_for_one_der_reaches_only_its_device(lab3: Lab) -> None:
     gateway follows that DER's link and writes the limit to that inverter alone: the other inverter's
     written limit is unchanged, and the gateway answers the control (Response to its replyTo)."""
     lab = lab3
-    gw = await lab.gateway()
-    assert gw.client is not None
-    await gw.client.wait_ready(10)
-
-    async def all_documents() -> bool:
-        docs = await der_docs(lab)
-        return len(docs) == 3 and all(len(d) == 4 for d in docs.values())
-
-    await wait_until(all_documents, 10, "four documents on each of three DERs")
-    docs = await der_docs(lab)
+    gw, docs = await gateway_with_three_ders(lab)
     (pv2_der,) = [i for i, d in docs.items() if watts(d["dercap"].rtgMaxW) == 3000]  # pv2 is the 3 kW one
     await wait_until(lambda: device_row(lab, "pv2")["output_w"] > 2000, 10, "pv2 producing")
     pv_before = device_row(lab, "pv")["limit_pct"]

@@ -431,16 +431,22 @@ class DefaultList(Answer):
     items: list[DefaultItem]
 
 
-class DefaultSet(ControlLimits):
-    program: str
-    target: Target
-    der: Annotated[int, Field(ge=1)] | None = Field(
-        None,
+DerId = Annotated[
+    int,
+    Field(
+        ge=1,
         description="with a site target: the id of one of its DERs (as in GET /api/sites/{site}/ders, "
         "the d of /edev/{e}/der/{d}); the control is then for that DER alone, published in its own "
         "DERProgramList (2030.5 §10.10 DER.AssociatedDERProgramListLink). CSIP-AUS procedures target "
         "the site only.",
-    )
+    ),
+]
+
+
+class DefaultSet(ControlLimits):
+    program: str
+    target: Target
+    der: DerId | None = None
     set_grad_w: Annotated[int, Field(ge=0, le=UINT32)] | None = Field(None, description="setGradW, 1/100 %/s")
     description: String32 | None = None
     reason: Reason | None = None
@@ -468,13 +474,7 @@ class ControlList(Answer):
 class ControlCreate(ControlLimits):
     program: str
     target: Target
-    der: Annotated[int, Field(ge=1)] | None = Field(
-        None,
-        description="with a site target: the id of one of its DERs (as in GET /api/sites/{site}/ders, "
-        "the d of /edev/{e}/der/{d}); the control is then for that DER alone, published in its own "
-        "DERProgramList (2030.5 §10.10 DER.AssociatedDERProgramListLink). CSIP-AUS procedures target "
-        "the site only.",
-    )
+    der: DerId | None = None
     start: Timestamp | Literal["now"] | None = Field(None, description='Unix seconds; "now" or absent: now')
     duration: Seconds
     randomize_start: Int16 | None = None
