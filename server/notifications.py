@@ -17,7 +17,8 @@ So that nobody waits behind anybody else:
   until the retry time;
 * a broadcast is rendered once: sites that see the same lists (same groups, nothing aimed at them alone)
   share one rendering, with their own hrefs put in;
-* connections to subscribers are kept alive and TLS sessions resumed on reconnection;
+* sends go through :class:`~server.notify_client.NotificationClient` (a lean HTTPS client: connections
+  to subscribers kept alive, TLS sessions resumed on reconnection);
 * outcomes are recorded in batches.
 """
 
@@ -28,20 +29,18 @@ import contextlib
 import logging
 import ssl
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
-
-import aiohttp
 
 from sep2 import resources as r
 from sep2.xml import to_xml
 from server.api import SEP_XML, Renderer
 from server.config import ServerConfig
 from server.errors import BadRequest, NotFound
-from server.netpolicy import CURRENT_TARGET, PolicyResolver, Target, TargetPolicy
+from server.netpolicy import CURRENT_TARGET, Target, TargetPolicy
+from server.notify_client import NotificationClient, ReplyError
 from server.store import Page, RequestScope, SiteView, Store
 
 log = logging.getLogger("derlink.server.notifications")
@@ -52,88 +51,20 @@ _SUB = 0
 _HREF_MARK = "urn:derlink:subscribed-resource"
 
 
-class _ResumingSSLObject(ssl.SSLObject):
-    """Resumes the TLS session of the last connection to the same server name (asyncio offers no hook).
-
-    The last connection's object is kept per name for a while, then only its ``session`` (a TLS 1.3
-    ticket or a 1.2 session, about a kilobyte); the next handshake to that name offers it. A server that
-    does not know it just does a full handshake. Sessions belong to one context:
-    :func:`enable_session_resumption` makes a subclass per context.
-    """
-
-    objects: OrderedDict[str, ssl.SSLObject]  # the newest connections (their tickets may still arrive)
-    sessions: OrderedDict[str, ssl.SSLSession]  # older ones: just the session
-    MAX_OBJECTS = 512
-    MAX_SESSIONS = 20_000
-
-    @classmethod
-    def _create(  # type: ignore[override]
-        cls,
-        incoming: ssl.MemoryBIO,
-        outgoing: ssl.MemoryBIO,
-        server_side: bool = False,
-        server_hostname: str | None = None,
-        session: ssl.SSLSession | None = None,
-        context: ssl.SSLContext | None = None,
-    ) -> ssl.SSLObject:
-        key = server_hostname or ""
-        objects, sessions = cls.objects, cls.sessions
-        if session is None:
-            previous = objects.pop(key, None)
-            session = _session_of(previous) if previous is not None else sessions.pop(key, None)
-        obj = super()._create(incoming, outgoing, server_side, server_hostname, session, context)  # type: ignore[misc]
-        objects[key] = obj
-        while len(objects) > cls.MAX_OBJECTS:
-            name, old = objects.popitem(last=False)
-            if (kept := _session_of(old)) is not None:
-                sessions[name] = kept
-        while len(sessions) > cls.MAX_SESSIONS:
-            sessions.popitem(last=False)
-        return obj
-
-
-def _session_of(obj: ssl.SSLObject) -> ssl.SSLSession | None:
-    """The session to resume, if the connection got one (a handshake that never finished, e.g. to a
-    tarpit, has none: OpenSSL then fails to encode it)."""
-    try:
-        return obj.session
-    except ValueError:
-        return None
-
-
 def notification_client_ssl(config: ServerConfig) -> ssl.SSLContext:
     """The server acts as a TLS client towards subscribers, presenting a clientAuth certificate.
 
     Subscribers (gateways, aggregators) are usually addressed by IP with device certificates, so the
-    chain is verified against our CA but the host name is not checked.
+    chain is verified against our CA but the host name is not checked. TLS 1.2 only unless
+    ``notify_tls13``: the version 2030.5 specifies, and the cheaper one to resume.
     """
     from certs.tls import client_ssl_context
 
     chain, key, ca = config.notify_files()
     context = client_ssl_context(chain, key, ca, check_hostname=False)
-    return enable_session_resumption(context)
-
-
-def enable_session_resumption(context: ssl.SSLContext) -> ssl.SSLContext:
-    """Client connections made with ``context`` resume the last TLS session with the same server name."""
-    context.sslobject_class = type(
-        "ResumingSSLObject", (_ResumingSSLObject,), {"objects": OrderedDict(), "sessions": OrderedDict()}
-    )
+    if not config.notify_tls13:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
     return context
-
-
-class _BoundedPoolConnector(aiohttp.TCPConnector):
-    """Keeps at most ``max_idle`` idle connections for reuse. Each idle TLS connection holds asyncio's
-    256 KiB read buffer, so a broadcast to 100k subscribers must not leave 100k of them open.
-    (``_release`` and ``_conns`` are aiohttp's own; tests/test_notification_fanout.py exercises them.)"""
-
-    def __init__(self, *, max_idle: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._max_idle = max_idle
-
-    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
-        full = sum(len(idle) for idle in self._conns.values()) >= self._max_idle
-        super()._release(key, protocol, should_close=should_close or full)
 
 
 def destination(uri: str) -> str:
@@ -171,44 +102,39 @@ class NotificationSender:
         self._outcomes = _Outcomes([], [])
         self._outcome_event = asyncio.Event()
         self.rendered = 0  # documents rendered (a shared rendering counts once)
+        self.client: NotificationClient | None = None  # while running
 
     def backoff(self, attempts: int) -> float:
         return min(self.config.notify_retry_initial * (2**attempts), self.config.notify_retry_max)
 
     async def run(self) -> None:
-        context = notification_client_ssl(self.config)
-        timeout = aiohttp.ClientTimeout(
-            total=self.config.notify_timeout, sock_connect=min(self.config.notify_timeout, 5.0)
-        )
-        # The policy sees every address the connector is about to connect to (names re-resolved per
+        # The policy sees every address the client is about to connect to (names re-resolved per
         # connection, no DNS cache), so a subscription whose name now points somewhere forbidden is
         # refused before any packet leaves. Connections stay open for the next notification.
-        connector = _BoundedPoolConnector(
+        client = NotificationClient(
+            notification_client_ssl(self.config),
+            self.policy,
             max_idle=self.concurrency,
-            ssl=context,
-            limit=self.concurrency,
-            use_dns_cache=False,
-            resolver=PolicyResolver(self.policy),
-            socket_factory=self.policy.socket_factory,
-            keepalive_timeout=30.0,
+            connect_timeout=min(self.config.notify_timeout, 5.0),
         )
+        self.client = client
         recorder = asyncio.create_task(self._record_outcomes(), name="derlink-notification-outcomes")
         try:
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-                while True:
-                    try:
-                        started = await self.dispatch(session)
-                    except Exception:
-                        log.exception("notification pass failed")
-                        started = 0
-                    if not started:
-                        await self._sleep_until_due()
-                    else:  # more may be due: claim them in batches, not a slot at a time
-                        await self._room_for(max(1, self.concurrency // 8))
+            while True:
+                try:
+                    started = await self.dispatch(client)
+                except Exception:
+                    log.exception("notification pass failed")
+                    started = 0
+                if not started:
+                    await self._sleep_until_due()
+                else:  # more may be due: claim them in batches, not a slot at a time
+                    await self._room_for(max(1, self.concurrency // 8))
         finally:
             for task in [*self._tasks, recorder]:
                 task.cancel()
             await asyncio.gather(*self._tasks, recorder, return_exceptions=True)
+            await client.close()
 
     async def _room_for(self, slots: int) -> None:
         """Wait (briefly) until ``slots`` sends could start."""
@@ -244,7 +170,7 @@ class NotificationSender:
             for w in waits:
                 w.cancel()
 
-    async def dispatch(self, session: aiohttp.ClientSession) -> int:
+    async def dispatch(self, client: NotificationClient) -> int:
         """Claim what there is room for, most urgent first, render it and start its sends."""
         free = self.concurrency - len(self._tasks)
         if free <= 0:
@@ -287,7 +213,7 @@ class NotificationSender:
         for row, body in zip(chosen, bodies, strict=True):
             dest = destination(row.notification_uri)
             self.in_flight[dest] = self.in_flight.get(dest, 0) + 1
-            task = asyncio.create_task(self._send(session, row, body, dest))
+            task = asyncio.create_task(self._send(client, row, body, dest))
             self._tasks.add(task)
         return len(chosen)
 
@@ -358,9 +284,9 @@ class NotificationSender:
 
     # --------------------------------------------------------------------------------------- sending
 
-    async def _send(self, session: aiohttp.ClientSession, row: Any, body: bytes, dest: str) -> None:
+    async def _send(self, client: NotificationClient, row: Any, body: bytes, dest: str) -> None:
         try:
-            await self.deliver(session, row, body, dest)
+            await self.deliver(client, row, body, dest)
         except Exception:
             log.exception("notification to %s failed unexpectedly", row.notification_uri)
         finally:
@@ -370,25 +296,21 @@ class NotificationSender:
             self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
             self._slot_free.set()
 
-    async def deliver(self, session: aiohttp.ClientSession, row: Any, body: bytes, dest: str) -> None:
+    async def deliver(self, client: NotificationClient, row: Any, body: bytes, dest: str) -> None:
         subscription_href = f"/edev/{row.site_id}/sub/{row.id}"
         try:
             host, _port = self.policy.check_uri(row.notification_uri)
             CURRENT_TARGET.set(Target(owner_lfdi=row.owner_lfdi, host=host))
-            async with session.post(
-                row.notification_uri, data=body, headers={"Content-Type": SEP_XML}
-            ) as response:
-                await response.read()
-                if 200 <= response.status < 300:
-                    self._outcome(delivered=(row.outbox_id, row.seq))
-                    self._count("delivered")
-                    log.debug(
-                        "notification delivered subscription=%s uri=%s",
-                        subscription_href,
-                        row.notification_uri,
-                    )
-                    return
-                error = f"HTTP {response.status}"
+            async with asyncio.timeout(self.config.notify_timeout):
+                reply = await client.post(row.notification_uri, body, SEP_XML)
+            if 200 <= reply.status < 300:
+                self._outcome(delivered=(row.outbox_id, row.seq))
+                self._count("delivered")
+                log.debug(
+                    "notification delivered subscription=%s uri=%s", subscription_href, row.notification_uri
+                )
+                return
+            error = f"HTTP {reply.status}"
         except BadRequest as exc:  # the policy has changed since the subscription was accepted
             error = f"refused by the notification policy: {exc.detail}"
         except TimeoutError:
@@ -397,7 +319,7 @@ class NotificationSender:
             self.unresponsive[dest] = max(
                 self.unresponsive.get(dest, 0.0), time.time() + self.backoff(row.attempts)
             )
-        except (aiohttp.ClientError, OSError, ssl.SSLError) as exc:
+        except (ReplyError, OSError, ssl.SSLError) as exc:
             error = f"{type(exc).__name__}: {exc}"
         retry_in = self.backoff(row.attempts)
         self._outcome(failed=(row.outbox_id, time.time() + retry_in, error))
