@@ -50,7 +50,7 @@ class Reply:
 class _Exchange:
     """Parses one HTTP/1.x reply from decrypted bytes."""
 
-    __slots__ = ("body", "buffer", "chunked", "done", "head_done", "length", "status", "to_close")
+    __slots__ = ("body", "buffer", "chunked", "done", "head", "head_done", "length", "status", "to_close")
 
     def __init__(self) -> None:
         self.buffer = bytearray()
@@ -59,6 +59,7 @@ class _Exchange:
         self.chunked = False
         self.to_close = False  # the body ends with the connection, or the server said "close"
         self.body = bytearray()
+        self.head = b""  # the final reply's status line and headers, unparsed
         self.head_done = False
         self.done = False
 
@@ -86,6 +87,7 @@ class _Exchange:
         if 100 <= status < 200:
             return False
         self.status = status
+        self.head = head
         self.to_close = parts[0] == b"HTTP/1.0"
         for line in lines[1:]:
             name, _, value = line.partition(b":")
