@@ -22,8 +22,8 @@ The rate is stepped up (compression doubling, then one step between the last goo
 schedule (achieved >= 90 % of the offered request rate: each site waits for its replies, as a gateway
 does). The server is pinned to core 0 and the load generator to core 1 with taskset; the generator's own
 CPU is printed, so that a generator-bound step is visible (near 1.0). The generator is one Python process
-on asyncio sockets with ``ssl.SSLObject`` (``server.notify_client.Connection``, request bytes built by
-hand): aiohttp's client cost it about 1 ms per request, so it ran out of core before the server did.
+on asyncio sockets with ``ssl.SSLObject`` (``benchmarks/_common.LeanHttps``): aiohttp's client cost it
+about 1 ms per request, so it ran out of core before the server did.
 Modes: ``keepalive`` (one connection per site, kept) and ``reconnect`` (a new TLS connection every poll,
 TLS sessions resumed). The server runs with ``idle_timeout = 75`` so that a 60 s poller's connection
 stays open. Backends: SQLite; PostgreSQL (a throwaway cluster as in tests/postgres_fixture.py, not
@@ -49,7 +49,17 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from _common import cpu_seconds, device_certificates, loadavg, pick, pki_dir, rss_kib, spawn  # noqa: E402
+from _common import (  # noqa: E402
+    LeanHttps,
+    cpu_seconds,
+    device_certificates,
+    header,
+    loadavg,
+    pick,
+    pki_dir,
+    rss_kib,
+    spawn,
+)
 
 QUICK_ARGS = ["--clients", "100", "--step-seconds", "6", "--modes", "keepalive"]
 POLL_S, POST_EVERY, TM_EVERY = 60.0, 5, 10
@@ -131,9 +141,7 @@ class Site:
         self.index = index
         self.edev = f"/edev/{index + 1}"
         self.lfdi = identity["lfdi"]
-        self.context = context
-        self.connection: Any = None  # server.notify_client.Connection while open
-        self.tls_session: Any = None  # to resume on reconnection
+        self.client = LeanHttps(context)  # its connection, kept or not, and TLS session
         self.mup: str | None = None
         self.mmr = f"{index + 1:032X}"  # its MirrorMeterReading's mRID
         self.polls = 0
@@ -153,7 +161,7 @@ async def generate(pki: str, devices_file: str, info: dict[str, Any], args: dict
     from certs.pki import load_pki
     from certs.tls import client_ssl_context
     from sep2.xml import to_xml
-    from server.notify_client import Connection, ReplyError
+    from server.notify_client import ReplyError
     from tests.test_server_harness import meter_reading, mup
 
     devices = json.loads(Path(devices_file).read_text())  # noqa: ASYNC240 (before the load)
@@ -166,7 +174,7 @@ async def generate(pki: str, devices_file: str, info: dict[str, Any], args: dict
         return sum(rss_kib(pid) for pid in pids)
 
     ca = load_pki(pki).ca_chain
-    port = info["port"]
+    base = f"https://127.0.0.1:{info['port']}"
     metrics_url = f"http://127.0.0.1:{info['admin_port']}/metrics"
     keepalive = args["mode"] == "keepalive"
     sites = [Site(i, d, client_ssl_context(d["chain"], d["key"], ca)) for i, d in enumerate(devices)]
@@ -174,59 +182,22 @@ async def generate(pki: str, devices_file: str, info: dict[str, Any], args: dict
     actderc = f"/derp/{info['doe']}/actderc?l=1"
     counter = iter(range(10**9))
     step: Step = Step()
-    loop = asyncio.get_running_loop()
-
-    async def connect(site: Site) -> Any:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        sslobj = site.context.wrap_bio(
-            incoming, outgoing, server_hostname="127.0.0.1", session=site.tls_session
-        )
-        _, connection = await loop.create_connection(
-            lambda: Connection(sslobj, incoming, outgoing), "127.0.0.1", port
-        )
-        await connection.handshaken
-        if not sslobj.session_reused:
-            site.tls_session = connection.session()
-        return connection
 
     async def request(site: Site, method: str, path: str, data: bytes | None = None) -> Any:
-        """One request on the site's connection (opened if need be, once more if a kept one had closed)."""
-        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        if data:
-            head += f"Content-Type: application/sep+xml\r\nContent-Length: {len(data)}\r\n"
-        message = (head + "\r\n").encode() + (data or b"")
         started = time.perf_counter()
         current = step
         try:
             async with asyncio.timeout(60):
-                reused = site.connection is not None and not site.connection.closed
-                if not reused:
-                    site.connection = await connect(site)
-                try:
-                    reply = await site.connection.exchange(message)
-                except ReplyError:
-                    if not reused:
-                        raise
-                    site.connection = await connect(site)
-                    reply = await site.connection.exchange(message)
+                reply = await site.client.request(method, base + path, data)
         except (ReplyError, OSError, ssl.SSLError, TimeoutError) as exc:
             current.errors.append(f"{method} {path.split('?')[0]}: {type(exc).__name__} {exc}")
-            if site.connection is not None:
-                site.connection.abort()
+            site.client.close()
             return None
         if reply.status >= 300:
-            current.errors.append(
-                f"{method} {path.split('?')[0]}: HTTP {reply.status} {header(reply, 'x-error-detail')}"
-            )
+            detail = header(reply, "x-error-detail")
+            current.errors.append(f"{method} {path.split('?')[0]}: HTTP {reply.status} {detail}")
         current.latencies.append(time.perf_counter() - started)
         return reply
-
-    def header(reply: Any, name: str) -> str:
-        for line in reply.head.split(b"\r\n")[1:]:
-            key, _, value = line.partition(b":")
-            if key.strip().lower() == name.encode():
-                return value.strip().decode()
-        return ""
 
     async def poll(site: Site) -> None:
         try:
@@ -238,15 +209,13 @@ async def generate(pki: str, devices_file: str, info: dict[str, Any], args: dict
                 body = to_xml(meter_reading(1500, 1_700_000_000 + 300 * next(counter), site.mmr))
                 await request(site, "POST", site.mup, body)
         finally:
-            if not keepalive and site.connection is not None:
-                site.connection.close()
-                site.connection = None
+            if not keepalive:
+                site.client.close()
         site.polls += 1
 
     def close_all() -> None:
         for site in sites:
-            if site.connection is not None:
-                site.connection.close()
+            site.client.close()
 
     # Setup (not measured): every site creates its MirrorUsagePoint.
     rss_before = server_rss()  # the server with its data, before any client connected
@@ -444,7 +413,7 @@ def main() -> int:
     )
     print(
         "server on core 0, load generator on core 1 (one Python process: asyncio sockets with ssl.SSLObject, "
-        "server.notify_client's Connection)"
+        "benchmarks/_common.LeanHttps)"
     )
     held: dict[tuple[str, str], dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -4,8 +4,10 @@ Run: ``python benchmarks/server_throughput.py [--seconds 5] [--concurrency 32] [
 
 Each server runs in its own process: the derlink server on a fresh SQLite store in a temp dir (twice: cache
 on, and cache off for the uncached figures), and a baseline aiohttp app returning a fixed body of the
-DERControlList's size with the same TLS context. The load generator is one more process (Python aiohttp,
-keep-alive, a device certificate); its own CPU is printed so that a generator-bound figure is visible.
+DERControlList's size with the same TLS context, all three pinned to core 0. The load generator is one more
+process on core 1 (keep-alive, a device certificate, ``benchmarks/_common.LeanHttps``: asyncio sockets with
+``ssl.SSLObject``, about a third of aiohttp's client CPU per request); its own CPU is printed so that a
+generator-bound figure is visible.
 
 Scenarios: cached GET /dcap and 50-item DERControlList; the same uncached; POST a reading (durable, group
 commit) at ``--concurrency`` and at 64; mixed: DERControlList GETs while half the workers POST readings
@@ -34,6 +36,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 QUICK_ARGS = ["--seconds", "2"]  # benchmarks/run_all.py --quick
@@ -110,7 +113,8 @@ def cpu_seconds(pid: int | str = "self") -> float:
 
 
 def spawn(*args: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    command = ["taskset", "-c", "0", sys.executable, __file__, *args]  # the generator runs on core 1
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     line = proc.stdout.readline() if proc.stdout else ""
     if not line:
         proc.kill()
@@ -145,12 +149,10 @@ async def measure(
         i = 0
         while time.perf_counter() < deadline:
             data = body_fn(n, i) if body_fn else None
-            headers = {"Content-Type": "application/sep+xml"} if data else None
             sent = time.perf_counter()
-            async with session.request(method, url, data=data, headers=headers) as response:
-                await response.read()
-                if response.status >= 300:
-                    raise RuntimeError(f"{method} {url}: HTTP {response.status}")
+            reply = await session.request(method, url, data)
+            if reply.status >= 300:
+                raise RuntimeError(f"{method} {url}: HTTP {reply.status}")
             latencies[k].append(time.perf_counter() - sent)
             i += 1
 
@@ -189,7 +191,7 @@ async def run_load(
     concurrency: int,
     only: str | None = None,
 ) -> None:
-    import aiohttp
+    from _common import LeanHttps, header
 
     from certs.pki import load_pki
     from certs.tls import client_ssl_context
@@ -197,24 +199,21 @@ async def run_load(
     from sep2.xml import to_xml
     from tests.test_server_harness import meter_reading, mup
 
+    os.sched_setaffinity(0, {1})  # the servers are on core 0
     paths = load_pki(pki_dir)
     identity = json.loads(device)
     context = client_ssl_context(identity["chain"], identity["key"], paths.ca_chain)
     base = f"https://127.0.0.1:{ports['derlink']}"
     uncached_port, base_port = ports["uncached"], ports["baseline"]
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=context, limit=max(concurrency, 64))
-    ) as session:
-        async with session.get(f"{base}/edev?l=1") as response:
-            edev = (await response.text()).split('href="', 2)[2].split('"', 1)[0]
+    session = LeanHttps(context)
+    try:
+        reply = await session.request("GET", f"{base}/edev?l=1")
+        edev = bytes(reply.body).decode().split('href="', 2)[2].split('"', 1)[0]
         derc_url = f"{base}{edev}/derp/2/derc?l=50"
-        async with session.get(derc_url) as response:
-            list_body = await response.read()
+        list_body = bytes((await session.request("GET", derc_url)).body)
         assert list_body.count(b"<DERControl ") == 50, "expected a 50-item DERControlList"
-        async with session.post(
-            f"{base}/mup", data=to_xml(mup(identity["lfdi"])), headers={"Content-Type": "application/sep+xml"}
-        ) as response:
-            mup_url = base + response.headers["Location"]
+        reply = await session.request("POST", f"{base}/mup", to_xml(mup(identity["lfdi"])))
+        mup_url = base + header(reply, "location")
         assert isinstance(r.Reading, type)
         uncached = f"https://127.0.0.1:{uncached_port}"
         fixed = f"https://127.0.0.1:{base_port}/fixed"
@@ -248,11 +247,14 @@ async def run_load(
                 pids["derlink"],
             )
             results["mixed: GET DERControlList cached"], results["mixed: POST reading"] = mixed
+    finally:
+        session.close()
     baseline = results["baseline (fixed body)"].rate
     base_cpu = results["baseline (fixed body)"].server_cpu_ms
     print(f"body size {len(list_body)} bytes, {concurrency} connections, {seconds:.0f} s each")
     print(
-        "load generator: one Python aiohttp process (its CPU is the gen column; near 1.0 = generator-bound)"
+        "servers on core 0, load generator on core 1: one Python process on asyncio sockets with "
+        "ssl.SSLObject (benchmarks/_common.LeanHttps; its CPU is the gen column, near 1.0 = generator-bound)"
     )
     print(
         f"{'scenario':34} {'req/s':>8} {'ratio':>6} {'srv ms/req':>10} {'cpu x':>6} {'p50 ms':>7} "
