@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -315,6 +316,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=2000)
     parser.add_argument("--tarpit-percent", type=float, default=1.0)
+    parser.add_argument(
+        "--profile", metavar="FILE", help="py-spy (if installed) samples the server in the third broadcast"
+    )
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role:
@@ -360,10 +364,20 @@ def main() -> int:
                 )
             )
             time.sleep(31)  # past the sender's keep-alive: new connections, TLS sessions resumed
+            spy = None
+            if args.profile:
+                spy = subprocess.Popen(
+                    ["py-spy", "record", "-p", str(server.pid), "-r", "250", "--nonblocking",
+                     "--format", "raw", "-o", args.profile, "-d", str(max(5, sites // 1000))],
+                    stdout=subprocess.DEVNULL,
+                )  # fmt: skip
+                time.sleep(0.5)
             third = asyncio.run(
                 broadcast(headend, control, "/api/emergency", {"target": "all", "action": "zero_generation",
                           "reason": "benchmark"}, good, pids)
             )  # fmt: skip
+            if spy is not None:
+                spy.wait(120)
             server.terminate()
             server.wait(10)
             asyncio.run(_reset(control))

@@ -129,7 +129,7 @@ class NotificationSender:
                 if not started:
                     await self._sleep_until_due()
                 else:  # more may be due: claim them in batches, not a slot at a time
-                    await self._room_for(max(1, self.concurrency // 8))
+                    await self._room_for(max(1, self.concurrency // 2))
         finally:
             for task in [*self._tasks, recorder]:
                 task.cancel()
