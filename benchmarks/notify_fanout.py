@@ -14,7 +14,8 @@ zero export) on the head-end; the clock starts as the command is sent.
 
 Prints p50/p99 of command -> receipt at the sites that answer, notifications/s, the server's CPU per
 notification (/proc) and the subscribers' CPU; then the same for a second broadcast (lifting the emergency)
-while the connections from the first are still open, and for a third after they have closed (new
+at once, over the connections the server kept (``--max-idle``, the server's ``notify_max_idle``; the rest
+reconnect and resume), and for a third after the kept ones have closed (``notify_keepalive``; new
 connections, TLS sessions resumed: the count of resumed handshakes is printed). Baseline, same run: a bare
 aiohttp client process on the server's core POSTing a body of the same size once to each of the same
 subscribers with the same TLS and concurrency (no database, no rendering); ``ratio`` = derlink's
@@ -40,6 +41,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from _common import cpu_seconds, loadavg, pick, pki_dir, spawn  # noqa: E402
+
+from server.config import ServerConfig  # noqa: E402
 
 QUICK_ARGS = ["--sites", "300"]
 TOKEN = "fanout-benchmark-operator-token"
@@ -163,7 +166,7 @@ async def serve_receivers(pki: str, sites: int, tarpit_percent: float) -> None:
 
 
 async def serve_derlink(
-    pki: str, data_dir: str, sites: int, tarpit_percent: float, port: int, tport: int
+    pki: str, data_dir: str, sites: int, tarpit_percent: float, port: int, tport: int, max_idle: int
 ) -> None:
     import logging
 
@@ -183,6 +186,7 @@ async def serve_derlink(
         headend_port=0,
         cert_dir=Path(pki),
         notify_allow=["127.0.0.0/8"],
+        notify_max_idle=max_idle,
         headend_tokens=[{"name": "bench", "token": TOKEN, "role": "operator"}],
         log_level="ERROR",
     )
@@ -317,6 +321,13 @@ def main() -> int:
     parser.add_argument("--sites", type=int, default=2000)
     parser.add_argument("--tarpit-percent", type=float, default=1.0)
     parser.add_argument(
+        "--max-idle",
+        type=int,
+        default=ServerConfig.model_fields["notify_max_idle"].default,
+        help="the server's notify_max_idle (connections kept to subscribers; default: the config default). "
+        "The subscribers then hold a listening socket and a connection per site: mind `ulimit -n`",
+    )
+    parser.add_argument(
         "--profile", metavar="FILE", help="py-spy (if installed) samples the server in the third broadcast"
     )
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
@@ -327,7 +338,9 @@ def main() -> int:
             asyncio.run(serve_receivers(rest[0], int(rest[1]), float(rest[2])))
         elif role == "server":
             asyncio.run(
-                serve_derlink(rest[0], rest[1], int(rest[2]), float(rest[3]), int(rest[4]), int(rest[5]))
+                serve_derlink(
+                    rest[0], rest[1], int(rest[2]), float(rest[3]), int(rest[4]), int(rest[5]), int(rest[6])
+                )
             )
         elif role == "baseline":
             asyncio.run(bare_fanout(rest[0], int(rest[1]), int(rest[2]), float(rest[3]), int(rest[4])))
@@ -343,7 +356,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             server, sinfo = spawn(
                 __file__, 0, "--role", "server", pki, tmp, str(sites), str(percent),
-                str(rinfo["port"]), str(rinfo["tarpit_port"]),
+                str(rinfo["port"]), str(rinfo["tarpit_port"]), str(args.max_idle),
             )  # fmt: skip
             procs.append(server)
             headend = f"http://127.0.0.1:{sinfo['headend_port']}"
@@ -363,7 +376,8 @@ def main() -> int:
                     pids,
                 )
             )
-            time.sleep(31)  # past the sender's keep-alive: new connections, TLS sessions resumed
+            keepalive = ServerConfig.model_fields["notify_keepalive"].default
+            time.sleep(keepalive + 1)  # past the sender's keep-alive: new connections, TLS sessions resumed
             spy = None
             if args.profile:
                 spy = subprocess.Popen(
@@ -397,7 +411,8 @@ def main() -> int:
         f"baseline: bare aiohttp client, same TLS and concurrency {CONCURRENCY}: {base['rate']:.0f} POST/s, "
         f"{base['cpu_ms']:.2f} ms CPU each"
     )
-    for name, f in (("emergency", first), ("lift (kept alive)", second), ("again (resumed)", third)):
+    print(f"server: notify_max_idle {args.max_idle} (connections kept to subscribers between broadcasts)")
+    for name, f in (("emergency", first), ("lift at once", second), ("again (resumed)", third)):
         print(
             f"{name:18} resumed {f['resumed']:5}  received {f['received']}/{good}  "
             f"p50 {f['p50']:.2f} s  p99 {f['p99']:.2f} s  "

@@ -162,6 +162,10 @@ class ServerConfig(BaseModel):
     notify_timeout: _Seconds = 10.0
     notify_concurrency: _AtLeastOne = 256  # notifications sent at once (server.notifications) ...
     notify_per_host: _AtLeastOne = 4  # ... and at most this many to one subscriber (scheme, host, port)
+    # Connections to subscribers kept open for the next notification: this many in all (about 48 KiB and a
+    # file descriptor each), each for up to notify_keepalive seconds (the subscriber may close it sooner).
+    notify_max_idle: _Count = 256
+    notify_keepalive: _Seconds = 30.0
     # Offer subscribers TLS 1.3 too. Off: IEEE 2030.5-2018 6.11 specifies TLS 1.2 (ECDHE-ECDSA-AES128-CCM8),
     # and a resumed TLS 1.2 session costs half the CPU of a resumed TLS 1.3 one (no new key exchange).
     notify_tls13: bool = False

@@ -114,7 +114,8 @@ class NotificationSender:
         client = NotificationClient(
             notification_client_ssl(self.config),
             self.policy,
-            max_idle=self.concurrency,
+            max_idle=self.config.notify_max_idle,
+            keepalive=self.config.notify_keepalive,
             connect_timeout=min(self.config.notify_timeout, 5.0),
         )
         self.client = client
@@ -336,7 +337,7 @@ class NotificationSender:
     async def _record_outcomes(self) -> None:
         while True:
             await self._outcome_event.wait()
-            await asyncio.sleep(0.02)  # let the sends finishing together share one transaction
+            await asyncio.sleep(0.1)  # let the sends finishing together share one transaction
             try:
                 await self.flush_outcomes()
             except Exception:

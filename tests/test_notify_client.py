@@ -263,3 +263,22 @@ async def test_notifications_speak_tls_1_2_unless_told(pki, tmp_path, tls13, ver
     finally:
         await client.close()
         await subscriber.stop()
+
+
+async def test_a_kept_connection_is_closed_after_the_keepalive(pki, tmp_path):
+    """``notify_keepalive``: past it, the kept connection is closed by the sweep (the subscriber sees it go)
+    and the next notification connects again, resuming the TLS session."""
+    witness = ResumptionWitness(pki.directory, free_port())
+    await witness.start()
+    client = make_client(pki, tmp_path, keepalive=0.2)
+    try:
+        uri = f"https://127.0.0.1:{witness.port}/notify"
+        assert (await client.post(uri, BODY, "application/sep+xml")).status == 201
+        assert client.idle_connections() == 1
+        await asyncio.sleep(0.5)
+        assert client.idle_connections() == 0
+        assert (await client.post(uri, BODY, "application/sep+xml")).status == 201
+        assert witness.resumed == [False, True] and client.connections_made == 2
+    finally:
+        await client.close()
+        await witness.stop()

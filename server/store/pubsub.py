@@ -232,11 +232,14 @@ class SubscriptionsStore(StoreBase):
         if not delivered:
             return
         async with self.engine.begin() as conn:
-            await conn.execute(outbox.delete().where(sa.tuple_(outbox.c.id, outbox.c.seq).in_(delivered)))
+            ids = [i for i, _ in delivered]
+            await conn.execute(  # the id list lets SQLite use the key (a row-value IN alone scans the table)
+                outbox.delete().where(
+                    outbox.c.id.in_(ids), sa.tuple_(outbox.c.id, outbox.c.seq).in_(delivered)
+                )
+            )
             await conn.execute(
-                outbox.update()
-                .where(outbox.c.id.in_([i for i, _ in delivered]))
-                .values(attempts=0, next_attempt_at=0.0)
+                outbox.update().where(outbox.c.id.in_(ids)).values(attempts=0, next_attempt_at=0.0)
             )
 
     async def notification_delivered(self, outbox_id: int, seq: int) -> None:
