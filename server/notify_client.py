@@ -287,7 +287,8 @@ class Connection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        if self.handshaken.done() and not self.handshaken.exception():
+        handshaken = self.handshaken
+        if handshaken.done() and not handshaken.cancelled() and handshaken.exception() is None:
             with contextlib.suppress(ssl.SSLError, OSError):
                 self.sslobj.unwrap()  # our close_notify; the peer's is not awaited
             self._flush()
