@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import sqlalchemy as sa
 
 from server.headend.doe import doe_mrid, ingest, iterate, site_intervals
 from server.store import Page, RequestScope, Store
@@ -164,6 +165,78 @@ async def test_a_90_second_step_splits_the_hour_around_it(store: Store) -> None:
     _, rows, _ = await store.program_controls(view, doe.id, Page(0, 10))
     assert [r.mrid for r in rows if event_status(r, T0)[0] in (0, 1)] == [step]
     assert event_status(next(r for r in rows if r.mrid == hour), T0)[0] == 4  # stays superseded
+
+
+async def test_a_step_inside_the_hour_in_force_leaves_no_gap_for_a_client_behind(store: Store) -> None:
+    """The piece continuing an hour already in force starts a few seconds before the server's now (inside
+    the hour), not at it: a client whose clock is behind (CSIP-AUS clients follow /tm, whose currentTime
+    has 1 s resolution) would otherwise see the hour superseded and its continuation not yet started. An
+    event whose start has passed and whose end has not is in force at once (IEEE 2030.5-2018 event rules;
+    EventStatus Active, Table 26). Randomisation stays off the piece (it would delay it: a gap again)."""
+    from server.store import build_control_base, controls
+    from server.store.admin import CONTINUATION_BACKDATE_S
+
+    admin = store.admin
+    store.clock = lambda: T0 - 60
+    hour = await admin.create_control(
+        "doe",
+        f"site:{'A' * 40}",
+        start=T0,
+        duration=3600,
+        randomize_start=30,
+        base=build_control_base(export_limit_w=2000),
+    )
+    now = T0 + 600
+    store.clock = lambda: now
+    await admin.create_control(
+        "doe", f"site:{'A' * 40}", start=now + 5, duration=90, base=build_control_base(export_limit_w=800)
+    )
+    async with store.read() as conn:
+        original = (await conn.execute(controls.select().where(controls.c.mrid == hour))).one()
+        pieces = (
+            await conn.execute(
+                controls.select().where(controls.c.split_from == original.id).order_by(controls.c.start)
+            )
+        ).all()
+    assert [(p.start - now, p.start + p.duration - now) for p in pieces] == [
+        (-CONTINUATION_BACKDATE_S, 5),
+        (95, T0 + 3600 - now),
+    ]
+    assert pieces[0].randomize_start is None
+    for behind in (0, 0.4, 0.999, 3):  # the client's idea of now, seconds behind the server's
+        client_now = now - behind
+        applying = [p for p in pieces if p.start <= client_now < p.start + p.duration]
+        assert len(applying) == 1, behind
+    # Never before the original itself: a control that began 2 s ago continues from its own start.
+    store.clock = lambda: T0 + 1002
+    began = await admin.create_control(
+        "emergency",
+        f"site:{'A' * 40}",
+        start=T0 + 1000,
+        duration=600,
+        base=build_control_base(export_limit_w=0),
+    )
+    await admin.create_control(
+        "emergency",
+        f"site:{'A' * 40}",
+        start=T0 + 1010,
+        duration=60,
+        base=build_control_base(export_limit_w=0),
+    )
+    async with store.read() as conn:
+        row = (await conn.execute(controls.select().where(controls.c.mrid == began))).one()
+        starts = (
+            (
+                await conn.execute(
+                    sa.select(controls.c.start)
+                    .where(controls.c.split_from == row.id)
+                    .order_by(controls.c.start)
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert [t - T0 for t in starts] == [1000, 1070]
 
 
 async def _live(store: Store, now: int) -> list[tuple[int, int, str]]:

@@ -49,6 +49,7 @@ from server.store.timeline import remainders
 from server.store.versions import owners
 
 MAX_DERS = 64  # DER instances per EndDevice
+CONTINUATION_BACKDATE_S = 5  # how far a piece continuing a control in force starts before now (clock skew)
 
 
 def _check_der_count(count: Any) -> None:
@@ -560,9 +561,10 @@ class Admin:
         only over its own span: each overlapping one is marked superseded (2030.5 EventStatus 4, so clients
         answer 7) and what is left of it before and after the new span is published again as pieces: new
         DERControls with the same settings whose ``split_from`` is the operator's original
-        (:func:`server.store.timeline.remainders`). A piece never starts before ``now``: the original
-        covered the time up to now while it was published. The published controls of a program and target
-        therefore never overlap.
+        (:func:`server.store.timeline.remainders`). A piece that continues the original in force starts
+        ``CONTINUATION_BACKDATE_S`` before ``now`` (within the original's own span, so it meets no other
+        live control), so that a client with a clock a little behind the server's sees no gap. The live
+        published controls of a program and target therefore never overlap from now on.
         """
         now = self.store.clock()
         start = now if start is None else start
@@ -666,7 +668,13 @@ class Admin:
             parts = [p for a, b in parts for p in remainders(a, b, cut_start, cut_end, now=now)]
         created = []
         for a, b in parts:
-            a = max(a, now)
+            in_force = a < now
+            if in_force:
+                # The piece continues the original in force. It starts a little before now (never before
+                # the original), not at now: to a client whose clock is behind the server's, a piece
+                # starting at the server's now would lie in the future, and between the original's end
+                # (superseded) and the piece's start nothing would apply.
+                a = max(a, now - CONTINUATION_BACKDATE_S)
             piece = new_mrid(self.store.pen)
             await conn.execute(
                 controls.insert().values(
@@ -677,7 +685,7 @@ class Admin:
                     duration=b - a,
                     # Randomisation only at the original's own edges: a cut edge meets the new
                     # control exactly, so spreading it would open a gap or an overlap.
-                    randomize_start=row.randomize_start if a == row.start else None,
+                    randomize_start=row.randomize_start if a == row.start and not in_force else None,
                     randomize_duration=row.randomize_duration if b == row.start + row.duration else None,
                     response_required=row.response_required,
                     base=row.base,
