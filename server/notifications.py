@@ -337,7 +337,7 @@ class NotificationSender:
     async def _record_outcomes(self) -> None:
         while True:
             await self._outcome_event.wait()
-            await asyncio.sleep(0.1)  # let the sends finishing together share one transaction
+            await asyncio.sleep(0.02)  # let the sends finishing together share one transaction
             try:
                 await self.flush_outcomes()
             except Exception:
@@ -349,6 +349,10 @@ class NotificationSender:
         # If this fails, the rows stay leased and are sent again when the lease ends (at least once).
         outcomes, self._outcomes = self._outcomes, _Outcomes([], [])
         await self.store.notifications_delivered(outcomes.delivered)
+        if outcomes.delivered:
+            # A row that changed again while in flight is now due at once (its lease was its due time):
+            # the sender may be asleep until the lease, so wake it.
+            self.store.outbox_event.set()
         for outbox_id, next_attempt_at, error in outcomes.failed:
             await self.store.notification_failed(outbox_id, next_attempt_at, error)
 

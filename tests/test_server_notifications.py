@@ -177,3 +177,57 @@ async def test_group_change_notifies_only_member_subscriptions(pki, tmp_path, da
             await c.close()
         await running.stop()
         await subscriber.stop()
+
+
+class SlowSubscriber(Subscriber):
+    """Answers each notification after ``delay`` seconds and records when each arrived."""
+
+    def __init__(self, pki_dir: Path, port: int, delay: float) -> None:
+        super().__init__(pki_dir, port)
+        self.delay = delay
+        self.arrivals: list[float] = []
+        self.in_flight = asyncio.Event()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.arrivals.append(asyncio.get_running_loop().time())
+        self.in_flight.set()
+        reply = await super().handle(request)
+        await asyncio.sleep(self.delay)
+        return reply
+
+
+async def test_a_change_while_its_notification_is_in_flight_is_sent_promptly(pki, tmp_path):
+    """2030.5 clause 5.4: a Notification follows every change of the subscribed resource. A second change
+    while the first one's notification is still in flight leaves the row leased (its due time is the
+    lease, 40 s away); once the first delivery is recorded the row is due again and the sender is woken
+    for it, instead of sleeping until its next look (5 s)."""
+    port = free_port()
+    subscriber = SlowSubscriber(pki.directory, port, delay=0.3)
+    await subscriber.start()
+    running = await start_server(server_config(pki, tmp_path / "data"))
+    client = Client(running.base_url, pki.ssl("dev-a"), pki.identities["dev-a"].lfdi)
+    try:
+        assert (await client.post("/edev", end_device(client.lfdi))).status == 201
+        uri = f"https://127.0.0.1:{port}/notify"
+        assert (await client.post("/edev/1/sub", subscription("/edev/1/derp/2/derc", uri))).status == 201
+        admin = running.store.admin
+        now = running.store.clock()
+        base = build_control_base(export_limit_w=1000)
+        first = await admin.create_control(
+            "doe", f"site:{client.lfdi}", start=now + 600, duration=60, base=base
+        )
+        await asyncio.wait_for(subscriber.in_flight.wait(), 10)
+        second = await admin.create_control(
+            "doe", f"site:{client.lfdi}", start=now + 900, duration=60, base=base
+        )  # while the subscriber still holds the first
+        for _ in range(100):
+            if len(subscriber.received) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(subscriber.received) >= 2
+        assert {c.mRID for c in subscriber.received[-1].Resource.DERControl} == {first, second}
+        assert subscriber.arrivals[1] - subscriber.arrivals[0] < 2.0
+    finally:
+        await client.close()
+        await running.stop()
+        await subscriber.stop()
