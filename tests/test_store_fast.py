@@ -60,6 +60,8 @@ async def test_prepared_reads_on_the_stdlib_driver_match_sqlalchemy(tmp_path):
                 base=build_control_base(export_limit_w=1000 + i),
             )
         assert store.fast.path is not None  # the stdlib driver
+        pinned = store.clock()
+        store.clock = lambda: pinned  # both paths answer for the same second
         fast = await _answers(store)
         store.fast.path = None  # the same statements through SQLAlchemy and aiosqlite
         assert await _answers(store) == fast
