@@ -225,16 +225,3 @@ class TargetPolicy:
         sock = socket.socket(family=family, type=type_, proto=proto)
         sock.setblocking(False)
         return sock
-
-
-class PolicyResolver(AbstractResolver):
-    """The connector's resolver: whatever resolver the policy currently uses (tests swap it)."""
-
-    def __init__(self, policy: TargetPolicy) -> None:
-        self.policy = policy
-
-    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET) -> Any:
-        return await self.policy.resolver.resolve(host, port, family)
-
-    async def close(self) -> None:
-        await self.policy.resolver.close()

@@ -102,7 +102,6 @@ class NotificationSender:
         self._outcomes = _Outcomes([], [])
         self._outcome_event = asyncio.Event()
         self.rendered = 0  # documents rendered (a shared rendering counts once)
-        self.client: NotificationClient | None = None  # while running
 
     def backoff(self, attempts: int) -> float:
         return min(self.config.notify_retry_initial * (2**attempts), self.config.notify_retry_max)
@@ -118,7 +117,6 @@ class NotificationSender:
             keepalive=self.config.notify_keepalive,
             connect_timeout=min(self.config.notify_timeout, 5.0),
         )
-        self.client = client
         recorder = asyncio.create_task(self._record_outcomes(), name="derlink-notification-outcomes")
         try:
             while True:
