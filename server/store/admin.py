@@ -904,6 +904,8 @@ class Admin:
                     query = sa.select(
                         clients.c.lfdi, clients.c.kind, clients.c.aggregator_id, clients.c.revoked
                     )
+                elif table is sites:  # last_contact moves with any request (to SITE_CONTACT_EVERY s)
+                    query = sa.select(*(c for c in sites.c if c is not sites.c.last_contact))
                 out[table.name] = [
                     tuple(row) for row in (await conn.execute(query.order_by(*table.primary_key)))
                 ]
