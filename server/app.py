@@ -164,7 +164,7 @@ class Gateway:
         return known
 
     async def scope(self, lfdi: str, role: str) -> RequestScope:
-        if self.cache is None:  # other processes may share the database (revocation): ask it each time
+        if self.cache is None or not self.store.versions.trusted:  # revocation elsewhere may go unheard
             return await self.store.scope_for(lfdi, role)
         stamp = self.store.versions.stamp(("client", lfdi))  # revocation, aggregator attachment
         cached = self._scopes.get(lfdi)
@@ -313,7 +313,7 @@ class RunningServer:
     advertiser: Advertiser | None = None  # when config.dnssd
     target_policy: TargetPolicy | None = None  # where notifications may go (server.netpolicy)
     connection_guard: ConnectionGuard | None = None  # connection counts and limits (server.connlimits)
-    bus: VersionBus | None = None  # changes told to and heard from the other processes (server.workers)
+    bus: VersionBus | None = None  # the other processes' commits, heard on PostgreSQL (server.workers)
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)  # the other processes
 
     @property
@@ -372,7 +372,7 @@ async def start_server(
         await store.close()
         raise ConfigError("workers: more than one server process needs PostgreSQL (set database_url)")
     try:
-        if not config.is_sqlite and (config.workers > 1 or worker):
+        if not config.is_sqlite and config.cache_active:  # every cache hears the other processes' commits
             bus = VersionBus(store.versions, config.resolved_database_url)
             await bus.start()
         running = await _start_listeners(config, store, opened, reuse_port=config.workers > 1 or worker)

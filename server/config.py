@@ -148,7 +148,9 @@ class ServerConfig(BaseModel):
     max_subscriptions_per_site: _Count = 32
     max_responses_per_event: _Count = 16  # per site and event; a repeated Response (same status) counts once
     max_list_limit: _Count = 500
-    cache_enabled: bool | None = None  # None: on for SQLite, and for PostgreSQL with workers > 1
+    # Response cache of hot GETs. None: on. On PostgreSQL each server process hears what every other process
+    # on the database commits (LISTEN/NOTIFY, server.workers); off, every GET asks the database.
+    cache_enabled: bool | None = None
     cache_max_bytes: _Count = 64 * 1024 * 1024  # rendered documents kept, least recently used evicted
     # Server processes sharing the 2030.5 port (SO_REUSEPORT) and a PostgreSQL database (server.workers).
     workers: _AtLeastOne = 1
@@ -209,11 +211,9 @@ class ServerConfig(BaseModel):
 
     @property
     def cache_active(self) -> bool:
-        # PostgreSQL: on when this server's processes tell each other what they changed (workers > 1); a
-        # single process may share its database with independently started ones, so it asks every time.
-        if self.cache_enabled is None:
-            return self.is_sqlite or self.workers > 1
-        return self.cache_enabled
+        # On for both databases: on PostgreSQL every process writing through a Store announces its commits
+        # inside the transaction and every cache listens (server.workers), independently started or not.
+        return self.cache_enabled is not False
 
     @property
     def proxy_mode(self) -> bool:

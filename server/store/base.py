@@ -22,7 +22,7 @@ from server.store.schema import (
     sites,
 )
 from server.store.scope import RequestScope, scoped
-from server.store.versions import Token, Versions
+from server.store.versions import CHANNEL, Token, Versions, announcements
 
 log = logging.getLogger("derlink.server.store")
 T = TypeVar("T")
@@ -30,9 +30,19 @@ GROUP_MAX = 256  # writes committed together at most (bounds one transaction's l
 _Job = tuple[Callable[[Writes], Any], "asyncio.Future[Any]"]
 
 
+_NOTIFY = sa.text("SELECT pg_notify(:channel, :payload)")
+
+
 class StoreBase:
     """The engine, transactions and the scope gate. ``versions`` says what each committed write changed
-    (see ``server.store.versions``); ``generation`` counts committed writes."""
+    (see ``server.store.versions``); ``generation`` counts committed writes.
+
+    On PostgreSQL every write transaction that may change a document (``write``, ``changing``, ``grouped``)
+    also announces its tokens with ``pg_notify`` before its COMMIT. PostgreSQL delivers a NOTIFY to the
+    listeners at commit, atomically with the data, and drops it with a rollback: so any process writing
+    through a Store (a server, a worker, a script or admin command with no server) is heard by every server
+    process's cache (``server.workers``), with no gap after the commit and no publisher to lose on a crash.
+    """
 
     def __init__(self, engine: AsyncEngine, *, pen: int = 0, clock: Any = sep2time.now) -> None:
         self.engine = engine
@@ -42,6 +52,7 @@ class StoreBase:
         self.clock = clock
         self.generation = 0
         self.versions = Versions()
+        self.announces = engine.dialect.name == "postgresql"  # pg_notify in each write transaction
         self.depends = self.versions.depends
         self.touch = self.versions.touch
         self.outbox_event = asyncio.Event()
@@ -81,6 +92,7 @@ class StoreBase:
         is invalidated (writers outside the store package; the store's own use :meth:`changing`)."""
         async with self.engine.begin() as conn:
             yield conn
+            await self._announce(conn, None)
         self.generation += 1
         self.versions.bump(None)
         self.outbox_event.set()
@@ -92,9 +104,21 @@ class StoreBase:
         with self.versions.writing(touched) as changes:
             async with self.engine.begin() as conn:
                 yield conn
+                await self._announce(conn, changes or None)
         self.generation += 1
         self.versions.bump(changes or None)
         self.outbox_event.set()
+
+    def _announcements(self, tokens: set[Token] | None) -> list[dict[str, str]]:
+        if not self.announces:
+            return []
+        payloads = announcements(tokens, self.versions.origin)
+        return [{"channel": CHANNEL, "payload": payload} for payload in payloads]
+
+    async def _announce(self, conn: AsyncConnection, tokens: set[Token] | None) -> None:
+        """Inside the transaction, just before its COMMIT: tell the other processes what it changes."""
+        for params in self._announcements(tokens):
+            await conn.execute(_NOTIFY, params)
 
     async def grouped(self, work: Callable[[Writes], T]) -> T:
         """Group commit: run ``work`` in one write transaction with the other writes waiting at the moment,
@@ -208,6 +232,8 @@ class StoreBase:
                     state["changes"] = set(changes)
                 if state["failed"] is not None:
                     raise _Redo
+                for params in self._announcements(state["changes"] or None):  # committed with the group
+                    sync_conn.execute(_NOTIFY, params)
 
             try:
                 async with self.engine.begin() as conn:

@@ -43,16 +43,29 @@ async def migrate(engine: AsyncEngine) -> None:
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent.parent / "migrations"))
 
-    def upgrade(sync_connection: Any) -> None:
+    def upgrade(sync_connection: Any) -> bool:
+        from alembic.migration import MigrationContext
+
+        def revision() -> str | None:
+            return MigrationContext.configure(sync_connection).get_current_revision()
+
+        before = revision()
         cfg.attributes["connection"] = sync_connection
         command.upgrade(cfg, "head")
+        return revision() != before
 
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Server processes started together on one database: the first migrates, the others wait
             # here (lock held until this transaction commits) and then find the schema at head.
             await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-        await conn.run_sync(upgrade)
+        if await conn.run_sync(upgrade) and conn.dialect.name == "postgresql":
+            # A migration may rewrite what documents are built from: servers running on this database
+            # (`derlink server migrate` beside them) drop everything they cached, at this commit.
+            from server.store.versions import CHANNEL, announcements
+
+            for payload in announcements(None, "migrate"):
+                await conn.execute(sa.text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
 
 
 def _insert(conn: AsyncConnection, table: sa.Table) -> Any:

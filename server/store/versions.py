@@ -13,17 +13,63 @@ sequence. A write that names nothing (code outside the store package that does n
 moves the epoch, which every document depends on. A document is current while its epoch and every recorded
 token are unchanged; one whose tokens moved after its rendering began is never cached (it may hold either
 state), so readers may record a token before or after its query.
+
+On PostgreSQL the store also publishes the tokens inside the writing transaction (:func:`announcements` on
+:data:`CHANNEL`, sent just before its COMMIT), so every other process on the database hears of exactly the
+commits that happened, as they happen (``server.workers`` listens and bumps the same tokens).
 """
 
 from __future__ import annotations
 
+import json
+import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 Token = tuple[str, int | str]
+
+CHANNEL = "derlink_versions"  # the PostgreSQL NOTIFY channel of committed changes
+MAX_PAYLOAD = 7000  # bytes; PostgreSQL refuses NOTIFY payloads of 8000 and more
+MAX_PAYLOADS = 32  # per transaction; a write touching more than fits says "everything" instead
+
+
+def announcements(tokens: Iterable[Token] | None, origin: str) -> list[str]:
+    """The NOTIFY payloads of one transaction: ``{"o": origin, "t": [[kind, key], ...]}`` in as many
+    payloads as the tokens need, or one ``{"o": origin, "t": null}`` (everything) for a write that named
+    nothing or touched more than :data:`MAX_PAYLOADS` hold."""
+    if tokens is not None:
+        texts: list[str] = []
+        chunk: list[list[int | str]] = []
+        size = 0
+        for kind, key in tokens:
+            item = json.dumps([kind, key], separators=(",", ":"))
+            if chunk and size + len(item.encode()) + 1 > MAX_PAYLOAD - 40:
+                texts.append(json.dumps({"o": origin, "t": chunk}, separators=(",", ":")))
+                chunk, size = [], 0
+            chunk.append([kind, key])
+            size += len(item.encode()) + 1
+        if chunk:
+            texts.append(json.dumps({"o": origin, "t": chunk}, separators=(",", ":")))
+        if texts and len(texts) <= MAX_PAYLOADS and all(len(t.encode()) <= MAX_PAYLOAD for t in texts):
+            return texts
+    return [json.dumps({"o": origin, "t": None}, separators=(",", ":"))]
+
+
+def heard(payload: str) -> tuple[str | None, list[Token] | None]:
+    """(origin, tokens) of a payload; tokens None means everything, also for a payload that does not parse
+    (e.g. ``NOTIFY derlink_versions`` typed by hand after an edit in psql)."""
+    try:
+        message = json.loads(payload)
+        tokens = message.get("t")
+        origin = message.get("o")
+        if tokens is None:
+            return (origin if isinstance(origin, str) else None), None
+        return (origin if isinstance(origin, str) else None), [(str(t[0]), t[1]) for t in tokens]
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return None, None
 
 
 def owners(lfdi: str, aggregator_id: int | None) -> list[str]:
@@ -49,8 +95,10 @@ class Versions:
         self.seq = 0
         self.epoch = 0
         self._versions: dict[Token, int] = {}
-        # Told of every local bump (server.workers publishes it to the other server processes).
-        self.on_bump: Callable[[Iterable[Token] | None], None] | None = None
+        self.origin = secrets.token_hex(8)  # names this process's announcements (pids repeat across hosts)
+        # False while changes made by other processes could go unheard (server.workers lost its listening
+        # connection): then no document is current or cacheable.
+        self.trusted = True
 
     def depends(self, *tokens: Token) -> None:
         """Record that the document being built reads ``tokens`` (call before the query)."""
@@ -72,7 +120,7 @@ class Versions:
 
     def current(self, deps: Deps) -> bool:
         """Nothing the document read has changed since it was rendered."""
-        if deps.epoch != self.epoch:
+        if deps.epoch != self.epoch or not self.trusted:
             return False
         versions = self._versions
         return all(versions.get(token, 0) == seen for token, seen in deps.tokens.items())
@@ -97,12 +145,9 @@ class Versions:
         finally:
             _touched.reset(reset)
 
-    def bump(self, tokens: Iterable[Token] | None, *, local: bool = True) -> None:
-        """After a commit: every token written moves on (``None``: everything, via the epoch). ``local``
-        is False for a commit made by another server process (server.workers), not published again."""
-        if local and self.on_bump is not None:
-            tokens = None if tokens is None else list(tokens)
-            self.on_bump(tokens)
+    def bump(self, tokens: Iterable[Token] | None) -> None:
+        """After a commit, here or heard of from another process: every token written moves on (``None``:
+        everything, via the epoch)."""
         self.seq += 1
         if tokens is None:
             self.epoch = self.seq
