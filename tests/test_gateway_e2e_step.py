@@ -9,7 +9,9 @@ store-level test in test_schedule.py uses 90 s), and the suite must stay fast.
 
 from __future__ import annotations
 
+import logging
 import time
+from typing import Any
 
 from certs.tls import client_ssl_context
 from sep2 import resources as r
@@ -23,7 +25,24 @@ STEP_S = 30
 HOUR_W, STEP_W = 2000, 800
 
 
-async def test_step_inside_the_hour_is_published_as_three_pieces_and_followed(lab: Lab) -> None:
+def held(gw: Any) -> str:
+    """What the gateway holds, for a failure message: this test fails now and then in CI (issue 12: the
+    hour's DOE never reached the gateway's engine in those runs), and the cause is not yet known."""
+    client = gw.client
+    programs = {
+        mrid: (state.doc.DERControlListLink and state.doc.DERControlListLink.href, state.notified)
+        for mrid, state in client._programs.items()
+    }
+    states = gw.controller.engine.evaluate(int(client.now())).states
+    return (
+        f"export limit {gw.decision.limits.export_w}; events {states}; status {client.status}; "
+        f"subscriptions {client._subscriptions}; programs (list, notifications) {programs}; "
+        f"jobs {client._due}; now {time.time():.2f}"
+    )
+
+
+async def test_step_inside_the_hour_is_published_as_three_pieces_and_followed(lab: Lab, caplog: Any) -> None:
+    caplog.set_level(logging.DEBUG, logger="derlink")  # on a failure: every notification sent and received
     gw = await lab.gateway()
     assert gw.client is not None
     await gw.client.wait_ready(10)
@@ -34,6 +53,8 @@ async def test_step_inside_the_hour_is_published_as_three_pieces_and_followed(la
         "doe", lab.target, start=hour_start, duration=3600, base=build_control_base(export_limit_w=HOUR_W)
     )
     await wait_until(lambda: lab.export_w() <= HOUR_W + tolerance(HOUR_W), 8, "export within the hour")
+    # ... because of the hour's DOE (the gateway's comms-loss limit at start-up would also meet it)
+    assert gw.decision.limits.export_w.value == HOUR_W, held(gw)
     step_start = int(time.time()) + 5
     step = await lab.admin.create_control(
         "doe", lab.target, start=step_start, duration=STEP_S, base=build_control_base(export_limit_w=STEP_W)
@@ -64,7 +85,7 @@ async def test_step_inside_the_hour_is_published_as_three_pieces_and_followed(la
 
     # Before the step: the hour's limit, not the step's (PV is curtailed to the limit, not below it).
     while time.time() < step_start - 0.5:
-        assert STEP_W + tolerance(STEP_W) < lab.export_w() <= HOUR_W + tolerance(HOUR_W)
+        assert STEP_W + tolerance(STEP_W) < lab.export_w() <= HOUR_W + tolerance(HOUR_W), held(gw)
         await wait_until(lambda: True, 0.2)
     # During: within the step's limit within 5 s of its start, and held until its end.
     met = await wait_until(lambda: lab.export_w() <= STEP_W + tolerance(STEP_W), 8, "export within the step")

@@ -753,6 +753,7 @@ class Sep2Client:
                 controls.append(mapping.control(doc, program.mrid))
             except mapping.MappingError as exc:
                 log.warning("DERControl ignored: %s", exc)
+        log.debug("program %s synced: %s", program.mrid, [(c.mrid, c.start, c.duration) for c in controls])
         self._engine(state).sync_program(program, controls, self.now())
 
     def _forget_program(self, mrid: str, list_href: str) -> None:
@@ -875,6 +876,7 @@ class Sep2Client:
         except Sep2XmlError as exc:
             return web.Response(status=400, text=str(exc))
         assert isinstance(note, r.Notification)
+        log.debug("notification for %s: %s", note.subscribedResource, type(note.Resource).__name__)
         self.status.notifications += 1
         self._note_contact()
         try:
