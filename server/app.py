@@ -13,7 +13,7 @@ import logging
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aiohttp import web
@@ -41,6 +41,9 @@ from server.netpolicy import TargetPolicy
 from server.store import RequestScope, Store, make_engine, migrate
 from server.store.versions import DocumentCache
 from server.workers import VersionBus
+
+if TYPE_CHECKING:
+    from server.notifications import NotificationSender
 
 access_log = logging.getLogger("derlink.server.access")
 log = logging.getLogger("derlink.server")
@@ -315,6 +318,7 @@ class RunningServer:
     connection_guard: ConnectionGuard | None = None  # connection counts and limits (server.connlimits)
     bus: VersionBus | None = None  # the other processes' commits, heard on PostgreSQL (server.workers)
     workers: list[asyncio.subprocess.Process] = field(default_factory=list)  # the other processes
+    sender: NotificationSender | None = None  # this process's notification delivery
 
     @property
     def base_url(self) -> str:
@@ -511,7 +515,7 @@ async def _start_listeners(
         runners.append(headend_runner)
         opened.append(headend_runner)
     target_policy.own_ports.update(p for p in (port, admin_port, running.headend_port) if p)
-    sender = NotificationSender(store, config, metrics, target_policy)
+    sender = running.sender = NotificationSender(store, config, metrics, target_policy)
     running.tasks.append(asyncio.create_task(sender.run(), name="derlink-notifications"))
     running.tasks.append(asyncio.create_task(_flush_contacts_forever(store, 10.0), name="derlink-contacts"))
     running.tasks.append(asyncio.create_task(watch_fds(), name="derlink-fd-watch"))

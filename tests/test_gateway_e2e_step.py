@@ -15,9 +15,12 @@ import logging
 import time
 from typing import Any
 
+import sqlalchemy as sa
+
 from certs.tls import client_ssl_context
 from sep2 import resources as r
 from server.store import build_control_base
+from server.store.schema import outbox
 from tests.test_gateway_runtime_harness import Lab, tolerance, wait_until
 from tests.test_server_harness import Client
 
@@ -45,6 +48,43 @@ class LoopWatch:
 
     def __str__(self) -> str:
         return f"longest event-loop stall {self.worst:.2f} s (ended {self.worst_at:.2f})"
+
+
+def awaiting(task: asyncio.Task[Any]) -> str:
+    """The chain of coroutines a task waits in, outermost first (``Task.get_stack`` gives only the
+    outermost frame of a suspended coroutine)."""
+    where, coro = [], task.get_coro()
+    while coro is not None and len(where) < 12:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        where.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}:{frame.f_lineno}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    if coro is not None and not where[-1:]:
+        where.append(repr(coro)[:80])
+    elif coro is not None:
+        where.append(type(coro).__name__)
+    return " > ".join(where)
+
+
+def task_stacks() -> str:
+    """Where every other task of the loop waits: in failing runs both the server and the gateway went
+    silent with the loop running, so something awaits that never completes."""
+    mine = asyncio.current_task()
+    return "\n".join(sorted(f"  {t.get_name()}: {awaiting(t)}" for t in asyncio.all_tasks() if t is not mine))
+
+
+async def server_state(lab: Lab) -> str:
+    """The server's side of a failure: its notification sender and the outbox rows."""
+    sender = lab.server.sender
+    assert sender is not None
+    async with lab.server.store.engine.connect() as conn:
+        rows = (await conn.execute(sa.select(outbox))).all()
+    return (
+        f"sender tasks {len(sender._tasks)}, in flight {sender.in_flight}, "
+        f"unresponsive {sender.unresponsive}; "
+        f"outbox {[tuple(row) for row in rows]}; now {time.time():.2f}\ntasks:\n{task_stacks()}"
+    )
 
 
 def held(gw: Any, watch: LoopWatch) -> str:
@@ -86,7 +126,9 @@ async def _step_inside_the_hour(lab: Lab, watch: LoopWatch) -> None:
     )
     await wait_until(lambda: lab.export_w() <= HOUR_W + tolerance(HOUR_W), 8, "export within the hour")
     # ... because of the hour's DOE (the gateway's comms-loss limit at start-up would also meet it)
-    assert gw.decision.limits.export_w.value == HOUR_W, held(gw, watch)
+    if gw.decision.limits.export_w.value != HOUR_W:
+        report = f"{held(gw, watch)}\n{await server_state(lab)}"
+        assert gw.decision.limits.export_w.value == HOUR_W, report
     step_start = int(time.time()) + 5
     step = await lab.admin.create_control(
         "doe", lab.target, start=step_start, duration=STEP_S, base=build_control_base(export_limit_w=STEP_W)
