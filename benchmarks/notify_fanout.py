@@ -4,9 +4,10 @@ Run: ``python benchmarks/notify_fanout.py [--sites 2000] [--tarpit-percent 1]`` 
 p99 <= 5 s).
 
 Processes: the derlink server (SQLite, default notification settings) pinned to core 0; the subscribers
-pinned to core 1: one process answering HTTP/1.1 POSTs over mutual TLS (derlink's own server TLS transport
-and a minimal request parser, so that the subscribers are not the limit; their CPU is printed), listening
-on a loopback address of its own per site
+pinned to core 1, answering HTTP/1.1 POSTs over mutual TLS so that they are not the limit (their CPU is
+printed): one nginx worker when nginx is installed (``apt-get install nginx-light``; C TLS, about half the
+CPU per resumed connection), else a Python process on derlink's own server TLS transport with a minimal
+request parser (``--subscribers python``). Each site listens on a loopback address of its own
 (127.20.x.y), so that every site is a separate subscriber as gateways are, and ``--tarpit-percent`` of the
 sites subscribed at tarpits (127.30.x.y) that accept the connection and never answer. Each site holds one
 Subscription to its emergency DERControlList. The operator issues ``POST /api/emergency`` (target all,
@@ -28,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -107,7 +109,99 @@ class Receiver(asyncio.Protocol):
             self.transport.write(b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
 
 
-async def serve_receivers(pki: str, sites: int, tarpit_percent: float) -> None:
+NGINX_CONF = """
+user {user};
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log error;
+worker_rlimit_nofile {nofile};
+events {{ worker_connections {connections}; }}
+http {{
+    log_format arrival '$msec $uri $ssl_session_reused $content_length';
+    access_log {dir}/arrivals.log arrival buffer=256k flush=50ms;
+    keepalive_timeout 75s;
+    ssl_certificate {chain};
+    ssl_certificate_key {key};
+    ssl_client_certificate {ca};
+    ssl_verify_client on;
+    ssl_verify_depth 4;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers ECDHE-ECDSA-AES128-CCM8:ECDHE-ECDSA-AES128-GCM-SHA256;
+    ssl_session_cache shared:fanout:64m;
+    ssl_session_timeout 1h;
+    server {{
+{listens}
+        location /n/ {{ return 201; }}
+    }}
+}}
+"""
+
+
+class NginxSubscribers:
+    """The answering subscribers as one nginx worker (C TLS, on the subscribers' core): each site still
+    has an address of its own, and nginx logs each POST's arrival time, path and whether its TLS session
+    was resumed. Used when nginx is installed (``--subscribers nginx``), so that the subscribers' CPU is a
+    small part of a broadcast and the server is what is measured."""
+
+    def __init__(self, directory: Path, pki: Any, addresses: list[str], port: int) -> None:
+        self.dir = directory
+        listens = "\n".join(f"        listen {a}:{port} ssl;" for a in addresses)
+        (directory / "nginx.conf").write_text(
+            NGINX_CONF.format(
+                user="root" if os.geteuid() == 0 else "nobody",
+                dir=directory, chain=pki.server_chain, key=pki.server_key, ca=pki.ca_chain, listens=listens,
+                nofile=len(addresses) * 2 + 1000, connections=len(addresses) * 2 + 500,
+            )
+        )  # fmt: skip
+        self.proc = subprocess.Popen(["nginx", "-c", str(directory / "nginx.conf"), "-p", str(directory)])
+        self.offset = 0
+
+    def wait_ready(self, port_address: tuple[str, int]) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(port_address) == 0:
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"nginx did not start: {(self.dir / 'error.log').read_text()[-2000:]}")
+
+    def cpu(self) -> float:
+        pids = [self.proc.pid]
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids += [int(p) for p in children.read_text().split()]
+        return sum(cpu_seconds(p) for p in pids)
+
+    def reset(self) -> None:
+        log = self.dir / "arrivals.log"
+        self.offset = log.stat().st_size if log.exists() else 0
+
+    def read(self, arrivals: dict[int, float], resumed: set[int], sizes: list[int]) -> None:
+        log = self.dir / "arrivals.log"
+        if not log.exists():
+            return
+        with log.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        complete = data.rfind(b"\n") + 1
+        self.offset += complete
+        for line in data[:complete].splitlines():
+            at, uri, reused, length = line.split()
+            i = int(uri.rsplit(b"/", 1)[1])
+            arrivals.setdefault(i, float(at))
+            if reused == b"r":
+                resumed.add(i)
+            if not sizes and length != b"-":
+                sizes.append(int(length))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def serve_receivers(pki: str, sites: int, tarpit_percent: float, kind: str = "python") -> None:
     from aiohttp import web
 
     from certs.pki import load_pki
@@ -117,6 +211,7 @@ async def serve_receivers(pki: str, sites: int, tarpit_percent: float) -> None:
     arrivals: dict[int, float] = {}
     sizes: list[int] = []
     resumed: set[int] = set()  # connections whose TLS session was resumed
+    nginx: NginxSubscribers | None = None
 
     def record(i: int, body: bytes, transport: asyncio.Transport) -> None:
         arrivals.setdefault(i, time.time())
@@ -126,11 +221,17 @@ async def serve_receivers(pki: str, sites: int, tarpit_percent: float) -> None:
             sizes.append(len(body))
 
     async def stats(_request: web.Request) -> web.Response:
+        if nginx is not None:
+            nginx.read(arrivals, resumed, sizes)
+        cpu = cpu_seconds() + (nginx.cpu() if nginx is not None else 0.0)
         return web.json_response(
-            {"arrivals": arrivals, "body_size": sizes[0] if sizes else 0, "resumed": len(resumed)}
+            {"arrivals": arrivals, "body_size": sizes[0] if sizes else 0, "resumed": len(resumed), "cpu": cpu}
         )
 
     async def reset(_request: web.Request) -> web.Response:
+        if nginx is not None:
+            nginx.read(arrivals, resumed, sizes)
+            nginx.reset()
         arrivals.clear()
         resumed.clear()
         return web.json_response({})
@@ -146,11 +247,16 @@ async def serve_receivers(pki: str, sites: int, tarpit_percent: float) -> None:
     factory = tls_factory(context, lambda: Receiver(record), handshake_timeout=30.0)
     loop = asyncio.get_running_loop()
     port, tarpit_port = free_port(), free_port()
+    answering = [good_address(i) for i in range(1, sites + 1) if not is_tarpit(i, tarpit_percent)]
     for i in range(1, sites + 1):
         if is_tarpit(i, tarpit_percent):
             await asyncio.start_server(hold, sock=listening(tarpit_address(i), tarpit_port))
-        else:
+        elif kind == "python":
             await loop.create_server(factory, sock=listening(good_address(i), port))
+    if kind == "nginx":
+        directory = Path(tempfile.mkdtemp(prefix="fanout-nginx-"))
+        nginx = NginxSubscribers(directory, paths, answering, port)
+        nginx.wait_ready((answering[-1], port))
     control = web.Application()
     control.router.add_get("/stats", stats)
     control.router.add_post("/reset", reset)
@@ -159,14 +265,24 @@ async def serve_receivers(pki: str, sites: int, tarpit_percent: float) -> None:
     control_port = free_port()
     await web.TCPSite(control_runner, "127.0.0.1", control_port).start()
     print(json.dumps({"port": port, "tarpit_port": tarpit_port, "control_port": control_port}), flush=True)
-    await asyncio.Event().wait()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        if nginx is not None:
+            nginx.stop()
 
 
 # ------------------------------------------------------------------------------------------------ server
 
 
 async def serve_derlink(
-    pki: str, data_dir: str, sites: int, tarpit_percent: float, port: int, tport: int, max_idle: int
+    pki: str,
+    data_dir: str,
+    sites: int,
+    tarpit_percent: float,
+    port: int,
+    tport: int,
+    max_idle: int,
 ) -> None:
     import logging
 
@@ -288,6 +404,8 @@ async def broadcast(
     async with aiohttp.ClientSession() as session:
         await (await session.post(f"{control}/reset")).read()
         cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        async with session.get(f"{control}/stats") as response:
+            subscribers_cpu = (await response.json())["cpu"]
         sent = time.time()
         async with session.post(
             f"{headend}{path}", json=body, headers={"Authorization": f"Bearer {TOKEN}"}
@@ -301,6 +419,7 @@ async def broadcast(
             if len(stats["arrivals"]) >= expected or time.monotonic() > deadline:
                 break
         used = {name: cpu_seconds(pid) - cpu[name] for name, pid in pids.items()}
+        used["receiver"] = stats["cpu"] - subscribers_cpu  # with nginx's processes
     latencies = sorted(t - sent for t in stats["arrivals"].values())
     last = latencies[-1] if latencies else float("nan")
     return {
@@ -328,6 +447,13 @@ def main() -> int:
         "The subscribers then hold a listening socket and a connection per site: mind `ulimit -n`",
     )
     parser.add_argument(
+        "--subscribers",
+        choices=["nginx", "python"],
+        default="nginx" if shutil.which("nginx") else "python",
+        help="what answers at the subscribers' addresses: one nginx worker (default when installed: "
+        "apt-get install nginx-light) or a Python process on derlink's server TLS transport",
+    )
+    parser.add_argument(
         "--profile", metavar="FILE", help="py-spy (if installed) samples the server in the third broadcast"
     )
     parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
@@ -335,7 +461,7 @@ def main() -> int:
     if args.role:
         role, *rest = args.role
         if role == "receiver":
-            asyncio.run(serve_receivers(rest[0], int(rest[1]), float(rest[2])))
+            asyncio.run(serve_receivers(rest[0], int(rest[1]), float(rest[2]), rest[3]))
         elif role == "server":
             asyncio.run(
                 serve_derlink(
@@ -350,7 +476,9 @@ def main() -> int:
     sites, percent = args.sites, args.tarpit_percent
     good = sum(1 for i in range(1, sites + 1) if not is_tarpit(i, percent))
     print(f"{sites} subscribed sites, {sites - good} of them tarpits; load average {loadavg()}")
-    receiver, rinfo = spawn(__file__, 1, "--role", "receiver", pki, str(sites), str(percent))
+    receiver, rinfo = spawn(
+        __file__, 1, "--role", "receiver", pki, str(sites), str(percent), args.subscribers
+    )
     procs = [receiver]
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -405,7 +533,9 @@ def main() -> int:
             proc.terminate()
             proc.wait(10)
     print(
-        f"load generator: none (the server sends); subscribers on core 1, server on core 0; load {loadavg()}"
+        f"load generator: none (the server sends); subscribers ({args.subscribers}) on core 1, "
+        f"server on core 0; "
+        f"load {loadavg()}"
     )
     print(
         f"baseline: bare aiohttp client, same TLS and concurrency {CONCURRENCY}: {base['rate']:.0f} POST/s, "
