@@ -31,11 +31,13 @@ HOUR_W, STEP_W = 2000, 800
 
 
 class LoopWatch:
-    """The longest the event loop (server, gateway and simulator share it here) went without running us:
-    the failing CI runs showed the server and the gateway both silent, as if the loop were blocked."""
+    """The longest the event loop (server, gateway and simulator share it here) went without running us,
+    and the metered export's history (each move of more than 50 W), for a failure message."""
 
-    def __init__(self) -> None:
+    def __init__(self, export_w: Any) -> None:
         self.worst, self.worst_at = 0.0, 0.0
+        self.export_w = export_w
+        self.exports: list[tuple[float, float]] = []
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -45,9 +47,13 @@ class LoopWatch:
             lag = time.monotonic() - before - 0.05
             if lag > self.worst:
                 self.worst, self.worst_at = lag, time.time()
+            export = self.export_w()
+            if not self.exports or abs(export - self.exports[-1][1]) > 50:
+                self.exports = [*self.exports[-59:], (time.time(), export)]
 
     def __str__(self) -> str:
-        return f"longest event-loop stall {self.worst:.2f} s (ended {self.worst_at:.2f})"
+        exports = ", ".join(f"{at:.2f}: {w:.0f}" for at, w in self.exports)
+        return f"longest event-loop stall {self.worst:.2f} s (ended {self.worst_at:.2f}); export W {exports}"
 
 
 def awaiting(task: asyncio.Task[Any]) -> str:
@@ -105,7 +111,7 @@ def held(gw: Any, watch: LoopWatch) -> str:
 
 async def test_step_inside_the_hour_is_published_as_three_pieces_and_followed(lab: Lab, caplog: Any) -> None:
     caplog.set_level(logging.DEBUG, logger="derlink")  # on a failure: every notification sent and received
-    watch = LoopWatch()
+    watch = LoopWatch(lab.export_w)
     try:
         await _step_inside_the_hour(lab, watch)
     finally:
@@ -124,11 +130,17 @@ async def _step_inside_the_hour(lab: Lab, watch: LoopWatch) -> None:
     hour = await lab.admin.create_control(
         "doe", lab.target, start=hour_start, duration=3600, base=build_control_base(export_limit_w=HOUR_W)
     )
-    await wait_until(lambda: lab.export_w() <= HOUR_W + tolerance(HOUR_W), 8, "export within the hour")
-    # ... because of the hour's DOE (the gateway's comms-loss limit at start-up would also meet it)
-    if gw.decision.limits.export_w.value != HOUR_W:
-        report = f"{held(gw, watch)}\n{await server_state(lab)}"
-        assert gw.decision.limits.export_w.value == HOUR_W, report
+
+    # Within the hour's limit because of the hour's DOE: a failing CI run met the export condition 40 ms
+    # after the DOE was created, before its Notification had left the server (the export was low for
+    # another reason; the export history in the report shows why the next time).
+    def within_the_hour() -> bool:
+        return lab.export_w() <= HOUR_W + tolerance(HOUR_W) and gw.decision.limits.export_w.value == HOUR_W
+
+    try:
+        await wait_until(within_the_hour, 8, "export within the hour, under the hour's DOE")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {held(gw, watch)}\n{await server_state(lab)}") from None
     step_start = int(time.time()) + 5
     step = await lab.admin.create_control(
         "doe", lab.target, start=step_start, duration=STEP_S, base=build_control_base(export_limit_w=STEP_W)
