@@ -151,7 +151,7 @@ class NginxSubscribers:
             NGINX_CONF.format(
                 user="root" if os.geteuid() == 0 else "nobody",
                 dir=directory, chain=pki.server_chain, key=pki.server_key, ca=pki.ca_chain, listens=listens,
-                nofile=len(addresses) * 2 + 1000, connections=len(addresses) * 2 + 500,
+                nofile=len(addresses) * 4 + 1000, connections=len(addresses) * 3 + 1000,
             )
         )  # fmt: skip
         self.proc = subprocess.Popen(["nginx", "-c", str(directory / "nginx.conf"), "-p", str(directory)])
