@@ -162,7 +162,8 @@ class StoreBase:
                 self.commits += 1
                 self.grouped_writes += sum(1 for ok, _ in outcomes if ok)
                 self.versions.bump(changes or None)
-                self.outbox_event.set()
+                # No outbox_event: grouped writes (readings, Responses, MUPs, DER documents) queue no
+                # Notification, and waking the sender for each group cost it two outbox queries.
                 for (_work, future), (ok, value) in zip(group, outcomes, strict=True):
                     if future.done():
                         continue
