@@ -124,7 +124,18 @@ async def _step_inside_the_hour(lab: Lab, watch: LoopWatch) -> None:
     gw = await lab.gateway()
     assert gw.client is not None
     await gw.client.wait_ready(10)
-    await wait_until(lambda: lab.export_w() > 4000, 5, "uncontrolled export")
+    # Uncontrolled and steady for longer than the simulated inverter takes to act on a setpoint (0.1 s),
+    # so that no write from start-up (its comms-loss limit, then its release) is still to take effect.
+    steady_since: list[float] = []
+
+    def steady_uncontrolled() -> bool:
+        if lab.export_w() <= 4000 or gw.decision.limits.export_w.value != 10000:
+            steady_since.clear()
+            return False
+        steady_since[:] = steady_since or [time.monotonic()]
+        return time.monotonic() - steady_since[0] >= 0.5
+
+    await wait_until(steady_uncontrolled, 5, "uncontrolled export, steady")
 
     hour_start = int(time.time()) + 1
     hour = await lab.admin.create_control(
