@@ -74,8 +74,7 @@ def awaiting(task: asyncio.Task[Any]) -> str:
 
 
 def task_stacks() -> str:
-    """Where every other task of the loop waits: in failing runs both the server and the gateway went
-    silent with the loop running, so something awaits that never completes."""
+    """Where every other task of the loop waits (server, gateway and simulator), for a failure message."""
     mine = asyncio.current_task()
     return "\n".join(sorted(f"  {t.get_name()}: {awaiting(t)}" for t in asyncio.all_tasks() if t is not mine))
 
@@ -94,8 +93,7 @@ async def server_state(lab: Lab) -> str:
 
 
 def held(gw: Any, watch: LoopWatch) -> str:
-    """What the gateway holds, for a failure message: this test fails now and then in CI (issue 12: the
-    hour's DOE never reached the gateway's engine in those runs), and the cause is not yet known."""
+    """What the gateway holds, for a failure message (this test failed now and then in CI: issue 12)."""
     client = gw.client
     programs = {
         mrid: (state.doc.DERControlListLink and state.doc.DERControlListLink.href, state.notified)
