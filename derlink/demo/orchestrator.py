@@ -73,6 +73,10 @@ def _downlink_listener_port() -> int | None:
 # ------------------------------------------------------------------------------------------ helpers
 
 
+async def _already_done() -> dict[str, Any]:
+    return {}
+
+
 def _profile_csv(s: Scenario, points: tuple[tuple[float, float], ...]) -> str:
     """The scenario's [minute, W] points as a simulator CSV profile (second of the local day, W)."""
     base = s.start_second_of_day
@@ -463,7 +467,10 @@ class Demo:
                 await self.sim.set_fault_async(f.device, None)
                 return {}
 
-            add(f.at_min, f"simulator: {f.device} fault '{f.fault}'", fault_on)
+            if f.at_min == 0:  # in place from the start: set before the clock starts (_play)
+                add(0, f"simulator: {f.device} fault '{f.fault}' (from the start)", _already_done)
+            else:
+                add(f.at_min, f"simulator: {f.device} fault '{f.fault}'", fault_on)
             if f.until_min is not None:
                 add(f.until_min, f"simulator: {f.device} fault cleared", fault_off)
         acts.sort(key=lambda a: (a[0], a[1]))
@@ -514,6 +521,11 @@ class Demo:
         # t0: a whole second, far enough ahead for the day-ahead upload to reach the gateway first.
         self.t0 = math.ceil(time.time()) + 1
         await self._upload_does()
+        # A fault from minute 0 is there before the gateway's first write of the scenario: set at t0 it
+        # raced the write of the first DOE interval (a stuck inverter then stuck at that interval's limit).
+        for f in s.fault:
+            if f.at_min == 0:
+                await self.sim.set_fault_async(f.device, f.fault)
         await asyncio.sleep(max(0.0, self.t0 - time.time()))
         # The simulated site jumps to the scenario's start and runs at its speed from now on.
         self.sim.clock.jump(s.start_epoch() - self.sim.clock.now())
