@@ -30,6 +30,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -265,8 +266,10 @@ async def serve_receivers(pki: str, sites: int, tarpit_percent: float, kind: str
     control_port = free_port()
     await web.TCPSite(control_runner, "127.0.0.1", control_port).start()
     print(json.dumps({"port": port, "tarpit_port": tarpit_port, "control_port": control_port}), flush=True)
+    stopping = asyncio.Event()  # the driver's terminate(): stop nginx too, not leave it running
+    loop.add_signal_handler(signal.SIGTERM, stopping.set)
     try:
-        await asyncio.Event().wait()
+        await stopping.wait()
     finally:
         if nginx is not None:
             nginx.stop()
