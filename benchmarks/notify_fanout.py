@@ -231,7 +231,6 @@ async def serve_receivers(pki: str, sites: int, tarpit_percent: float, kind: str
 
     async def reset(_request: web.Request) -> web.Response:
         if nginx is not None:
-            nginx.read(arrivals, resumed, sizes)
             nginx.reset()
         arrivals.clear()
         resumed.clear()
@@ -279,13 +278,7 @@ async def serve_receivers(pki: str, sites: int, tarpit_percent: float, kind: str
 
 
 async def serve_derlink(
-    pki: str,
-    data_dir: str,
-    sites: int,
-    tarpit_percent: float,
-    port: int,
-    tport: int,
-    max_idle: int,
+    pki: str, data_dir: str, sites: int, tarpit_percent: float, port: int, tport: int, max_idle: int
 ) -> None:
     import logging
 
@@ -537,8 +530,7 @@ def main() -> int:
             proc.wait(10)
     print(
         f"load generator: none (the server sends); subscribers ({args.subscribers}) on core 1, "
-        f"server on core 0; "
-        f"load {loadavg()}"
+        f"server on core 0; load {loadavg()}"
     )
     print(
         f"baseline: bare aiohttp client, same TLS and concurrency {CONCURRENCY}: {base['rate']:.0f} POST/s, "

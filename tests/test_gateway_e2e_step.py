@@ -66,10 +66,8 @@ def awaiting(task: asyncio.Task[Any]) -> str:
             break
         where.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_code.co_name}:{frame.f_lineno}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    if coro is not None and not where[-1:]:
-        where.append(repr(coro)[:80])
-    elif coro is not None:
-        where.append(type(coro).__name__)
+    if coro is not None:  # what the innermost coroutine awaits (a Future, usually)
+        where.append(type(coro).__name__ if where else repr(coro)[:80])
     return " > ".join(where)
 
 
@@ -130,7 +128,8 @@ async def _step_inside_the_hour(lab: Lab, watch: LoopWatch) -> None:
         if lab.export_w() <= 4000 or gw.decision.limits.export_w.value != 10000:
             steady_since.clear()
             return False
-        steady_since[:] = steady_since or [time.monotonic()]
+        if not steady_since:
+            steady_since.append(time.monotonic())
         return time.monotonic() - steady_since[0] >= 0.5
 
     await wait_until(steady_uncontrolled, 5, "uncontrolled export, steady")
